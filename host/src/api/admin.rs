@@ -1,0 +1,227 @@
+//! Admin routes: API tokens and the audit log.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::pagination::{self, Page};
+use crate::audit;
+use crate::auth::{self, TokenRecord};
+use crate::domain::Role;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_audit))
+}
+
+/// An API token as listed (the secret is shown only at creation).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: Uuid,
+    pub name: String,
+    pub role: Role,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(r: TokenRecord) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            role: Role::parse(&r.role).unwrap_or(Role::Viewer),
+            created_by: r.created_by,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    #[schema(example = "ci-pipeline")]
+    name: String,
+    role: Role,
+    /// Lifetime in seconds; no expiry when absent.
+    expires_in_secs: Option<i64>,
+}
+
+/// A new token with its secret (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// The bearer secret. Store it now: it cannot be read again.
+    pub secret: String,
+}
+
+/// Create an API token.
+#[utoipa::path(
+    post, path = "/tokens", tag = "admin",
+    request_body = CreateTokenRequest,
+    responses((status = 201, body = CreatedToken), (status = 403, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateTokenRequest>,
+) -> ApiResult<(StatusCode, axum::Json<CreatedToken>)> {
+    let principal = caller.require(Role::Admin, "manage tokens")?;
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(ApiError::validation(
+            "name",
+            "must be 1 to 100 characters long",
+        ));
+    }
+    let expires_at = match request.expires_in_secs {
+        Some(secs) if !(1..=10 * 365 * 86_400).contains(&secs) => {
+            return Err(ApiError::validation(
+                "expires_in_secs",
+                "must be between 1 and 315360000",
+            ));
+        }
+        Some(secs) => Some(Utc::now() + chrono::Duration::seconds(secs)),
+        None => None,
+    };
+    let mut tx = state.pool.begin().await?;
+    let (record, secret) =
+        auth::create(&mut tx, name, request.role, &principal.actor(), expires_at).await?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "token.create",
+        "token",
+        &record.id.to_string(),
+        json!({ "name": name, "role": request.role, "expires_at": expires_at }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedToken {
+            token: record.into(),
+            secret,
+        }),
+    ))
+}
+
+/// List API tokens.
+#[utoipa::path(
+    get, path = "/tokens", tag = "admin",
+    responses((status = 200, body = Vec<TokenView>), (status = 403, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Vec<TokenView>>> {
+    caller.require(Role::Admin, "manage tokens")?;
+    let tokens = auth::list(&state.pool).await?;
+    Ok(axum::Json(
+        tokens.into_iter().map(TokenView::from).collect(),
+    ))
+}
+
+/// Revoke an API token; it stops working at once.
+#[utoipa::path(
+    delete, path = "/tokens/{id}", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = TokenView), (status = 404, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<axum::Json<TokenView>> {
+    let principal = caller.require(Role::Admin, "manage tokens")?;
+    let mut tx = state.pool.begin().await?;
+    let record = auth::revoke(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("token {id}")))?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "token.revoke",
+        "token",
+        &id.to_string(),
+        json!({ "name": record.name }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(record.into()))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    #[schema(value_type = Object)]
+    pub details: sqlx::types::Json<Value>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    target_type: Option<String>,
+    target_id: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Read the audit log, newest first.
+#[utoipa::path(
+    get, path = "/audit", tag = "admin",
+    params(AuditQuery),
+    responses((status = 200, body = Page<AuditEntry>), (status = 403, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> ApiResult<axum::Json<Page<AuditEntry>>> {
+    caller.require(Role::Admin, "read the audit log")?;
+    let limit = pagination::limit(query.limit)?;
+    let before = pagination::decode(query.cursor.as_deref())?
+        .map(|c| c.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    let rows: Vec<AuditEntry> = sqlx::query_as(
+        "SELECT id, at, actor, action, target_type, target_id, details FROM audit_log
+         WHERE ($1::text IS NULL OR target_type = $1) AND ($2::text IS NULL OR target_id = $2)
+           AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4",
+    )
+    .bind(query.target_type)
+    .bind(query.target_id)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(axum::Json(Page::from_rows(rows, limit, |e| {
+        e.id.to_string()
+    })))
+}

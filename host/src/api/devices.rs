@@ -1,0 +1,403 @@
+//! `/api/v1/devices`: register, list, read, retag and delete devices.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult, FieldError};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::pagination::{self, Page};
+use crate::audit;
+use crate::domain::{DeviceId, Family, Role, Tags};
+use crate::fleet::{self, DeleteError, Device, DeviceFilter, FleetError, NewDevice, UpsertCounts};
+
+/// Most devices accepted in one registration request.
+pub const MAX_BULK: usize = 10_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_devices, list_devices))
+        .routes(routes!(get_device, update_device, delete_device))
+}
+
+/// A device registration.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInput {
+    /// VIN, serial number or board id: letters, digits, `-_.:`.
+    #[schema(example = "VIN123")]
+    pub id: String,
+    /// Device family: `esp32`, `stm32` or `jetson`.
+    #[schema(example = "esp32")]
+    pub family: String,
+    /// Chip or board model, e.g. `esp32s3`, `stm32f407`, `orin-nx`.
+    pub model: Option<String>,
+    /// The gateway device this one is reached through.
+    pub gateway_id: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn parse_input(
+    prefix: &str,
+    input: DeviceInput,
+    errors: &mut Vec<FieldError>,
+) -> Option<NewDevice> {
+    let id = DeviceId::parse(&input.id)
+        .map_err(|e| errors.push(FieldError::new(format!("{prefix}id"), e.0)))
+        .ok();
+    let family = Family::parse(&input.family)
+        .map_err(|e| errors.push(FieldError::new(format!("{prefix}family"), e.0)))
+        .ok();
+    let gateway_id = match input.gateway_id {
+        Some(raw) => match DeviceId::parse(&raw) {
+            Ok(gw) if Some(&gw) == id.as_ref() => {
+                errors.push(FieldError::new(
+                    format!("{prefix}gateway_id"),
+                    "a device cannot be its own gateway",
+                ));
+                None
+            }
+            Ok(gw) => Some(gw),
+            Err(e) => {
+                errors.push(FieldError::new(format!("{prefix}gateway_id"), e.0));
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(model) = &input.model
+        && (model.is_empty() || model.len() > 64)
+    {
+        errors.push(FieldError::new(
+            format!("{prefix}model"),
+            "must be 1 to 64 characters long",
+        ));
+    }
+    let tags = Tags::parse(input.tags)
+        .map_err(|e| errors.push(FieldError::new(format!("{prefix}tags"), e.0)))
+        .ok();
+    Some(NewDevice {
+        id: id?,
+        family: family?,
+        model: input.model,
+        gateway_id,
+        tags: tags?,
+    })
+}
+
+/// Register or update one device (an object) or many (an array).
+#[utoipa::path(
+    post, path = "/devices", tag = "devices",
+    request_body(content = Vec<DeviceInput>, description = "One device object, or an array of up to 10,000"),
+    responses(
+        (status = 201, description = "One device registered", body = Device),
+        (status = 200, description = "One device updated, or a batch registered", body = UpsertCounts),
+        (status = 422, description = "Invalid device", body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn register_devices(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<Response> {
+    let principal = caller.require(Role::Operator, "register devices")?;
+    let single = !body.is_array();
+    let raw: Vec<Value> = match body {
+        Value::Array(items) => items,
+        object @ Value::Object(_) => vec![object],
+        _ => {
+            return Err(ApiError::validation(
+                "body",
+                "expected a device object or an array of them",
+            ));
+        }
+    };
+    if raw.is_empty() {
+        return Err(ApiError::validation("body", "the array is empty"));
+    }
+    if raw.len() > MAX_BULK {
+        return Err(ApiError::validation(
+            "body",
+            format!("at most {MAX_BULK} devices per request, got {}", raw.len()),
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut devices = Vec::with_capacity(raw.len());
+    let mut seen = std::collections::HashSet::new();
+    for (i, value) in raw.into_iter().enumerate() {
+        let prefix = if single {
+            String::new()
+        } else {
+            format!("[{i}].")
+        };
+        match serde_json::from_value::<DeviceInput>(value) {
+            Ok(input) => {
+                if let Some(device) = parse_input(&prefix, input, &mut errors) {
+                    if !seen.insert(device.id.clone()) {
+                        errors.push(FieldError::new(
+                            format!("{prefix}id"),
+                            format!("'{}' appears twice in the request", device.id),
+                        ));
+                    }
+                    devices.push(device);
+                }
+            }
+            Err(e) => {
+                let field = if single {
+                    "body".to_owned()
+                } else {
+                    format!("[{i}]")
+                };
+                errors.push(FieldError::new(field, e.to_string()));
+            }
+        }
+        if errors.len() >= 50 {
+            break;
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+
+    let mut tx = state.pool.begin().await?;
+    let counts = fleet::upsert(&mut tx, &devices)
+        .await
+        .map_err(|e| match e {
+            FleetError::Db(db) => ApiError::from(db),
+            other => ApiError::validation("gateway_id", other.to_string()),
+        })?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "device.register",
+        "device",
+        devices[0].id.as_str(),
+        json!({
+            "count": devices.len(),
+            "created": counts.created,
+            "updated": counts.updated,
+            "ids": devices.iter().take(100).map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        }),
+    )
+    .await?;
+    commit_devices(tx).await?;
+
+    if single {
+        let device = fleet::get(&state.pool, devices[0].id.as_str())
+            .await?
+            .ok_or_else(|| ApiError::NotFound("device".into()))?;
+        let status = if counts.created == 1 {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, axum::Json(device)).into_response())
+    } else {
+        Ok((StatusCode::OK, axum::Json(counts)).into_response())
+    }
+}
+
+/// Commits, turning a deferred gateway foreign-key failure into a 422.
+async fn commit_devices(tx: sqlx::Transaction<'_, sqlx::Postgres>) -> ApiResult<()> {
+    tx.commit()
+        .await
+        .map_err(|e| match crate::db::constraint_violation(&e) {
+            Some((crate::db::ViolationKind::ForeignKey, _)) => {
+                ApiError::validation("gateway_id", "the gateway is not a registered device")
+            }
+            _ => ApiError::from(e),
+        })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListDevicesQuery {
+    /// Only devices of this family.
+    family: Option<String>,
+    /// Only devices of this model.
+    model: Option<String>,
+    /// Only devices behind this gateway.
+    gateway_id: Option<String>,
+    /// Only devices that reported this installed firmware version.
+    firmware_version: Option<String>,
+    /// Tags the device must carry, `key:value` pairs separated by commas.
+    #[param(example = "site:north,zone:b")]
+    tags: Option<String>,
+    /// Devices whose id starts with this text.
+    q: Option<String>,
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// List devices, filtered, in pages ordered by id.
+#[utoipa::path(
+    get, path = "/devices", tag = "devices",
+    params(ListDevicesQuery),
+    responses((status = 200, body = Page<Device>), (status = 422, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn list_devices(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListDevicesQuery>,
+) -> ApiResult<axum::Json<Page<Device>>> {
+    caller.require(Role::Viewer, "list devices")?;
+    let limit = pagination::limit(query.limit)?;
+    let after = pagination::decode(query.cursor.as_deref())?;
+    let mut tags = BTreeMap::new();
+    for pair in query
+        .tags
+        .iter()
+        .flat_map(|t| t.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair
+            .split_once(':')
+            .ok_or_else(|| ApiError::validation("tags", format!("'{pair}' is not key:value")))?;
+        tags.insert(key.to_owned(), value.to_owned());
+    }
+    let filter = DeviceFilter {
+        family: query.family,
+        model: query.model,
+        gateway_id: query.gateway_id,
+        firmware_version: query.firmware_version,
+        tags,
+        id_prefix: query.q,
+    };
+    let rows = fleet::list(&state.pool, &filter, after.as_deref(), limit + 1).await?;
+    Ok(axum::Json(Page::from_rows(rows, limit, |d| d.id.clone())))
+}
+
+/// Read one device.
+#[utoipa::path(
+    get, path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses((status = 200, body = Device), (status = 404, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn get_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<axum::Json<Device>> {
+    caller.require(Role::Viewer, "read devices")?;
+    fleet::get(&state.pool, &id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound(format!("device '{id}'")))
+}
+
+/// Changes to a device; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// Replaces all tags.
+    tags: Option<BTreeMap<String, String>>,
+    /// Replaces the model; `null` clears it.
+    #[serde(default, deserialize_with = "present_or_null")]
+    #[schema(value_type = Option<String>)]
+    model: Option<Option<String>>,
+}
+
+/// Replace a device's tags or model.
+#[utoipa::path(
+    patch, path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    request_body = DevicePatch,
+    responses((status = 200, body = Device), (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn update_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<DevicePatch>,
+) -> ApiResult<axum::Json<Device>> {
+    let principal = caller.require(Role::Operator, "update devices")?;
+    let tags = patch
+        .tags
+        .map(Tags::parse)
+        .transpose()
+        .map_err(|e| ApiError::validation("tags", e.0))?;
+    if let Some(Some(model)) = &patch.model
+        && (model.is_empty() || model.len() > 64)
+    {
+        return Err(ApiError::validation(
+            "model",
+            "must be 1 to 64 characters long",
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
+    let device = fleet::update(
+        &mut tx,
+        &id,
+        tags.as_ref(),
+        patch.model.as_ref().map(|m| m.as_deref()),
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("device '{id}'")))?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "device.update",
+        "device",
+        &id,
+        json!({ "tags": tags.map(|t| t.to_json()), "model": patch.model }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(device))
+}
+
+/// Delete a device that has no update in progress and serves as no gateway.
+#[utoipa::path(
+    delete, path = "/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses((status = 204), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn delete_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let principal = caller.require(Role::Operator, "delete devices")?;
+    let mut tx = state.pool.begin().await?;
+    fleet::delete(&mut tx, &id).await.map_err(|e| match e {
+        DeleteError::NotFound => ApiError::NotFound(format!("device '{id}'")),
+        DeleteError::Db(db) => ApiError::from(db),
+        other => ApiError::Conflict(other.to_string()),
+    })?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "device.delete",
+        "device",
+        &id,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}

@@ -1,0 +1,448 @@
+//! `/api/v1/firmware`: upload (streamed, hashed on the way), list, read,
+//! download with ranges, presign, delete.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiPath, ApiQuery, Caller};
+use super::pagination::{self, Page};
+use crate::domain::{Family, FirmwareDigest, FirmwareVersion, Role};
+use crate::firmware::range::{self, RangeRequest};
+use crate::firmware::store::FirmwareStore;
+use crate::firmware::{self, DeleteError, Firmware};
+use crate::{audit, outbox};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload_firmware, list_firmware))
+        .routes(routes!(get_firmware, delete_firmware))
+        .routes(routes!(download_firmware))
+        .routes(routes!(firmware_url))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// Device family the image is for.
+    #[param(example = "esp32")]
+    family: String,
+    /// Version of the image.
+    #[param(example = "1.4.0")]
+    version: Option<String>,
+}
+
+/// Upload a firmware image (the raw bytes as the body).
+#[utoipa::path(
+    post, path = "/firmware", tag = "firmware",
+    params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, body = Firmware),
+        (status = 409, description = "This family already has this version", body = super::error::Problem),
+        (status = 413, description = "Image above ROLLWAY_MAX_FIRMWARE_BYTES", body = super::error::Problem),
+        (status = 422, body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn upload_firmware(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let principal = caller.require(Role::Operator, "upload firmware")?;
+    let family = Family::parse(&query.family).map_err(|e| ApiError::validation("family", e.0))?;
+    let version = match query.version.as_deref() {
+        Some(raw) => {
+            FirmwareVersion::parse(raw).map_err(|e| ApiError::validation("version", e.0))?
+        }
+        None => return Err(ApiError::validation("version", "is required")),
+    };
+    let limit = state.settings.max_firmware_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    if firmware::version_exists(&state.pool, family.as_str(), version.as_str()).await? {
+        return Err(ApiError::Conflict(format!(
+            "{family} firmware {} already exists",
+            version.as_str()
+        )));
+    }
+
+    let id = Uuid::now_v7();
+    let (digest, size, temp_key) = receive_image(&state, body, &id.to_string(), limit).await?;
+    if size == 0 {
+        state.store.delete(&temp_key).await.ok();
+        return Err(ApiError::validation("body", "the firmware image is empty"));
+    }
+    let storage_key = FirmwareStore::image_key(&digest);
+    state.store.promote(&temp_key, &storage_key).await?;
+
+    let record = Firmware {
+        id,
+        family: family.as_str().to_owned(),
+        version: version.as_str().to_owned(),
+        sha256: digest.as_str().to_owned(),
+        size: size as i64,
+        storage_key,
+        metadata: sqlx::types::Json(json!({})),
+        created_by: principal.actor(),
+        created_at: Utc::now(),
+    };
+    let mut tx = state.pool.begin().await?;
+    if let Err(error) = firmware::insert(&mut tx, &record).await {
+        return Err(match crate::db::constraint_violation(&error) {
+            Some((crate::db::ViolationKind::Unique, _)) => ApiError::Conflict(format!(
+                "{family} firmware {} already exists",
+                version.as_str()
+            )),
+            _ => error.into(),
+        });
+    }
+    let event = json!({
+        "firmware_id": record.id, "family": record.family, "version": record.version,
+        "sha256": record.sha256, "size": record.size,
+    });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            aggregate_type: "firmware",
+            aggregate_id: &record.id.to_string(),
+            event_type: "firmware.uploaded",
+            payload: event.clone(),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "firmware.upload",
+        "firmware",
+        &record.id.to_string(),
+        event,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(firmware_id = %record.id, family = %record.family, version = %record.version, size, sha256 = %record.sha256, "firmware uploaded");
+    Ok((StatusCode::CREATED, axum::Json(record)).into_response())
+}
+
+/// Streams the body into the store under a temporary key while hashing it;
+/// aborts the upload when the body passes `limit` or breaks off.
+async fn receive_image(
+    state: &AppState,
+    body: Body,
+    upload_id: &str,
+    limit: u64,
+) -> ApiResult<(FirmwareDigest, u64, String)> {
+    let mut upload = state.store.begin_upload(upload_id).await?;
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                upload.abort().await;
+                return Err(ApiError::BadRequest(format!("upload interrupted: {error}")));
+            }
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            upload.abort().await;
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        state
+            .metrics
+            .firmware_bytes_uploaded_total
+            .inc_by(chunk.len() as u64);
+        hasher.update(&chunk);
+        if let Err(error) = upload.write(chunk).await {
+            upload.abort().await;
+            return Err(error.into());
+        }
+    }
+    let key = upload.key.clone();
+    upload.finish().await?;
+    Ok((
+        FirmwareDigest::from_bytes(&hasher.finalize().into()),
+        size,
+        key,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListFirmwareQuery {
+    family: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// List firmware, newest first.
+#[utoipa::path(
+    get, path = "/firmware", tag = "firmware",
+    params(ListFirmwareQuery),
+    responses((status = 200, body = Page<Firmware>)),
+    security(("bearer" = []))
+)]
+async fn list_firmware(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListFirmwareQuery>,
+) -> ApiResult<axum::Json<Page<Firmware>>> {
+    caller.require(Role::Viewer, "list firmware")?;
+    let limit = pagination::limit(query.limit)?;
+    let before = pagination::decode(query.cursor.as_deref())?
+        .map(|c| Uuid::parse_str(&c))
+        .transpose()
+        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    let rows = firmware::list(&state.pool, query.family.as_deref(), before, limit + 1).await?;
+    Ok(axum::Json(Page::from_rows(rows, limit, |f| {
+        f.id.to_string()
+    })))
+}
+
+async fn find(state: &AppState, id: Uuid) -> ApiResult<Firmware> {
+    firmware::get(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("firmware {id}")))
+}
+
+/// Read one firmware record.
+#[utoipa::path(
+    get, path = "/firmware/{id}", tag = "firmware",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Firmware), (status = 404, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn get_firmware(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<axum::Json<Firmware>> {
+    caller.require(Role::Viewer, "read firmware")?;
+    Ok(axum::Json(find(&state, id).await?))
+}
+
+/// Delete firmware no job uses.
+#[utoipa::path(
+    delete, path = "/firmware/{id}", tag = "firmware",
+    params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn delete_firmware(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let principal = caller.require(Role::Operator, "delete firmware")?;
+    let mut tx = state.pool.begin().await?;
+    let (record, unreferenced) = firmware::delete(&mut tx, id).await.map_err(|e| match e {
+        DeleteError::NotFound => ApiError::NotFound(format!("firmware {id}")),
+        DeleteError::InUse(_) => ApiError::Conflict(e.to_string()),
+        DeleteError::Db(db) => db.into(),
+    })?;
+    let details =
+        json!({ "family": record.family, "version": record.version, "sha256": record.sha256 });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            aggregate_type: "firmware",
+            aggregate_id: &id.to_string(),
+            event_type: "firmware.deleted",
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "firmware.delete",
+        "firmware",
+        &id.to_string(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    // Bytes go only after the record is gone; a failure here leaves an
+    // unreferenced blob, never a record without bytes.
+    if unreferenced && let Err(error) = state.store.delete(&record.storage_key).await {
+        tracing::warn!(error = format!("{error:#}"), key = %record.storage_key, "firmware blob left behind");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Download an image; supports `Range` (one range), `If-Range` and
+/// `If-None-Match` so interrupted downloads resume where they stopped.
+#[utoipa::path(
+    get, path = "/firmware/{id}/download", tag = "firmware",
+    params(
+        ("id" = Uuid, Path),
+        ("Range" = Option<String>, Header, description = "e.g. bytes=1024-"),
+        ("If-Range" = Option<String>, Header, description = "The ETag the client holds"),
+    ),
+    responses(
+        (status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304), (status = 404, body = super::error::Problem), (status = 416, body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn download_firmware(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    caller.require(Role::Viewer, "download firmware")?;
+    let record = find(&state, id).await?;
+    serve_image(&state.store, &record, &headers).await
+}
+
+/// Answers a GET for an image, honouring conditional and range headers.
+pub async fn serve_image(
+    store: &FirmwareStore,
+    record: &Firmware,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let size = record.size as u64;
+    let etag = format!("\"{}\"", record.sha256);
+    let header_str = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+
+    if let Some(tags) = header_str(header::IF_NONE_MATCH)
+        && tags.split(',').any(|t| t.trim() == etag || t.trim() == "*")
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    // A range is honoured only if the client's copy is this very image.
+    let range_header = match header_str(header::IF_RANGE) {
+        Some(validator) if validator.trim() != etag => None,
+        _ => header_str(header::RANGE),
+    };
+    let (status, range) = match range::parse(range_header, size) {
+        RangeRequest::Full => (StatusCode::OK, None),
+        RangeRequest::Partial(r) => (StatusCode::PARTIAL_CONTENT, Some(r)),
+        RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
+    };
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    let body = if size == 0 {
+        Body::empty()
+    } else {
+        let stream = store.stream(&record.storage_key, range.clone()).await?;
+        Body::from_stream(stream.map_err(std::io::Error::other))
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"{}-{}.bin\"",
+                record.family, record.version
+            ),
+        );
+    if let Some(r) = &range {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", r.start, r.end - 1),
+        );
+    }
+    response.body(body).map_err(|e| {
+        ApiError::Internal(anyhow::Error::new(e).context("building a download response"))
+    })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct UrlQuery {
+    /// Lifetime of a presigned URL in seconds, 1 to 604800 (default 3600).
+    ttl_secs: Option<u64>,
+}
+
+/// Where a client fetches an image from.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DownloadUrl {
+    pub url: String,
+    /// True for a presigned object-store URL that needs no token.
+    pub presigned: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub sha256: String,
+    pub size: i64,
+}
+
+/// A download URL: presigned when the store is S3, else the host endpoint.
+#[utoipa::path(
+    get, path = "/firmware/{id}/url", tag = "firmware",
+    params(("id" = Uuid, Path), UrlQuery),
+    responses((status = 200, body = DownloadUrl), (status = 404, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn firmware_url(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<UrlQuery>,
+) -> ApiResult<axum::Json<DownloadUrl>> {
+    caller.require(Role::Viewer, "download firmware")?;
+    let ttl = query.ttl_secs.unwrap_or(3600);
+    if !(1..=604_800).contains(&ttl) {
+        return Err(ApiError::validation(
+            "ttl_secs",
+            "must be between 1 and 604800",
+        ));
+    }
+    let record = find(&state, id).await?;
+    let presigned = state
+        .store
+        .presigned_get(&record.storage_key, Duration::from_secs(ttl))
+        .await?;
+    Ok(axum::Json(match presigned {
+        Some(url) => DownloadUrl {
+            url: url.to_string(),
+            presigned: true,
+            expires_at: Some(Utc::now() + chrono::Duration::seconds(ttl as i64)),
+            sha256: record.sha256,
+            size: record.size,
+        },
+        None => DownloadUrl {
+            url: format!("/api/v1/firmware/{id}/download"),
+            presigned: false,
+            expires_at: None,
+            sha256: record.sha256,
+            size: record.size,
+        },
+    }))
+}

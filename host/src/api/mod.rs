@@ -1,0 +1,177 @@
+//! The operator REST API under `/api/v1`, plus health, readiness, metrics and
+//! the OpenAPI document. Handlers validate input, call the domain modules
+//! and map their errors; they never talk to MQTT or Kafka.
+
+mod admin;
+mod devices;
+pub mod error;
+mod extract;
+mod firmware;
+mod jobs;
+mod pagination;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::firmware::store::FirmwareStore;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use error::{ApiError, ProblemCode};
+
+/// Largest JSON request body.
+pub const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub store: FirmwareStore,
+    pub metrics: Metrics,
+    pub settings: Arc<Settings>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Rollway",
+        description = "Over-the-air firmware updates for vehicle fleets: devices, firmware, jobs and rollouts.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "devices", description = "The fleet"),
+        (name = "firmware", description = "Firmware images"),
+        (name = "jobs", description = "Update jobs and per-device executions"),
+        (name = "admin", description = "Tokens and audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The whole HTTP surface of the host.
+pub fn router(state: AppState) -> Router {
+    let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(devices::router())
+        .merge(firmware::router())
+        .merge(jobs::router())
+        .merge(admin::router())
+        .split_for_parts();
+    // Paths in the document carry their real prefix.
+    let paths = std::mem::take(&mut openapi.paths.paths);
+    openapi.paths.paths = paths
+        .into_iter()
+        .map(|(path, item)| (format!("/api/v1{path}"), item))
+        .collect();
+    let openapi = Arc::new(openapi);
+
+    Router::new()
+        .nest("/api/v1", api.layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move { Json(openapi.as_ref().clone()) }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let check = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
+    )
+    .await;
+    match check {
+        Ok(Ok(_)) => Json(json!({ "status": "ready", "database": "ok" })).into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: database check failed");
+            ApiError::Unavailable("database is not reachable".into()).into_response()
+        }
+        Err(_) => {
+            ApiError::Unavailable("database did not answer within 2 s".into()).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route".into())
+}
+
+/// Counts and times every request by its route template (low cardinality),
+/// and counts problem responses by type.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status();
+    state
+        .metrics
+        .http_requests_total
+        .with_label_values(&[method.as_str(), &route, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_request_duration_seconds
+        .with_label_values(&[method.as_str(), &route])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(ProblemCode(code)) = response.extensions().get::<ProblemCode>() {
+        state
+            .metrics
+            .api_errors_total
+            .with_label_values(&[code])
+            .inc();
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        state
+            .metrics
+            .api_errors_total
+            .with_label_values(&["method-not-allowed"])
+            .inc();
+    }
+    response
+}

@@ -1,0 +1,149 @@
+//! API tokens: bearer secrets of the form `rw_<43 base64url chars>`, stored
+//! only as their SHA-256. Tokens are random 256-bit values, so a plain hash
+//! (not a password KDF) is the right tool.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::Role;
+
+const PREFIX: &str = "rw_";
+
+/// Who is calling: the token's id, name and role.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub token_id: Uuid,
+    pub name: String,
+    pub role: Role,
+}
+
+impl Principal {
+    /// How the principal appears in the audit log and in `created_by`.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.name)
+    }
+}
+
+pub fn generate_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+pub fn hash_secret(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// Resolves a bearer secret to its principal, if the token exists, is not
+/// revoked and has not expired.
+pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Option<Principal>, sqlx::Error> {
+    let row: Option<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, name, role FROM api_tokens
+         WHERE token_hash = $1 AND revoked_at IS NULL
+           AND (expires_at IS NULL OR expires_at > now())",
+    )
+    .bind(hash_secret(secret))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(token_id, name, role)| {
+        Some(Principal {
+            token_id,
+            name,
+            role: Role::parse(&role).ok()?,
+        })
+    }))
+}
+
+/// A token as listed (never with its secret).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a token and returns its record and the secret, shown once.
+pub async fn create(
+    conn: &mut PgConnection,
+    name: &str,
+    role: Role,
+    created_by: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(TokenRecord, String), sqlx::Error> {
+    let secret = generate_secret();
+    let record = sqlx::query_as::<_, TokenRecord>(
+        "INSERT INTO api_tokens (id, name, role, token_hash, created_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, role, created_by, created_at, expires_at, revoked_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(role.as_str())
+    .bind(hash_secret(&secret))
+    .bind(created_by)
+    .bind(expires_at)
+    .fetch_one(conn)
+    .await?;
+    Ok((record, secret))
+}
+
+/// Makes sure an admin token with exactly this secret exists and is usable.
+pub async fn ensure_bootstrap(pool: &PgPool, secret: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO api_tokens (id, name, role, token_hash, created_by)
+         VALUES ($1, 'bootstrap', 'admin', $2, 'system')
+         ON CONFLICT (token_hash) DO UPDATE
+           SET role = 'admin', revoked_at = NULL, expires_at = NULL",
+    )
+    .bind(Uuid::now_v7())
+    .bind(hash_secret(secret))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<TokenRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, role, created_by, created_at, expires_at, revoked_at
+         FROM api_tokens ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a token; `None` when there is no such token.
+pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<Option<TokenRecord>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+         RETURNING id, name, role, created_by, created_at, expires_at, revoked_at",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_prefixed() {
+        let a = generate_secret();
+        let b = generate_secret();
+        assert!(a.starts_with("rw_") && a.len() == 3 + 43);
+        assert_ne!(a, b);
+        assert_eq!(hash_secret(&a), hash_secret(&a));
+        assert_ne!(hash_secret(&a), hash_secret(&b));
+    }
+}

@@ -1,0 +1,171 @@
+//! The `rollway` command line.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::domain::Role;
+use crate::settings::{Settings, SettingsArgs};
+use crate::startup::{Application, shutdown_signal};
+use crate::up::{self, PrivatePostgres};
+use crate::{auth, db, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rollway",
+    version,
+    about = "Over-the-air firmware updates for vehicle fleets",
+    after_help = "Examples:\n  rollway up                          first look: private database, file store\n  DATABASE_URL=postgres://… rollway serve\n  rollway token create --role operator --name ci"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the host against DATABASE_URL (migrates on start).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Everything on embedded defaults for a first look: a private
+    /// PostgreSQL when DATABASE_URL is unset, a file store in the data
+    /// directory; prints the URL and an admin token.
+    Up,
+    /// Manage API tokens directly in the database.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret (shown once).
+    Create {
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+        /// A name to recognise the token by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Lifetime in seconds (no expiry when absent).
+        #[arg(long)]
+        expires_in_secs: Option<i64>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.settings) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("rollway: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rollway: starting the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rollway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            connect_migrated(&settings).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Up => run_up(settings).await,
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    role,
+                    name,
+                    expires_in_secs,
+                },
+        } => {
+            let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let pool = connect_migrated(&settings).await?;
+            let expires_at =
+                expires_in_secs.map(|s| chrono::Utc::now() + chrono::Duration::seconds(s));
+            let mut conn = pool.acquire().await?;
+            let (record, secret) = auth::create(&mut conn, &name, role, "cli", expires_at).await?;
+            eprintln!("created {} token '{}' ({})", role, record.name, record.id);
+            println!("{secret}");
+            Ok(())
+        }
+    }
+}
+
+/// A small pool on DATABASE_URL with the migrations applied.
+async fn connect_migrated(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let url = settings
+        .database_url
+        .as_ref()
+        .context("DATABASE_URL is not set")?;
+    let pool = db::connect(url, 2).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+async fn run_up(mut settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let mut private = None;
+    if settings.database_url.is_none() {
+        let data_dir = settings.data_dir.clone();
+        let postgres = tokio::task::spawn_blocking(move || PrivatePostgres::start(&data_dir))
+            .await
+            .context("starting the private PostgreSQL")??;
+        postgres.ensure_database().await?;
+        settings.database_url = Some(postgres.database_url());
+        private = Some(postgres);
+    }
+    let data_dir = settings.data_dir.clone();
+    let bootstrap = settings.bootstrap_token.clone();
+    let result = async {
+        let app = Application::build(settings).await?;
+        let token = up::admin_token(app.pool(), &data_dir, bootstrap.as_ref()).await?;
+        let url = format!("http://{}/", app.address());
+        println!("Rollway is up.");
+        println!("  URL:         {url}");
+        println!("  Admin token: {token}");
+        println!("  Data:        {}", data_dir.display());
+        println!("Press Ctrl-C to stop.");
+        app.run_until_stopped(shutdown_signal()).await
+    }
+    .await;
+    if let Some(mut postgres) = private {
+        tokio::task::spawn_blocking(move || postgres.stop())
+            .await
+            .context("stopping the private PostgreSQL")??;
+    }
+    result
+}

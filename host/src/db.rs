@@ -1,0 +1,54 @@
+//! PostgreSQL connection pool and migrations.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+pub async fn connect(url: &SecretString, pool_size: u32) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url
+        .expose_secret()
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    Ok(pool)
+}
+
+/// Applies pending migrations. Safe with several replicas starting at once:
+/// sqlx serialises them with an advisory lock.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("applying database migrations")
+}
+
+/// Maps a unique or foreign-key violation to its constraint name, so that
+/// callers can turn it into a 409 or 422 where it happens.
+pub fn constraint_violation(error: &sqlx::Error) -> Option<(ViolationKind, String)> {
+    let db = error.as_database_error()?;
+    let kind = match db.code()?.as_ref() {
+        "23505" => ViolationKind::Unique,
+        "23503" => ViolationKind::ForeignKey,
+        "23514" => ViolationKind::Check,
+        _ => return None,
+    };
+    Some((kind, db.constraint().unwrap_or_default().to_owned()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationKind {
+    Unique,
+    ForeignKey,
+    Check,
+}

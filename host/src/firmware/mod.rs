@@ -1,0 +1,128 @@
+//! Firmware images: records in PostgreSQL, bytes in the object store.
+
+pub mod range;
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A stored firmware image.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Firmware {
+    pub id: Uuid,
+    pub family: String,
+    pub version: String,
+    /// SHA-256 of the image, lowercase hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: i64,
+    #[serde(skip)]
+    pub storage_key: String,
+    /// What the family's device plugin extracted from the image.
+    #[schema(value_type = Object)]
+    pub metadata: Json<Value>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, family, version, sha256, size, storage_key, metadata, created_by, created_at";
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Firmware>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM firmware WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn version_exists(
+    pool: &PgPool,
+    family: &str,
+    version: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM firmware WHERE family = $1 AND version = $2)")
+        .bind(family)
+        .bind(version)
+        .fetch_one(pool)
+        .await
+}
+
+/// Newest first, after `before` (the last id seen).
+pub async fn list(
+    pool: &PgPool,
+    family: Option<&str>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Firmware>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM firmware
+         WHERE ($1::text IS NULL OR family = $1) AND ($2::uuid IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(family)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn insert(conn: &mut PgConnection, firmware: &Firmware) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO firmware (id, family, version, sha256, size, storage_key, metadata, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(firmware.id)
+    .bind(&firmware.family)
+    .bind(&firmware.version)
+    .bind(&firmware.sha256)
+    .bind(firmware.size)
+    .bind(&firmware.storage_key)
+    .bind(&firmware.metadata)
+    .bind(&firmware.created_by)
+    .bind(firmware.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("firmware not found")]
+    NotFound,
+    #[error("firmware is used by {0} job(s) and cannot be deleted")]
+    InUse(i64),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Deletes a record no job refers to. Returns it and whether its bytes are
+/// now unreferenced (another record may share the same image).
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(Firmware, bool), DeleteError> {
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE firmware_id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if jobs > 0 {
+        return Err(DeleteError::InUse(jobs));
+    }
+    let deleted: Option<Firmware> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM firmware WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let deleted = deleted.ok_or(DeleteError::NotFound)?;
+    let shared: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM firmware WHERE storage_key = $1)")
+            .bind(&deleted.storage_key)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok((deleted, !shared))
+}

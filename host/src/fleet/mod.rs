@@ -1,0 +1,253 @@
+//! The fleet: registered devices, their families, gateways and tags.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, QueryBuilder};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+use crate::domain::{DeviceId, Family, Tags};
+
+/// A registered device.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Device {
+    /// VIN, serial number or board id.
+    pub id: String,
+    pub family: String,
+    pub model: Option<String>,
+    /// The gateway (e.g. a Jetson) through which this device is reached.
+    pub gateway_id: Option<String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub tags: Json<BTreeMap<String, String>>,
+    /// Firmware version the device last reported as installed.
+    pub firmware_version: Option<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, family, model, gateway_id, tags, firmware_version, last_seen, created_at, updated_at";
+
+/// A validated registration.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub id: DeviceId,
+    pub family: Family,
+    pub model: Option<String>,
+    pub gateway_id: Option<DeviceId>,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub struct UpsertCounts {
+    pub created: u64,
+    pub updated: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("gateway '{0}' is not a registered device")]
+    UnknownGateway(String),
+    #[error(
+        "device '{device}' cannot use '{gateway}' as its gateway: it is itself behind a gateway"
+    )]
+    NestedGateway { device: String, gateway: String },
+    #[error(
+        "device '{device}' cannot use '{gateway}' as its gateway: '{device}' is a gateway for other devices"
+    )]
+    GatewayHasGateway { device: String, gateway: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Registers or updates devices in one statement. Gateways are checked at the
+/// end of the transaction, so a batch may list children before gateways.
+pub async fn upsert(
+    conn: &mut PgConnection,
+    devices: &[NewDevice],
+) -> Result<UpsertCounts, FleetError> {
+    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    let families: Vec<&str> = devices.iter().map(|d| d.family.as_str()).collect();
+    let models: Vec<Option<&str>> = devices.iter().map(|d| d.model.as_deref()).collect();
+    let gateways: Vec<Option<&str>> = devices
+        .iter()
+        .map(|d| d.gateway_id.as_ref().map(DeviceId::as_str))
+        .collect();
+    let tags: Vec<serde_json::Value> = devices.iter().map(|d| d.tags.to_json()).collect();
+
+    let inserted: Vec<(bool,)> = sqlx::query_as(
+        "INSERT INTO devices (id, family, model, gateway_id, tags)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+         ON CONFLICT (id) DO UPDATE SET
+             family = excluded.family, model = excluded.model,
+             gateway_id = excluded.gateway_id, tags = excluded.tags, updated_at = now()
+         RETURNING (xmax = 0)",
+    )
+    .bind(&ids)
+    .bind(&families)
+    .bind(&models)
+    .bind(&gateways)
+    .bind(&tags)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    // One level of gateways: a gateway is not behind another gateway, and a
+    // device that serves as gateway is not itself behind one.
+    let problem: Option<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "SELECT d.id, d.gateway_id, g.id, g.gateway_id IS NOT NULL
+         FROM devices d LEFT JOIN devices g ON g.id = d.gateway_id
+         WHERE (d.id = ANY($1) OR d.gateway_id = ANY($1))
+           AND d.gateway_id IS NOT NULL
+           AND (g.id IS NULL OR g.gateway_id IS NOT NULL)
+         LIMIT 1",
+    )
+    .bind(&ids)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((device, gateway, found, nested)) = problem {
+        let gateway = gateway.unwrap_or_default();
+        return Err(if found.is_none() {
+            FleetError::UnknownGateway(gateway)
+        } else if nested && ids.contains(&device.as_str()) {
+            FleetError::NestedGateway { device, gateway }
+        } else {
+            FleetError::GatewayHasGateway {
+                device: gateway.clone(),
+                gateway: device,
+            }
+        });
+    }
+
+    let created = inserted.iter().filter(|(new,)| *new).count() as u64;
+    Ok(UpsertCounts {
+        created,
+        updated: inserted.len() as u64 - created,
+    })
+}
+
+pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Device>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Filters of the device list; every field narrows the result.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceFilter {
+    pub family: Option<String>,
+    pub model: Option<String>,
+    pub gateway_id: Option<String>,
+    pub firmware_version: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// Devices whose id starts with this text.
+    pub id_prefix: Option<String>,
+}
+
+/// One page of devices ordered by id, after `cursor` (the last id seen).
+pub async fn list(
+    pool: &PgPool,
+    filter: &DeviceFilter,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Device>, sqlx::Error> {
+    let mut query = QueryBuilder::new(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE true"));
+    if let Some(family) = &filter.family {
+        query.push(" AND family = ").push_bind(family);
+    }
+    if let Some(model) = &filter.model {
+        query.push(" AND model = ").push_bind(model);
+    }
+    if let Some(gateway) = &filter.gateway_id {
+        query.push(" AND gateway_id = ").push_bind(gateway);
+    }
+    if let Some(version) = &filter.firmware_version {
+        query.push(" AND firmware_version = ").push_bind(version);
+    }
+    if !filter.tags.is_empty() {
+        query
+            .push(" AND tags @> ")
+            .push_bind(Json(&filter.tags))
+            .push("::jsonb");
+    }
+    if let Some(prefix) = &filter.id_prefix {
+        let escaped = prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        query.push(" AND id LIKE ").push_bind(format!("{escaped}%"));
+    }
+    if let Some(after) = after {
+        query.push(" AND id > ").push_bind(after);
+    }
+    query.push(" ORDER BY id LIMIT ").push_bind(limit);
+    query.build_query_as().fetch_all(pool).await
+}
+
+/// Replaces a device's tags and/or model; `None` when there is no such device.
+pub async fn update(
+    conn: &mut PgConnection,
+    id: &str,
+    tags: Option<&Tags>,
+    model: Option<Option<&str>>,
+) -> Result<Option<Device>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE devices SET
+             tags = coalesce($2, tags),
+             model = CASE WHEN $3 THEN $4 ELSE model END,
+             updated_at = now()
+         WHERE id = $1 RETURNING {DEVICE_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(tags.map(Tags::to_json))
+    .bind(model.is_some())
+    .bind(model.flatten())
+    .fetch_optional(conn)
+    .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("device not found")]
+    NotFound,
+    #[error("device '{0}' has an update in progress; cancel its job first")]
+    Busy(String),
+    #[error("device '{0}' is the gateway of {1} device(s); move or delete them first")]
+    IsGateway(String, i64),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+pub async fn delete(conn: &mut PgConnection, id: &str) -> Result<(), DeleteError> {
+    let busy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM executions e JOIN jobs j ON j.id = e.job_id
+                        WHERE e.device_id = $1
+                          AND e.status NOT IN ('done', 'error', 'timed_out', 'cancelled')
+                          AND j.status IN ('scheduled', 'running', 'paused'))",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if busy {
+        return Err(DeleteError::Busy(id.to_owned()));
+    }
+    let children: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE gateway_id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if children > 0 {
+        return Err(DeleteError::IsGateway(id.to_owned(), children));
+    }
+    let deleted = sqlx::query("DELETE FROM devices WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if deleted.rows_affected() == 0 {
+        return Err(DeleteError::NotFound);
+    }
+    Ok(())
+}

@@ -1,0 +1,543 @@
+//! Update jobs: a firmware, the devices it targets, when it starts and how it
+//! rolls out. Creating a job creates one execution per targeted device.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::{DeviceId, ExecutionStatus, JobStatus};
+use crate::outbox;
+
+/// Which devices a job updates.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    Devices(Vec<DeviceId>),
+    Filter(TargetFilter),
+}
+
+/// Devices matching every given field (the family is the firmware's).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetFilter {
+    pub model: Option<String>,
+    pub gateway_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Immediate,
+    Scheduled,
+    Emergency,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Immediate => "immediate",
+            JobKind::Scheduled => "scheduled",
+            JobKind::Emergency => "emergency",
+        }
+    }
+}
+
+/// A validated job request.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub name: Option<String>,
+    pub firmware_id: Uuid,
+    pub family: String,
+    pub targets: Targets,
+    /// The targets as the operator wrote them, kept for the record.
+    pub targets_json: Value,
+    pub kind: JobKind,
+    pub start_at: DateTime<Utc>,
+    pub rollout_plugin: String,
+    pub rollout_config: Value,
+    pub device_timeout_secs: i32,
+    pub max_retries: i32,
+    pub created_by: String,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub name: Option<String>,
+    pub firmware_id: Uuid,
+    /// `immediate`, `scheduled` or `emergency`.
+    pub kind: String,
+    pub start_at: DateTime<Utc>,
+    pub status: String,
+    /// Why the job reached its status (e.g. the rollout's abort reason).
+    pub status_reason: Option<String>,
+    #[schema(value_type = Object)]
+    pub targets: Json<Value>,
+    pub rollout_plugin: String,
+    #[schema(value_type = Object)]
+    pub rollout_config: Json<Value>,
+    pub device_timeout_secs: i32,
+    pub max_retries: i32,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
+     rollout_plugin, rollout_config, device_timeout_secs, max_retries, created_by, created_at, \
+     updated_at, started_at, finished_at, version";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("the targets match no {0} device")]
+    NoTargets(String),
+    #[error("unknown devices: {}", .0.join(", "))]
+    UnknownDevices(Vec<String>),
+    #[error("devices of another family than the firmware's ({family}): {}", .devices.join(", "))]
+    WrongFamily {
+        family: String,
+        devices: Vec<String>,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Creates the job and its executions (all `queued`) in one transaction,
+/// with its `job.created` event.
+pub async fn create(conn: &mut PgConnection, new: &NewJob) -> Result<(Job, i64), CreateError> {
+    let id = Uuid::now_v7();
+    let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
+                           rollout_config, device_timeout_secs, max_retries, created_by)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11)
+         RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(&new.name)
+    .bind(new.firmware_id)
+    .bind(new.kind.as_str())
+    .bind(new.start_at)
+    .bind(&new.targets_json)
+    .bind(&new.rollout_plugin)
+    .bind(&new.rollout_config)
+    .bind(new.device_timeout_secs)
+    .bind(new.max_retries)
+    .bind(&new.created_by)
+    .fetch_one(&mut *conn)
+    .await?;
+
+    // Executions are created server-side in one statement: a job over a
+    // million devices never ships a million ids back and forth.
+    let total = match &new.targets {
+        Targets::Devices(ids) => {
+            let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
+            let inserted = sqlx::query(
+                "INSERT INTO executions (job_id, device_id)
+                 SELECT $1, d.id FROM devices d WHERE d.id = ANY($2::text[]) AND d.family = $3",
+            )
+            .bind(id)
+            .bind(&ids)
+            .bind(&new.family)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected() as i64;
+            if inserted < ids.len() as i64 {
+                return Err(explain_missing(conn, &ids, &new.family).await);
+            }
+            inserted
+        }
+        Targets::Filter(filter) => sqlx::query(
+            "INSERT INTO executions (job_id, device_id)
+             SELECT $1, d.id FROM devices d
+             WHERE d.family = $2
+               AND ($3::text IS NULL OR d.model = $3)
+               AND ($4::text IS NULL OR d.gateway_id = $4)
+               AND ($5::jsonb IS NULL OR d.tags @> $5)",
+        )
+        .bind(id)
+        .bind(&new.family)
+        .bind(&filter.model)
+        .bind(&filter.gateway_id)
+        .bind((!filter.tags.is_empty()).then_some(Json(&filter.tags)))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as i64,
+    };
+    if total == 0 {
+        return Err(CreateError::NoTargets(new.family.clone()));
+    }
+
+    outbox::enqueue(
+        conn,
+        outbox::Event {
+            aggregate_type: "job",
+            aggregate_id: &id.to_string(),
+            event_type: "job.created",
+            payload: json!({
+                "job_id": id, "firmware_id": new.firmware_id, "kind": new.kind.as_str(),
+                "start_at": new.start_at, "status": "scheduled", "executions": total,
+                "rollout_plugin": new.rollout_plugin,
+            }),
+        },
+    )
+    .await?;
+    Ok((job, total))
+}
+
+async fn explain_missing(conn: &mut PgConnection, ids: &[&str], family: &str) -> CreateError {
+    let unknown: Result<Vec<String>, _> = sqlx::query_scalar(
+        "SELECT x FROM unnest($1::text[]) AS x
+         WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = x) LIMIT 20",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await;
+    match unknown {
+        Ok(unknown) if !unknown.is_empty() => CreateError::UnknownDevices(unknown),
+        Ok(_) => match sqlx::query_scalar(
+            "SELECT id || ' (' || family || ')' FROM devices
+             WHERE id = ANY($1::text[]) AND family <> $2 ORDER BY id LIMIT 20",
+        )
+        .bind(ids)
+        .bind(family)
+        .fetch_all(&mut *conn)
+        .await
+        {
+            Ok(devices) => CreateError::WrongFamily {
+                family: family.to_owned(),
+                devices,
+            },
+            Err(e) => e.into(),
+        },
+        Err(e) => e.into(),
+    }
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Newest first, after `before` (the last id seen).
+pub async fn list(
+    pool: &PgPool,
+    status: Option<JobStatus>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Job>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM jobs
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(status.map(JobStatus::as_str))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Executions by status, for the whole job and per batch group.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobCounts {
+    pub total: i64,
+    /// Every execution status with its count (zeros included).
+    pub counts: BTreeMap<String, i64>,
+    pub batches: Vec<BatchCounts>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchCounts {
+    /// Batch group in rollout order; absent until the rollout has planned the job.
+    pub batch_group: Option<i32>,
+    pub total: i64,
+    pub counts: BTreeMap<String, i64>,
+}
+
+fn zeroed() -> BTreeMap<String, i64> {
+    ExecutionStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect()
+}
+
+pub async fn counts(pool: &PgPool, job_id: Uuid) -> Result<JobCounts, sqlx::Error> {
+    let rows: Vec<(Option<i32>, String, i64)> = sqlx::query_as(
+        "SELECT batch_group, status, count(*) FROM executions WHERE job_id = $1
+         GROUP BY batch_group, status ORDER BY batch_group NULLS LAST",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
+    let mut result = JobCounts {
+        total: 0,
+        counts: zeroed(),
+        batches: Vec::new(),
+    };
+    for (batch_group, status, n) in rows {
+        result.total += n;
+        *result.counts.entry(status.clone()).or_default() += n;
+        if result.batches.last().map(|b| b.batch_group) != Some(batch_group) {
+            result.batches.push(BatchCounts {
+                batch_group,
+                total: 0,
+                counts: zeroed(),
+            });
+        }
+        if let Some(batch) = result.batches.last_mut() {
+            batch.total += n;
+            *batch.counts.entry(status).or_default() += n;
+        }
+    }
+    Ok(result)
+}
+
+/// An operator's request to change a job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobAction {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl JobAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobAction::Pause => "pause",
+            JobAction::Resume => "resume",
+            JobAction::Cancel => "cancel",
+        }
+    }
+
+    fn target(self) -> JobStatus {
+        match self {
+            JobAction::Pause => JobStatus::Paused,
+            JobAction::Resume => JobStatus::Running,
+            JobAction::Cancel => JobStatus::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("job not found")]
+    NotFound,
+    #[error("cannot {action} the job: {reason}")]
+    Invalid {
+        action: &'static str,
+        reason: String,
+    },
+    #[error("the job changed concurrently; retry")]
+    Contended,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Applies an operator action under optimistic locking on `jobs.version`.
+/// Cancelling also cancels every unfinished execution, each with its log
+/// entry and event.
+pub async fn apply_action(
+    pool: &PgPool,
+    id: Uuid,
+    action: JobAction,
+    actor: &str,
+) -> Result<Job, TransitionError> {
+    let next = action.target();
+    for _ in 0..3 {
+        let mut tx = pool.begin().await?;
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT status, version FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (status, version) = current.ok_or(TransitionError::NotFound)?;
+        let status = JobStatus::parse(&status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if action == JobAction::Resume && status != JobStatus::Paused {
+            return Err(TransitionError::Invalid {
+                action: action.as_str(),
+                reason: format!("only a paused job can be resumed; this job is {status}"),
+            });
+        }
+        status
+            .check_transition(next)
+            .map_err(|reason| TransitionError::Invalid {
+                action: action.as_str(),
+                reason,
+            })?;
+        let updated: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = $3, status_reason = $4, version = version + 1, updated_at = now(),
+                             finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
+             WHERE id = $1 AND version = $2 RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(version)
+        .bind(next.as_str())
+        .bind(format!("{} by {actor}", past_tense(action)))
+        .bind(next.is_terminal())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = updated else {
+            continue;
+        };
+        let cancelled = if action == JobAction::Cancel {
+            cancel_executions(&mut tx, id, "job cancelled").await?
+        } else {
+            0
+        };
+        outbox::enqueue(
+            &mut tx,
+            outbox::Event {
+                aggregate_type: "job",
+                aggregate_id: &id.to_string(),
+                event_type: "job.status.changed",
+                payload: json!({
+                    "job_id": id, "from": status.as_str(), "to": next.as_str(),
+                    "reason": job.status_reason, "executions_cancelled": cancelled,
+                }),
+            },
+        )
+        .await?;
+        crate::audit::record(
+            &mut tx,
+            actor,
+            &format!("job.{}", action.as_str()),
+            "job",
+            &id.to_string(),
+            json!({ "from": status.as_str(), "to": next.as_str() }),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(job);
+    }
+    Err(TransitionError::Contended)
+}
+
+fn past_tense(action: JobAction) -> &'static str {
+    match action {
+        JobAction::Pause => "paused",
+        JobAction::Resume => "resumed",
+        JobAction::Cancel => "cancelled",
+    }
+}
+
+/// Cancels every unfinished execution of a job in one statement, writing a
+/// status-log row and an `execution.status.changed` event for each.
+pub async fn cancel_executions(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    reason: &str,
+) -> Result<i64, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "WITH old AS (
+             SELECT id, status FROM executions
+             WHERE job_id = $1 AND status NOT IN ('done', 'error', 'timed_out', 'cancelled')
+             FOR UPDATE
+         ), changed AS (
+             UPDATE executions e
+             SET status = 'cancelled', last_error = $2, finished_at = now(), updated_at = now(),
+                 version = e.version + 1
+             FROM old WHERE e.id = old.id
+             RETURNING e.id, e.device_id, e.job_id, old.status AS previous
+         ), logged AS (
+             INSERT INTO execution_status_log (execution_id, status, message)
+             SELECT id, 'cancelled', $2 FROM changed
+         ), events AS (
+             INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+             SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                    jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
+                                       'from', previous, 'to', 'cancelled', 'reason', $2::text)
+             FROM changed
+         )
+         SELECT count(*) FROM changed",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .fetch_one(conn)
+    .await?;
+    Ok(count)
+}
+
+/// One device's update within a job.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Execution {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub device_id: String,
+    pub batch_group: Option<i32>,
+    pub status: String,
+    pub attempts: i32,
+    /// Download progress in percent, when the device reports it.
+    pub progress: Option<i16>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+const EXECUTION_COLUMNS: &str = "id, job_id, device_id, batch_group, status, attempts, progress, \
+     last_error, created_at, updated_at, dispatched_at, finished_at, version";
+
+pub async fn list_executions(
+    pool: &PgPool,
+    job_id: Uuid,
+    status: Option<ExecutionStatus>,
+    batch_group: Option<i32>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Execution>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions
+         WHERE job_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($3::int IS NULL OR batch_group = $3) AND ($4::bigint IS NULL OR id > $4)
+         ORDER BY id LIMIT $5"
+    )))
+    .bind(job_id)
+    .bind(status.map(ExecutionStatus::as_str))
+    .bind(batch_group)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_execution(pool: &PgPool, id: i64) -> Result<Option<Execution>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// One state change of an execution.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct StatusLogEntry {
+    pub status: String,
+    pub progress: Option<i16>,
+    pub message: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn execution_log(pool: &PgPool, id: i64) -> Result<Vec<StatusLogEntry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, progress, message, at FROM execution_status_log
+         WHERE execution_id = $1 ORDER BY id LIMIT 1000",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}

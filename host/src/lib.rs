@@ -1,0 +1,24 @@
+//! Rollway, an over-the-air firmware update server for vehicle fleets.
+//!
+//! The flow of an update reads top to bottom: `api` (operators) →
+//! `fleet`, `firmware`, `jobs` (the model) → `outbox` (events). See
+//! ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod db;
+pub mod domain;
+pub mod firmware;
+pub mod fleet;
+pub mod jobs;
+pub mod metrics;
+pub mod outbox;
+pub mod settings;
+pub mod startup;
+pub mod telemetry;
+pub mod up;
+
+pub use settings::Settings;
+pub use startup::Application;

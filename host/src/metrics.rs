@@ -1,0 +1,142 @@
+//! Prometheus metrics of one host process, with the names from SPEC.md.
+//!
+//! Each `Application` owns its registry (tests run many in one process). The
+//! prometheus types are thread-safe: no mutex is ever put around them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub update_requests_total: IntCounter,
+    pub update_errors_total: IntCounterVec,
+    pub download_duration_seconds: Histogram,
+    pub dispatcher_mqtt_errors_total: IntCounterVec,
+    pub outbox_pending_total: IntGauge,
+    pub outbox_errors_total: IntCounter,
+    pub event_processing_lag_seconds: Histogram,
+    pub status_messages_total: IntCounterVec,
+    pub plugin_calls_total: IntCounterVec,
+    pub plugin_traps_total: IntCounterVec,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub api_errors_total: IntCounterVec,
+    pub firmware_bytes_uploaded_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> prometheus::Result<Histogram> {
+                let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+
+        let outbox_pending_total = IntGauge::new(
+            "outbox_pending_total",
+            "Events written to the outbox and not yet published",
+        )?;
+        registry.register(Box::new(outbox_pending_total.clone()))?;
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to answer an HTTP request",
+            ),
+            &["method", "route"],
+        )?;
+        registry.register(Box::new(http_request_duration_seconds.clone()))?;
+
+        Ok(Self {
+            update_requests_total: counter(
+                "update_requests_total",
+                "Update commands requested for devices",
+            )?,
+            update_errors_total: counter_vec(
+                "update_errors_total",
+                "Device updates that ended in an error, by reason",
+                &["reason"],
+            )?,
+            download_duration_seconds: histogram(
+                "download_duration_seconds",
+                "Time devices took to download firmware",
+                vec![
+                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+                ],
+            )?,
+            dispatcher_mqtt_errors_total: counter_vec(
+                "dispatcher_mqtt_errors_total",
+                "Failures to publish update commands over MQTT, by reason",
+                &["reason"],
+            )?,
+            outbox_pending_total,
+            outbox_errors_total: counter(
+                "outbox_errors_total",
+                "Failures to publish outbox events",
+            )?,
+            event_processing_lag_seconds: histogram(
+                "event_processing_lag_seconds",
+                "Time from a device status being sent to it being applied",
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            )?,
+            status_messages_total: counter_vec(
+                "status_messages_total",
+                "Device status messages received, by result",
+                &["result"],
+            )?,
+            plugin_calls_total: counter_vec(
+                "plugin_calls_total",
+                "Calls into plugins",
+                &["plugin", "function"],
+            )?,
+            plugin_traps_total: counter_vec(
+                "plugin_traps_total",
+                "Plugin calls that trapped, timed out or exceeded their memory",
+                &["plugin", "reason"],
+            )?,
+            http_requests_total: counter_vec(
+                "http_requests_total",
+                "HTTP requests answered, by route and status code",
+                &["method", "route", "status"],
+            )?,
+            http_request_duration_seconds,
+            api_errors_total: counter_vec(
+                "api_errors_total",
+                "API requests refused or failed, by problem type",
+                &["type"],
+            )?,
+            firmware_bytes_uploaded_total: counter(
+                "firmware_bytes_uploaded_total",
+                "Bytes of firmware images received",
+            )?,
+            registry,
+        })
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,251 @@
+//! Typed settings. Each value comes from, in order of precedence: a command
+//! line flag, its environment variable (names from SPEC.md), the optional
+//! TOML config file, and finally a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Flags shared by `serve`, `migrate`, `up` and `token`. Every flag also reads
+/// an environment variable and a key of the config file.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct SettingsArgs {
+    /// TOML config file whose keys are the long flag names in snake_case.
+    #[arg(long, env = "ROLLWAY_CONFIG", global = true)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// PostgreSQL URL, e.g. postgres://rollway@db/rollway.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// Address the HTTP API and dashboard listen on.
+    #[arg(long, env = "ROLLWAY_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// Firmware store: file:///var/lib/rollway/store or s3://bucket[/prefix]
+    /// (credentials and endpoint from the usual AWS_* variables).
+    #[arg(long, env = "ROLLWAY_STORE", global = true)]
+    pub store: Option<String>,
+
+    /// MQTT broker URL, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long, env = "MQTT_URL", hide_env_values = true, global = true)]
+    pub mqtt_url: Option<String>,
+
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+
+    /// Directory with extra plugin components (*.wasm).
+    #[arg(long, env = "ROLLWAY_PLUGINS_DIR", global = true)]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// Where `rollway up` keeps its private database, files and keys.
+    #[arg(long, env = "ROLLWAY_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// When set, an admin API token with exactly this value exists after start.
+    #[arg(
+        long,
+        env = "ROLLWAY_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub bootstrap_token: Option<String>,
+
+    /// Prefix of the MQTT topics.
+    #[arg(long, env = "ROLLWAY_TOPIC_PREFIX", global = true)]
+    pub topic_prefix: Option<String>,
+
+    /// Largest firmware image accepted, in bytes.
+    #[arg(long, env = "ROLLWAY_MAX_FIRMWARE_BYTES", global = true)]
+    pub max_firmware_bytes: Option<u64>,
+
+    /// Size of the PostgreSQL connection pool.
+    #[arg(long, env = "ROLLWAY_DB_POOL_SIZE", global = true)]
+    pub db_pool_size: Option<u32>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "ROLLWAY_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+/// Resolved settings of one host process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: Option<SecretString>,
+    pub listen: SocketAddr,
+    pub store: String,
+    pub mqtt_url: Option<SecretString>,
+    pub kafka_brokers: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub bootstrap_token: Option<SecretString>,
+    pub topic_prefix: String,
+    pub max_firmware_bytes: u64,
+    pub db_pool_size: u32,
+    pub log_json: bool,
+}
+
+impl Settings {
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_TOPIC_PREFIX: &'static str = "fleet";
+    pub const DEFAULT_MAX_FIRMWARE_BYTES: u64 = 512 * 1024 * 1024;
+
+    /// Merges flags/environment over the config file over defaults.
+    pub fn load(args: &SettingsArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_config_file(path)?,
+            None => SettingsArgs::default(),
+        };
+        let pick = |flag: &Option<String>, file: &Option<String>| -> Option<String> {
+            flag.clone()
+                .or_else(|| file.clone())
+                .filter(|v| !v.is_empty())
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir);
+        let store = pick(&args.store, &file.store)
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("store").display()));
+        let topic_prefix = pick(&args.topic_prefix, &file.topic_prefix)
+            .unwrap_or_else(|| Self::DEFAULT_TOPIC_PREFIX.to_owned());
+        validate_topic_prefix(&topic_prefix)?;
+        let log_format = pick(&args.log_format, &file.log_format).unwrap_or_else(|| "text".into());
+        let log_json = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => bail!("ROLLWAY_LOG_FORMAT must be 'text' or 'json', not '{other}'"),
+        };
+        let max_firmware_bytes = args
+            .max_firmware_bytes
+            .or(file.max_firmware_bytes)
+            .unwrap_or(Self::DEFAULT_MAX_FIRMWARE_BYTES);
+        if max_firmware_bytes == 0 {
+            bail!("ROLLWAY_MAX_FIRMWARE_BYTES must be positive");
+        }
+        let db_pool_size = args.db_pool_size.or(file.db_pool_size).unwrap_or(16);
+        if db_pool_size == 0 {
+            bail!("ROLLWAY_DB_POOL_SIZE must be positive");
+        }
+        Ok(Self {
+            database_url: pick(&args.database_url, &file.database_url).map(SecretString::from),
+            listen: match args.listen.or(file.listen) {
+                Some(addr) => addr,
+                None => Self::DEFAULT_LISTEN
+                    .parse()
+                    .context("default listen address")?,
+            },
+            store,
+            mqtt_url: pick(&args.mqtt_url, &file.mqtt_url).map(SecretString::from),
+            kafka_brokers: pick(&args.kafka_brokers, &file.kafka_brokers),
+            plugins_dir: args.plugins_dir.clone().or(file.plugins_dir),
+            data_dir,
+            bootstrap_token: pick(&args.bootstrap_token, &file.bootstrap_token)
+                .map(SecretString::from),
+            topic_prefix,
+            max_firmware_bytes,
+            db_pool_size,
+            log_json,
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> anyhow::Result<SettingsArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// `/var/lib/rollway` for root (a system service), otherwise the user's data
+/// directory.
+fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/rollway");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("rollway");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/rollway"),
+        None => PathBuf::from("rollway-data"),
+    }
+}
+
+pub(crate) fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn validate_topic_prefix(prefix: &str) -> anyhow::Result<()> {
+    if prefix.is_empty()
+        || prefix.starts_with('/')
+        || prefix.ends_with('/')
+        || prefix.contains(['+', '#', '\0'])
+        || prefix.starts_with('$')
+    {
+        bail!(
+            "ROLLWAY_TOPIC_PREFIX '{prefix}' is not a valid MQTT topic prefix \
+             (no wildcards, no leading '$' or '/', no trailing '/')"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("rollway-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("rollway.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ntopic_prefix = \"quarry\"\nstore = \"file:///srv/fw\"\n",
+        )
+        .unwrap();
+        let args = SettingsArgs {
+            config: Some(path),
+            store: Some("s3://firmware".into()),
+            ..Default::default()
+        };
+        let settings = Settings::load(&args).unwrap();
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.topic_prefix, "quarry");
+        assert_eq!(settings.store, "s3://firmware");
+        assert_eq!(
+            settings.max_firmware_bytes,
+            Settings::DEFAULT_MAX_FIRMWARE_BYTES
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_config_keys_and_bad_prefixes_are_refused() {
+        assert!(toml::from_str::<SettingsArgs>("lisen = \"x\"").is_err());
+        for bad in ["", "a/#", "$SYS", "/fleet", "fleet/"] {
+            assert!(validate_topic_prefix(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_topic_prefix("fleet/eu").is_ok());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let args = SettingsArgs {
+            database_url: Some("postgres://u:hunter2@db/x".into()),
+            bootstrap_token: Some("rw_secret".into()),
+            ..Default::default()
+        };
+        let printed = format!("{:?}", Settings::load(&args).unwrap());
+        assert!(!printed.contains("hunter2") && !printed.contains("rw_secret"));
+    }
+}

@@ -1,0 +1,116 @@
+//! Building and running one host process: `Application::build` connects,
+//! migrates and binds; `run_until_stopped` serves until the shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::firmware::store::FirmwareStore;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::{auth, db};
+
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to PostgreSQL and the firmware store, applies migrations,
+    /// ensures the bootstrap token, and binds the listener (port 0 picks a
+    /// free port).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let url = settings
+            .database_url
+            .clone()
+            .context("DATABASE_URL is not set (or use `rollway up` for a private database)")?;
+        let pool = db::connect(&url, settings.db_pool_size).await?;
+        Self::build_with_pool(settings, pool).await
+    }
+
+    pub async fn build_with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        db::migrate(&pool).await?;
+        if let Some(token) = &settings.bootstrap_token {
+            auth::ensure_bootstrap(&pool, token.expose_secret())
+                .await
+                .context("creating the bootstrap token")?;
+        }
+        let store = FirmwareStore::open(&settings.store)?;
+        store.check().await?;
+        let metrics = Metrics::new().context("registering metrics")?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let address = listener.local_addr().context("reading the bound address")?;
+        tracing::info!(%address, store = store.describe(), "rollway host ready");
+        Ok(Self {
+            listener,
+            address,
+            state: AppState {
+                pool,
+                store,
+                metrics,
+                settings: Arc::new(settings),
+            },
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = api::router(self.state.clone());
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")?;
+        self.state.pool.close().await;
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "listening for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "listening for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Makes sure the services Rollway's tests talk to are running on loopback:
+# PostgreSQL, Mosquitto, a Kafka-API broker (tansu) and an S3 server that
+# checks signatures (s3s-fs). A service already answering is reused; one
+# that is missing is installed (Debian packages, crates.io) and started.
+#
+#   source scripts/services.sh && services_up   # exports the addresses
+#   services_down                               # stops what services_up started
+#
+# Everything installed or kept lives outside the clone, under
+# ROLLWAY_CACHE (default /var/cache/rollway).
+
+ROLLWAY_CACHE=${ROLLWAY_CACHE:-/var/cache/rollway}
+ROLLWAY_SERVICES_DIR=${ROLLWAY_SERVICES_DIR:-$ROLLWAY_CACHE/services}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+_STARTED_PIDS=()
+_STARTED_PG=""
+
+_log() { echo "services: $*" >&2; }
+
+_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+_wait_port() {
+    local port=$1 name=$2 tries=${3:-100}
+    for _ in $(seq "$tries"); do
+        _port_open "$port" && return 0
+        sleep 0.1
+    done
+    _log "$name did not open port $port"
+    return 1
+}
+
+_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+_APT_UPDATED=""
+_apt_install() {
+    if [ -z "$_APT_UPDATED" ]; then
+        _sudo apt-get update -qq >&2
+        _APT_UPDATED=1
+    fi
+    _log "installing $*"
+    DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "$@" >&2
+}
+
+ensure_toolchain() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+        _log "adding the wasm32-wasip2 target"
+        rustup target add wasm32-wasip2 >&2
+    fi
+}
+
+_pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+
+ensure_postgres() {
+    if [ -n "${ROLLWAY_TEST_DATABASE_URL:-}" ]; then return 0; fi
+    if _port_open 5432 && psql -h 127.0.0.1 -U postgres -d postgres -tAc 'select 1' >/dev/null 2>&1; then
+        export ROLLWAY_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+        _log "reusing PostgreSQL on 5432"
+        return 0
+    fi
+    local port=55432
+    export ROLLWAY_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    if _port_open "$port"; then _log "reusing PostgreSQL on $port"; return 0; fi
+    [ -n "$(_pg_bin)" ] || _apt_install postgresql
+    local bin dir=$ROLLWAY_SERVICES_DIR/postgres
+    bin=$(_pg_bin)
+    local run=()
+    if [ "$(id -u)" = 0 ]; then run=(runuser -u postgres --); fi
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir" && chmod 755 "$ROLLWAY_SERVICES_DIR"
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        "${run[@]}" "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    "${run[@]}" "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=300 -c fsync=off" start >/dev/null
+    _STARTED_PG="$bin/pg_ctl -D $dir"
+    _log "started PostgreSQL on $port"
+}
+
+ensure_mosquitto() {
+    if [ -n "${MQTT_URL:-}" ]; then return 0; fi
+    if _port_open 1883; then
+        export MQTT_URL="mqtt://127.0.0.1:1883"
+        _log "reusing the MQTT broker on 1883"
+        return 0
+    fi
+    local port=18830
+    export MQTT_URL="mqtt://127.0.0.1:$port"
+    if _port_open "$port"; then _log "reusing the MQTT broker on $port"; return 0; fi
+    command -v mosquitto >/dev/null || _apt_install mosquitto mosquitto-clients
+    local dir=$ROLLWAY_SERVICES_DIR/mosquitto
+    mkdir -p "$dir"
+    cat >"$dir/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+max_queued_messages 1000000
+max_inflight_messages 0
+persistence false
+user root
+log_dest file $dir/mosquitto.log
+CONF
+    setsid mosquitto -c "$dir/mosquitto.conf" >/dev/null 2>&1 &
+    _STARTED_PIDS+=($!)
+    _wait_port "$port" mosquitto
+    _log "started Mosquitto on $port"
+}
+
+ensure_s3() {
+    local port=19000
+    export ROLLWAY_TEST_S3_BUCKET=${ROLLWAY_TEST_S3_BUCKET:-rollway-test}
+    export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-rollway-test}
+    export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-rollway-test-secret}
+    export AWS_REGION=${AWS_REGION:-us-east-1}
+    export AWS_ENDPOINT_URL=${AWS_ENDPOINT_URL:-http://127.0.0.1:$port}
+    local dir=$ROLLWAY_SERVICES_DIR/s3
+    mkdir -p "$dir/$ROLLWAY_TEST_S3_BUCKET"
+    if _port_open "$port"; then _log "reusing the S3 server on $port"; return 0; fi
+    if ! command -v s3s-fs >/dev/null; then
+        _log "building s3s-fs (once, ~3 min)"
+        cargo install s3s-fs@0.14.1 --features binary --locked >&2
+    fi
+    setsid s3s-fs --host 127.0.0.1 --port "$port" \
+        --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$dir" \
+        >"$ROLLWAY_SERVICES_DIR/s3s-fs.log" 2>&1 &
+    _STARTED_PIDS+=($!)
+    _wait_port "$port" s3s-fs
+    _log "started s3s-fs on $port"
+}
+
+ensure_kafka() {
+    local port=19092
+    export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$port}
+    if _port_open "$port"; then _log "reusing the Kafka-API broker on $port"; return 0; fi
+    if ! command -v tansu >/dev/null; then
+        _log "building tansu (once, ~15 min)"
+        cargo install tansu --locked --features dynostore >&2
+    fi
+    setsid tansu broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine memory://tansu/ >"$ROLLWAY_SERVICES_DIR/tansu.log" 2>&1 &
+    _STARTED_PIDS+=($!)
+    _wait_port "$port" tansu 300
+    _log "started tansu on $port"
+}
+
+services_up() {
+    mkdir -p "$ROLLWAY_SERVICES_DIR"
+    command -v psql >/dev/null || _apt_install postgresql-client
+    ensure_toolchain
+    ensure_postgres
+    ensure_mosquitto
+    ensure_s3
+    ensure_kafka
+}
+
+services_down() {
+    local pid
+    for pid in "${_STARTED_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    if [ -n "$_STARTED_PG" ]; then
+        local run=()
+        [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+        # shellcheck disable=SC2086
+        "${run[@]}" $_STARTED_PG -m fast stop >/dev/null 2>&1 || true
+    fi
+}

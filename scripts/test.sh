@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs all of Rollway's tests against real services, installing and starting
+# the ones that are not running (see scripts/services.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+source scripts/services.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROLLWAY_CACHE/target}
+mkdir -p "$ROLLWAY_CACHE"
+
+trap services_down EXIT
+services_up
+
+# Test databases of earlier runs.
+psql "$ROLLWAY_TEST_DATABASE_URL" -tAc \
+    "SELECT 'DROP DATABASE IF EXISTS ' || quote_ident(datname) || ';' FROM pg_database WHERE datname LIKE 'rollway_test_%'" \
+    | psql "$ROLLWAY_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
+
+cargo test --workspace --locked "$@"

@@ -1,0 +1,227 @@
+//! `spawn_app` and friends.
+
+use std::path::PathBuf;
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use rollway::Application;
+use rollway::settings::{Settings, SettingsArgs};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Server URL of PostgreSQL with the right to create databases.
+pub fn admin_database_url() -> String {
+    std::env::var("ROLLWAY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh, empty database; returns its URL.
+pub async fn fresh_database() -> String {
+    let admin = admin_database_url();
+    let name = format!("rollway_test_{}", Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL for tests is not reachable; run the tests through scripts/test.sh");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("creating a test database");
+    let mut url = url::Url::parse(&admin).expect("test database URL");
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rollway-{label}-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("creating a temp dir");
+    dir
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub admin_token: String,
+    pub client: Client,
+    pub pool: PgPool,
+    pub store_url: String,
+}
+
+/// Starts the host on a free port with a file store and a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Like `spawn_app`, letting the test adjust the settings first.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let admin_token = format!("rw_test_{}", Uuid::new_v4().simple());
+    let data_dir = temp_dir("data");
+    let args = SettingsArgs {
+        database_url: Some(fresh_database().await),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        store: Some(format!("file://{}", data_dir.join("store").display())),
+        data_dir: Some(data_dir),
+        bootstrap_token: Some(admin_token.clone()),
+        db_pool_size: Some(5),
+        ..SettingsArgs::default()
+    };
+    let mut settings = Settings::load(&args).expect("test settings");
+    configure(&mut settings);
+    let store_url = settings.store.clone();
+    let app = Application::build(settings)
+        .await
+        .expect("building the app");
+    let base = format!("http://{}", app.address());
+    let pool = app.pool().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    TestApp {
+        base,
+        admin_token,
+        client: Client::new(),
+        pool,
+        store_url,
+    }
+}
+
+/// The S3 store URL for tests, when the S3 server is configured.
+pub fn s3_store_url() -> String {
+    let bucket = std::env::var("ROLLWAY_TEST_S3_BUCKET")
+        .expect("ROLLWAY_TEST_S3_BUCKET is not set; run the tests through scripts/test.sh");
+    format!("s3://{bucket}/t{}", Uuid::new_v4().simple())
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the admin token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request_as(&self.admin_token, method, path)
+    }
+
+    pub fn request_as(&self, token: &str, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a token with `role` and returns its secret.
+    pub async fn token(&self, role: &str) -> String {
+        let response = self
+            .post_json(
+                "/api/v1/tokens",
+                &json!({ "name": format!("{role}-test"), "role": role }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["secret"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn register(&self, devices: Value) {
+        let response = self.post_json("/api/v1/devices", &devices).await;
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "registering devices: {status} {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// Uploads an image and returns the firmware record.
+    pub async fn upload(&self, family: &str, version: &str, bytes: Vec<u8>) -> Value {
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/api/v1/firmware?family={family}&version={version}"),
+            )
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+}
+
+/// Asserts an RFC 9457 problem response and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, type_code: &str) -> Value {
+    let actual = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(actual, status, "{body}");
+    assert_eq!(content_type, "application/problem+json", "{body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:rollway:problem:{type_code}"),
+        "{body}"
+    );
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// Bytes that look like nothing in particular, reproducible from a seed.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Reads one counter/gauge sample from `/metrics`, matching a label subset.
+pub async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter(|line| {
+            let rest = &line[name.len()..];
+            rest.starts_with(' ') || rest.starts_with('{')
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

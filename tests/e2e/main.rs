@@ -1,0 +1,14 @@
+//! Rollway's black-box tests: each test starts the real host on a free port
+//! against a fresh database on the real PostgreSQL (and the real S3 server
+//! where it matters) and talks to it over HTTP as a client would.
+//!
+//! Run through `scripts/test.sh`, which starts the services and exports
+//! their addresses.
+
+mod admin;
+mod devices;
+mod firmware;
+mod health;
+mod helpers;
+mod jobs;
+mod up;
