@@ -35,10 +35,35 @@ enum Command {
     /// PostgreSQL when DATABASE_URL is unset, a file store in the data
     /// directory; prints the URL and an admin token.
     Up,
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Manage API tokens directly in the database.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Load a plugin with production limits, print its world and version,
+    /// and exercise it: a rollout plugin runs a synthetic fleet, a device
+    /// plugin builds commands and parses sample statuses.
+    Check {
+        /// The component (`.wasm`).
+        file: std::path::PathBuf,
+        /// Devices in the synthetic fleet (rollout plugins).
+        #[arg(long, default_value_t = 1000)]
+        devices: u32,
+        /// Share of devices that fail in the synthetic fleet, 0 to 1.
+        #[arg(long, default_value_t = 0.02)]
+        failure_rate: f64,
+        /// The plugin configuration (JSON).
+        #[arg(long = "plugin-config", default_value = "{}")]
+        plugin_config: String,
     },
 }
 
@@ -99,6 +124,34 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up => run_up(settings).await,
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    devices,
+                    failure_rate,
+                    plugin_config,
+                },
+        } => {
+            if !(0.0..=1.0).contains(&failure_rate) {
+                anyhow::bail!("--failure-rate must be between 0 and 1");
+            }
+            let options = crate::plugins::check::CheckOptions {
+                devices,
+                failure_rate,
+                config: plugin_config,
+            };
+            let passed = tokio::task::spawn_blocking(move || {
+                crate::plugins::check::check_file(&file, &options)
+            })
+            .await
+            .context("checking the plugin")??;
+            if passed {
+                Ok(())
+            } else {
+                anyhow::bail!("plugin check failed")
+            }
+        }
         Command::Token {
             command:
                 TokenCommand::Create {

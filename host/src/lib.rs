@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
+pub mod plugins;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
+use crate::plugins::runtime::Limits;
+use crate::plugins::{self, PluginRegistry};
 use crate::settings::Settings;
 use crate::{auth, db};
 
@@ -45,6 +47,7 @@ impl Application {
         let store = FirmwareStore::open(&settings.store)?;
         store.check().await?;
         let metrics = Metrics::new().context("registering metrics")?;
+        let plugins = load_plugins(&settings, &pool, &store, &metrics).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -58,6 +61,7 @@ impl Application {
                 store,
                 metrics,
                 settings: Arc::new(settings),
+                plugins,
             },
         })
     }
@@ -113,4 +117,28 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The shipped plugins, those of `ROLLWAY_PLUGINS_DIR`, and the uploaded
+/// ones, with the enabled/disabled state admins set.
+async fn load_plugins(
+    settings: &Settings,
+    pool: &PgPool,
+    store: &FirmwareStore,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<PluginRegistry>> {
+    let metrics = metrics.clone();
+    let dir = settings.plugins_dir.clone();
+    let registry = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginRegistry> {
+        let registry = PluginRegistry::with_builtins(metrics, Limits::default())?;
+        if let Some(dir) = dir {
+            registry.load_dir(&dir)?;
+        }
+        Ok(registry)
+    })
+    .await
+    .context("loading plugins")??;
+    let registry = Arc::new(registry);
+    plugins::store::restore(&registry, pool, store).await?;
+    Ok(registry)
 }

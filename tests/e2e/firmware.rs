@@ -2,9 +2,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{
-    TestApp, assert_problem, metric, pseudo_random_bytes, s3_store_url, spawn_app, spawn_app_with,
-};
+use crate::helpers::{TestApp, assert_problem, metric, s3_store_url, spawn_app, spawn_app_with};
+use crate::images;
 
 async fn download(app: &TestApp, id: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = app.request(Method::GET, &format!("/api/v1/firmware/{id}/download"));
@@ -17,7 +16,7 @@ async fn download(app: &TestApp, id: &str, headers: &[(&str, &str)]) -> reqwest:
 /// Upload, full and ranged downloads, a resumed download and conditional
 /// requests, byte-exact, against whichever store the app uses.
 async fn round_trip(app: &TestApp) {
-    let image = pseudo_random_bytes(3 * 1024 * 1024 + 123, 7);
+    let image = images::esp32(images::ESP32S3, "1.4.0", 3 * 1024 * 1024 + 123);
     let record = app.upload("esp32", "1.4.0", image.clone()).await;
     let sha = hex::encode(Sha256::digest(&image));
     assert_eq!(record["sha256"], sha);
@@ -183,7 +182,7 @@ async fn upload_refusals() {
     assert_problem(empty, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     let no_version = app
         .request(Method::POST, "/api/v1/firmware?family=stm32")
-        .body(vec![1u8; 10])
+        .body(images::stm32(1024, 1))
         .send()
         .await
         .unwrap();
@@ -204,7 +203,7 @@ async fn upload_refusals() {
         .unwrap();
     assert_problem(no_family, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
 
-    app.upload("stm32", "2.0.0", vec![7u8; 1000]).await;
+    app.upload("stm32", "2.0.0", images::stm32(1000, 7)).await;
     let duplicate = app
         .request(Method::POST, "/api/v1/firmware?family=stm32&version=2.0.0")
         .body(vec![8u8; 10])
@@ -247,25 +246,26 @@ async fn upload_refusals() {
 #[tokio::test]
 async fn list_read_and_delete_firmware() {
     let app = spawn_app().await;
-    let a = app.upload("jetson", "36.3.0", vec![1u8; 100]).await;
-    let b = app.upload("jetson", "36.4.0", vec![1u8; 100]).await;
-    app.upload("esp32", "5.0", vec![2u8; 100]).await;
+    let a = app.upload("stm32", "3.0.0", images::stm32(700, 5)).await;
+    let b = app.upload("stm32", "3.0.1", images::stm32(700, 5)).await;
+    app.upload("esp32", "5.0", images::esp32(images::ESP32C3, "5.0", 1000))
+        .await;
     assert_eq!(a["sha256"], b["sha256"]);
 
-    let jetson: Value = app
-        .get("/api/v1/firmware?family=jetson")
+    let stm: Value = app
+        .get("/api/v1/firmware?family=stm32")
         .await
         .json()
         .await
         .unwrap();
-    let versions: Vec<&str> = jetson["items"]
+    let versions: Vec<&str> = stm["items"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f["version"].as_str().unwrap())
         .collect();
-    assert_eq!(versions, ["36.4.0", "36.3.0"]);
-    assert!(jetson["items"][0].get("storage_key").is_none());
+    assert_eq!(versions, ["3.0.1", "3.0.0"]);
+    assert!(stm["items"][0].get("storage_key").is_none());
 
     let missing = app
         .get(&format!("/api/v1/firmware/{}", uuid::Uuid::new_v4()))
@@ -287,11 +287,10 @@ async fn list_read_and_delete_firmware() {
     );
     let still = download(&app, b_id, &[]).await;
     assert_eq!(still.status(), StatusCode::OK);
-    assert_eq!(still.bytes().await.unwrap().len(), 100);
+    assert_eq!(still.bytes().await.unwrap().len(), 700);
 
     // Firmware a job uses cannot be deleted.
-    app.register(json!({ "id": "J1", "family": "jetson" }))
-        .await;
+    app.register(json!({ "id": "J1", "family": "stm32" })).await;
     let job = app
         .post_json(
             "/api/v1/jobs",

@@ -18,7 +18,13 @@ async fn fleet(app: &TestApp) -> String {
         devices.push(json!({ "id": format!("STM-{i:02}"), "family": "stm32", "gateway_id": if i < 5 { "JET-1" } else { "JET-2" } }));
     }
     app.register(Value::Array(devices)).await;
-    let firmware = app.upload("esp32", "1.4.0", vec![0xE9; 4096]).await;
+    let firmware = app
+        .upload(
+            "esp32",
+            "1.4.0",
+            crate::images::esp32(crate::images::ESP32S3, "1.4.0", 4096),
+        )
+        .await;
     firmware["id"].as_str().unwrap().to_owned()
 }
 

@@ -10,5 +10,7 @@ mod devices;
 mod firmware;
 mod health;
 mod helpers;
+mod images;
 mod jobs;
+mod plugins;
 mod up;

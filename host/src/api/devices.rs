@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
 use crate::audit;
-use crate::domain::{DeviceId, Family, Role, Tags};
+use crate::domain::{DeviceId, Role, Tags};
 use crate::fleet::{self, DeleteError, Device, DeviceFilter, FleetError, NewDevice, UpsertCounts};
 
 /// Most devices accepted in one registration request.
@@ -47,6 +47,7 @@ pub struct DeviceInput {
 }
 
 fn parse_input(
+    state: &AppState,
     prefix: &str,
     input: DeviceInput,
     errors: &mut Vec<FieldError>,
@@ -54,8 +55,8 @@ fn parse_input(
     let id = DeviceId::parse(&input.id)
         .map_err(|e| errors.push(FieldError::new(format!("{prefix}id"), e.0)))
         .ok();
-    let family = Family::parse(&input.family)
-        .map_err(|e| errors.push(FieldError::new(format!("{prefix}family"), e.0)))
+    let family = super::known_family(state, &input.family)
+        .map_err(|e| errors.push(FieldError::new(format!("{prefix}family"), e)))
         .ok();
     let gateway_id = match input.gateway_id {
         Some(raw) => match DeviceId::parse(&raw) {
@@ -142,7 +143,7 @@ async fn register_devices(
         };
         match serde_json::from_value::<DeviceInput>(value) {
             Ok(input) => {
-                if let Some(device) = parse_input(&prefix, input, &mut errors) {
+                if let Some(device) = parse_input(&state, &prefix, input, &mut errors) {
                     if !seen.insert(device.id.clone()) {
                         errors.push(FieldError::new(
                             format!("{prefix}id"),

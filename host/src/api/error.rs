@@ -69,6 +69,9 @@ pub enum ApiError {
     Unsupported(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// A plugin trapped, timed out or answered nonsense.
+    #[error("{0}")]
+    PluginFailed(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::PluginFailed(_) => "plugin-failed",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PluginFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -125,6 +130,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => "Range not satisfiable",
             ApiError::Unsupported(_) => "Unsupported media type",
             ApiError::Unavailable(_) => "Service unavailable",
+            ApiError::PluginFailed(_) => "Plugin failed",
             ApiError::Internal(_) => "Internal error",
         }
     }
@@ -227,3 +233,19 @@ impl From<PathRejection> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// A plugin's answer as an API error: refusals and unknown or disabled
+    /// plugins are the caller's input problem (naming `field`); a plugin
+    /// that failed is a 502.
+    pub fn from_plugin(field: &str, error: crate::plugins::PluginError) -> Self {
+        use crate::plugins::PluginError;
+        match error {
+            PluginError::Failed { .. } => ApiError::PluginFailed(error.to_string()),
+            PluginError::Refused { plugin, reason } => {
+                ApiError::validation(field, format!("refused by {plugin}: {reason}"))
+            }
+            other => ApiError::validation(field, other.to_string()),
+        }
+    }
+}

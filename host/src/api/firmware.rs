@@ -26,7 +26,9 @@ use crate::domain::{Family, FirmwareDigest, FirmwareVersion, Role};
 use crate::firmware::range::{self, RangeRequest};
 use crate::firmware::store::FirmwareStore;
 use crate::firmware::{self, DeleteError, Firmware};
+use crate::plugins::runtime::ImageSource;
 use crate::{audit, outbox};
+use std::sync::Arc;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -69,13 +71,14 @@ async fn upload_firmware(
     body: Body,
 ) -> ApiResult<Response> {
     let principal = caller.require(Role::Operator, "upload firmware")?;
-    let family = Family::parse(&query.family).map_err(|e| ApiError::validation("family", e.0))?;
-    let version = match query.version.as_deref() {
-        Some(raw) => {
-            FirmwareVersion::parse(raw).map_err(|e| ApiError::validation("version", e.0))?
-        }
-        None => return Err(ApiError::validation("version", "is required")),
-    };
+    let family = super::known_family(&state, &query.family)
+        .map_err(|e| ApiError::validation("family", e))?;
+    let given_version = query
+        .version
+        .as_deref()
+        .map(FirmwareVersion::parse)
+        .transpose()
+        .map_err(|e| ApiError::validation("version", e.0))?;
     let limit = state.settings.max_firmware_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -84,40 +87,42 @@ async fn upload_firmware(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    if firmware::version_exists(&state.pool, family.as_str(), version.as_str()).await? {
-        return Err(ApiError::Conflict(format!(
-            "{family} firmware {} already exists",
-            version.as_str()
-        )));
+    if let Some(version) = &given_version {
+        ensure_new_version(&state, &family, version.as_str()).await?;
     }
 
     let id = Uuid::now_v7();
     let (digest, size, temp_key) = receive_image(&state, body, &id.to_string(), limit).await?;
-    if size == 0 {
-        state.store.delete(&temp_key).await.ok();
-        return Err(ApiError::validation("body", "the firmware image is empty"));
-    }
+    let checked = check_image(&state, &family, &temp_key, size, given_version).await;
+    let (version, metadata) = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            if let Err(cleanup) = state.store.delete(&temp_key).await {
+                tracing::warn!(error = format!("{cleanup:#}"), key = %temp_key, "temporary upload left behind");
+            }
+            return Err(error);
+        }
+    };
     let storage_key = FirmwareStore::image_key(&digest);
     state.store.promote(&temp_key, &storage_key).await?;
 
     let record = Firmware {
         id,
         family: family.as_str().to_owned(),
-        version: version.as_str().to_owned(),
+        version: version.clone(),
         sha256: digest.as_str().to_owned(),
         size: size as i64,
         storage_key,
-        metadata: sqlx::types::Json(json!({})),
+        metadata: sqlx::types::Json(metadata),
         created_by: principal.actor(),
         created_at: Utc::now(),
     };
     let mut tx = state.pool.begin().await?;
     if let Err(error) = firmware::insert(&mut tx, &record).await {
         return Err(match crate::db::constraint_violation(&error) {
-            Some((crate::db::ViolationKind::Unique, _)) => ApiError::Conflict(format!(
-                "{family} firmware {} already exists",
-                version.as_str()
-            )),
+            Some((crate::db::ViolationKind::Unique, _)) => {
+                ApiError::Conflict(format!("{family} firmware {version} already exists"))
+            }
             _ => error.into(),
         });
     }
@@ -147,6 +152,100 @@ async fn upload_firmware(
     tx.commit().await?;
     tracing::info!(firmware_id = %record.id, family = %record.family, version = %record.version, size, sha256 = %record.sha256, "firmware uploaded");
     Ok((StatusCode::CREATED, axum::Json(record)).into_response())
+}
+
+async fn ensure_new_version(state: &AppState, family: &Family, version: &str) -> ApiResult<()> {
+    if firmware::version_exists(&state.pool, family.as_str(), version).await? {
+        return Err(ApiError::Conflict(format!(
+            "{family} firmware {version} already exists"
+        )));
+    }
+    Ok(())
+}
+
+/// An image in the store, read by a device plugin from a blocking thread.
+struct StoredImage {
+    store: FirmwareStore,
+    key: String,
+    size: u64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ImageSource for StoredImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        if offset >= self.size {
+            return Ok(Vec::new());
+        }
+        let end = (offset + u64::from(len)).min(self.size);
+        self.runtime
+            .block_on(self.store.read_range(&self.key, offset..end))
+            .map(|bytes| bytes.to_vec())
+            .map_err(|e| format!("reading the image: {e:#}"))
+    }
+}
+
+/// Runs the family's `validate-image` on an uploaded image; returns the
+/// version to record and the metadata the plugin extracted.
+async fn check_image(
+    state: &AppState,
+    family: &Family,
+    key: &str,
+    size: u64,
+    given: Option<FirmwareVersion>,
+) -> ApiResult<(String, serde_json::Value)> {
+    if size == 0 {
+        return Err(ApiError::validation("body", "the firmware image is empty"));
+    }
+    let source: Arc<dyn ImageSource> = Arc::new(StoredImage {
+        store: state.store.clone(),
+        key: key.to_owned(),
+        size,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let registry = state.plugins.clone();
+    let fam = family.as_str().to_owned();
+    let info = tokio::task::spawn_blocking(move || registry.validate_image(&fam, "{}", source))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("validating an image")))?
+        .map_err(|e| ApiError::from_plugin("body", e))?;
+    let version = match (given, &info.version) {
+        (Some(given), Some(found)) if given.as_str() != found => {
+            return Err(ApiError::validation(
+                "version",
+                format!(
+                    "'{}' was given but the image says '{found}'",
+                    given.as_str()
+                ),
+            ));
+        }
+        (Some(given), _) => given.as_str().to_owned(),
+        (None, Some(found)) => {
+            let parsed = FirmwareVersion::parse(found).map_err(|e| {
+                ApiError::validation("version", format!("the image's version '{found}' {}", e.0))
+            })?;
+            ensure_new_version(state, family, parsed.as_str()).await?;
+            parsed.as_str().to_owned()
+        }
+        (None, None) => {
+            return Err(ApiError::validation(
+                "version",
+                "is required: the image carries no version the plugin could read",
+            ));
+        }
+    };
+    let details: serde_json::Map<String, serde_json::Value> = info
+        .details
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::Value::String(v)))
+        .collect();
+    Ok((
+        version,
+        json!({ "target": info.target, "image_version": info.version, "details": details }),
+    ))
 }
 
 /// Streams the body into the store under a temporary key while hashing it;

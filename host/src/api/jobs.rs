@@ -22,6 +22,7 @@ use crate::jobs::{
     self, CreateError, Execution, Job, JobAction, JobCounts, JobKind, NewJob, StatusLogEntry,
     TargetFilter, Targets, TransitionError,
 };
+use crate::plugins::PluginError;
 use crate::{audit, firmware};
 
 /// Most device ids one job may list explicitly (use a filter beyond that).
@@ -237,6 +238,20 @@ async fn create_job(
     let (Some(targets), true) = (targets, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+
+    let registry = state.plugins.clone();
+    let (plugin, config_text) = (rollout_plugin.clone(), rollout_config.to_string());
+    tokio::task::spawn_blocking(move || registry.validate_rollout_config(&plugin, &config_text))
+        .await
+        .map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context("validating a rollout config"))
+        })?
+        .map_err(|e| match e {
+            PluginError::NotFound { .. } | PluginError::Disabled(..) => {
+                ApiError::from_plugin("rollout.plugin", e)
+            }
+            other => ApiError::from_plugin("rollout.config", other),
+        })?;
 
     let new = NewJob {
         name: request.name,

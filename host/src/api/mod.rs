@@ -9,6 +9,7 @@ mod extract;
 mod firmware;
 mod jobs;
 mod pagination;
+mod plugins;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
+use crate::plugins::PluginRegistry;
 use crate::settings::Settings;
 use error::{ApiError, ProblemCode};
 
@@ -40,6 +42,7 @@ pub struct AppState {
     pub store: FirmwareStore,
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
+    pub plugins: Arc<PluginRegistry>,
 }
 
 #[derive(OpenApi)]
@@ -55,6 +58,7 @@ pub struct AppState {
         (name = "firmware", description = "Firmware images"),
         (name = "jobs", description = "Update jobs and per-device executions"),
         (name = "admin", description = "Tokens and audit log"),
+        (name = "plugins", description = "Rollout and device-family plugins"),
     )
 )]
 struct ApiDoc;
@@ -78,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .merge(firmware::router())
         .merge(jobs::router())
         .merge(admin::router())
+        .merge(plugins::router())
         .split_for_parts();
     // Paths in the document carry their real prefix.
     let paths = std::mem::take(&mut openapi.paths.paths);
@@ -174,4 +179,17 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             .inc();
     }
     response
+}
+
+/// Parses a family and checks that a device plugin serves it.
+pub fn known_family(state: &AppState, raw: &str) -> Result<crate::domain::Family, String> {
+    let family = crate::domain::Family::parse(raw).map_err(|e| e.0)?;
+    if state.plugins.has_family(family.as_str()) {
+        Ok(family)
+    } else {
+        Err(format!(
+            "unknown device family '{raw}' (known: {})",
+            state.plugins.families().join(", ")
+        ))
+    }
 }

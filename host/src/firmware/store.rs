@@ -141,6 +141,28 @@ impl FirmwareStore {
         }
     }
 
+    /// Stores a small object whole (plugin components).
+    pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> anyhow::Result<()> {
+        self.inner
+            .put(&self.key(key), bytes.into())
+            .await
+            .with_context(|| format!("storing {key}"))?;
+        Ok(())
+    }
+
+    /// Reads a small object whole.
+    pub async fn read_all(&self, key: &str) -> anyhow::Result<Bytes> {
+        let result = self
+            .inner
+            .get(&self.key(key))
+            .await
+            .with_context(|| format!("reading {key}"))?;
+        result
+            .bytes()
+            .await
+            .with_context(|| format!("reading {key}"))
+    }
+
     /// Reads a byte range (for plugins validating an image).
     pub async fn read_range(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
         self.inner

@@ -1,0 +1,86 @@
+//! Builds the plugins Rollway ships (`plugins/*`) as WebAssembly components
+//! and embeds them, so a plain `cargo build` of the host carries them.
+//!
+//! The plugins are built by a nested `cargo build --target wasm32-wasip2`
+//! into `<target>/wasm-plugins`, apart from the host's own build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SHIPPED: [&str; 4] = [
+    "rollout-percent",
+    "device-esp32",
+    "device-stm32",
+    "device-jetson",
+];
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent().expect("workspace root").to_path_buf();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("target"))
+        .join("wasm-plugins");
+
+    for dir in ["wit", "plugins"] {
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    }
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target_dir);
+    for plugin in SHIPPED {
+        command.args(["-p", plugin]);
+    }
+    // The nested build is a plain one: no wrapper (clippy), no host flags.
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_MAKEFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+    let status = command.status().expect("running cargo for the plugins");
+    if !status.success() {
+        panic!(
+            "building the shipped plugins for wasm32-wasip2 failed ({status}); \
+             is the target installed? `rustup target add wasm32-wasip2`"
+        );
+    }
+    let built = target_dir.join("wasm32-wasip2/release");
+    for plugin in SHIPPED {
+        let file = format!("{}.wasm", plugin.replace('-', "_"));
+        std::fs::copy(built.join(&file), out_dir.join(&file))
+            .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+    }
+}

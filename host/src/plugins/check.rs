@@ -1,0 +1,258 @@
+//! `rollway plugin check <file.wasm>`: loads a plugin with production
+//! limits, prints what it is, and exercises it.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::runtime::Limits;
+use super::{
+    BatchCounts, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginKind, PluginRegistry,
+    PluginSource, Snapshot,
+};
+use crate::metrics::Metrics;
+
+/// How the synthetic rollout behaves.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub devices: u32,
+    pub failure_rate: f64,
+    pub config: String,
+}
+
+/// Prints the verdict to stdout; returns whether the plugin passed.
+pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let registry = PluginRegistry::new(Metrics::new()?, Limits::default())?;
+    let plugin = match registry.load(&bytes, PluginSource::Directory) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            println!("FAIL {}: {error}", path.display());
+            return Ok(false);
+        }
+    };
+    println!("plugin:      {} {}", plugin.name, plugin.version);
+    println!("description: {}", plugin.description);
+    println!(
+        "world:       rollway:plugin/{}@{}",
+        if plugin.kind == PluginKind::Rollout {
+            "rollout-strategy"
+        } else {
+            "device-protocol"
+        },
+        plugin.wit_version
+    );
+    println!("sha256:      {}", plugin.sha256);
+    let kind = plugin.kind;
+    let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let result = match kind {
+        PluginKind::Rollout => check_rollout(&registry, &plugin.name, options),
+        PluginKind::Device => check_device(&registry, &plugin.families, options),
+    };
+    match result {
+        Ok(()) => {
+            println!("OK");
+            Ok(true)
+        }
+        Err(error) => {
+            println!("FAIL: {error}");
+            Ok(false)
+        }
+    }
+}
+
+/// A small deterministic generator for the synthetic fleet.
+struct Lcg(u64);
+
+impl Lcg {
+    fn chance(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn check_rollout(
+    registry: &PluginRegistry,
+    name: &str,
+    options: &CheckOptions,
+) -> anyhow::Result<()> {
+    registry.validate_rollout_config(name, &options.config)?;
+    println!("validate-config: ok ({})", options.config);
+    let sizes = registry.plan(name, &options.config, options.devices)?;
+    println!(
+        "plan: {} devices in {} batches {:?}",
+        options.devices,
+        sizes.len(),
+        sizes
+    );
+    let mut batches: Vec<BatchCounts> = sizes
+        .iter()
+        .enumerate()
+        .map(|(group, size)| BatchCounts {
+            group: group as u32,
+            total: *size,
+            pending: *size,
+            in_flight: 0,
+            succeeded: 0,
+            failed: 0,
+            timed_out: 0,
+            cancelled: 0,
+            started_at: None,
+        })
+        .collect();
+    let mut rng = Lcg(42);
+    let mut now: u64 = 1_700_000_000_000;
+    let started = now;
+    for step in 0..10_000 {
+        let snapshot = Snapshot {
+            now,
+            job_started_at: started,
+            batches: batches.clone(),
+        };
+        let decision = registry.evaluate(name, &options.config, &snapshot)?;
+        let elapsed = (now - started) / 1000;
+        match &decision {
+            Decision::StartNextBatch => match batches.iter_mut().find(|b| b.started_at.is_none()) {
+                Some(batch) => {
+                    println!(
+                        "t+{elapsed:>5}s  start batch {} ({} devices)",
+                        batch.group, batch.total
+                    );
+                    batch.started_at = Some(now);
+                    batch.in_flight = batch.pending;
+                    batch.pending = 0;
+                }
+                None => anyhow::bail!("asked to start a batch when none is left"),
+            },
+            Decision::Wait(ms) => {
+                if step % 20 == 0 {
+                    println!("t+{elapsed:>5}s  wait {ms} ms");
+                }
+            }
+            Decision::Pause(reason) => {
+                println!("t+{elapsed:>5}s  pause: {reason}");
+                return Ok(());
+            }
+            Decision::Abort(reason) => {
+                println!("t+{elapsed:>5}s  abort: {reason}");
+                return Ok(());
+            }
+            Decision::Complete => {
+                let done: u32 = batches.iter().map(|b| b.succeeded).sum();
+                println!(
+                    "t+{elapsed:>5}s  complete: {done} of {} succeeded",
+                    options.devices
+                );
+                return Ok(());
+            }
+        }
+        // Ten seconds pass; a third of the in-flight devices finish.
+        now += 10_000;
+        for batch in &mut batches {
+            let finishing = batch.in_flight.div_ceil(3);
+            for _ in 0..finishing {
+                batch.in_flight -= 1;
+                if rng.chance() < options.failure_rate {
+                    batch.failed += 1;
+                } else {
+                    batch.succeeded += 1;
+                }
+            }
+        }
+    }
+    anyhow::bail!("the rollout neither completed nor stopped after 10,000 evaluations")
+}
+
+fn check_device(
+    registry: &PluginRegistry,
+    families: &[String],
+    options: &CheckOptions,
+) -> anyhow::Result<()> {
+    let family = families.first().context("the plugin names no family")?;
+    println!("families: {}", families.join(", "));
+    registry.validate_device_config(family, &options.config)?;
+    println!("validate-config: ok ({})", options.config);
+    for (device, gateway) in [("SAMPLE-1", None), ("SAMPLE-2", Some("GATEWAY-1"))] {
+        let request = CommandRequest {
+            device: DeviceInfo {
+                id: device.into(),
+                family: family.clone(),
+                model: None,
+                gateway_id: gateway.map(Into::into),
+                gateway_family: gateway.map(|_| "jetson".into()),
+            },
+            firmware: FirmwareRef {
+                id: "00000000-0000-0000-0000-000000000001".into(),
+                version: "1.0.0".into(),
+                sha256: "0".repeat(64),
+                size: 1024,
+                target: None,
+            },
+            job_id: "00000000-0000-0000-0000-000000000002".into(),
+            execution_id: 1,
+            attempt: 1,
+            download_url: "https://rollway.example/firmware/1".into(),
+            manifest: "{}".into(),
+            signature: "c2ln".into(),
+            key_id: "k1".into(),
+        };
+        let command = registry.build_command(family, &options.config, &request)?;
+        println!(
+            "build-command {device}{}: topic {}, {} bytes, QoS {}",
+            gateway
+                .map(|g| format!(" (behind {g})"))
+                .unwrap_or_default(),
+            command.topic,
+            command.payload.len(),
+            command.qos
+        );
+    }
+    for (state, payload) in [
+        (
+            "downloading",
+            r#"{"message_id":"check-1","state":"downloading","progress":50,"execution_id":1}"#,
+        ),
+        (
+            "done",
+            r#"{"message_id":"check-2","state":"done","execution_id":1,"version":"1.0.0"}"#,
+        ),
+        (
+            "error",
+            r#"{"message_id":"check-3","state":"error","error":"flash verify failed","execution_id":1}"#,
+        ),
+    ] {
+        match registry.parse_status(family, &options.config, "SAMPLE-1", payload.as_bytes()) {
+            Ok(report) if report.state.as_str() == state && report.device_id == "SAMPLE-1" => {
+                println!("parse-status {state}: ok (message {})", report.message_id);
+            }
+            Ok(report) => anyhow::bail!(
+                "parse-status read a standard '{state}' status as '{}' for device {}",
+                report.state.as_str(),
+                report.device_id
+            ),
+            Err(super::PluginError::Refused { reason, .. }) => {
+                println!(
+                    "parse-status {state}: refused the standard JSON status ({reason}); fine if the family has its own format"
+                );
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let garbage = registry.parse_status(
+        family,
+        &options.config,
+        "SAMPLE-1",
+        b"\xff\x00 not a status",
+    );
+    match garbage {
+        Err(super::PluginError::Refused { .. }) => {
+            println!("parse-status garbage: refused, as it should")
+        }
+        Ok(_) => println!("parse-status garbage: accepted (check that this is intended)"),
+        Err(other) => return Err(other.into()),
+    }
+    Ok(())
+}

@@ -1,0 +1,837 @@
+//! Plugins: rollout strategies and device-family protocols as sandboxed
+//! WebAssembly components (`wit/plugin.wit`).
+//!
+//! The registry holds every loaded plugin by name: the four shipped ones
+//! (embedded at build time), those in `ROLLWAY_PLUGINS_DIR`, and those an
+//! admin uploaded. Each call runs in a fresh store with a memory cap and a
+//! deadline; a plugin that traps too often in a row is disabled.
+
+pub mod bindings;
+pub mod check;
+pub mod runtime;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use bindings::device::exports::rollway::plugin::device as dev;
+use bindings::device::{DeviceProtocol, DeviceProtocolPre};
+use bindings::rollout::exports::rollway::plugin::rollout as ro;
+use bindings::rollout::{RolloutStrategy, RolloutStrategyPre};
+use runtime::{ImageSource, Limits, Runtime, State};
+
+use crate::metrics::Metrics;
+
+pub use bindings::device::exports::rollway::plugin::device::{
+    Command, CommandRequest, DeviceInfo, FirmwareRef, ImageInfo, StatusReport, StatusState,
+};
+pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Decision, Snapshot};
+
+/// The WIT package this host implements; plugins built against any 0.1.x load.
+pub const WIT_PACKAGE: &str = "rollway:plugin";
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
+
+/// The plugins Rollway ships, built from `plugins/` by `build.rs`.
+pub const BUILT_IN: [(&str, &[u8]); 4] = [
+    (
+        "rollout-percent",
+        include_bytes!(concat!(env!("OUT_DIR"), "/rollout_percent.wasm")),
+    ),
+    (
+        "device-esp32",
+        include_bytes!(concat!(env!("OUT_DIR"), "/device_esp32.wasm")),
+    ),
+    (
+        "device-stm32",
+        include_bytes!(concat!(env!("OUT_DIR"), "/device_stm32.wasm")),
+    ),
+    (
+        "device-jetson",
+        include_bytes!(concat!(env!("OUT_DIR"), "/device_jetson.wasm")),
+    ),
+];
+
+/// Largest plugin component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 32 * 1024 * 1024;
+/// Largest command payload a device plugin may build.
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Most batch groups a rollout plan may have.
+pub const MAX_BATCH_GROUPS: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Rollout,
+    Device,
+}
+
+impl PluginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Rollout => "rollout",
+            PluginKind::Device => "device",
+        }
+    }
+}
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginSource {
+    /// Shipped inside the host binary.
+    Builtin,
+    /// Loaded from `ROLLWAY_PLUGINS_DIR`.
+    Directory,
+    /// Uploaded by an admin.
+    Uploaded,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("no {kind} plugin named '{name}'")]
+    NotFound { kind: &'static str, name: String },
+    #[error("no device plugin handles the family '{0}'")]
+    NoFamily(String),
+    #[error("plugin '{0}' is disabled: {1}")]
+    Disabled(String, String),
+    /// The plugin answered with an error of its own: the input is refused.
+    #[error("{reason}")]
+    Refused { plugin: String, reason: String },
+    /// The plugin trapped, timed out, ran out of memory or answered nonsense.
+    #[error("plugin '{plugin}' failed: {what}")]
+    Failed { plugin: String, what: String },
+    /// A component that cannot be loaded as a plugin.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+enum Pre {
+    Rollout(RolloutStrategyPre<State>),
+    Device(DeviceProtocolPre<State>),
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    pub name: String,
+    pub kind: PluginKind,
+    pub version: String,
+    pub description: String,
+    /// Version of the WIT package the plugin was built against.
+    pub wit_version: String,
+    pub sha256: String,
+    pub source: PluginSource,
+    /// Device families (device plugins).
+    pub families: Vec<String>,
+    pre: Pre,
+    enabled: AtomicBool,
+    disabled_reason: Mutex<Option<String>>,
+    calls: AtomicU64,
+    traps: AtomicU64,
+    consecutive_traps: AtomicU32,
+}
+
+/// A plugin as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginView {
+    pub name: String,
+    pub kind: PluginKind,
+    pub version: String,
+    pub description: String,
+    pub wit_version: String,
+    pub sha256: String,
+    pub source: PluginSource,
+    pub families: Vec<String>,
+    /// `enabled` or `disabled`.
+    pub state: String,
+    pub disabled_reason: Option<String>,
+    pub calls: u64,
+    pub traps: u64,
+}
+
+impl Plugin {
+    pub fn view(&self) -> PluginView {
+        let enabled = self.enabled.load(Ordering::Relaxed);
+        PluginView {
+            name: self.name.clone(),
+            kind: self.kind,
+            version: self.version.clone(),
+            description: self.description.clone(),
+            wit_version: self.wit_version.clone(),
+            sha256: self.sha256.clone(),
+            source: self.source.clone(),
+            families: self.families.clone(),
+            state: if enabled { "enabled" } else { "disabled" }.into(),
+            disabled_reason: if enabled { None } else { self.reason() },
+            calls: self.calls.load(Ordering::Relaxed),
+            traps: self.traps.load(Ordering::Relaxed),
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.disabled_reason
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or(None)
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    fn set_enabled(&self, enabled: bool, reason: Option<String>) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+        self.consecutive_traps.store(0, Ordering::Relaxed);
+        if let Ok(mut slot) = self.disabled_reason.lock() {
+            *slot = if enabled { None } else { reason };
+        }
+    }
+}
+
+/// Compiled components by SHA-256: compiling is the costly part of loading.
+static COMPILED: Mutex<Option<HashMap<String, Component>>> = Mutex::new(None);
+
+fn compile(runtime: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, PluginError> {
+    if let Some(component) = COMPILED
+        .lock()
+        .ok()
+        .and_then(|cache| cache.as_ref().and_then(|c| c.get(sha256).cloned()))
+    {
+        return Ok(component);
+    }
+    let component = Component::new(runtime.engine(), bytes)
+        .map_err(|e| PluginError::Invalid(format!("not a valid WebAssembly component: {e:#}")))?;
+    if let Ok(mut cache) = COMPILED.lock() {
+        cache
+            .get_or_insert_with(HashMap::new)
+            .insert(sha256.to_owned(), component.clone());
+    }
+    Ok(component)
+}
+
+/// Finds which world a component implements, and the WIT version.
+fn world_of(runtime: &Runtime, component: &Component) -> Result<(PluginKind, String), PluginError> {
+    let ty = component.component_type();
+    let exports: Vec<String> = ty
+        .exports(runtime.engine())
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    for (kind, interface) in [
+        (PluginKind::Rollout, "rollout"),
+        (PluginKind::Device, "device"),
+    ] {
+        let prefix = format!("{WIT_PACKAGE}/{interface}@");
+        if let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) {
+            let version = &export[prefix.len()..];
+            let parts: Vec<u64> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+            let compatible =
+                parts.len() == 3 && parts[0] == WIT_VERSION.0 && parts[1] == WIT_VERSION.1;
+            if !compatible {
+                return Err(PluginError::Invalid(format!(
+                    "the plugin is built against {WIT_PACKAGE}@{version}, which this host does not support \
+                     (it supports {WIT_PACKAGE}@{}.{}.x)",
+                    WIT_VERSION.0, WIT_VERSION.1
+                )));
+            }
+            return Ok((kind, version.to_owned()));
+        }
+    }
+    Err(PluginError::Invalid(format!(
+        "not a Rollway plugin: the component exports neither {WIT_PACKAGE}/rollout nor {WIT_PACKAGE}/device \
+         (it exports: {})",
+        if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        }
+    )))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Why a call failed, as a short label for metrics.
+fn classify(error: &wasmtime::Error) -> &'static str {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => "timeout",
+            wasmtime::Trap::UnreachableCodeReached => "panic",
+            wasmtime::Trap::StackOverflow => "stack-overflow",
+            _ => "trap",
+        };
+    }
+    let text = format!("{error:#}");
+    if text.contains("memory") {
+        "memory"
+    } else {
+        "trap"
+    }
+}
+
+fn describe(reason: &str, limits: &Limits, timeout: Duration) -> String {
+    match reason {
+        "timeout" => format!("ran longer than its {} ms budget", timeout.as_millis()),
+        "memory" => format!(
+            "exceeded its {} MiB memory limit",
+            limits.memory_bytes / (1024 * 1024)
+        ),
+        "panic" => "panicked".to_owned(),
+        "stack-overflow" => "overflowed its stack".to_owned(),
+        _ => "trapped".to_owned(),
+    }
+}
+
+/// Every loaded plugin, by name.
+pub struct PluginRegistry {
+    runtime: Arc<Runtime>,
+    limits: Limits,
+    metrics: Metrics,
+    max_consecutive_traps: u32,
+    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+}
+
+impl PluginRegistry {
+    pub fn new(metrics: Metrics, limits: Limits) -> anyhow::Result<Self> {
+        Ok(Self {
+            runtime: Runtime::shared()?,
+            limits,
+            metrics,
+            max_consecutive_traps: 5,
+            plugins: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// A registry with the shipped plugins loaded.
+    pub fn with_builtins(metrics: Metrics, limits: Limits) -> anyhow::Result<Self> {
+        let registry = Self::new(metrics, limits)?;
+        for (name, bytes) in BUILT_IN {
+            let plugin = registry
+                .load(bytes, PluginSource::Builtin)
+                .map_err(|e| anyhow::anyhow!("loading the shipped plugin {name}: {e}"))?;
+            registry.insert(plugin);
+        }
+        Ok(registry)
+    }
+
+    /// Loads every `*.wasm` of a directory; a plugin that fails to load is
+    /// logged and skipped so that one bad file cannot stop the host.
+    pub fn load_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("reading ROLLWAY_PLUGINS_DIR {}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+                continue;
+            }
+            let loaded = std::fs::read(&path)
+                .map_err(|e| PluginError::Invalid(e.to_string()))
+                .and_then(|bytes| self.load(&bytes, PluginSource::Directory));
+            match loaded.and_then(|plugin| self.admit(plugin)) {
+                Ok(plugin) => {
+                    tracing::info!(plugin = %plugin.name, version = %plugin.version, file = %path.display(), "plugin loaded")
+                }
+                Err(error) => tracing::error!(%error, file = %path.display(), "plugin not loaded"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Compiles and inspects a component: its world, WIT version, name and
+    /// families. Does not register it.
+    pub fn load(&self, bytes: &[u8], source: PluginSource) -> Result<Plugin, PluginError> {
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(PluginError::Invalid(format!(
+                "component of {} bytes exceeds {MAX_COMPONENT_BYTES}",
+                bytes.len()
+            )));
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let component = compile(&self.runtime, bytes, &sha256)?;
+        let (kind, wit_version) = world_of(&self.runtime, &component)?;
+        let pre = match kind {
+            PluginKind::Rollout => self
+                .runtime
+                .rollout_linker()
+                .instantiate_pre(&component)
+                .and_then(RolloutStrategyPre::new)
+                .map(Pre::Rollout),
+            PluginKind::Device => self
+                .runtime
+                .device_linker()
+                .instantiate_pre(&component)
+                .and_then(DeviceProtocolPre::new)
+                .map(Pre::Device),
+        }
+        .map_err(|e| PluginError::Invalid(format!("the component cannot be linked: {e:#}")))?;
+        let mut plugin = Plugin {
+            name: "(loading)".into(),
+            kind,
+            version: String::new(),
+            description: String::new(),
+            wit_version,
+            sha256,
+            source,
+            families: Vec::new(),
+            pre,
+            enabled: AtomicBool::new(true),
+            disabled_reason: Mutex::new(None),
+            calls: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            consecutive_traps: AtomicU32::new(0),
+        };
+        let info = match kind {
+            PluginKind::Rollout => self
+                .rollout_call(&plugin, "info", |store, i| {
+                    i.rollway_plugin_rollout().call_info(store)
+                })
+                .map(|i| (i.name, i.version, i.description))?,
+            PluginKind::Device => self
+                .device_call(&plugin, "info", None, |store, i| {
+                    i.rollway_plugin_device().call_info(store)
+                })
+                .map(|i| (i.name, i.version, i.description))?,
+        };
+        if !valid_name(&info.0) {
+            return Err(PluginError::Invalid(format!(
+                "plugin name '{}' must be 1 to 64 lowercase letters, digits or '-'",
+                info.0
+            )));
+        }
+        (plugin.name, plugin.version, plugin.description) = info;
+        plugin.description.truncate(200);
+        plugin.version.truncate(64);
+        if kind == PluginKind::Device {
+            let families = self.device_call(&plugin, "families", None, |store, i| {
+                i.rollway_plugin_device().call_families(store)
+            })?;
+            if families.is_empty()
+                || families.len() > 16
+                || families.iter().any(|f| !valid_name(f) || f.len() > 32)
+            {
+                return Err(PluginError::Invalid(
+                    "a device plugin must name 1 to 16 families of lowercase letters, digits or '-'".into(),
+                ));
+            }
+            plugin.families = families;
+        }
+        Ok(plugin)
+    }
+
+    /// Registers a plugin, replacing one of the same name. A device plugin
+    /// may not take a family another plugin serves.
+    pub fn admit(&self, plugin: Plugin) -> Result<Arc<Plugin>, PluginError> {
+        if let Some(other) = self.list_plugins().into_iter().find(|p| {
+            p.name != plugin.name && p.families.iter().any(|f| plugin.families.contains(f))
+        }) {
+            return Err(PluginError::Invalid(format!(
+                "the families {:?} are already served by the plugin '{}'",
+                plugin.families, other.name
+            )));
+        }
+        if let Some(existing) = self.get(&plugin.name)
+            && existing.kind != plugin.kind
+        {
+            return Err(PluginError::Invalid(format!(
+                "'{}' is a {} plugin; it cannot be replaced by a {} plugin",
+                plugin.name,
+                existing.kind.as_str(),
+                plugin.kind.as_str()
+            )));
+        }
+        Ok(self.insert(plugin))
+    }
+
+    fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
+        let plugin = Arc::new(plugin);
+        if let Ok(mut map) = self.plugins.write() {
+            map.insert(plugin.name.clone(), plugin.clone());
+        }
+        plugin
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.read().ok().and_then(|m| m.get(name).cloned())
+    }
+
+    pub fn list_plugins(&self) -> Vec<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn list(&self) -> Vec<PluginView> {
+        self.list_plugins().iter().map(|p| p.view()).collect()
+    }
+
+    /// Enables or disables a plugin; `None` when there is no such plugin.
+    pub fn set_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        reason: Option<String>,
+    ) -> Option<PluginView> {
+        let plugin = self.get(name)?;
+        plugin.set_enabled(enabled, reason);
+        Some(plugin.view())
+    }
+
+    /// Whether a device plugin serves `family`.
+    pub fn has_family(&self, family: &str) -> bool {
+        self.list_plugins()
+            .iter()
+            .any(|p| p.families.iter().any(|f| f == family))
+    }
+
+    pub fn families(&self) -> Vec<String> {
+        let mut families: Vec<String> = self
+            .list_plugins()
+            .iter()
+            .flat_map(|p| p.families.clone())
+            .collect();
+        families.sort();
+        families
+    }
+
+    fn usable(&self, plugin: Arc<Plugin>) -> Result<Arc<Plugin>, PluginError> {
+        if plugin.is_enabled() {
+            Ok(plugin)
+        } else {
+            Err(PluginError::Disabled(
+                plugin.name.clone(),
+                plugin
+                    .reason()
+                    .unwrap_or_else(|| "disabled by an admin".into()),
+            ))
+        }
+    }
+
+    pub fn rollout_plugin(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
+        match self.get(name) {
+            Some(p) if p.kind == PluginKind::Rollout => self.usable(p),
+            _ => Err(PluginError::NotFound {
+                kind: "rollout",
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    pub fn device_plugin(&self, family: &str) -> Result<Arc<Plugin>, PluginError> {
+        let plugin = self
+            .list_plugins()
+            .into_iter()
+            .find(|p| p.kind == PluginKind::Device && p.families.iter().any(|f| f == family))
+            .ok_or_else(|| PluginError::NoFamily(family.to_owned()))?;
+        self.usable(plugin)
+    }
+
+    /// Runs one call in a fresh store, with metrics, trap accounting and
+    /// the automatic disabling of a plugin that keeps trapping.
+    fn guarded<R>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        timeout: Duration,
+        body: impl FnOnce(&mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        self.metrics
+            .plugin_calls_total
+            .with_label_values(&[&plugin.name, function])
+            .inc();
+        plugin.calls.fetch_add(1, Ordering::Relaxed);
+        let name: Arc<str> = Arc::from(plugin.name.as_str());
+        let (mut store, stderr) = self.runtime.store(&name, &self.limits, timeout);
+        match body(&mut store) {
+            Ok(result) => {
+                plugin.consecutive_traps.store(0, Ordering::Relaxed);
+                Ok(result)
+            }
+            Err(error) => {
+                let reason = classify(&error);
+                self.metrics
+                    .plugin_traps_total
+                    .with_label_values(&[&plugin.name, reason])
+                    .inc();
+                plugin.traps.fetch_add(1, Ordering::Relaxed);
+                let in_a_row = plugin.consecutive_traps.fetch_add(1, Ordering::Relaxed) + 1;
+                let what = describe(reason, &self.limits, timeout);
+                let stderr = String::from_utf8_lossy(&stderr.contents())
+                    .trim()
+                    .to_owned();
+                tracing::error!(
+                    plugin = %plugin.name, function, reason, in_a_row,
+                    error = format!("{error:#}"), stderr = %stderr,
+                    "plugin call failed"
+                );
+                if in_a_row >= self.max_consecutive_traps && plugin.is_enabled() {
+                    let why = format!("{in_a_row} failed calls in a row, the last: {what}");
+                    tracing::error!(plugin = %plugin.name, "plugin disabled: {why}");
+                    plugin.set_enabled(false, Some(why));
+                }
+                Err(PluginError::Failed {
+                    plugin: plugin.name.clone(),
+                    what: format!("{function}: {what}"),
+                })
+            }
+        }
+    }
+
+    fn rollout_call<R>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        body: impl FnOnce(&mut Store<State>, &RolloutStrategy) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let Pre::Rollout(pre) = &plugin.pre else {
+            return Err(PluginError::Invalid(format!(
+                "'{}' is not a rollout plugin",
+                plugin.name
+            )));
+        };
+        self.guarded(plugin, function, self.limits.call_timeout, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            body(store, &instance)
+        })
+    }
+
+    fn device_call<R>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        timeout: Option<Duration>,
+        body: impl FnOnce(&mut Store<State>, &DeviceProtocol) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let Pre::Device(pre) = &plugin.pre else {
+            return Err(PluginError::Invalid(format!(
+                "'{}' is not a device plugin",
+                plugin.name
+            )));
+        };
+        self.guarded(
+            plugin,
+            function,
+            timeout.unwrap_or(self.limits.call_timeout),
+            |store| {
+                let instance = pre.instantiate(&mut *store)?;
+                body(store, &instance)
+            },
+        )
+    }
+
+    fn refused(plugin: &Plugin, reason: String) -> PluginError {
+        let mut reason = reason;
+        if reason.len() > 1024 {
+            let mut cut = 1024;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+            reason.push('…');
+        }
+        PluginError::Refused {
+            plugin: plugin.name.clone(),
+            reason,
+        }
+    }
+
+    fn nonsense(plugin: &Plugin, what: String) -> PluginError {
+        PluginError::Failed {
+            plugin: plugin.name.clone(),
+            what,
+        }
+    }
+
+    /// Checks a job's rollout configuration with its plugin.
+    pub fn validate_rollout_config(&self, name: &str, config: &str) -> Result<(), PluginError> {
+        let plugin = self.rollout_plugin(name)?;
+        self.rollout_call(&plugin, "validate-config", |store, i| {
+            i.rollway_plugin_rollout()
+                .call_validate_config(store, config)
+        })?
+        .map_err(|reason| Self::refused(&plugin, reason))
+    }
+
+    /// Splits `total` devices into batch sizes.
+    pub fn plan(&self, name: &str, config: &str, total: u32) -> Result<Vec<u32>, PluginError> {
+        let plugin = self.rollout_plugin(name)?;
+        let sizes = self
+            .rollout_call(&plugin, "plan", |store, i| {
+                i.rollway_plugin_rollout().call_plan(store, config, total)
+            })?
+            .map_err(|reason| Self::refused(&plugin, reason))?;
+        let sum: u64 = sizes.iter().map(|s| u64::from(*s)).sum();
+        if sum != u64::from(total) || sizes.len() > MAX_BATCH_GROUPS || sizes.contains(&0) {
+            return Err(Self::nonsense(
+                &plugin,
+                format!(
+                    "plan returned {} batches summing to {sum} for {total} devices (sizes must be positive, at most {MAX_BATCH_GROUPS} batches)",
+                    sizes.len()
+                ),
+            ));
+        }
+        Ok(sizes)
+    }
+
+    /// Asks the rollout plugin what to do next.
+    pub fn evaluate(
+        &self,
+        name: &str,
+        config: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Decision, PluginError> {
+        let plugin = self.rollout_plugin(name)?;
+        let decision = self
+            .rollout_call(&plugin, "evaluate", |store, i| {
+                i.rollway_plugin_rollout()
+                    .call_evaluate(store, config, snapshot)
+            })?
+            .map_err(|reason| Self::refused(&plugin, reason))?;
+        Ok(match decision {
+            ro::Decision::Pause(r) if r.len() > 1024 => {
+                ro::Decision::Pause(r.chars().take(1000).collect())
+            }
+            ro::Decision::Abort(r) if r.len() > 1024 => {
+                ro::Decision::Abort(r.chars().take(1000).collect())
+            }
+            other => other,
+        })
+    }
+
+    /// Validates an image with its family's plugin.
+    pub fn validate_image(
+        &self,
+        family: &str,
+        config: &str,
+        image: Arc<dyn ImageSource>,
+    ) -> Result<ImageInfo, PluginError> {
+        let plugin = self.device_plugin(family)?;
+        let info = self
+            .device_call(
+                &plugin,
+                "validate-image",
+                Some(self.limits.image_timeout),
+                |store, i| {
+                    let handle = Runtime::push_image(store, image)?;
+                    i.rollway_plugin_device()
+                        .call_validate_image(store, config, handle)
+                },
+            )?
+            .map_err(|reason| Self::refused(&plugin, reason))?;
+        let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > 128);
+        let details_size: usize = info.details.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if too_long(&info.version)
+            || too_long(&info.target)
+            || info.details.len() > 64
+            || details_size > 16 * 1024
+        {
+            return Err(Self::nonsense(
+                &plugin,
+                "validate-image returned oversized metadata".into(),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// Checks a family's configuration.
+    pub fn validate_device_config(&self, family: &str, config: &str) -> Result<(), PluginError> {
+        let plugin = self.device_plugin(family)?;
+        self.device_call(&plugin, "validate-config", None, |store, i| {
+            i.rollway_plugin_device()
+                .call_validate_config(store, config)
+        })?
+        .map_err(|reason| Self::refused(&plugin, reason))
+    }
+
+    /// Builds one device's update command.
+    pub fn build_command(
+        &self,
+        family: &str,
+        config: &str,
+        request: &CommandRequest,
+    ) -> Result<Command, PluginError> {
+        let plugin = self.device_plugin(family)?;
+        let command = self
+            .device_call(&plugin, "build-command", None, |store, i| {
+                i.rollway_plugin_device()
+                    .call_build_command(store, config, request)
+            })?
+            .map_err(|reason| Self::refused(&plugin, reason))?;
+        let topic_ok = !command.topic.is_empty()
+            && command.topic.len() <= 256
+            && !command.topic.starts_with('/')
+            && !command.topic.contains(['+', '#', '\0']);
+        if !topic_ok {
+            return Err(Self::nonsense(
+                &plugin,
+                format!(
+                    "build-command returned an invalid topic {:?}",
+                    command.topic
+                ),
+            ));
+        }
+        let own = [
+            Some(request.device.id.as_str()),
+            request.device.gateway_id.as_deref(),
+        ];
+        let first = command.topic.split('/').next();
+        if !own.contains(&first) {
+            return Err(Self::nonsense(
+                &plugin,
+                format!(
+                    "build-command addressed {:?}, which is neither the device nor its gateway",
+                    command.topic
+                ),
+            ));
+        }
+        if command.payload.len() > MAX_COMMAND_BYTES || command.qos > 2 {
+            return Err(Self::nonsense(
+                &plugin,
+                "build-command returned an oversized payload or a QoS above 2".into(),
+            ));
+        }
+        Ok(command)
+    }
+
+    /// Parses a status payload with its family's plugin.
+    pub fn parse_status(
+        &self,
+        family: &str,
+        config: &str,
+        topic_device_id: &str,
+        payload: &[u8],
+    ) -> Result<StatusReport, PluginError> {
+        let plugin = self.device_plugin(family)?;
+        self.device_call(&plugin, "parse-status", None, |store, i| {
+            i.rollway_plugin_device()
+                .call_parse_status(store, config, topic_device_id, payload)
+        })?
+        .map_err(|reason| Self::refused(&plugin, reason))
+    }
+}
+
+impl dev::StatusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            dev::StatusState::Init => "init",
+            dev::StatusState::Downloading => "downloading",
+            dev::StatusState::Flashing => "flashing",
+            dev::StatusState::Rebooting => "rebooting",
+            dev::StatusState::Done => "done",
+            dev::StatusState::Error => "error",
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The sandbox: one wasmtime `Engine` (component model, epoch interruption,
+//! pooling allocator when the address space allows), a fresh `Store` per
+//! call with a memory cap and a deadline, and WASI linked deny-all.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{device, rollout};
+
+/// How often the epoch advances; deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Bounds of one plugin call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory of the plugin instance.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of a call (enforced through epochs).
+    pub call_timeout: Duration,
+    /// Budget of `validate-image`, which may read a whole image.
+    pub image_timeout: Duration,
+    /// Bytes a plugin may read from an image in one validation.
+    pub image_read_bytes: u64,
+    /// Captured stderr per call.
+    pub stderr_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            call_timeout: Duration::from_secs(2),
+            image_timeout: Duration::from_secs(120),
+            image_read_bytes: 1024 * 1024 * 1024,
+            stderr_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Bytes of an image, readable in pieces (the firmware store behind it).
+pub trait ImageSource: Send + Sync {
+    fn size(&self) -> u64;
+    fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, String>;
+}
+
+/// What the `image` resource refers to in the store's table.
+pub struct ImageHandle {
+    source: Arc<dyn ImageSource>,
+}
+
+/// Per-call state of a store.
+pub struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    read_budget: u64,
+    log_lines: u32,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+const MAX_LOG_LINES: u32 = 100;
+const MAX_LOG_LINE: usize = 2048;
+
+fn log_line(state: &mut State, level: &str, message: String) {
+    state.log_lines += 1;
+    if state.log_lines > MAX_LOG_LINES {
+        return;
+    }
+    let mut message = message;
+    if message.len() > MAX_LOG_LINE {
+        let mut cut = MAX_LOG_LINE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    let plugin = &*state.plugin;
+    match level {
+        "error" => tracing::error!(plugin, "{message}"),
+        "warn" => tracing::warn!(plugin, "{message}"),
+        "info" => tracing::info!(plugin, "{message}"),
+        _ => tracing::debug!(plugin, "{message}"),
+    }
+}
+
+impl rollout::rollway::plugin::log::Host for State {
+    fn write(&mut self, level: rollout::rollway::plugin::types::LogLevel, message: String) {
+        use rollout::rollway::plugin::types::LogLevel as L;
+        let level = match level {
+            L::Error => "error",
+            L::Warn => "warn",
+            L::Info => "info",
+            L::Debug | L::Trace => "debug",
+        };
+        log_line(self, level, message);
+    }
+}
+impl rollout::rollway::plugin::types::Host for State {}
+
+impl device::rollway::plugin::log::Host for State {
+    fn write(&mut self, level: device::rollway::plugin::types::LogLevel, message: String) {
+        use device::rollway::plugin::types::LogLevel as L;
+        let level = match level {
+            L::Error => "error",
+            L::Warn => "warn",
+            L::Info => "info",
+            L::Debug | L::Trace => "debug",
+        };
+        log_line(self, level, message);
+    }
+}
+impl device::rollway::plugin::types::Host for State {}
+impl device::rollway::plugin::image::Host for State {}
+
+impl device::rollway::plugin::image::HostImage for State {
+    fn size(&mut self, image: Resource<ImageHandle>) -> u64 {
+        self.table.get(&image).map(|h| h.source.size()).unwrap_or(0)
+    }
+
+    fn read(
+        &mut self,
+        image: Resource<ImageHandle>,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, String> {
+        let len = len.min(1024 * 1024);
+        if u64::from(len) > self.read_budget {
+            return Err("image read budget exhausted".into());
+        }
+        self.read_budget -= u64::from(len);
+        let handle = self.table.get(&image).map_err(|e| e.to_string())?;
+        handle.source.read(offset, len)
+    }
+
+    fn drop(&mut self, image: Resource<ImageHandle>) -> wasmtime::Result<()> {
+        self.table.delete(image)?;
+        Ok(())
+    }
+}
+
+/// The process-wide engine and linkers. Compiled components belong to an
+/// engine, so one engine serves every plugin of the process.
+pub struct Runtime {
+    engine: Engine,
+    rollout_linker: Linker<State>,
+    device_linker: Linker<State>,
+}
+
+static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+
+impl Runtime {
+    /// The shared runtime, created on first use with its epoch ticker.
+    pub fn shared() -> anyhow::Result<Arc<Runtime>> {
+        if let Some(runtime) = RUNTIME.get() {
+            return Ok(runtime.clone());
+        }
+        let runtime = Arc::new(Self::new()?);
+        let runtime = RUNTIME.get_or_init(|| runtime).clone();
+        Ok(runtime)
+    }
+
+    fn new() -> anyhow::Result<Self> {
+        let engine = Self::build_engine(true).or_else(|error| {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "pooling allocator unavailable; using on-demand allocation"
+            );
+            Self::build_engine(false)
+        })?;
+        let mut rollout_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut rollout_linker)
+            .map_err(|e| wasm_error(e, "linking WASI"))?;
+        rollout::RolloutStrategy::add_to_linker::<State, HasSelf<State>>(
+            &mut rollout_linker,
+            |s| s,
+        )
+        .map_err(|e| wasm_error(e, "linking the rollout world"))?;
+        let mut device_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut device_linker)
+            .map_err(|e| wasm_error(e, "linking WASI"))?;
+        device::DeviceProtocol::add_to_linker::<State, HasSelf<State>>(&mut device_linker, |s| s)
+            .map_err(|e| wasm_error(e, "linking the device world"))?;
+        start_ticker(engine.clone());
+        Ok(Self {
+            engine,
+            rollout_linker,
+            device_linker,
+        })
+    }
+
+    fn build_engine(pooling: bool) -> anyhow::Result<Engine> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        if pooling {
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(256)
+                .total_core_instances(512)
+                .total_memories(512)
+                .total_tables(512)
+                .max_memory_size(Limits::default().memory_bytes);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine =
+            Engine::new(&config).map_err(|e| wasm_error(e, "configuring the plugin engine"))?;
+        if pooling {
+            // Fail over to on-demand now rather than at the first call.
+            let probe = Component::new(&engine, "(component)")
+                .map_err(|e| wasm_error(e, "probing the pooling allocator"))?;
+            let linker: Linker<()> = Linker::new(&engine);
+            let mut store = Store::new(&engine, ());
+            store.set_epoch_deadline(1000);
+            linker
+                .instantiate(&mut store, &probe)
+                .map_err(|e| wasm_error(e, "probing the pooling allocator"))?;
+        }
+        Ok(engine)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn rollout_linker(&self) -> &Linker<State> {
+        &self.rollout_linker
+    }
+
+    pub fn device_linker(&self) -> &Linker<State> {
+        &self.device_linker
+    }
+
+    /// A fresh store for one call of `plugin`, with its memory cap and a
+    /// deadline of `timeout`; returns the captured stderr pipe too.
+    pub fn store(
+        &self,
+        plugin: &Arc<str>,
+        limits: &Limits,
+        timeout: Duration,
+    ) -> (Store<State>, MemoryOutputPipe) {
+        let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(16)
+                .tables(16)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            plugin: plugin.clone(),
+            read_budget: limits.image_read_bytes,
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        (store, stderr)
+    }
+
+    /// Puts an image into the store's table for a `validate-image` call.
+    pub fn push_image(
+        store: &mut Store<State>,
+        source: Arc<dyn ImageSource>,
+    ) -> wasmtime::Result<Resource<ImageHandle>> {
+        Ok(store.data_mut().table.push(ImageHandle { source })?)
+    }
+}
+
+/// Advances the engine's epoch every tick, on its own thread.
+fn start_ticker(engine: Engine) {
+    let spawned = std::thread::Builder::new()
+        .name("rollway-plugin-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "starting the plugin epoch ticker; plugin calls will time out at once");
+    }
+}
+
+/// wasmtime has its own error type; this carries it into `anyhow` with context.
+fn wasm_error(error: wasmtime::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {error:#}")
+}

@@ -1,0 +1,266 @@
+//! `device-jetson`: NVIDIA Jetson OTA payloads.
+//!
+//! A payload is a gzip-compressed tar archive with `manifest.json` at its
+//! root naming the board and the L4T (and JetPack) version:
+//! ```json
+//! {"board": "jetson-orin-nx", "l4t_version": "36.3.0", "jetpack_version": "6.0", "version": "2.1.0"}
+//! ```
+//! Every entry path must stay inside the archive. Commands tell the device
+//! to install into its inactive A/B slot and fall back when the new slot
+//! fails to boot.
+
+wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
+
+use std::io::Read;
+
+use exports::rollway::plugin::device::{Command, CommandRequest, Guest, ImageInfo, StatusReport};
+use rollway::plugin::image::Image;
+use rollway::plugin::types::PluginInfo;
+use rollway_plugin_sdk::image::Reader;
+use serde::Deserialize;
+use serde_json::json;
+
+rollway_plugin_sdk::device_conversions!();
+
+const MANIFEST: &str = "manifest.json";
+const MAX_MANIFEST: u64 = 64 * 1024;
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    /// How long the new slot has to boot and report before the device
+    /// falls back to the old one.
+    boot_verify_timeout_secs: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            boot_verify_timeout_secs: 300,
+        }
+    }
+}
+
+fn config(text: &str) -> Result<Config, String> {
+    let config: Config = rollway_plugin_sdk::config::parse(text)?;
+    if !(30..=3600).contains(&config.boot_verify_timeout_secs) {
+        return Err("boot_verify_timeout_secs must be between 30 and 3600".into());
+    }
+    Ok(config)
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    board: String,
+    l4t_version: String,
+    jetpack_version: Option<String>,
+    version: Option<String>,
+}
+
+fn field_ok(name: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 64 || value.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "manifest field '{name}' must be 1 to 64 printable characters"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a payload read from `source`.
+pub fn validate(source: impl Read) -> Result<ImageInfo, String> {
+    let mut magic_checked = source;
+    let mut magic = [0u8; 2];
+    magic_checked
+        .read_exact(&mut magic)
+        .map_err(|e| format!("cannot read the payload: {e}"))?;
+    if magic != [0x1F, 0x8B] {
+        return Err("not a Jetson OTA payload: expected a gzip-compressed tar archive".into());
+    }
+    let stream = std::io::Cursor::new(magic).chain(magic_checked);
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(stream));
+    let mut manifest: Option<Manifest> = None;
+    let mut entries = 0usize;
+    let mut payload_bytes = 0u64;
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("corrupt archive: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("corrupt archive: {e}"))?;
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries in the archive"));
+        }
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad entry path: {e}"))?
+            .into_owned();
+        if path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "entry '{}' points outside the archive",
+                path.display()
+            ));
+        }
+        payload_bytes += entry.size();
+        if path == std::path::Path::new(MANIFEST) || path == std::path::Path::new("./manifest.json")
+        {
+            if entry.size() > MAX_MANIFEST {
+                return Err(format!("{MANIFEST} is larger than {MAX_MANIFEST} bytes"));
+            }
+            let mut text = String::new();
+            entry
+                .read_to_string(&mut text)
+                .map_err(|e| format!("{MANIFEST} is unreadable: {e}"))?;
+            let parsed: Manifest =
+                serde_json::from_str(&text).map_err(|e| format!("{MANIFEST} is invalid: {e}"))?;
+            field_ok("board", &parsed.board)?;
+            field_ok("l4t_version", &parsed.l4t_version)?;
+            manifest = Some(parsed);
+        }
+    }
+    let manifest = manifest.ok_or_else(|| format!("the archive has no {MANIFEST}"))?;
+    let mut details = vec![
+        ("format".into(), "jetson-ota-tar-gz".into()),
+        ("board".into(), manifest.board.clone()),
+        ("l4t_version".into(), manifest.l4t_version.clone()),
+        ("entries".into(), entries.to_string()),
+        ("payload_bytes".into(), payload_bytes.to_string()),
+    ];
+    if let Some(jetpack) = &manifest.jetpack_version {
+        details.push(("jetpack_version".into(), jetpack.clone()));
+    }
+    Ok(ImageInfo {
+        version: Some(manifest.version.unwrap_or(manifest.l4t_version)),
+        target: Some(manifest.board),
+        details,
+    })
+}
+
+struct Jetson;
+
+impl Guest for Jetson {
+    fn info() -> PluginInfo {
+        PluginInfo {
+            name: "device-jetson".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "NVIDIA Jetson: OTA payloads (tar.gz + manifest), A/B slot updates".into(),
+        }
+    }
+
+    fn families() -> Vec<String> {
+        vec!["jetson".into()]
+    }
+
+    fn validate_config(text: String) -> Result<(), String> {
+        config(&text).map(|_| ())
+    }
+
+    fn validate_image(_config: String, image: &Image) -> Result<ImageInfo, String> {
+        validate(Reader::new(image.size(), |offset, len| {
+            image.read(offset, len)
+        }))
+    }
+
+    fn build_command(text: String, request: CommandRequest) -> Result<Command, String> {
+        let config = config(&text)?;
+        let request = to_request(&request);
+        request.check_target()?;
+        Ok(Command {
+            topic: request.topic(),
+            payload: request.payload(json!({
+                "ab": {
+                    "target_slot": "inactive",
+                    "rollback_on_boot_failure": true,
+                    "boot_verify_timeout_secs": config.boot_verify_timeout_secs,
+                },
+                "board": request.target,
+            })),
+            qos: 1,
+        })
+    }
+
+    fn parse_status(
+        _config: String,
+        topic_device_id: String,
+        payload: Vec<u8>,
+    ) -> Result<StatusReport, String> {
+        rollway_plugin_sdk::status::parse_json(&topic_device_id, &payload).map(to_report)
+    }
+}
+
+// Exported only in the component build; native builds are for unit tests.
+#[cfg(target_arch = "wasm32")]
+export!(Jetson);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn payload(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = Vec::new();
+        for (name, data) in files {
+            let mut header = [0u8; 512];
+            header[..name.len()].copy_from_slice(name.as_bytes());
+            header[100..107].copy_from_slice(b"0000644");
+            header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+            header[136..147].copy_from_slice(b"00000000000");
+            header[156] = b'0';
+            header[257..263].copy_from_slice(b"ustar\0");
+            header[263..265].copy_from_slice(b"00");
+            header[148..156].copy_from_slice(b"        ");
+            let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            tar.extend_from_slice(&header);
+            tar.extend_from_slice(data);
+            tar.resize(tar.len().div_ceil(512) * 512, 0);
+        }
+        tar.resize(tar.len() + 1024, 0);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = gz.write_all(&tar);
+        gz.finish().unwrap_or_default()
+    }
+
+    const MANIFEST_OK: &[u8] = br#"{"board":"jetson-orin-nx","l4t_version":"36.3.0","jetpack_version":"6.0","version":"2.1.0"}"#;
+
+    #[test]
+    fn reads_the_manifest() {
+        let info =
+            validate(&payload(&[("manifest.json", MANIFEST_OK), ("rootfs.img", &[7u8; 3000])])[..])
+                .unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(info.version.as_deref(), Some("2.1.0"));
+        assert_eq!(info.target.as_deref(), Some("jetson-orin-nx"));
+        assert!(info.details.contains(&("entries".into(), "2".into())));
+    }
+
+    #[test]
+    fn names_what_is_broken() {
+        assert!(
+            validate(&b"PK\x03\x04 not gzip"[..])
+                .unwrap_err()
+                .contains("gzip")
+        );
+        assert!(
+            validate(&payload(&[("rootfs.img", &[1u8; 10])])[..])
+                .unwrap_err()
+                .contains("no manifest.json")
+        );
+        assert!(
+            validate(&payload(&[("manifest.json", b"{\"board\":1}")])[..])
+                .unwrap_err()
+                .contains("invalid")
+        );
+        assert!(
+            validate(&payload(&[("manifest.json", MANIFEST_OK), ("../etc/passwd", b"x")])[..])
+                .unwrap_err()
+                .contains("outside")
+        );
+        let mut truncated = payload(&[("manifest.json", MANIFEST_OK), ("big", &[9u8; 5000])]);
+        truncated.truncate(truncated.len() / 2);
+        assert!(validate(&truncated[..]).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Helpers for Rollway plugins.
+//!
+//! A plugin crate generates its bindings with `wit_bindgen::generate!` for
+//! one world of `wit/plugin.wit` and uses this crate for what every plugin
+//! of its kind needs: JSON configuration, the standard status and command
+//! payloads, reading images, matching chips.
+//!
+//! This crate is plain Rust with no bindings of its own, so its logic is
+//! unit-tested natively; `device_conversions!` bridges its types to the
+//! generated ones inside the plugin crate.
+
+pub mod command;
+pub mod config;
+pub mod image;
+pub mod status;
+
+/// Whether an image built for `target` suits a device whose model is
+/// `model`. Comparison ignores case and `-`/`_`; a model names a chip or a
+/// module (`esp32s3-wroom-1`), so the target must be a prefix of it.
+/// Unknown on either side is not a mismatch.
+pub fn targets_match(target: Option<&str>, model: Option<&str>) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '-' && *c != '_')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    match (target, model) {
+        (Some(target), Some(model)) => norm(model).starts_with(&norm(target)),
+        _ => true,
+    }
+}
+
+/// Defines, in a device plugin crate, conversions between this crate's
+/// types and the bindings generated for the `device-protocol` world:
+/// `to_report(status::Status) -> StatusReport` and
+/// `to_request(&CommandRequest) -> command::Request`.
+#[macro_export]
+macro_rules! device_conversions {
+    () => {
+        fn to_report(s: $crate::status::Status) -> exports::rollway::plugin::device::StatusReport {
+            use exports::rollway::plugin::device::StatusState;
+            use $crate::status::State;
+            exports::rollway::plugin::device::StatusReport {
+                device_id: s.device_id,
+                message_id: s.message_id,
+                state: match s.state {
+                    State::Init => StatusState::Init,
+                    State::Downloading => StatusState::Downloading,
+                    State::Flashing => StatusState::Flashing,
+                    State::Rebooting => StatusState::Rebooting,
+                    State::Done => StatusState::Done,
+                    State::Error => StatusState::Error,
+                },
+                progress: s.progress,
+                error: s.error,
+                job_id: s.job_id,
+                execution_id: s.execution_id,
+                firmware_id: s.firmware_id,
+                installed_version: s.installed_version,
+                sent_at: s.sent_at,
+            }
+        }
+
+        fn to_request(
+            r: &exports::rollway::plugin::device::CommandRequest,
+        ) -> $crate::command::Request {
+            $crate::command::Request {
+                device_id: r.device.id.clone(),
+                model: r.device.model.clone(),
+                gateway_id: r.device.gateway_id.clone(),
+                firmware_id: r.firmware.id.clone(),
+                version: r.firmware.version.clone(),
+                sha256: r.firmware.sha256.clone(),
+                size: r.firmware.size,
+                target: r.firmware.target.clone(),
+                job_id: r.job_id.clone(),
+                execution_id: r.execution_id,
+                attempt: r.attempt,
+                download_url: r.download_url.clone(),
+                manifest: r.manifest.clone(),
+                signature: r.signature.clone(),
+                key_id: r.key_id.clone(),
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chips_match_modules_of_the_same_chip() {
+        assert!(targets_match(Some("esp32s3"), Some("ESP32-S3-WROOM-1")));
+        assert!(targets_match(Some("esp32"), Some("esp32")));
+        assert!(!targets_match(Some("esp32c3"), Some("esp32s3")));
+        assert!(targets_match(None, Some("esp32s3")));
+        assert!(targets_match(Some("esp32s3"), None));
+    }
+}

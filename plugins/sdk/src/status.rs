@@ -1,0 +1,151 @@
+//! The standard JSON status message devices send on
+//! `{prefix}/{device_id}/update/status`:
+//!
+//! ```json
+//! {"message_id": "m-17", "state": "downloading", "progress": 42,
+//!  "execution_id": 1234, "firmware_id": "…", "job_id": "…",
+//!  "error": null, "version": "1.4.0", "ts": 1764000000000,
+//!  "device_id": "VIN123"}
+//! ```
+//!
+//! `device_id` defaults to the topic's device (a gateway names its child);
+//! `status` is accepted for `state`.
+
+use serde::Deserialize;
+
+/// Largest status payload accepted.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Init,
+    Downloading,
+    Flashing,
+    Rebooting,
+    Done,
+    Error,
+}
+
+/// A parsed status in plain Rust types.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub device_id: String,
+    pub message_id: String,
+    pub state: State,
+    pub progress: Option<u8>,
+    pub error: Option<String>,
+    pub job_id: Option<String>,
+    pub execution_id: Option<u64>,
+    pub firmware_id: Option<String>,
+    pub installed_version: Option<String>,
+    pub sent_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    message_id: String,
+    #[serde(alias = "status")]
+    state: State,
+    device_id: Option<String>,
+    progress: Option<u8>,
+    error: Option<String>,
+    job_id: Option<String>,
+    execution_id: Option<u64>,
+    firmware_id: Option<String>,
+    version: Option<String>,
+    ts: Option<u64>,
+}
+
+fn short(field: &str, value: &Option<String>, max: usize) -> Result<(), String> {
+    match value {
+        Some(v) if v.len() > max => Err(format!("{field} is longer than {max} characters")),
+        _ => Ok(()),
+    }
+}
+
+/// Parses and checks a standard status payload.
+pub fn parse_json(topic_device_id: &str, payload: &[u8]) -> Result<Status, String> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "status payload of {} bytes exceeds {MAX_PAYLOAD}",
+            payload.len()
+        ));
+    }
+    let wire: Wire =
+        serde_json::from_slice(payload).map_err(|e| format!("malformed status JSON: {e}"))?;
+    if wire.message_id.is_empty() || wire.message_id.len() > 128 {
+        return Err("message_id must be 1 to 128 characters".into());
+    }
+    if let Some(p) = wire.progress
+        && p > 100
+    {
+        return Err(format!("progress {p} is above 100"));
+    }
+    short("error", &wire.error, 1024)?;
+    short("job_id", &wire.job_id, 64)?;
+    short("firmware_id", &wire.firmware_id, 64)?;
+    short("version", &wire.version, 64)?;
+    short("device_id", &wire.device_id, 64)?;
+    let error = match (wire.state, wire.error) {
+        (State::Error, None) => Some("device reported an error without a reason".to_owned()),
+        (_, e) => e,
+    };
+    Ok(Status {
+        device_id: wire.device_id.unwrap_or_else(|| topic_device_id.to_owned()),
+        message_id: wire.message_id,
+        state: wire.state,
+        progress: wire.progress,
+        error,
+        job_id: wire.job_id,
+        execution_id: wire.execution_id,
+        firmware_id: wire.firmware_id,
+        installed_version: wire.version,
+        sent_at: wire.ts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_standard_message() {
+        let s = parse_json(
+            "VIN1",
+            br#"{"message_id":"m1","status":"downloading","progress":42,"execution_id":7}"#,
+        )
+        .unwrap();
+        assert_eq!(s.device_id, "VIN1");
+        assert_eq!(s.state, State::Downloading);
+        assert_eq!(s.progress, Some(42));
+        assert_eq!(s.execution_id, Some(7));
+        let e = parse_json(
+            "GW",
+            br#"{"message_id":"m2","state":"error","device_id":"MCU"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.device_id, "MCU");
+        assert!(e.error.is_some());
+    }
+
+    #[test]
+    fn refuses_bad_messages() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"state":"done"}"#,
+            br#"{"message_id":"","state":"done"}"#,
+            br#"{"message_id":"m","state":"exploded"}"#,
+            br#"{"message_id":"m","state":"downloading","progress":101}"#,
+            br#"{"message_id":"m","state":"done","extra":1}"#,
+        ] {
+            assert!(
+                parse_json("D", bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(parse_json("D", &vec![b' '; MAX_PAYLOAD + 1]).is_err());
+    }
+}

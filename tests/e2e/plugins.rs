@@ -1,0 +1,587 @@
+//! The plugin platform seen from outside: shipped plugins at work on
+//! uploads and jobs, uploads of new plugins, and hostile plugins contained.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, metric, spawn_app};
+use crate::images;
+
+/// Builds the fixture plugins (`tests/plugins/*`) once per test run and
+/// returns the directory holding the components.
+fn fixtures() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../wasm-plugins");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip2",
+                ])
+                .args([
+                    "-p",
+                    "hostile-plugin",
+                    "-p",
+                    "future-plugin",
+                    "-p",
+                    "not-a-plugin",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .env_remove("RUSTC_WRAPPER")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env_remove("CARGO_TARGET_DIR")
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+                .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "s")
+                .env("CARGO_PROFILE_RELEASE_LTO", "true")
+                .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+                .status()
+                .expect("running cargo for the fixture plugins");
+            assert!(status.success(), "building the fixture plugins failed");
+            target.join("wasm32-wasip2/release")
+        })
+        .clone()
+}
+
+fn fixture(file: &str) -> Vec<u8> {
+    let dir = fixtures();
+    std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("reading fixture {file}: {e}"))
+}
+
+async fn upload_plugin(app: &TestApp, bytes: Vec<u8>) -> reqwest::Response {
+    app.request(Method::POST, "/api/v1/plugins")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn plugin(app: &TestApp, name: &str) -> Value {
+    let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn shipped_plugins_are_loaded() {
+    let app = spawn_app().await;
+    let viewer = app.token("viewer").await;
+    let list: Value = app
+        .request_as(&viewer, Method::GET, "/api/v1/plugins")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "device-esp32",
+            "device-jetson",
+            "device-stm32",
+            "rollout-percent"
+        ]
+    );
+    for p in list.as_array().unwrap() {
+        assert_eq!(p["wit_version"], "0.1.0", "{p}");
+        assert_eq!(p["state"], "enabled");
+        assert_eq!(p["source"], "builtin");
+        assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
+    }
+    let esp = plugin(&app, "device-esp32").await;
+    assert_eq!(esp["kind"], "device");
+    assert_eq!(esp["families"], json!(["esp32"]));
+}
+
+#[tokio::test]
+async fn device_plugins_validate_uploads_and_extract_metadata() {
+    let app = spawn_app().await;
+    // ESP32: version and chip come from the image.
+    let esp = app
+        .request(Method::POST, "/api/v1/firmware?family=esp32")
+        .body(images::esp32(images::ESP32S3, "2.3.1", 10_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(esp.status(), StatusCode::CREATED);
+    let esp: Value = esp.json().await.unwrap();
+    assert_eq!(esp["version"], "2.3.1");
+    assert_eq!(esp["metadata"]["target"], "esp32s3");
+    assert_eq!(esp["metadata"]["details"]["project_name"], "brake-ecu");
+    assert_eq!(esp["metadata"]["details"]["idf_version"], "v5.2.1");
+
+    let mut broken = images::esp32(images::ESP32S3, "2.3.2", 10_000);
+    broken[0] = 0x7F;
+    let refused = app
+        .request(Method::POST, "/api/v1/firmware?family=esp32")
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("device-esp32: not an ESP-IDF application image"),
+        "{problem}"
+    );
+
+    let mismatch = app
+        .request(Method::POST, "/api/v1/firmware?family=esp32&version=9.9.9")
+        .body(images::esp32(images::ESP32S3, "2.3.3", 10_000))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(mismatch, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert_eq!(problem["errors"][0]["field"], "version");
+
+    // STM32: the vector table is checked; the version comes from the operator.
+    let stm: Value = app.upload("stm32", "4.0.0", images::stm32(8192, 9)).await;
+    assert_eq!(stm["metadata"]["details"]["reset_handler"], "0x08000199");
+    let mut bad_sp = images::stm32(8192, 9);
+    bad_sp[3] = 0x90;
+    let refused = app
+        .request(Method::POST, "/api/v1/firmware?family=stm32&version=4.0.1")
+        .body(bad_sp)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stack pointer"),
+        "{problem}"
+    );
+
+    // Jetson: the payload's manifest names board and version.
+    let jet = app
+        .request(Method::POST, "/api/v1/firmware?family=jetson")
+        .body(images::jetson("jetson-orin-nx", "7.1.0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jet.status(), StatusCode::CREATED);
+    let jet: Value = jet.json().await.unwrap();
+    assert_eq!(jet["version"], "7.1.0");
+    assert_eq!(jet["metadata"]["target"], "jetson-orin-nx");
+    assert_eq!(jet["metadata"]["details"]["l4t_version"], "36.3.0");
+    let no_manifest = images::jetson_files(&[("rootfs.img", b"data")]);
+    let refused = app
+        .request(Method::POST, "/api/v1/firmware?family=jetson&version=1")
+        .body(no_manifest)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no manifest.json"),
+        "{problem}"
+    );
+    let traversal = images::jetson_files(&[
+        ("manifest.json", br#"{"board":"b","l4t_version":"1"}"#),
+        ("../../etc/shadow", b"x"),
+    ]);
+    let refused = app
+        .request(Method::POST, "/api/v1/firmware?family=jetson&version=2")
+        .body(traversal)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+
+    // Refused images leave neither records nor temporary objects.
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM firmware")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+    let uploads =
+        std::path::Path::new(app.store_url.strip_prefix("file://").unwrap()).join("uploads");
+    assert_eq!(
+        std::fs::read_dir(&uploads).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    assert!(
+        metric(
+            &app,
+            "plugin_calls_total",
+            &[("plugin", "device-esp32"), ("function", "validate-image")]
+        )
+        .await
+            >= 3.0
+    );
+}
+
+async fn job_with_rollout(app: &TestApp, firmware: &str, rollout: Value) -> reqwest::Response {
+    app.post_json(
+        "/api/v1/jobs",
+        &json!({ "firmware_id": firmware, "targets": { "devices": ["ESP-1"] }, "rollout": rollout }),
+    )
+    .await
+}
+
+async fn esp_fleet(app: &TestApp) -> String {
+    app.register(json!({ "id": "ESP-1", "family": "esp32", "model": "esp32s3" }))
+        .await;
+    let fw = app
+        .upload(
+            "esp32",
+            "1.0.0",
+            images::esp32(images::ESP32S3, "1.0.0", 2048),
+        )
+        .await;
+    fw["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn rollout_configs_are_checked_by_their_plugin() {
+    let app = spawn_app().await;
+    let fw = esp_fleet(&app).await;
+    let ok = job_with_rollout(&app, &fw, json!({ "plugin": "rollout-percent", "config": { "batches": [20, 100], "failure_threshold": 5 } })).await;
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    let bad = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "rollout-percent", "config": { "batches": [50, 40, 100] } }),
+    )
+    .await;
+    let problem = assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert_eq!(problem["errors"][0]["field"], "rollout.config");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("increasing"),
+        "{problem}"
+    );
+    let unknown = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "rollout-magic", "config": {} }),
+    )
+    .await;
+    let problem = assert_problem(unknown, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert_eq!(problem["errors"][0]["field"], "rollout.plugin");
+
+    // A disabled plugin is refused until it is enabled again.
+    let operator = app.token("operator").await;
+    let forbidden = app
+        .request_as(
+            &operator,
+            Method::POST,
+            "/api/v1/plugins/rollout-percent/disable",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_problem(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
+    let disabled: Value = app
+        .request(Method::POST, "/api/v1/plugins/rollout-percent/disable")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(disabled["state"], "disabled");
+    let refused = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "rollout-percent", "config": {} }),
+    )
+    .await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("disabled"),
+        "{problem}"
+    );
+    let enabled: Value = app
+        .request(Method::POST, "/api/v1/plugins/rollout-percent/enable")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(enabled["state"], "enabled");
+    assert_eq!(
+        job_with_rollout(
+            &app,
+            &fw,
+            json!({ "plugin": "rollout-percent", "config": {} })
+        )
+        .await
+        .status(),
+        StatusCode::CREATED
+    );
+    let missing = app
+        .request(Method::POST, "/api/v1/plugins/nope/enable")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(missing, StatusCode::NOT_FOUND, "not-found").await;
+    let stored: bool =
+        sqlx::query_scalar("SELECT enabled FROM plugins WHERE name = 'rollout-percent'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(stored);
+}
+
+#[tokio::test]
+async fn hostile_plugins_are_contained() {
+    let app = spawn_app().await;
+    let fw = esp_fleet(&app).await;
+    let uploaded = upload_plugin(&app, fixture("hostile_plugin.wasm")).await;
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
+    let view: Value = uploaded.json().await.unwrap();
+    assert_eq!(
+        (
+            view["name"].as_str(),
+            view["source"].as_str(),
+            view["kind"].as_str()
+        ),
+        (Some("hostile"), Some("uploaded"), Some("rollout"))
+    );
+
+    let healthy = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "hostile", "config": { "mode": "ok" } }),
+    )
+    .await;
+    assert_eq!(healthy.status(), StatusCode::CREATED);
+
+    for (mode, expect) in [
+        ("loop", "budget"),
+        ("bomb", "memory"),
+        ("panic", "panicked"),
+    ] {
+        let started = Instant::now();
+        let response = job_with_rollout(
+            &app,
+            &fw,
+            json!({ "plugin": "hostile", "config": { "mode": mode } }),
+        )
+        .await;
+        let problem = assert_problem(response, StatusCode::BAD_GATEWAY, "plugin-failed").await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains(expect),
+            "{mode}: {problem}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{mode} took {:?}",
+            started.elapsed()
+        );
+        // The host keeps serving.
+        let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
+    // An enormous answer is cut down to size.
+    let huge = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "hostile", "config": { "mode": "huge" } }),
+    )
+    .await;
+    let problem = assert_problem(huge, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(problem["detail"].as_str().unwrap().len() < 2048);
+
+    for reason in ["timeout", "memory", "panic"] {
+        let traps = metric(
+            &app,
+            "plugin_traps_total",
+            &[("plugin", "hostile"), ("reason", reason)],
+        )
+        .await;
+        assert!(traps >= 1.0, "no {reason} trap counted");
+    }
+
+    // Five failures in a row disable the plugin.
+    for _ in 0..5 {
+        job_with_rollout(
+            &app,
+            &fw,
+            json!({ "plugin": "hostile", "config": { "mode": "panic" } }),
+        )
+        .await;
+    }
+    let state = plugin(&app, "hostile").await;
+    assert_eq!(state["state"], "disabled", "{state}");
+    assert!(
+        state["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("in a row"),
+        "{state}"
+    );
+    assert!(state["traps"].as_u64().unwrap() >= 8);
+    let refused = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "hostile", "config": { "mode": "ok" } }),
+    )
+    .await;
+    assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    app.request(Method::POST, "/api/v1/plugins/hostile/enable")
+        .send()
+        .await
+        .unwrap();
+    let again = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "hostile", "config": { "mode": "ok" } }),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    // Other plugins were never affected.
+    assert_eq!(plugin(&app, "rollout-percent").await["traps"], 0);
+}
+
+#[tokio::test]
+async fn uploads_that_are_not_plugins_are_refused_clearly() {
+    let app = spawn_app().await;
+    let wrong_world = upload_plugin(&app, fixture("not-a-plugin.wasm")).await;
+    let problem = assert_problem(wrong_world, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a Rollway plugin"),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("wasi:cli/run"),
+        "{problem}"
+    );
+
+    let future = upload_plugin(&app, fixture("future_plugin.wasm")).await;
+    let problem = assert_problem(future, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("rollway:plugin@0.2.0"),
+        "{problem}"
+    );
+
+    let garbage = upload_plugin(&app, b"\0asm but not really".to_vec()).await;
+    assert_problem(garbage, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    let empty = upload_plugin(&app, Vec::new()).await;
+    assert_problem(empty, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    let operator = app.token("operator").await;
+    let forbidden = app
+        .request_as(&operator, Method::POST, "/api/v1/plugins")
+        .body(fixture("hostile_plugin.wasm"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(forbidden, StatusCode::FORBIDDEN, "forbidden").await;
+
+    // Uploading a plugin of a name already loaded replaces it.
+    let shipped = rollway::plugins::BUILT_IN
+        .iter()
+        .find(|(n, _)| *n == "device-stm32")
+        .unwrap()
+        .1
+        .to_vec();
+    let replaced = upload_plugin(&app, shipped).await;
+    assert_eq!(
+        replaced.status(),
+        StatusCode::CREATED,
+        "re-uploading a plugin replaces it"
+    );
+    assert_eq!(plugin(&app, "device-stm32").await["source"], "uploaded");
+    let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn uploaded_plugins_survive_a_restart() {
+    let app = spawn_app().await;
+    assert_eq!(
+        upload_plugin(&app, fixture("hostile_plugin.wasm"))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    app.request(Method::POST, "/api/v1/plugins/device-jetson/disable")
+        .send()
+        .await
+        .unwrap();
+    // A second host on the same database and store sees the same plugins.
+    let url: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let admin = crate::helpers::admin_database_url();
+    let mut db_url = url::Url::parse(&admin).unwrap();
+    db_url.set_path(&url);
+    let store = app.store_url.clone();
+    let second = crate::helpers::spawn_app_with(move |s| {
+        s.database_url = Some(db_url.to_string().into());
+        s.store = store;
+    })
+    .await;
+    assert_eq!(plugin(&second, "hostile").await["source"], "uploaded");
+    assert_eq!(plugin(&second, "device-jetson").await["state"], "disabled");
+}
+
+#[tokio::test]
+async fn plugin_check_gives_a_verdict() {
+    let dir = crate::helpers::temp_dir("check");
+    for (name, bytes) in rollway::plugins::BUILT_IN {
+        let file = dir.join(format!("{name}.wasm"));
+        std::fs::write(&file, bytes).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {stdout}");
+        assert!(stdout.contains(&format!("plugin:      {name}")), "{stdout}");
+        assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+    }
+    let abort = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+        .args(["plugin", "check", "--failure-rate", "0.5"])
+        .arg(dir.join("rollout-percent.wasm"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&abort.stdout).contains("abort: batch 0"));
+    let not_plugin = dir.join("not.wasm");
+    std::fs::write(&not_plugin, fixture("not-a-plugin.wasm")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+        .args(["plugin", "check"])
+        .arg(&not_plugin)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
