@@ -8,6 +8,13 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use rollway::metrics::Metrics;
+use rollway::plugins::runtime::Limits;
+use rollway::plugins::{
+    BatchCounts, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginError, PluginRegistry,
+    Snapshot,
+};
+
 use crate::helpers::{TestApp, assert_problem, metric, spawn_app};
 use crate::images;
 
@@ -35,6 +42,10 @@ fn fixtures() -> PathBuf {
                     "future-plugin",
                     "-p",
                     "not-a-plugin",
+                    "-p",
+                    "template-rollout",
+                    "-p",
+                    "template-device",
                     "--target-dir",
                 ])
                 .arg(&target)
@@ -569,6 +580,21 @@ async fn plugin_check_gives_a_verdict() {
         assert!(stdout.contains(&format!("plugin:      {name}")), "{stdout}");
         assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
     }
+    // The templates plugin authors copy pass the check as they are.
+    for template in ["template_rollout.wasm", "template_device.wasm"] {
+        let file = dir.join(template);
+        std::fs::write(&file, fixture(template)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.trim_end().ends_with("OK"),
+            "{template}: {stdout}"
+        );
+    }
     let abort = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
         .args(["plugin", "check", "--failure-rate", "0.5"])
         .arg(dir.join("rollout-percent.wasm"))
@@ -584,4 +610,209 @@ async fn plugin_check_gives_a_verdict() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+}
+
+#[tokio::test]
+async fn plugins_dir_is_loaded_at_start() {
+    let dir = crate::helpers::temp_dir("plugins-dir");
+    std::fs::write(dir.join("canary.wasm"), fixture("template_rollout.wasm")).unwrap();
+    std::fs::write(dir.join("broken.wasm"), b"not a component").unwrap();
+    std::fs::write(dir.join("README.txt"), b"not a plugin either").unwrap();
+    let app = crate::helpers::spawn_app_with(move |s| s.plugins_dir = Some(dir)).await;
+    let canary = plugin(&app, "rollout-canary").await;
+    assert_eq!(canary["source"], "directory", "{canary}");
+    let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 5);
+    let fw = esp_fleet(&app).await;
+    let job = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "rollout-canary", "config": { "canary": 1 } }),
+    )
+    .await;
+    assert_eq!(job.status(), StatusCode::CREATED);
+}
+
+fn command_request(
+    family: &str,
+    model: Option<&str>,
+    gateway: Option<&str>,
+    target: Option<&str>,
+) -> CommandRequest {
+    CommandRequest {
+        device: DeviceInfo {
+            id: "DEV-1".into(),
+            family: family.into(),
+            model: model.map(Into::into),
+            gateway_id: gateway.map(Into::into),
+            gateway_family: gateway.map(|_| "jetson".into()),
+        },
+        firmware: FirmwareRef {
+            id: "fw-1".into(),
+            version: "2.0.0".into(),
+            sha256: "ab".repeat(32),
+            size: 4096,
+            target: target.map(Into::into),
+        },
+        job_id: "job-1".into(),
+        execution_id: 77,
+        attempt: 2,
+        download_url: "https://rollway.example/dl/fw-1".into(),
+        manifest: "{\"device_id\":\"DEV-1\"}".into(),
+        signature: "c2ln".into(),
+        key_id: "k1".into(),
+    }
+}
+
+#[test]
+fn device_plugins_build_commands_and_parse_statuses() {
+    let registry =
+        PluginRegistry::with_builtins(Metrics::new().unwrap(), Limits::default()).unwrap();
+
+    let esp = registry
+        .build_command(
+            "esp32",
+            "{}",
+            &command_request("esp32", Some("esp32s3-wroom-1"), None, Some("esp32s3")),
+        )
+        .unwrap();
+    assert_eq!((esp.topic.as_str(), esp.qos), ("DEV-1/update/command", 1));
+    let payload: Value = serde_json::from_slice(&esp.payload).unwrap();
+    assert_eq!(payload["execution_id"], 77);
+    assert_eq!(payload["firmware"]["sha256"], "ab".repeat(32));
+    assert_eq!(payload["manifest"], "{\"device_id\":\"DEV-1\"}");
+    let wrong_chip = registry
+        .build_command(
+            "esp32",
+            "{}",
+            &command_request("esp32", Some("esp32s3"), None, Some("esp32c3")),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(wrong_chip, PluginError::Refused { .. }),
+        "{wrong_chip}"
+    );
+    assert!(
+        wrong_chip.to_string().contains("built for esp32c3"),
+        "{wrong_chip}"
+    );
+
+    // An MCU behind a Jetson gateway is reached on the gateway's topic,
+    // with relay instructions for the CAN bus.
+    let stm = registry
+        .build_command(
+            "stm32",
+            r#"{"chunk_size": 1024}"#,
+            &command_request("stm32", None, Some("JET-9"), None),
+        )
+        .unwrap();
+    assert_eq!(stm.topic, "JET-9/update/command");
+    let payload: Value = serde_json::from_slice(&stm.payload).unwrap();
+    assert_eq!(
+        payload["relay"],
+        json!({ "via": "JET-9", "bus": "can", "target": "DEV-1", "chunk_size": 1024 })
+    );
+    let bad_config = registry.build_command(
+        "stm32",
+        r#"{"chunk_size": 1}"#,
+        &command_request("stm32", None, None, None),
+    );
+    assert!(matches!(bad_config, Err(PluginError::Refused { .. })));
+
+    let jet = registry
+        .build_command(
+            "jetson",
+            "{}",
+            &command_request(
+                "jetson",
+                Some("jetson-orin-nx"),
+                None,
+                Some("jetson-orin-nx"),
+            ),
+        )
+        .unwrap();
+    let payload: Value = serde_json::from_slice(&jet.payload).unwrap();
+    assert_eq!(payload["ab"]["target_slot"], "inactive");
+
+    // Statuses: a gateway may name its child; garbage is refused.
+    let report = registry
+        .parse_status(
+            "stm32",
+            "{}",
+            "JET-9",
+            br#"{"message_id":"m-1","state":"flashing","device_id":"DEV-1","execution_id":77}"#,
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            report.device_id.as_str(),
+            report.state.as_str(),
+            report.execution_id
+        ),
+        ("DEV-1", "flashing", Some(77))
+    );
+    for garbage in [
+        &b"{"[..],
+        br#"{"message_id":"m","state":"teleporting"}"#,
+        &[0xFF; 100_000][..],
+    ] {
+        assert!(matches!(
+            registry.parse_status("esp32", "{}", "DEV-1", garbage),
+            Err(PluginError::Refused { .. })
+        ));
+    }
+    assert!(matches!(
+        registry.parse_status("avr", "{}", "DEV-1", b"{}"),
+        Err(PluginError::NoFamily(_))
+    ));
+}
+
+#[test]
+fn rollout_percent_plans_and_decides_through_the_sandbox() {
+    let registry =
+        PluginRegistry::with_builtins(Metrics::new().unwrap(), Limits::default()).unwrap();
+    let config = r#"{"batches": [10, 50, 100], "success_threshold": 90}"#;
+    assert_eq!(
+        registry.plan("rollout-percent", config, 1000).unwrap(),
+        [100, 400, 500]
+    );
+    let batch = |group: u32, total: u32, succeeded: u32, started: bool| BatchCounts {
+        group,
+        total,
+        pending: if started { 0 } else { total },
+        in_flight: if started { total - succeeded } else { 0 },
+        succeeded,
+        failed: 0,
+        timed_out: 0,
+        cancelled: 0,
+        started_at: started.then_some(1_000),
+    };
+    let snapshot = |batches| Snapshot {
+        now: 5_000,
+        job_started_at: 1_000,
+        batches,
+    };
+    let decide = |batches| {
+        registry
+            .evaluate("rollout-percent", config, &snapshot(batches))
+            .unwrap()
+    };
+    assert!(matches!(
+        decide(vec![batch(0, 100, 0, false), batch(1, 400, 0, false)]),
+        Decision::StartNextBatch
+    ));
+    assert!(matches!(
+        decide(vec![batch(0, 100, 50, true), batch(1, 400, 0, false)]),
+        Decision::Wait(_)
+    ));
+    assert!(matches!(
+        decide(vec![batch(0, 100, 95, true), batch(1, 400, 0, false)]),
+        Decision::StartNextBatch
+    ));
+    let mut failing = batch(0, 100, 50, true);
+    failing.failed = 20;
+    failing.in_flight = 30;
+    assert!(
+        matches!(decide(vec![failing, batch(1, 400, 0, false)]), Decision::Abort(r) if r.contains("20.0%"))
+    );
 }

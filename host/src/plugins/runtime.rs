@@ -223,7 +223,9 @@ impl Runtime {
             Engine::new(&config).map_err(|e| wasm_error(e, "configuring the plugin engine"))?;
         if pooling {
             // Fail over to on-demand now rather than at the first call.
-            let probe = Component::new(&engine, "(component)")
+            // The smallest component there is: magic, version 0x0d, layer 1.
+            const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+            let probe = Component::new(&engine, EMPTY_COMPONENT)
                 .map_err(|e| wasm_error(e, "probing the pooling allocator"))?;
             let linker: Linker<()> = Linker::new(&engine);
             let mut store = Store::new(&engine, ());

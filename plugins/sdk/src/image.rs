@@ -76,6 +76,12 @@ impl<F> io::Seek for Reader<F> {
     }
 }
 
+/// A NUL-terminated (or NUL-padded) text field, lossily decoded and trimmed.
+pub fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).trim().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
