@@ -16,4 +16,10 @@ psql "$ROLLWAY_TEST_DATABASE_URL" -tAc \
     "SELECT 'DROP DATABASE IF EXISTS ' || quote_ident(datname) || ';' FROM pg_database WHERE datname LIKE 'rollway_test_%'" \
     | psql "$ROLLWAY_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
 
-cargo test --workspace --locked "$@"
+log="$ROLLWAY_CACHE/last-test.log"
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -8,14 +8,11 @@
 
 wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
 
-use exports::rollway::plugin::device::{Command, CommandRequest, Guest, ImageInfo, StatusReport};
-use rollway::plugin::image::Image;
-use rollway::plugin::types::PluginInfo;
+use rollway_plugin_sdk::command::Request;
+use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};
 use rollway_plugin_sdk::image::Reader;
 use serde::Deserialize;
 use serde_json::json;
-
-rollway_plugin_sdk::device_conversions!();
 
 const IMAGE_MAGIC: u8 = 0xE9;
 const APP_DESC_MAGIC: u32 = 0xABCD_5432;
@@ -64,7 +61,7 @@ fn c_string(bytes: &[u8], field: &str) -> Result<String, String> {
 }
 
 /// Validates an image read through `reader`.
-pub fn validate<F>(reader: &mut Reader<F>) -> Result<ImageInfo, String>
+pub fn validate<F>(reader: &mut Reader<F>) -> Result<ImageFacts, String>
 where
     F: FnMut(u64, u32) -> Result<Vec<u8>, String>,
 {
@@ -127,7 +124,7 @@ where
     let version = c_string(&desc[16..48], "version")?;
     let project = c_string(&desc[48..80], "project_name")?;
     let idf = c_string(&desc[112..144], "idf_ver")?;
-    Ok(ImageInfo {
+    Ok(ImageFacts {
         version: (!version.is_empty()).then_some(version),
         target: Some(chip.to_owned()),
         details: vec![
@@ -147,53 +144,22 @@ where
 
 struct Esp32;
 
-impl Guest for Esp32 {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "device-esp32".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "ESP32 family: ESP-IDF application images, OTA over MQTT".into(),
-        }
+impl DeviceFamily for Esp32 {
+    type Config = Config;
+    const FAMILIES: &'static [&'static str] = &["esp32"];
+
+    fn validate_image(_config: &Config, image: &mut Image<'_>) -> Result<ImageFacts, String> {
+        validate(image)
     }
 
-    fn families() -> Vec<String> {
-        vec!["esp32".into()]
-    }
-
-    fn validate_config(config: String) -> Result<(), String> {
-        rollway_plugin_sdk::config::parse::<Config>(&config).map(|_| ())
-    }
-
-    fn validate_image(_config: String, image: &Image) -> Result<ImageInfo, String> {
-        let mut reader = Reader::new(image.size(), |offset, len| image.read(offset, len));
-        validate(&mut reader)
-    }
-
-    fn build_command(config: String, request: CommandRequest) -> Result<Command, String> {
-        let config: Config = rollway_plugin_sdk::config::parse(&config)?;
-        let request = to_request(&request);
-        request.check_target()?;
-        Ok(Command {
-            topic: request.topic(),
-            payload: request.payload(json!({
-                "ota": { "partition": "next", "require_secure_boot": config.require_secure_boot }
-            })),
-            qos: 1,
-        })
-    }
-
-    fn parse_status(
-        _config: String,
-        topic_device_id: String,
-        payload: Vec<u8>,
-    ) -> Result<StatusReport, String> {
-        rollway_plugin_sdk::status::parse_json(&topic_device_id, &payload).map(to_report)
+    fn command_fields(config: &Config, _request: &Request) -> Result<serde_json::Value, String> {
+        Ok(json!({
+            "ota": { "partition": "next", "require_secure_boot": config.require_secure_boot }
+        }))
     }
 }
 
-// Exported only in the component build; native builds are for unit tests.
-#[cfg(target_arch = "wasm32")]
-export!(Esp32);
+rollway_plugin_sdk::device_plugin!(Esp32, name: "device-esp32", description: "ESP32 family: ESP-IDF application images, OTA over MQTT");
 
 #[cfg(test)]
 mod tests {
@@ -217,7 +183,7 @@ mod tests {
         img
     }
 
-    fn check(bytes: Vec<u8>) -> Result<ImageInfo, String> {
+    fn check(bytes: Vec<u8>) -> Result<ImageFacts, String> {
         let size = bytes.len() as u64;
         let mut reader = Reader::new(size, move |off, len| {
             let start = (off as usize).min(bytes.len());

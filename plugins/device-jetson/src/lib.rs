@@ -13,14 +13,10 @@ wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
 
 use std::io::Read;
 
-use exports::rollway::plugin::device::{Command, CommandRequest, Guest, ImageInfo, StatusReport};
-use rollway::plugin::image::Image;
-use rollway::plugin::types::PluginInfo;
-use rollway_plugin_sdk::image::Reader;
+use rollway_plugin_sdk::command::Request;
+use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};
 use serde::Deserialize;
 use serde_json::json;
-
-rollway_plugin_sdk::device_conversions!();
 
 const MANIFEST: &str = "manifest.json";
 const MAX_MANIFEST: u64 = 64 * 1024;
@@ -42,12 +38,11 @@ impl Default for Config {
     }
 }
 
-fn config(text: &str) -> Result<Config, String> {
-    let config: Config = rollway_plugin_sdk::config::parse(text)?;
+fn check(config: &Config) -> Result<(), String> {
     if !(30..=3600).contains(&config.boot_verify_timeout_secs) {
         return Err("boot_verify_timeout_secs must be between 30 and 3600".into());
     }
-    Ok(config)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,7 +63,7 @@ fn field_ok(name: &str, value: &str) -> Result<(), String> {
 }
 
 /// Validates a payload read from `source`.
-pub fn validate(source: impl Read) -> Result<ImageInfo, String> {
+pub fn validate(source: impl Read) -> Result<ImageFacts, String> {
     let mut magic_checked = source;
     let mut magic = [0u8; 2];
     magic_checked
@@ -133,7 +128,7 @@ pub fn validate(source: impl Read) -> Result<ImageInfo, String> {
     if let Some(jetpack) = &manifest.jetpack_version {
         details.push(("jetpack_version".into(), jetpack.clone()));
     }
-    Ok(ImageInfo {
+    Ok(ImageFacts {
         version: Some(manifest.version.unwrap_or(manifest.l4t_version)),
         target: Some(manifest.board),
         details,
@@ -142,63 +137,40 @@ pub fn validate(source: impl Read) -> Result<ImageInfo, String> {
 
 struct Jetson;
 
-impl Guest for Jetson {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "device-jetson".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "NVIDIA Jetson: OTA payloads (tar.gz + manifest), A/B slot updates".into(),
-        }
+impl DeviceFamily for Jetson {
+    type Config = Config;
+    const FAMILIES: &'static [&'static str] = &["jetson"];
+
+    fn check(config: &Config) -> Result<(), String> {
+        check(config)
     }
 
-    fn families() -> Vec<String> {
-        vec!["jetson".into()]
+    fn validate_image(_config: &Config, image: &mut Image<'_>) -> Result<ImageFacts, String> {
+        validate(image)
     }
 
-    fn validate_config(text: String) -> Result<(), String> {
-        config(&text).map(|_| ())
-    }
-
-    fn validate_image(_config: String, image: &Image) -> Result<ImageInfo, String> {
-        validate(Reader::new(image.size(), |offset, len| {
-            image.read(offset, len)
+    /// Install into the inactive A/B slot; fall back if it fails to boot.
+    fn command_fields(config: &Config, request: &Request) -> Result<serde_json::Value, String> {
+        Ok(json!({
+            "ab": {
+                "target_slot": "inactive",
+                "rollback_on_boot_failure": true,
+                "boot_verify_timeout_secs": config.boot_verify_timeout_secs,
+            },
+            "board": request.target,
         }))
-    }
-
-    fn build_command(text: String, request: CommandRequest) -> Result<Command, String> {
-        let config = config(&text)?;
-        let request = to_request(&request);
-        request.check_target()?;
-        Ok(Command {
-            topic: request.topic(),
-            payload: request.payload(json!({
-                "ab": {
-                    "target_slot": "inactive",
-                    "rollback_on_boot_failure": true,
-                    "boot_verify_timeout_secs": config.boot_verify_timeout_secs,
-                },
-                "board": request.target,
-            })),
-            qos: 1,
-        })
-    }
-
-    fn parse_status(
-        _config: String,
-        topic_device_id: String,
-        payload: Vec<u8>,
-    ) -> Result<StatusReport, String> {
-        rollway_plugin_sdk::status::parse_json(&topic_device_id, &payload).map(to_report)
     }
 }
 
-// Exported only in the component build; native builds are for unit tests.
-#[cfg(target_arch = "wasm32")]
-export!(Jetson);
+rollway_plugin_sdk::device_plugin!(Jetson, name: "device-jetson", description: "NVIDIA Jetson: OTA payloads (tar.gz + manifest), A/B slot updates");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(text: &str) -> Result<Config, String> {
+        rollway_plugin_sdk::device::load_config::<Jetson>(text)
+    }
     use std::io::Write;
 
     fn payload(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -226,6 +198,13 @@ mod tests {
     }
 
     const MANIFEST_OK: &[u8] = br#"{"board":"jetson-orin-nx","l4t_version":"36.3.0","jetpack_version":"6.0","version":"2.1.0"}"#;
+
+    #[test]
+    fn configs() {
+        assert!(config("{}").is_ok());
+        assert!(config(r#"{"boot_verify_timeout_secs": 5}"#).is_err());
+        assert!(config(r#"{"slot": "a"}"#).is_err());
+    }
 
     #[test]
     fn reads_the_manifest() {

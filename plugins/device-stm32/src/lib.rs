@@ -8,14 +8,11 @@
 
 wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
 
-use exports::rollway::plugin::device::{Command, CommandRequest, Guest, ImageInfo, StatusReport};
-use rollway::plugin::image::Image;
-use rollway::plugin::types::PluginInfo;
+use rollway_plugin_sdk::command::Request;
+use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};
 use rollway_plugin_sdk::image::Reader;
 use serde::Deserialize;
 use serde_json::json;
-
-rollway_plugin_sdk::device_conversions!();
 
 /// Where STM32 flash is mapped.
 const FLASH: std::ops::Range<u32> = 0x0800_0000..0x0840_0000;
@@ -48,8 +45,7 @@ impl Default for Config {
     }
 }
 
-fn config(text: &str) -> Result<Config, String> {
-    let config: Config = rollway_plugin_sdk::config::parse(text)?;
+fn check(config: &Config) -> Result<(), String> {
     if !(8..=4095).contains(&config.chunk_size) {
         return Err(format!(
             "chunk_size {} must be between 8 and 4095",
@@ -59,7 +55,7 @@ fn config(text: &str) -> Result<Config, String> {
     if config.bus != "can" && config.bus != "can-fd" {
         return Err(format!("bus '{}' must be 'can' or 'can-fd'", config.bus));
     }
-    Ok(config)
+    Ok(())
 }
 
 /// The image's first bytes, where it is meant to be loaded, and its length.
@@ -182,7 +178,7 @@ fn check_vectors(layout: &Layout) -> Result<(u32, u32), String> {
     Ok((sp, reset))
 }
 
-pub fn validate<F>(reader: &mut Reader<F>) -> Result<ImageInfo, String>
+pub fn validate<F>(reader: &mut Reader<F>) -> Result<ImageFacts, String>
 where
     F: FnMut(u64, u32) -> Result<Vec<u8>, String>,
 {
@@ -210,7 +206,7 @@ where
         }
     };
     let (sp, reset) = check_vectors(&layout)?;
-    Ok(ImageInfo {
+    Ok(ImageFacts {
         version: None,
         target: None,
         details: vec![
@@ -225,62 +221,38 @@ where
 
 struct Stm32;
 
-impl Guest for Stm32 {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "device-stm32".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "STM32 family: raw binary or Intel HEX, relayed over CAN by a gateway"
-                .into(),
-        }
+impl DeviceFamily for Stm32 {
+    type Config = Config;
+    const FAMILIES: &'static [&'static str] = &["stm32"];
+
+    fn check(config: &Config) -> Result<(), String> {
+        check(config)
     }
 
-    fn families() -> Vec<String> {
-        vec!["stm32".into()]
+    fn validate_image(_config: &Config, image: &mut Image<'_>) -> Result<ImageFacts, String> {
+        validate(image)
     }
 
-    fn validate_config(text: String) -> Result<(), String> {
-        config(&text).map(|_| ())
-    }
-
-    fn validate_image(_config: String, image: &Image) -> Result<ImageInfo, String> {
-        let mut reader = Reader::new(image.size(), |offset, len| image.read(offset, len));
-        validate(&mut reader)
-    }
-
-    fn build_command(text: String, request: CommandRequest) -> Result<Command, String> {
-        let config = config(&text)?;
-        let request = to_request(&request);
-        request.check_target()?;
-        let relay = match &request.gateway_id {
+    /// Behind a gateway, the command tells it how to relay over the bus.
+    fn command_fields(config: &Config, request: &Request) -> Result<serde_json::Value, String> {
+        Ok(match &request.gateway_id {
             Some(gateway) => json!({
                 "relay": { "via": gateway, "bus": config.bus, "target": request.device_id, "chunk_size": config.chunk_size }
             }),
             None => json!({}),
-        };
-        Ok(Command {
-            topic: request.topic(),
-            payload: request.payload(relay),
-            qos: 1,
         })
-    }
-
-    fn parse_status(
-        _config: String,
-        topic_device_id: String,
-        payload: Vec<u8>,
-    ) -> Result<StatusReport, String> {
-        rollway_plugin_sdk::status::parse_json(&topic_device_id, &payload).map(to_report)
     }
 }
 
-// Exported only in the component build; native builds are for unit tests.
-#[cfg(target_arch = "wasm32")]
-export!(Stm32);
+rollway_plugin_sdk::device_plugin!(Stm32, name: "device-stm32", description: "STM32 family: raw binary or Intel HEX, relayed over CAN by a gateway");
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(text: &str) -> Result<Config, String> {
+        rollway_plugin_sdk::device::load_config::<Stm32>(text)
+    }
 
     fn binary(sp: u32, reset: u32, len: usize) -> Vec<u8> {
         let mut img = vec![0u8; len];
@@ -289,7 +261,7 @@ mod tests {
         img
     }
 
-    fn check(bytes: Vec<u8>) -> Result<ImageInfo, String> {
+    fn check(bytes: Vec<u8>) -> Result<ImageFacts, String> {
         let size = bytes.len() as u64;
         let mut reader = Reader::new(size, move |off, len| {
             let start = (off as usize).min(bytes.len());

@@ -10,14 +10,9 @@
 //! ```
 //! or `{"batch_size": 500, ...}` instead of `batches`.
 
-wit_bindgen::generate!({
-    world: "rollout-strategy",
-    path: "../../wit",
-    additional_derives: [PartialEq],
-});
+wit_bindgen::generate!({ world: "rollout-strategy", path: "../../wit" });
 
-use exports::rollway::plugin::rollout::{BatchCounts, Decision, Guest, Snapshot};
-use rollway::plugin::types::PluginInfo;
+use rollway_plugin_sdk::rollout::{Decision, RolloutStrategy, Snapshot};
 use serde::Deserialize;
 
 /// Most batch groups a plan may have.
@@ -56,8 +51,7 @@ impl Default for Config {
     }
 }
 
-fn config(text: &str) -> Result<Config, String> {
-    let config: Config = rollway_plugin_sdk::config::parse(text)?;
+fn check(config: &Config) -> Result<(), String> {
     if config.batches.is_some() && config.batch_size.is_some() {
         return Err("give either 'batches' or 'batch_size', not both".into());
     }
@@ -89,7 +83,7 @@ fn config(text: &str) -> Result<Config, String> {
             return Err(format!("'{name}' must be between 0 and 100, not {value}"));
         }
     }
-    Ok(config)
+    Ok(())
 }
 
 fn plan(config: &Config, total: u32) -> Result<Vec<u32>, String> {
@@ -125,29 +119,16 @@ fn plan(config: &Config, total: u32) -> Result<Vec<u32>, String> {
     Ok(sizes)
 }
 
-fn percent(part: u32, whole: u32) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        f64::from(part) * 100.0 / f64::from(whole)
-    }
-}
-
-fn finished(batch: &BatchCounts) -> bool {
-    batch.pending == 0 && batch.in_flight == 0
-}
-
 fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
     let batches = &snapshot.batches;
-    let Some(current_index) = batches.iter().rposition(|b| b.started_at.is_some()) else {
+    let Some((current_index, current)) = snapshot.current() else {
         return if batches.is_empty() {
             Decision::Complete
         } else {
             Decision::StartNextBatch
         };
     };
-    let current = &batches[current_index];
-    let failed = percent(current.failed + current.timed_out, current.total);
+    let failed = current.failure_percent();
     if failed > config.failure_threshold {
         let reason = format!(
             "batch {} has {:.1}% failed or timed out devices, above the {}% threshold",
@@ -159,13 +140,13 @@ fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
         };
     }
     if current_index + 1 == batches.len() {
-        return if batches.iter().all(finished) {
+        return if snapshot.all_finished() {
             Decision::Complete
         } else {
             Decision::Wait(IDLE_WAIT_MS)
         };
     }
-    let succeeded = percent(current.succeeded, current.total);
+    let succeeded = current.success_percent();
     if succeeded >= config.success_threshold {
         let soak_ms = config.min_soak_secs.saturating_mul(1000);
         let since = snapshot
@@ -176,7 +157,7 @@ fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
         }
         return Decision::StartNextBatch;
     }
-    if finished(current) {
+    if current.finished() {
         return Decision::Pause(format!(
             "batch {} finished with {:.1}% succeeded, below the {}% needed to continue",
             current.group, succeeded, config.success_threshold
@@ -187,38 +168,35 @@ fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
 
 struct RolloutPercent;
 
-impl Guest for RolloutPercent {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "rollout-percent".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Batches by cumulative percentage; next batch on success threshold, abort on failure threshold".into(),
-        }
+impl RolloutStrategy for RolloutPercent {
+    type Config = Config;
+
+    fn check(config: &Config) -> Result<(), String> {
+        check(config)
     }
 
-    fn validate_config(config_text: String) -> Result<(), String> {
-        config(&config_text).map(|_| ())
+    fn plan(config: &Config, total: u32) -> Result<Vec<u32>, String> {
+        plan(config, total)
     }
 
-    fn plan(config_text: String, total: u32) -> Result<Vec<u32>, String> {
-        plan(&config(&config_text)?, total)
-    }
-
-    fn evaluate(config_text: String, snapshot: Snapshot) -> Result<Decision, String> {
-        Ok(evaluate(&config(&config_text)?, &snapshot))
+    fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
+        evaluate(config, snapshot)
     }
 }
 
-// Exported only in the component build; native builds are for unit tests.
-#[cfg(target_arch = "wasm32")]
-export!(RolloutPercent);
+rollway_plugin_sdk::rollout_plugin!(
+    RolloutPercent,
+    name: "rollout-percent",
+    description: "Batches by cumulative percentage; next batch on success threshold, abort on failure threshold",
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rollway_plugin_sdk::rollout::Batch;
 
-    fn batch(group: u32, total: u32, started: bool) -> BatchCounts {
-        BatchCounts {
+    fn batch(group: u32, total: u32, started: bool) -> Batch {
+        Batch {
             group,
             total,
             pending: if started { 0 } else { total },
@@ -231,7 +209,7 @@ mod tests {
         }
     }
 
-    fn snapshot(batches: Vec<BatchCounts>) -> Snapshot {
+    fn snapshot(batches: Vec<Batch>) -> Snapshot {
         Snapshot {
             now: 61_000,
             job_started_at: 1_000,
@@ -239,8 +217,12 @@ mod tests {
         }
     }
 
+    fn config(text: &str) -> Result<Config, String> {
+        rollway_plugin_sdk::rollout::load_config::<RolloutPercent>(text)
+    }
+
     fn cfg(text: &str) -> Config {
-        config(text).unwrap_or_else(|e| unreachable!("{e}"))
+        config(text).unwrap()
     }
 
     #[test]

@@ -1,17 +1,26 @@
 //! Helpers for Rollway plugins.
 //!
 //! A plugin crate generates its bindings with `wit_bindgen::generate!` for
-//! one world of `wit/plugin.wit` and uses this crate for what every plugin
-//! of its kind needs: JSON configuration, the standard status and command
-//! payloads, reading images, matching chips.
+//! one world of `wit/plugin.wit`, implements [`rollout::RolloutStrategy`] or
+//! [`device::DeviceFamily`] on a type of its own with a typed configuration,
+//! and exports it with [`rollout_plugin!`] or [`device_plugin!`]:
 //!
-//! This crate is plain Rust with no bindings of its own, so its logic is
-//! unit-tested natively; `device_conversions!` bridges its types to the
-//! generated ones inside the plugin crate.
+//! ```ignore
+//! wit_bindgen::generate!({ world: "rollout-strategy", path: "wit" });
+//! struct Canary;
+//! impl rollway_plugin_sdk::rollout::RolloutStrategy for Canary { /* … */ }
+//! rollway_plugin_sdk::rollout_plugin!(Canary, name: "rollout-canary", description: "…");
+//! ```
+//!
+//! This crate is plain Rust with no bindings of its own (each plugin
+//! generates those for its one world), so strategies and validators are
+//! unit-tested natively; the macros bridge its types to the generated ones.
 
 pub mod command;
 pub mod config;
+pub mod device;
 pub mod image;
+pub mod rollout;
 pub mod status;
 
 /// Whether an image built for `target` suits a device whose model is

@@ -5,9 +5,7 @@
 
 wit_bindgen::generate!({ world: "rollout-strategy", path: "../../wit" });
 
-use exports::rollway::plugin::rollout::{Decision, Guest, Snapshot};
-use rollway::plugin::log::write as log;
-use rollway::plugin::types::{LogLevel, PluginInfo};
+use rollway_plugin_sdk::rollout::{Decision, RolloutStrategy, Snapshot};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -28,12 +26,44 @@ impl Default for Config {
     }
 }
 
-fn config(text: &str) -> Result<Config, String> {
-    let config: Config = rollway_plugin_sdk::config::parse(text)?;
-    if config.canary == 0 {
-        return Err("'canary' must be at least 1".into());
+struct Canary;
+
+impl RolloutStrategy for Canary {
+    type Config = Config;
+
+    fn check(config: &Config) -> Result<(), String> {
+        if config.canary == 0 {
+            return Err("'canary' must be at least 1".into());
+        }
+        Ok(())
     }
-    Ok(config)
+
+    fn plan(config: &Config, total: u32) -> Result<Vec<u32>, String> {
+        let canary = config.canary.min(total);
+        Ok([canary, total - canary]
+            .into_iter()
+            .filter(|n| *n > 0)
+            .collect())
+    }
+
+    fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
+        decide(config, snapshot)
+    }
+}
+
+rollway_plugin_sdk::rollout_plugin!(
+    Canary,
+    name: "rollout-canary",
+    description: "Canary batch, soak, then everyone (template)",
+);
+
+/// Writes to the host's log (the `log` import exists only in the component;
+/// native unit tests print instead).
+fn note(message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    rollway::plugin::log::write(rollway::plugin::types::LogLevel::Info, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{message}");
 }
 
 fn decide(config: &Config, snapshot: &Snapshot) -> Decision {
@@ -60,7 +90,7 @@ fn decide(config: &Config, snapshot: &Snapshot) -> Decision {
             if soaked < soak {
                 Decision::Wait(soak - soaked)
             } else {
-                log(LogLevel::Info, "canary healthy, releasing everyone");
+                note("canary healthy, releasing everyone");
                 Decision::StartNextBatch
             }
         }
@@ -75,33 +105,41 @@ fn decide(config: &Config, snapshot: &Snapshot) -> Decision {
     }
 }
 
-struct Canary;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollway_plugin_sdk::rollout::{Batch, load_config};
 
-impl Guest for Canary {
-    fn info() -> PluginInfo {
-        PluginInfo {
-            name: "rollout-canary".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Canary batch, soak, then everyone (template)".into(),
-        }
-    }
-
-    fn validate_config(text: String) -> Result<(), String> {
-        config(&text).map(|_| ())
-    }
-
-    fn plan(text: String, total: u32) -> Result<Vec<u32>, String> {
-        let canary = config(&text)?.canary.min(total);
-        Ok([canary, total - canary]
-            .into_iter()
-            .filter(|n| *n > 0)
-            .collect())
-    }
-
-    fn evaluate(text: String, snapshot: Snapshot) -> Result<Decision, String> {
-        Ok(decide(&config(&text)?, &snapshot))
+    #[test]
+    fn canary_then_everyone() {
+        let config = load_config::<Canary>(r#"{"canary": 2, "soak_secs": 60}"#).unwrap();
+        assert_eq!(Canary::plan(&config, 10).unwrap(), [2, 8]);
+        let canary = Batch {
+            group: 0,
+            total: 2,
+            succeeded: 2,
+            started_at: Some(0),
+            ..Batch::default()
+        };
+        let rest = Batch {
+            group: 1,
+            total: 8,
+            pending: 8,
+            ..Batch::default()
+        };
+        let at = |now| Snapshot {
+            now,
+            job_started_at: 0,
+            batches: vec![canary, rest],
+        };
+        assert_eq!(
+            Canary::evaluate(&config, &at(30_000)),
+            Decision::Wait(30_000)
+        );
+        assert_eq!(
+            Canary::evaluate(&config, &at(60_000)),
+            Decision::StartNextBatch
+        );
+        assert!(load_config::<Canary>(r#"{"canary": 0}"#).is_err());
     }
 }
-
-#[cfg(target_arch = "wasm32")]
-export!(Canary);

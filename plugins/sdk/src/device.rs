@@ -1,0 +1,167 @@
+//! The device-protocol side: a typed trait for device families and the
+//! `device_plugin!` macro that exports one as a component.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::command::Request;
+use crate::image::Reader;
+use crate::status::Status;
+
+/// An image as a plugin reads it: `read_at`, or `std::io::Read + Seek`.
+pub type Image<'a> = Reader<Box<dyn FnMut(u64, u32) -> Result<Vec<u8>, String> + 'a>>;
+
+/// What a valid image told about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageFacts {
+    pub version: Option<String>,
+    /// Chip or board the image is built for.
+    pub target: Option<String>,
+    pub details: Vec<(String, String)>,
+}
+
+/// An MQTT command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Relative to the host's topic prefix.
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+}
+
+/// A device family with a typed configuration. Only `validate_image` is
+/// required: commands and statuses default to Rollway's standard JSON
+/// messages (see [`crate::command`] and [`crate::status`]).
+pub trait DeviceFamily {
+    type Config: DeserializeOwned;
+
+    /// The families this plugin speaks for.
+    const FAMILIES: &'static [&'static str];
+
+    /// Rules serde cannot express.
+    fn check(_config: &Self::Config) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Validates an uploaded image and extracts what it can.
+    fn validate_image(config: &Self::Config, image: &mut Image<'_>) -> Result<ImageFacts, String>;
+
+    /// Family-specific fields merged into the standard command payload.
+    fn command_fields(_config: &Self::Config, _request: &Request) -> Result<Value, String> {
+        Ok(json!({}))
+    }
+
+    /// The command for one device: by default the standard payload on the
+    /// device's (or its gateway's) topic at QoS 1, refused when the image
+    /// is built for another chip than the device's.
+    fn build_command(config: &Self::Config, request: &Request) -> Result<Outgoing, String> {
+        request.check_target()?;
+        Ok(Outgoing {
+            topic: request.topic(),
+            payload: request.payload(Self::command_fields(config, request)?),
+            qos: 1,
+        })
+    }
+
+    /// Parses a status payload; by default the standard JSON message.
+    fn parse_status(
+        _config: &Self::Config,
+        topic_device_id: &str,
+        payload: &[u8],
+    ) -> Result<Status, String> {
+        crate::status::parse_json(topic_device_id, payload)
+    }
+}
+
+/// Parses and checks a configuration for `F`.
+pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
+    let config: F::Config = crate::config::parse(text)?;
+    F::check(&config)?;
+    Ok(config)
+}
+
+/// Exports a [`DeviceFamily`] as the plugin's component. Invoke it at the
+/// crate root after `wit_bindgen::generate!({ world: "device-protocol", .. })`.
+#[macro_export]
+macro_rules! device_plugin {
+    ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
+        $crate::device_conversions!();
+
+        struct RollwayDeviceGuest;
+
+        impl exports::rollway::plugin::device::Guest for RollwayDeviceGuest {
+            fn info() -> rollway::plugin::types::PluginInfo {
+                rollway::plugin::types::PluginInfo {
+                    name: ($name).into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    description: ($description).into(),
+                }
+            }
+
+            fn families() -> Vec<String> {
+                <$family as $crate::device::DeviceFamily>::FAMILIES
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect()
+            }
+
+            fn validate_config(config: String) -> Result<(), String> {
+                $crate::device::load_config::<$family>(&config).map(|_| ())
+            }
+
+            fn validate_image(
+                config: String,
+                image: &rollway::plugin::image::Image,
+            ) -> Result<exports::rollway::plugin::device::ImageInfo, String> {
+                let config = $crate::device::load_config::<$family>(&config)?;
+                let mut reader: $crate::device::Image<'_> = $crate::image::Reader::new(
+                    image.size(),
+                    Box::new(|offset, len| image.read(offset, len)),
+                );
+                let facts = <$family as $crate::device::DeviceFamily>::validate_image(
+                    &config,
+                    &mut reader,
+                )?;
+                Ok(exports::rollway::plugin::device::ImageInfo {
+                    version: facts.version,
+                    target: facts.target,
+                    details: facts.details,
+                })
+            }
+
+            fn build_command(
+                config: String,
+                request: exports::rollway::plugin::device::CommandRequest,
+            ) -> Result<exports::rollway::plugin::device::Command, String> {
+                let config = $crate::device::load_config::<$family>(&config)?;
+                let out = <$family as $crate::device::DeviceFamily>::build_command(
+                    &config,
+                    &to_request(&request),
+                )?;
+                Ok(exports::rollway::plugin::device::Command {
+                    topic: out.topic,
+                    payload: out.payload,
+                    qos: out.qos,
+                })
+            }
+
+            fn parse_status(
+                config: String,
+                topic_device_id: String,
+                payload: Vec<u8>,
+            ) -> Result<exports::rollway::plugin::device::StatusReport, String> {
+                let config = $crate::device::load_config::<$family>(&config)?;
+                <$family as $crate::device::DeviceFamily>::parse_status(
+                    &config,
+                    &topic_device_id,
+                    &payload,
+                )
+                .map(to_report)
+            }
+        }
+
+        // Exported only in the component build; native builds are for unit tests.
+        #[cfg(target_arch = "wasm32")]
+        export!(RollwayDeviceGuest);
+    };
+}
