@@ -79,24 +79,25 @@ ensure_postgres() {
 }
 
 ensure_mosquitto() {
+    # Our own broker, not a system one on 1883: the tests need queues and
+    # in-flight windows far above Mosquitto's defaults (which drop QoS 1
+    # messages past 1000 queued), and persistence for restart tests.
     if [ -n "${MQTT_URL:-}" ]; then return 0; fi
-    if _port_open 1883; then
-        export MQTT_URL="mqtt://127.0.0.1:1883"
-        _log "reusing the MQTT broker on 1883"
-        return 0
-    fi
     local port=18830
     export MQTT_URL="mqtt://127.0.0.1:$port"
     if _port_open "$port"; then _log "reusing the MQTT broker on $port"; return 0; fi
     command -v mosquitto >/dev/null || _apt_install mosquitto mosquitto-clients
     local dir=$ROLLWAY_SERVICES_DIR/mosquitto
-    mkdir -p "$dir"
+    mkdir -p "$dir/data"
     cat >"$dir/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
 max_queued_messages 1000000
-max_inflight_messages 0
-persistence false
+max_inflight_messages 1000
+max_packet_size 1048576
+persistence true
+persistence_location $dir/data/
+autosave_interval 1
 user root
 log_dest file $dir/mosquitto.log
 CONF

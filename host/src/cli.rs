@@ -35,6 +35,11 @@ enum Command {
     /// PostgreSQL when DATABASE_URL is unset, a file store in the data
     /// directory; prints the URL and an admin token.
     Up,
+    /// Run a simulated fleet against a Rollway host until Ctrl-C.
+    #[command(
+        after_help = "Example:\n  rollway sim --api http://127.0.0.1:8080 --token rw_… --mqtt mqtt://127.0.0.1:1883 --devices 100 --truth truth.json"
+    )]
+    Sim(SimArgs),
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -45,6 +50,46 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// Base URL of the Rollway API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    api: String,
+    /// An operator (or admin) API token, to register the devices.
+    #[arg(long, env = "ROLLWAY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The MQTT broker the host uses.
+    #[arg(long = "mqtt", default_value = "mqtt://127.0.0.1:1883")]
+    mqtt: String,
+    /// How many devices to simulate.
+    #[arg(long, default_value_t = 100)]
+    devices: u32,
+    /// Families, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "esp32,stm32,jetson")]
+    families: Vec<String>,
+    /// Share of updates that fail, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Share of statuses sent twice, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Share of updates that also send a stale, backward status, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order: f64,
+    /// Share of downloads interrupted and resumed, 0 to 1.
+    #[arg(long, default_value_t = 0.2)]
+    interruptions: f64,
+    /// Milliseconds between a device's statuses.
+    #[arg(long, default_value_t = 50)]
+    step_ms: u64,
+    /// Prefix of the simulated device ids.
+    #[arg(long, default_value = "SIM-")]
+    id_prefix: String,
+    /// Write each device's final state here (JSON) when stopped.
+    #[arg(long)]
+    truth: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +169,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up => run_up(settings).await,
+        Command::Sim(args) => run_sim(args, &settings).await,
         Command::Plugin {
             command:
                 PluginCommand::Check {
@@ -171,6 +217,55 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
+    for (name, value) in [
+        ("--fail-rate", args.fail_rate),
+        ("--duplicates", args.duplicates),
+        ("--out-of-order", args.out_of_order),
+        ("--interruptions", args.interruptions),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            anyhow::bail!("{name} must be between 0 and 1");
+        }
+    }
+    let options = crate::sim::SimOptions {
+        api: args.api,
+        token: args.token,
+        mqtt_url: args.mqtt,
+        devices: args.devices,
+        families: args.families,
+        fail_rate: args.fail_rate,
+        duplicates: args.duplicates,
+        out_of_order: args.out_of_order,
+        interruptions: args.interruptions,
+        step: std::time::Duration::from_millis(args.step_ms),
+        topic_prefix: settings.topic_prefix.clone(),
+        id_prefix: args.id_prefix,
+    };
+    let sim = crate::sim::Simulator::start(options).await?;
+    for id in &sim.device_ids {
+        println!("{id}");
+    }
+    eprintln!(
+        "{} simulated devices connected; Ctrl-C to stop",
+        sim.device_ids.len()
+    );
+    shutdown_signal().await;
+    let truth = sim.truth.snapshot();
+    let done = truth.values().filter(|t| t.state == "done").count();
+    let failed = truth.values().filter(|t| t.state == "error").count();
+    eprintln!(
+        "{done} updated, {failed} failed, {} idle",
+        truth.len() - done - failed
+    );
+    if let Some(path) = args.truth {
+        std::fs::write(&path, serde_json::to_vec_pretty(&truth)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    sim.stop().await;
+    Ok(())
 }
 
 /// A small pool on DATABASE_URL with the migrations applied.

@@ -69,6 +69,11 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<u32>,
 
+    /// Base URL devices download firmware from (when the store cannot
+    /// presign), e.g. https://ota.example.com. Defaults to the listen address.
+    #[arg(long, env = "ROLLWAY_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "ROLLWAY_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -89,6 +94,7 @@ pub struct Settings {
     pub max_firmware_bytes: u64,
     pub db_pool_size: u32,
     pub log_json: bool,
+    pub public_url: Option<String>,
 }
 
 impl Settings {
@@ -153,6 +159,7 @@ impl Settings {
             max_firmware_bytes,
             db_pool_size,
             log_json,
+            public_url: pick(&args.public_url, &file.public_url),
         })
     }
 }

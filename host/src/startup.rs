@@ -4,11 +4,21 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::dispatch::Dispatcher;
+use crate::ingest::Ingest;
+use crate::mqtt;
+use crate::scheduler::Scheduler;
 
 use crate::api::{self, AppState};
 use crate::firmware::store::FirmwareStore;
@@ -16,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::plugins::runtime::Limits;
 use crate::plugins::{self, PluginRegistry};
 use crate::settings::Settings;
+use crate::signing::ManifestSigner;
 use crate::{auth, db};
 
 pub struct Application {
@@ -48,6 +59,9 @@ impl Application {
         store.check().await?;
         let metrics = Metrics::new().context("registering metrics")?;
         let plugins = load_plugins(&settings, &pool, &store, &metrics).await?;
+        let signer = ManifestSigner::load_or_create(&pool)
+            .await
+            .context("loading the manifest signing key")?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -62,6 +76,7 @@ impl Application {
                 metrics,
                 settings: Arc::new(settings),
                 plugins,
+                signer,
             },
         })
     }
@@ -78,18 +93,94 @@ impl Application {
         &self.state.pool
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves until `shutdown` resolves, then drains in-flight requests and
+    /// stops the background workers.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let workers = CancellationToken::new();
+        let handles = self.start_workers(&workers)?;
         let router = api::router(self.state.clone());
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
-            .context("serving HTTP")?;
+            .context("serving HTTP");
+        workers.cancel();
+        for handle in handles {
+            if tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a background worker did not stop in time");
+            }
+        }
         self.state.pool.close().await;
-        Ok(())
+        served
+    }
+
+    /// The scheduler and rollout engine always; the dispatcher and MQTT
+    /// status ingestion when an MQTT broker is configured.
+    fn start_workers(&self, token: &CancellationToken) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let state = &self.state;
+        let settings = &state.settings;
+        let dispatch_wakeup = Arc::new(Notify::new());
+        let evaluate_wakeup = Arc::new(Notify::new());
+        let mut handles = Vec::new();
+        let scheduler = Scheduler {
+            pool: state.pool.clone(),
+            plugins: state.plugins.clone(),
+            metrics: state.metrics.clone(),
+            dispatch_wakeup: dispatch_wakeup.clone(),
+            evaluate_wakeup: evaluate_wakeup.clone(),
+        };
+        handles.push(tokio::spawn(scheduler.run(token.clone())));
+        let Some(url) = &settings.mqtt_url else {
+            tracing::warn!(
+                "MQTT_URL is not set: jobs are planned but no command is sent and no status received"
+            );
+            return Ok(handles);
+        };
+        let client_id = format!("rollway-{}", Uuid::new_v4().simple());
+        let options = mqtt::options(url.expose_secret(), &client_id)?;
+        let (incoming_tx, incoming_rx) = mpsc::channel(10_000);
+        let link = mqtt::spawn(
+            options,
+            vec![Ingest::subscription(&settings.topic_prefix)],
+            Some(incoming_tx),
+            state.metrics.clone(),
+            token.clone(),
+        );
+        let public_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.address));
+        let dispatcher = Dispatcher {
+            pool: state.pool.clone(),
+            plugins: state.plugins.clone(),
+            metrics: state.metrics.clone(),
+            signer: state.signer.clone(),
+            store: state.store.clone(),
+            mqtt: link.clone(),
+            topic_prefix: settings.topic_prefix.clone(),
+            public_url,
+            wakeup: dispatch_wakeup.clone(),
+        };
+        handles.push(tokio::spawn(dispatcher.run(token.clone())));
+        let ingest = Ingest {
+            pool: state.pool.clone(),
+            plugins: state.plugins.clone(),
+            metrics: state.metrics.clone(),
+            topic_prefix: settings.topic_prefix.clone(),
+            evaluate_wakeup,
+            dispatch_wakeup,
+        };
+        handles.push(tokio::spawn(ingest.run_mqtt(
+            incoming_rx,
+            link.client.clone(),
+            token.clone(),
+        )));
+        Ok(handles)
     }
 }
 

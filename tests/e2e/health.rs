@@ -109,6 +109,11 @@ async fn openapi_document_lists_every_route() {
         ("/api/v1/tokens", "get"),
         ("/api/v1/tokens/{id}", "delete"),
         ("/api/v1/audit", "get"),
+        ("/api/v1/signing-keys", "get"),
+        ("/api/v1/plugins", "get"),
+        ("/api/v1/plugins", "post"),
+        ("/api/v1/plugins/{name}/enable", "post"),
+        ("/api/v1/plugins/{name}/disable", "post"),
     ];
     for (path, method) in expect {
         assert!(

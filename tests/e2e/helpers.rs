@@ -60,7 +60,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         store: Some(format!("file://{}", data_dir.join("store").display())),
         data_dir: Some(data_dir),
         bootstrap_token: Some(admin_token.clone()),
-        db_pool_size: Some(5),
+        db_pool_size: Some(16),
         ..SettingsArgs::default()
     };
     let mut settings = Settings::load(&args).expect("test settings");
@@ -140,6 +140,23 @@ impl TestApp {
             "registering devices: {status} {}",
             response.text().await.unwrap()
         );
+    }
+
+    /// Uploads a valid ESP32-S3 image of `version` and returns the record.
+    pub async fn upload_esp32(&self, version: &str) -> Value {
+        let image = crate::images::esp32(crate::images::ESP32S3, version, 2048);
+        self.upload("esp32", version, image).await
+    }
+
+    /// POSTs without a body (job and plugin actions) and returns the JSON answer.
+    pub async fn act(&self, path: &str) -> Value {
+        self.request(Method::POST, path)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     /// Uploads an image and returns the firmware record.

@@ -18,13 +18,7 @@ async fn fleet(app: &TestApp) -> String {
         devices.push(json!({ "id": format!("STM-{i:02}"), "family": "stm32", "gateway_id": if i < 5 { "JET-1" } else { "JET-2" } }));
     }
     app.register(Value::Array(devices)).await;
-    let firmware = app
-        .upload(
-            "esp32",
-            "1.4.0",
-            crate::images::esp32(crate::images::ESP32S3, "1.4.0", 4096),
-        )
-        .await;
+    let firmware = app.upload_esp32("1.4.0").await;
     firmware["id"].as_str().unwrap().to_owned()
 }
 
@@ -410,23 +404,9 @@ async fn pause_and_resume_a_running_job() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let paused: Value = app
-        .request(Method::POST, &format!("/api/v1/jobs/{id}/pause"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let paused: Value = app.act(&format!("/api/v1/jobs/{id}/pause")).await;
     assert_eq!(paused["status"], "paused");
-    let resumed: Value = app
-        .request(Method::POST, &format!("/api/v1/jobs/{id}/resume"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resumed: Value = app.act(&format!("/api/v1/jobs/{id}/resume")).await;
     assert_eq!(resumed["status"], "running");
     assert_eq!(resumed["version"], 2);
     let unknown = app

@@ -12,5 +12,6 @@ mod health;
 mod helpers;
 mod images;
 mod jobs;
+mod pipeline;
 mod plugins;
 mod up;

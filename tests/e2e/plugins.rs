@@ -262,13 +262,7 @@ async fn job_with_rollout(app: &TestApp, firmware: &str, rollout: Value) -> reqw
 async fn esp_fleet(app: &TestApp) -> String {
     app.register(json!({ "id": "ESP-1", "family": "esp32", "model": "esp32s3" }))
         .await;
-    let fw = app
-        .upload(
-            "esp32",
-            "1.0.0",
-            images::esp32(images::ESP32S3, "1.0.0", 2048),
-        )
-        .await;
+    let fw = app.upload_esp32("1.0.0").await;
     fw["id"].as_str().unwrap().to_owned()
 }
 

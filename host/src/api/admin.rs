@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create_token, list_tokens))
         .routes(routes!(revoke_token))
         .routes(routes!(list_audit))
+        .routes(routes!(signing_keys))
 }
 
 /// An API token as listed (the secret is shown only at creation).
@@ -224,4 +225,25 @@ async fn list_audit(
     Ok(axum::Json(Page::from_rows(rows, limit, |e| {
         e.id.to_string()
     })))
+}
+
+/// The published manifest keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SigningKeys {
+    pub keys: Vec<crate::signing::PublicKey>,
+    /// The key that signs new manifests.
+    pub signing_key_id: String,
+}
+
+/// The public ed25519 keys that verify update manifests. No token needed:
+/// devices and their gateways fetch them.
+#[utoipa::path(
+    get, path = "/signing-keys", tag = "admin",
+    responses((status = 200, body = SigningKeys))
+)]
+async fn signing_keys(State(state): State<AppState>) -> ApiResult<axum::Json<SigningKeys>> {
+    Ok(axum::Json(SigningKeys {
+        keys: crate::signing::public_keys(&state.pool).await?,
+        signing_key_id: state.signer.key_id.clone(),
+    }))
 }

@@ -402,6 +402,7 @@ async fn delete_firmware(
     get, path = "/firmware/{id}/download", tag = "firmware",
     params(
         ("id" = Uuid, Path),
+        DownloadQuery,
         ("Range" = Option<String>, Header, description = "e.g. bytes=1024-"),
         ("If-Range" = Option<String>, Header, description = "The ETag the client holds"),
     ),
@@ -414,13 +415,29 @@ async fn delete_firmware(
 )]
 async fn download_firmware(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<DownloadQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    caller.require(Role::Viewer, "download firmware")?;
+    // Devices present the download token from their command; people a bearer token.
+    let by_token = query
+        .token
+        .as_deref()
+        .is_some_and(|t| crate::dispatch::manifest::verify_download_token(&state.signer, id, t));
+    if !by_token {
+        caller?.require(Role::Viewer, "download firmware")?;
+    }
     let record = find(&state, id).await?;
     serve_image(&state.store, &record, &headers).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadQuery {
+    /// A device's download token (from its update command), instead of a bearer token.
+    token: Option<String>,
 }
 
 /// Answers a GET for an image, honouring conditional and range headers.

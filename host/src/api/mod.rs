@@ -43,6 +43,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
     pub plugins: Arc<PluginRegistry>,
+    pub signer: crate::signing::ManifestSigner,
 }
 
 #[derive(OpenApi)]

@@ -378,7 +378,8 @@ pub async fn apply_action(
             })?;
         let updated: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET status = $3, status_reason = $4, version = version + 1, updated_at = now(),
-                             finished_at = CASE WHEN $5 THEN now() ELSE finished_at END
+                             finished_at = CASE WHEN $5 THEN now() ELSE finished_at END,
+                             next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END
              WHERE id = $1 AND version = $2 RETURNING {JOB_COLUMNS}"
         )))
         .bind(id)

@@ -1,0 +1,77 @@
+//! The signed update manifest and download tokens.
+//!
+//! A manifest is a JSON object signed (ed25519) as the exact bytes sent; the
+//! device checks the signature with a key from `/api/v1/signing-keys`, then
+//! the device id, expiry, digest and size before flashing.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::signing::ManifestSigner;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub v: u32,
+    pub device_id: String,
+    pub execution_id: i64,
+    pub job_id: Uuid,
+    pub firmware_id: Uuid,
+    pub version: String,
+    pub sha256: String,
+    pub size: i64,
+    /// A device refuses the manifest after this time (freeze attacks).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn token_message(firmware_id: Uuid, expires: i64) -> String {
+    format!("rollway-download:{firmware_id}:{expires}")
+}
+
+/// A token that lets a device download one image until `expires_at`
+/// without an API token: `{unix expiry}.{signature}`.
+pub fn download_token(
+    signer: &ManifestSigner,
+    firmware_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> String {
+    let expires = expires_at.timestamp();
+    let signature = signer.sign(token_message(firmware_id, expires).as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .map(|raw| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+        .unwrap_or_default();
+    format!("{expires}.{signature}")
+}
+
+/// Checks a download token for `firmware_id`.
+pub fn verify_download_token(signer: &ManifestSigner, firmware_id: Uuid, token: &str) -> bool {
+    let Some((expires, signature)) = token.split_once('.') else {
+        return false;
+    };
+    let Ok(expires) = expires.parse::<i64>() else {
+        return false;
+    };
+    if expires < Utc::now().timestamp() {
+        return false;
+    }
+    let Ok(raw) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    let Ok(raw) = <[u8; 64]>::try_from(raw.as_slice()) else {
+        return false;
+    };
+    let signature = ed25519_dalek::Signature::from_bytes(&raw);
+    signer
+        .verifying_key()
+        .verify_strict(token_message(firmware_id, expires).as_bytes(), &signature)
+        .is_ok()
+}

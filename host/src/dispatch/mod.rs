@@ -1,0 +1,320 @@
+//! The dispatcher: claims released executions, builds each device's
+//! command with its family plugin, signs the update manifest and publishes
+//! the command over MQTT at QoS 1.
+//!
+//! Executions are claimed (`queued` → `dispatched`) and committed before
+//! anything is published: no transaction is open during network I/O. A
+//! device that never receives its command is caught by the device timeout
+//! and retried under the job's retry policy.
+
+pub mod manifest;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng as _;
+use rumqttc::QoS;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::firmware::store::FirmwareStore;
+use crate::metrics::Metrics;
+use crate::mqtt::MqttLink;
+use crate::plugins::{CommandRequest, DeviceInfo, FirmwareRef, PluginError, PluginRegistry};
+use crate::signing::ManifestSigner;
+use manifest::Manifest;
+
+/// Executions claimed per round.
+const CLAIM: i64 = 500;
+/// Publish attempts before an execution fails.
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub pool: PgPool,
+    pub plugins: Arc<PluginRegistry>,
+    pub metrics: Metrics,
+    pub signer: ManifestSigner,
+    pub store: FirmwareStore,
+    pub mqtt: MqttLink,
+    pub topic_prefix: String,
+    /// Base URL devices download from when the store cannot presign.
+    pub public_url: String,
+    pub wakeup: Arc<Notify>,
+}
+
+/// One claimed execution with what its command needs.
+#[derive(Debug, sqlx::FromRow)]
+struct Claimed {
+    id: i64,
+    job_id: Uuid,
+    device_id: String,
+    attempts: i32,
+    family: String,
+    model: Option<String>,
+    gateway_id: Option<String>,
+    gateway_family: Option<String>,
+    firmware_id: Uuid,
+    firmware_version: String,
+    sha256: String,
+    size: i64,
+    storage_key: String,
+    target: Option<String>,
+    device_timeout_secs: i32,
+}
+
+impl Dispatcher {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                () = self.wakeup.notified() => {},
+                () = shutdown.cancelled() => break,
+            }
+            loop {
+                match self.dispatch_round().await {
+                    Ok(n) if n as i64 == CLAIM => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "dispatching");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims and sends one round of commands; returns how many were claimed.
+    pub async fn dispatch_round(&self) -> anyhow::Result<usize> {
+        let claimed = self.claim().await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let count = claimed.len();
+        let mut requests = Vec::with_capacity(count);
+        for c in &claimed {
+            requests.push(self.request(c).await?);
+        }
+        let plugins = self.plugins.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            requests
+                .into_iter()
+                .map(|(family, request)| {
+                    let command = plugins.build_command(&family, "{}", &request);
+                    (request.execution_id, command)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        for (execution_id, command) in built {
+            match command {
+                Ok(command) => {
+                    let topic = format!("{}/{}", self.topic_prefix, command.topic);
+                    let qos = match command.qos {
+                        0 => QoS::AtMostOnce,
+                        2 => QoS::ExactlyOnce,
+                        _ => QoS::AtLeastOnce,
+                    };
+                    if let Err(reason) = self.publish(&topic, qos, command.payload).await {
+                        self.fail(execution_id as i64, "publish-failed", &reason)
+                            .await?;
+                    } else {
+                        self.metrics.update_requests_total.inc();
+                    }
+                }
+                Err(error) => {
+                    let reason = match &error {
+                        PluginError::Refused { .. } => "plugin-refused",
+                        PluginError::Failed { .. } => "plugin-failed",
+                        _ => "no-plugin",
+                    };
+                    self.fail(execution_id as i64, reason, &error.to_string())
+                        .await?;
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// Publishes with retries, exponential backoff and jitter.
+    async fn publish(&self, topic: &str, qos: QoS, payload: Vec<u8>) -> Result<(), String> {
+        let mut delay = Duration::from_millis(100);
+        let mut last = String::new();
+        for _ in 0..PUBLISH_ATTEMPTS {
+            match self
+                .mqtt
+                .client
+                .publish(topic, qos, false, payload.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    self.metrics
+                        .dispatcher_mqtt_errors_total
+                        .with_label_values(&["publish"])
+                        .inc();
+                    last = error.to_string();
+                    let jitter = rand::rng().random_range(0..=delay.as_millis() as u64 / 2);
+                    tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Err(format!(
+            "publishing the command failed {PUBLISH_ATTEMPTS} times: {last}"
+        ))
+    }
+
+    /// Claims released executions of running jobs, one per device (a device
+    /// never has two updates in flight), emergency jobs first.
+    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+        sqlx::query_as(
+            "WITH pick AS (
+                 SELECT DISTINCT ON (e.device_id) e.id, (j.kind = 'emergency') AS urgent
+                 FROM executions e
+                 JOIN jobs j ON j.id = e.job_id AND j.status = 'running'
+                 JOIN job_batches b ON b.job_id = e.job_id AND b.batch_group = e.batch_group
+                                   AND b.started_at IS NOT NULL
+                 WHERE e.status = 'queued'
+                   AND NOT EXISTS (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
+                                   AND x.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting'))
+                 ORDER BY e.device_id, urgent DESC, e.id
+             ), candidates AS (
+                 SELECT e.id FROM executions e JOIN pick p ON p.id = e.id
+                 WHERE e.status = 'queued'
+                 ORDER BY p.urgent DESC, e.id LIMIT $1
+                 FOR UPDATE OF e SKIP LOCKED
+             ), claimed AS (
+                 UPDATE executions e
+                 SET status = 'dispatched', attempts = e.attempts + 1, dispatched_at = now(),
+                     updated_at = now(), progress = NULL, version = e.version + 1
+                 FROM candidates c WHERE e.id = c.id
+                 RETURNING e.id, e.job_id, e.device_id, e.attempts
+             ), logged AS (
+                 INSERT INTO execution_status_log (execution_id, status, message)
+                 SELECT id, 'dispatched', 'attempt ' || attempts FROM claimed
+             ), events AS (
+                 INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+                 SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                        jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
+                                           'from', 'queued', 'to', 'dispatched', 'attempt', attempts)
+                 FROM claimed
+             )
+             SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
+                    g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
+                    f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs
+             FROM claimed c
+             JOIN devices d ON d.id = c.device_id
+             LEFT JOIN devices g ON g.id = d.gateway_id
+             JOIN jobs j ON j.id = c.job_id
+             JOIN firmware f ON f.id = j.firmware_id
+             ORDER BY c.id",
+        )
+        .bind(CLAIM)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn request(&self, c: &Claimed) -> anyhow::Result<(String, CommandRequest)> {
+        let validity = Duration::from_secs(c.device_timeout_secs.max(60) as u64 + 3600);
+        let expires_at = Utc::now() + chrono::Duration::from_std(validity)?;
+        let manifest = Manifest {
+            v: 1,
+            device_id: c.device_id.clone(),
+            execution_id: c.id,
+            job_id: c.job_id,
+            firmware_id: c.firmware_id,
+            version: c.firmware_version.clone(),
+            sha256: c.sha256.clone(),
+            size: c.size,
+            expires_at,
+        }
+        .to_json();
+        let signature = self.signer.sign(manifest.as_bytes());
+        let download_url = match self.store.presigned_get(&c.storage_key, validity).await? {
+            Some(url) => url.to_string(),
+            None => format!(
+                "{}/api/v1/firmware/{}/download?token={}",
+                self.public_url.trim_end_matches('/'),
+                c.firmware_id,
+                manifest::download_token(&self.signer, c.firmware_id, expires_at)
+            ),
+        };
+        Ok((
+            c.family.clone(),
+            CommandRequest {
+                device: DeviceInfo {
+                    id: c.device_id.clone(),
+                    family: c.family.clone(),
+                    model: c.model.clone(),
+                    gateway_id: c.gateway_id.clone(),
+                    gateway_family: c.gateway_family.clone(),
+                },
+                firmware: FirmwareRef {
+                    id: c.firmware_id.to_string(),
+                    version: c.firmware_version.clone(),
+                    sha256: c.sha256.clone(),
+                    size: c.size as u64,
+                    target: c.target.clone(),
+                },
+                job_id: c.job_id.to_string(),
+                execution_id: c.id as u64,
+                attempt: c.attempts as u32,
+                download_url,
+                manifest,
+                signature,
+                key_id: self.signer.key_id.clone(),
+            },
+        ))
+    }
+
+    /// Fails an execution whose command cannot be sent (not retried).
+    async fn fail(
+        &self,
+        execution_id: i64,
+        reason: &'static str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error> {
+        self.metrics
+            .dispatcher_mqtt_errors_total
+            .with_label_values(&[reason])
+            .inc();
+        self.metrics
+            .update_errors_total
+            .with_label_values(&["dispatch"])
+            .inc();
+        tracing::warn!(execution_id, reason, detail, "command not sent");
+        let message = format!("dispatch failed: {detail}");
+        let job: Option<(Uuid,)> = sqlx::query_as(
+            "WITH changed AS (
+                 UPDATE executions SET status = 'error', last_error = $2, finished_at = now(),
+                        updated_at = now(), version = version + 1
+                 WHERE id = $1 AND status = 'dispatched'
+                 RETURNING id, job_id, device_id
+             ), logged AS (
+                 INSERT INTO execution_status_log (execution_id, status, message)
+                 SELECT id, 'error', $2 FROM changed
+             ), events AS (
+                 INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+                 SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                        jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
+                                           'from', 'dispatched', 'to', 'error', 'reason', $2::text)
+                 FROM changed
+             )
+             SELECT job_id FROM changed",
+        )
+        .bind(execution_id)
+        .bind(&message)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some((job_id,)) = job {
+            crate::scheduler::touch_jobs(&self.pool, &[job_id]).await?;
+        }
+        Ok(())
+    }
+}

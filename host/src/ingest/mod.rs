@@ -1,0 +1,453 @@
+//! Status ingestion: device statuses, from MQTT (shared subscription, manual
+//! acks) or another source, applied exactly once in effect.
+//!
+//! Each message is parsed by its family's plugin, checked against its topic
+//! (a device reports only for itself, a gateway for its children), matched
+//! to the device's execution, deduplicated by message id, checked against the
+//! state machine and applied under optimistic locking, with its log row and
+//! outbox event, many messages per transaction. Acks go out only after the
+//! commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::{AsyncClient, Publish};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::ExecutionStatus;
+use crate::metrics::Metrics;
+use crate::plugins::{PluginError, PluginRegistry, StatusReport};
+
+/// Largest status payload accepted.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Most messages applied in one transaction.
+const BATCH: usize = 500;
+
+/// What became of one message (the `result` label of `status_messages_total`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Progress,
+    Duplicate,
+    Rejected(String),
+    Malformed(String),
+    Oversized,
+    UnknownDevice,
+    NoExecution,
+    Spoofed(String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Progress => "progress",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Rejected(_) => "rejected",
+            Outcome::Malformed(_) => "malformed",
+            Outcome::Oversized => "oversized",
+            Outcome::UnknownDevice => "unknown_device",
+            Outcome::NoExecution => "no_execution",
+            Outcome::Spoofed(_) => "spoofed",
+        }
+    }
+}
+
+/// A raw message from any source.
+#[derive(Debug, Clone)]
+pub struct RawStatus {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    pub pool: PgPool,
+    pub plugins: Arc<PluginRegistry>,
+    pub metrics: Metrics,
+    pub topic_prefix: String,
+    pub evaluate_wakeup: Arc<Notify>,
+    pub dispatch_wakeup: Arc<Notify>,
+}
+
+impl Ingest {
+    /// The MQTT topic filter the host subscribes with.
+    pub fn subscription(topic_prefix: &str) -> String {
+        format!("$share/rollway/{topic_prefix}/+/update/status")
+    }
+
+    /// Applies MQTT messages in batches and acks each after its commit.
+    pub async fn run_mqtt(
+        self,
+        mut rx: mpsc::Receiver<Publish>,
+        client: AsyncClient,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                message = rx.recv() => match message { Some(m) => m, None => break },
+                () = shutdown.cancelled() => break,
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(10);
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(message)) => batch.push(message),
+                    _ => break,
+                }
+            }
+            let raw: Vec<RawStatus> = batch
+                .iter()
+                .map(|p| RawStatus {
+                    topic: p.topic.clone(),
+                    payload: p.payload.clone(),
+                })
+                .collect();
+            loop {
+                match self.process(raw.clone()).await {
+                    Ok(_) => break,
+                    Err(error) => {
+                        // Nothing was committed: retry; the broker redelivers if we die.
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "applying statuses; retrying"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {},
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            for publish in &batch {
+                if let Err(error) = client.ack(publish).await {
+                    tracing::warn!(%error, "acking a status");
+                }
+            }
+        }
+    }
+
+    /// Parses and applies a batch; returns each message's outcome. Only
+    /// database errors are errors: bad input is an outcome.
+    pub async fn process(&self, batch: Vec<RawStatus>) -> anyhow::Result<Vec<Outcome>> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut topic_devices = Vec::with_capacity(batch.len());
+        for (i, message) in batch.iter().enumerate() {
+            let device = self.topic_device(&message.topic);
+            if device.is_none() {
+                outcomes[i] = Some(Outcome::Malformed(format!(
+                    "unexpected topic {:?}",
+                    message.topic
+                )));
+            } else if message.payload.len() > MAX_PAYLOAD {
+                outcomes[i] = Some(Outcome::Oversized);
+            }
+            topic_devices.push(device.unwrap_or_default());
+        }
+        let ids: Vec<&str> = topic_devices.iter().map(String::as_str).collect();
+        let devices: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
+            "SELECT id, family FROM devices WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        let mut work = Vec::new();
+        for (i, message) in batch.into_iter().enumerate() {
+            if outcomes[i].is_some() {
+                continue;
+            }
+            match devices.get(&topic_devices[i]) {
+                Some(family) => {
+                    work.push((i, family.clone(), topic_devices[i].clone(), message.payload))
+                }
+                None => outcomes[i] = Some(Outcome::UnknownDevice),
+            }
+        }
+        let plugins = self.plugins.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            work.into_iter()
+                .map(|(i, family, device, payload)| {
+                    let report = plugins.parse_status(&family, "{}", &device, &payload);
+                    (i, device, report)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+
+        let mut tx = self.pool.begin().await?;
+        let mut touched: HashSet<Uuid> = HashSet::new();
+        for (i, device, report) in parsed {
+            outcomes[i] = Some(match report {
+                Ok(report) => {
+                    // A savepoint per message: one message's failure cannot
+                    // poison the batch.
+                    let mut one = sqlx::Connection::begin(&mut *tx).await?;
+                    match apply(&mut one, &device, &report, &self.metrics).await {
+                        Ok((outcome, job)) => {
+                            one.commit().await?;
+                            touched.extend(job);
+                            outcome
+                        }
+                        Err(error) => {
+                            one.rollback().await?;
+                            tracing::error!(%error, device, "applying a status failed");
+                            Outcome::Rejected("the status could not be applied".into())
+                        }
+                    }
+                }
+                Err(PluginError::Refused { reason, .. }) => Outcome::Malformed(reason),
+                Err(other) => Outcome::Malformed(other.to_string()),
+            });
+        }
+        tx.commit().await?;
+        // Prompt the rollout engine after the commit, in a statement of its
+        // own: taking job rows after execution rows in one transaction would
+        // invert the lock order of job actions and deadlock with them.
+        let jobs: Vec<Uuid> = touched.into_iter().collect();
+        if !jobs.is_empty() {
+            crate::scheduler::touch_jobs(&self.pool, &jobs).await?;
+            self.evaluate_wakeup.notify_one();
+            self.dispatch_wakeup.notify_one();
+        }
+
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Malformed("lost".into())))
+            .collect();
+        for outcome in &outcomes {
+            self.metrics
+                .status_messages_total
+                .with_label_values(&[outcome.label()])
+                .inc();
+            match outcome {
+                Outcome::Applied | Outcome::Progress | Outcome::Duplicate => {}
+                other => {
+                    tracing::info!(result = other.label(), detail = ?other, "status not applied")
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn topic_device(&self, topic: &str) -> Option<String> {
+        let rest = topic.strip_prefix(&self.topic_prefix)?.strip_prefix('/')?;
+        let device = rest.strip_suffix("/update/status")?;
+        (!device.is_empty() && !device.contains('/')).then(|| device.to_owned())
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Current {
+    id: i64,
+    job_id: Uuid,
+    status: String,
+    version: i64,
+    attempts: i32,
+    max_retries: i32,
+    progress: Option<i16>,
+    dispatched_at: Option<chrono::DateTime<Utc>>,
+}
+
+fn state_of(report: &StatusReport) -> ExecutionStatus {
+    use crate::plugins::StatusState as S;
+    match report.state {
+        S::Init => ExecutionStatus::Init,
+        S::Downloading => ExecutionStatus::Downloading,
+        S::Flashing => ExecutionStatus::Flashing,
+        S::Rebooting => ExecutionStatus::Rebooting,
+        S::Done => ExecutionStatus::Done,
+        S::Error => ExecutionStatus::Error,
+    }
+}
+
+/// Applies one parsed status in the caller's transaction.
+pub async fn apply(
+    tx: &mut PgConnection,
+    topic_device: &str,
+    report: &StatusReport,
+    metrics: &Metrics,
+) -> Result<(Outcome, Option<Uuid>), sqlx::Error> {
+    let device = report.device_id.as_str();
+    if device != topic_device {
+        let child: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1 AND gateway_id = $2)",
+        )
+        .bind(device)
+        .bind(topic_device)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !child {
+            return Ok((
+                Outcome::Spoofed(format!("{topic_device} reported for {device}")),
+                None,
+            ));
+        }
+    }
+    let fresh = sqlx::query(
+        "INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(format!("{device}/{}", report.message_id))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !fresh {
+        return Ok((Outcome::Duplicate, None));
+    }
+    let next = state_of(report);
+    for _ in 0..5 {
+        let current: Option<Current> = match report.execution_id {
+            Some(id) => sqlx::query_as(
+                "SELECT e.id, e.job_id, e.status, e.version, e.attempts, j.max_retries, e.progress, e.dispatched_at
+                 FROM executions e JOIN jobs j ON j.id = e.job_id WHERE e.id = $1 AND e.device_id = $2",
+            )
+            .bind(id as i64)
+            .bind(device)
+            .fetch_optional(&mut *tx)
+            .await?,
+            None => sqlx::query_as(
+                "SELECT e.id, e.job_id, e.status, e.version, e.attempts, j.max_retries, e.progress, e.dispatched_at
+                 FROM executions e JOIN jobs j ON j.id = e.job_id
+                 WHERE e.device_id = $1
+                   AND e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')",
+            )
+            .bind(device)
+            .fetch_optional(&mut *tx)
+            .await?,
+        };
+        let Some(current) = current else {
+            return Ok((Outcome::NoExecution, None));
+        };
+        let from = ExecutionStatus::parse(&current.status)
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if let Some(firmware) = &report.firmware_id {
+            let matches: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND firmware_id::text = $2)",
+            )
+            .bind(current.job_id)
+            .bind(firmware)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !matches {
+                return Ok((
+                    Outcome::Rejected(format!(
+                        "firmware {firmware} is not the one of execution {}",
+                        current.id
+                    )),
+                    None,
+                ));
+            }
+        }
+        if from == ExecutionStatus::Queued {
+            return Ok((
+                Outcome::Rejected(format!(
+                    "execution {} is not dispatched (a late status of an earlier attempt?)",
+                    current.id
+                )),
+                None,
+            ));
+        }
+        if let Err(reason) = from.check_transition(next) {
+            return Ok((Outcome::Rejected(reason), None));
+        }
+        let progress = report.progress.map(i16::from);
+        if from == next {
+            // More progress in the same state: no state change, no event.
+            if progress.is_some() && progress != current.progress {
+                sqlx::query("UPDATE executions SET progress = $3, updated_at = now(), version = version + 1 WHERE id = $1 AND version = $2")
+                    .bind(current.id)
+                    .bind(current.version)
+                    .bind(progress)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            return Ok((Outcome::Progress, None));
+        }
+        // An error with retries left sends the execution back to the queue.
+        let retry = next == ExecutionStatus::Error && current.attempts <= current.max_retries;
+        let stored = if retry { ExecutionStatus::Queued } else { next };
+        let message = match (&report.error, retry) {
+            (Some(e), true) => Some(format!("{e} (will retry)")),
+            (e, _) => e.clone(),
+        };
+        let updated = sqlx::query(
+            "UPDATE executions SET status = $3, progress = coalesce($4, CASE WHEN $3 = 'done' THEN 100 ELSE progress END),
+                    last_error = coalesce($5, last_error),
+                    finished_at = CASE WHEN $6 THEN now() ELSE NULL END,
+                    updated_at = now(), version = version + 1
+             WHERE id = $1 AND version = $2",
+        )
+        .bind(current.id)
+        .bind(current.version)
+        .bind(stored.as_str())
+        .bind(progress)
+        .bind(&message)
+        .bind(stored.is_terminal())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            continue; // changed concurrently: read again
+        }
+        sqlx::query("INSERT INTO execution_status_log (execution_id, status, progress, message, message_id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(current.id)
+            .bind(next.as_str())
+            .bind(progress)
+            .bind(&message)
+            .bind(&report.message_id)
+            .execute(&mut *tx)
+            .await?;
+        crate::outbox::enqueue(
+            tx,
+            crate::outbox::Event {
+                aggregate_type: "device",
+                aggregate_id: device,
+                event_type: "execution.status.changed",
+                payload: json!({
+                    "execution_id": current.id, "job_id": current.job_id, "device_id": device,
+                    "from": from.as_str(), "to": stored.as_str(), "reported": next.as_str(),
+                    "reason": message, "message_id": report.message_id,
+                }),
+            },
+        )
+        .await?;
+        if next == ExecutionStatus::Done {
+            sqlx::query(
+                "UPDATE devices SET firmware_version = (SELECT f.version FROM jobs j JOIN firmware f ON f.id = j.firmware_id WHERE j.id = $2),
+                        last_seen = now()
+                 WHERE id = $1",
+            )
+            .bind(device)
+            .bind(current.job_id)
+            .execute(&mut *tx)
+            .await?;
+            if let Some(dispatched) = current.dispatched_at {
+                let took = (Utc::now() - dispatched).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics.download_duration_seconds.observe(took);
+            }
+        }
+        if next == ExecutionStatus::Error {
+            metrics
+                .update_errors_total
+                .with_label_values(&["device"])
+                .inc();
+        }
+        if let Some(sent) = report.sent_at {
+            let lag = (Utc::now().timestamp_millis() - sent as i64).max(0) as f64 / 1000.0;
+            metrics.event_processing_lag_seconds.observe(lag);
+        }
+        return Ok((Outcome::Applied, Some(current.job_id)));
+    }
+    Ok((
+        Outcome::Rejected("the execution kept changing concurrently".into()),
+        None,
+    ))
+}

@@ -1,0 +1,455 @@
+//! The scheduler and the rollout engine.
+//!
+//! - `start_due_jobs` claims scheduled jobs whose time has come (emergency
+//!   first) with `FOR UPDATE SKIP LOCKED`, so that replicas never start a job
+//!   twice; the rollout plugin's `plan` splits the executions into batch
+//!   groups (filled in a stable pseudo-random order) and the job runs.
+//! - `evaluate_due_jobs` asks the rollout plugin about each running job whose
+//!   evaluation is due, and acts: release the next batch, wait, pause, abort
+//!   or complete.
+//! - `sweep_timeouts` times out executions whose device went silent, or
+//!   re-queues them while retries are left.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::jobs::cancel_executions;
+use crate::metrics::Metrics;
+use crate::outbox;
+use crate::plugins::{BatchCounts, Decision, PluginRegistry, Snapshot};
+
+/// What the background loops share.
+#[derive(Clone)]
+pub struct Scheduler {
+    pub pool: PgPool,
+    pub plugins: Arc<PluginRegistry>,
+    pub metrics: Metrics,
+    /// Woken when a batch is released (the dispatcher listens).
+    pub dispatch_wakeup: Arc<Notify>,
+    /// Woken when statuses changed jobs (this engine listens).
+    pub evaluate_wakeup: Arc<Notify>,
+}
+
+const TICK: Duration = Duration::from_millis(500);
+
+impl Scheduler {
+    /// Runs the three loops until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                () = self.evaluate_wakeup.notified() => {},
+                () = shutdown.cancelled() => break,
+            }
+            if let Err(error) = self.start_due_jobs().await {
+                tracing::error!(error = format!("{error:#}"), "starting due jobs");
+            }
+            if let Err(error) = self.evaluate_due_jobs().await {
+                tracing::error!(error = format!("{error:#}"), "evaluating rollouts");
+            }
+            if let Err(error) = self.sweep_timeouts().await {
+                tracing::error!(error = format!("{error:#}"), "sweeping timeouts");
+            }
+        }
+    }
+
+    /// Starts jobs whose start time has come. Returns how many started.
+    pub async fn start_due_jobs(&self) -> anyhow::Result<usize> {
+        let mut started = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let due: Option<(Uuid, String, sqlx::types::Json<serde_json::Value>)> = sqlx::query_as(
+                "SELECT id, rollout_plugin, rollout_config FROM jobs
+                 WHERE status = 'scheduled' AND start_at <= now()
+                 ORDER BY (kind = 'emergency') DESC, start_at, id
+                 LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((job_id, plugin, config)) = due else {
+                return Ok(started);
+            };
+            let total: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM executions WHERE job_id = $1 AND status = 'queued'",
+            )
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let plan = {
+                let plugins = self.plugins.clone();
+                let config = config.0.to_string();
+                let total = u32::try_from(total).unwrap_or(u32::MAX);
+                tokio::task::spawn_blocking(move || plugins.plan(&plugin, &config, total)).await?
+            };
+            match plan {
+                Ok(sizes) => {
+                    assign_batches(&mut tx, job_id, &sizes).await?;
+                    set_status(&mut tx, job_id, "scheduled", "running", None).await?;
+                    tracing::info!(%job_id, batches = sizes.len(), devices = total, "job started");
+                }
+                Err(error) => {
+                    let reason = format!("the rollout could not be planned: {error}");
+                    cancel_executions(&mut tx, job_id, &reason).await?;
+                    set_status(&mut tx, job_id, "scheduled", "failed", Some(&reason)).await?;
+                    tracing::warn!(%job_id, %reason, "job failed to start");
+                }
+            }
+            tx.commit().await?;
+            started += 1;
+            self.evaluate_wakeup.notify_one();
+        }
+    }
+
+    /// Evaluates running jobs whose evaluation is due.
+    pub async fn evaluate_due_jobs(&self) -> anyhow::Result<()> {
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let due: Option<RunningJob> = sqlx::query_as(
+                "SELECT id, rollout_plugin, rollout_config, started_at FROM jobs
+                 WHERE status = 'running' AND next_evaluation_at <= now()
+                 ORDER BY next_evaluation_at, id
+                 LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(RunningJob {
+                id: job_id,
+                rollout_plugin: plugin,
+                rollout_config: config,
+                started_at,
+            }) = due
+            else {
+                return Ok(());
+            };
+            let snapshot = snapshot(&mut tx, job_id, started_at.unwrap_or_else(Utc::now)).await?;
+            let decision = {
+                let plugins = self.plugins.clone();
+                let config = config.0.to_string();
+                let snapshot = snapshot.clone();
+                tokio::task::spawn_blocking(move || plugins.evaluate(&plugin, &config, &snapshot))
+                    .await?
+            };
+            let decision = match decision {
+                Ok(decision) => decision,
+                Err(error) => Decision::Pause(format!("the rollout plugin failed: {error}")),
+            };
+            self.act(&mut tx, job_id, &snapshot, decision).await?;
+            tx.commit().await?;
+        }
+    }
+
+    async fn act(
+        &self,
+        tx: &mut PgConnection,
+        job_id: Uuid,
+        snapshot: &Snapshot,
+        decision: Decision,
+    ) -> anyhow::Result<()> {
+        let decision_json = match &decision {
+            Decision::StartNextBatch => json!({ "decision": "start-next-batch" }),
+            Decision::Wait(ms) => json!({ "decision": "wait", "ms": ms }),
+            Decision::Pause(r) => json!({ "decision": "pause", "reason": r }),
+            Decision::Abort(r) => json!({ "decision": "abort", "reason": r }),
+            Decision::Complete => json!({ "decision": "complete" }),
+        };
+        match decision {
+            Decision::StartNextBatch => {
+                let next = snapshot
+                    .batches
+                    .iter()
+                    .find(|b| b.started_at.is_none())
+                    .map(|b| b.group as i32);
+                match next {
+                    Some(group) => {
+                        sqlx::query("UPDATE job_batches SET started_at = now() WHERE job_id = $1 AND batch_group = $2")
+                            .bind(job_id)
+                            .bind(group)
+                            .execute(&mut *tx)
+                            .await?;
+                        outbox::enqueue(
+                            tx,
+                            outbox::Event {
+                                aggregate_type: "job",
+                                aggregate_id: &job_id.to_string(),
+                                event_type: "job.batch.started",
+                                payload: json!({ "job_id": job_id, "batch_group": group }),
+                            },
+                        )
+                        .await?;
+                        next_evaluation(tx, job_id, Duration::from_millis(200)).await?;
+                        self.dispatch_wakeup.notify_waiters();
+                        tracing::info!(%job_id, batch_group = group, "batch released");
+                    }
+                    None => next_evaluation(tx, job_id, Duration::from_secs(5)).await?,
+                }
+            }
+            Decision::Wait(ms) => {
+                next_evaluation(tx, job_id, Duration::from_millis(ms.clamp(100, 3_600_000)))
+                    .await?;
+            }
+            Decision::Pause(reason) => {
+                set_status(tx, job_id, "running", "paused", Some(&reason)).await?;
+                tracing::info!(%job_id, %reason, "rollout paused the job");
+            }
+            Decision::Abort(reason) => {
+                cancel_executions(tx, job_id, &format!("rollout aborted: {reason}")).await?;
+                set_status(tx, job_id, "running", "failed", Some(&reason)).await?;
+                tracing::warn!(%job_id, %reason, "rollout aborted the job");
+            }
+            Decision::Complete => {
+                let unfinished: u32 = snapshot
+                    .batches
+                    .iter()
+                    .map(|b| b.pending + b.in_flight)
+                    .sum();
+                if unfinished > 0 {
+                    // A plugin may not complete a job with devices still updating.
+                    next_evaluation(tx, job_id, Duration::from_secs(1)).await?;
+                } else {
+                    let done: u32 = snapshot.batches.iter().map(|b| b.succeeded).sum();
+                    let failed: u32 = snapshot
+                        .batches
+                        .iter()
+                        .map(|b| b.failed + b.timed_out)
+                        .sum();
+                    let reason = format!("{done} updated, {failed} failed");
+                    set_status(tx, job_id, "running", "completed", Some(&reason)).await?;
+                    tracing::info!(%job_id, done, failed, "job completed");
+                }
+            }
+        }
+        outbox::enqueue(
+            tx,
+            outbox::Event {
+                aggregate_type: "job",
+                aggregate_id: &job_id.to_string(),
+                event_type: "job.rollout.decision",
+                payload: json!({ "job_id": job_id, "decision": decision_json }),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Times out executions whose device has been silent past the job's
+    /// device timeout; re-queues them while retries are left.
+    pub async fn sweep_timeouts(&self) -> anyhow::Result<u64> {
+        let changed: Vec<(Uuid, String)> = sqlx::query_as(
+            "WITH old AS (
+                 SELECT e.id, e.status, e.attempts, j.max_retries FROM executions e JOIN jobs j ON j.id = e.job_id
+                 WHERE e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')
+                   AND e.dispatched_at < now() - make_interval(secs => j.device_timeout_secs)
+                 ORDER BY e.dispatched_at LIMIT 1000
+                 FOR UPDATE OF e SKIP LOCKED
+             ), changed AS (
+                 UPDATE executions e
+                 SET status = CASE WHEN old.attempts <= old.max_retries THEN 'queued' ELSE 'timed_out' END,
+                     last_error = 'the device did not finish in time',
+                     finished_at = CASE WHEN old.attempts <= old.max_retries THEN NULL ELSE now() END,
+                     updated_at = now(), version = e.version + 1
+                 FROM old WHERE e.id = old.id
+                 RETURNING e.id, e.job_id, e.device_id, old.status AS previous, e.status AS current
+             ), logged AS (
+                 INSERT INTO execution_status_log (execution_id, status, message)
+                 SELECT id, current, 'the device did not finish in time' FROM changed
+             ), events AS (
+                 INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+                 SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                        jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
+                                           'from', previous, 'to', current, 'reason', 'timeout')
+                 FROM changed
+             )
+             SELECT job_id, current FROM changed",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let timed_out = changed.iter().filter(|(_, s)| s == "timed_out").count() as u64;
+        self.metrics
+            .update_errors_total
+            .with_label_values(&["timeout"])
+            .inc_by(timed_out);
+        let jobs: Vec<Uuid> = changed.iter().map(|(j, _)| *j).collect();
+        touch_jobs(&self.pool, &jobs).await?;
+        self.dispatch_wakeup.notify_waiters();
+        Ok(changed.len() as u64)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RunningJob {
+    id: Uuid,
+    rollout_plugin: String,
+    rollout_config: sqlx::types::Json<serde_json::Value>,
+    started_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct BatchRow {
+    batch_group: i32,
+    size: i32,
+    started_at: Option<DateTime<Utc>>,
+    pending: i64,
+    in_flight: i64,
+    done: i64,
+    error: i64,
+    timed_out: i64,
+    cancelled: i64,
+}
+
+/// Fills batch groups with the job's queued executions in a stable
+/// pseudo-random order, and records the groups.
+async fn assign_batches(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    sizes: &[u32],
+) -> Result<(), sqlx::Error> {
+    let mut bounds = Vec::with_capacity(sizes.len());
+    let mut sum: i64 = 0;
+    for size in sizes {
+        sum += i64::from(*size);
+        bounds.push(sum);
+    }
+    sqlx::query(
+        "WITH ordered AS (
+             SELECT id, row_number() OVER (ORDER BY md5($1::text || device_id), id) AS rn
+             FROM executions WHERE job_id = $1 AND status = 'queued'
+         )
+         UPDATE executions e
+         SET batch_group = (SELECT count(*) FROM unnest($2::bigint[]) AS b(bound) WHERE b.bound < ordered.rn)
+         FROM ordered WHERE e.id = ordered.id",
+    )
+    .bind(job_id)
+    .bind(&bounds)
+    .execute(&mut *tx)
+    .await?;
+    let groups: Vec<i32> = (0..sizes.len() as i32).collect();
+    let sizes: Vec<i32> = sizes.iter().map(|s| *s as i32).collect();
+    sqlx::query(
+        "INSERT INTO job_batches (job_id, batch_group, size)
+         SELECT $1, g, s FROM unnest($2::int[], $3::int[]) AS t(g, s)",
+    )
+    .bind(job_id)
+    .bind(&groups)
+    .bind(&sizes)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves a job between statuses under its version, with its event.
+async fn set_status(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    from: &str,
+    to: &str,
+    reason: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET status = $3, status_reason = coalesce($4, status_reason), version = version + 1,
+                updated_at = now(),
+                started_at = CASE WHEN $3 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() ELSE finished_at END,
+                next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(job_id)
+    .bind(from)
+    .bind(to)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    outbox::enqueue(
+        tx,
+        outbox::Event {
+            aggregate_type: "job",
+            aggregate_id: &job_id.to_string(),
+            event_type: "job.status.changed",
+            payload: json!({ "job_id": job_id, "from": from, "to": to, "reason": reason }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn next_evaluation(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    after: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET next_evaluation_at = now() + make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(after.as_secs_f64())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Asks for a prompt evaluation of running jobs whose executions changed.
+pub async fn touch_jobs<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    jobs: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET next_evaluation_at = now()
+         WHERE id = ANY($1) AND status = 'running' AND next_evaluation_at > now()",
+    )
+    .bind(jobs)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// The state of a job's batches for the rollout plugin.
+async fn snapshot(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    started_at: DateTime<Utc>,
+) -> Result<Snapshot, sqlx::Error> {
+    let rows: Vec<BatchRow> = sqlx::query_as(
+        "SELECT b.batch_group, b.size, b.started_at,
+                count(*) FILTER (WHERE e.status = 'queued') AS pending,
+                count(*) FILTER (WHERE e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')) AS in_flight,
+                count(*) FILTER (WHERE e.status = 'done') AS done,
+                count(*) FILTER (WHERE e.status = 'error') AS error,
+                count(*) FILTER (WHERE e.status = 'timed_out') AS timed_out,
+                count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled
+         FROM job_batches b LEFT JOIN executions e ON e.job_id = b.job_id AND e.batch_group = b.batch_group
+         WHERE b.job_id = $1 GROUP BY b.batch_group, b.size, b.started_at ORDER BY b.batch_group",
+    )
+    .bind(job_id)
+    .fetch_all(tx)
+    .await?;
+    let ms = |t: DateTime<Utc>| t.timestamp_millis().max(0) as u64;
+    Ok(Snapshot {
+        now: ms(Utc::now()),
+        job_started_at: ms(started_at),
+        batches: rows
+            .into_iter()
+            .map(|r| BatchCounts {
+                group: r.batch_group as u32,
+                total: r.size as u32,
+                pending: r.pending as u32,
+                in_flight: r.in_flight as u32,
+                succeeded: r.done as u32,
+                failed: r.error as u32,
+                timed_out: r.timed_out as u32,
+                cancelled: r.cancelled as u32,
+                started_at: r.started_at.map(ms),
+            })
+            .collect(),
+    })
+}

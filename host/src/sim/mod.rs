@@ -1,0 +1,509 @@
+//! `rollway sim`: a simulated fleet. It registers its devices through the
+//! API (Jetson gateways with STM32s behind them on a simulated CAN bus, and
+//! ESP32s on their own), listens for commands over MQTT, checks each signed
+//! manifest, downloads the firmware (resuming with `Range` after an injected
+//! interruption), verifies digest and size, and reports `init`,
+//! `downloading`, `flashing`, `rebooting`, then `done` or `error`. Faults on
+//! demand: failures, duplicate and out-of-order statuses, latency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use ed25519_dalek::{Signature, VerifyingKey};
+use rand::Rng as _;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::manifest::Manifest;
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub api: String,
+    pub token: String,
+    pub mqtt_url: String,
+    pub devices: u32,
+    pub families: Vec<String>,
+    /// Share of updates that fail.
+    pub fail_rate: f64,
+    /// Share of statuses sent twice.
+    pub duplicates: f64,
+    /// Share of updates that also send a stale, backward status.
+    pub out_of_order: f64,
+    /// Share of downloads interrupted half-way and resumed with `Range`.
+    pub interruptions: f64,
+    /// Delay between a device's statuses.
+    pub step: Duration,
+    pub topic_prefix: String,
+    /// Prefix of the simulated device ids.
+    pub id_prefix: String,
+}
+
+/// A device's final state as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceTruth {
+    /// `done`, `error`, or `idle` when no update was asked.
+    pub state: String,
+    pub version: Option<String>,
+    pub reason: Option<String>,
+    pub commands: u32,
+}
+
+#[derive(Clone, Default)]
+pub struct Truth(Arc<Mutex<BTreeMap<String, DeviceTruth>>>);
+
+impl Truth {
+    pub fn snapshot(&self) -> BTreeMap<String, DeviceTruth> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, device: &str, f: impl FnOnce(&mut DeviceTruth)) {
+        if let Ok(mut map) = self.0.lock()
+            && let Some(entry) = map.get_mut(device)
+        {
+            f(entry);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SimDevice {
+    id: String,
+    family: String,
+    gateway: Option<String>,
+}
+
+/// The registered fleet and its running loop.
+pub struct Simulator {
+    pub device_ids: Vec<String>,
+    pub truth: Truth,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Simulator {
+    /// Registers the fleet and connects it. Returns once subscribed.
+    pub async fn start(options: SimOptions) -> anyhow::Result<Self> {
+        let http = reqwest::Client::new();
+        let devices = fleet(&options);
+        register(&http, &options, &devices).await?;
+        let keys = fetch_keys(&http, &options.api).await?;
+        let truth = Truth::default();
+        if let Ok(mut map) = truth.0.lock() {
+            for d in &devices {
+                map.insert(
+                    d.id.clone(),
+                    DeviceTruth {
+                        state: "idle".into(),
+                        version: None,
+                        reason: None,
+                        commands: 0,
+                    },
+                );
+            }
+        }
+        let by_id: HashMap<String, SimDevice> =
+            devices.iter().map(|d| (d.id.clone(), d.clone())).collect();
+        let client_id = format!("rollway-sim-{}", uuid::Uuid::new_v4().simple());
+        let mut mqtt = MqttOptions::parse_url(format!(
+            "{}{}client_id={client_id}",
+            options.mqtt_url,
+            if options.mqtt_url.contains('?') {
+                "&"
+            } else {
+                "?"
+            }
+        ))
+        .map_err(|e| anyhow::anyhow!("--mqtt: {e}"))?;
+        mqtt.set_keep_alive(Duration::from_secs(15))
+            .set_inflight(1000)
+            .set_request_channel_capacity(100_000);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 100_000);
+        let topic = format!("{}/+/update/command", options.topic_prefix);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            options: options.clone(),
+            http,
+            keys,
+            client: client.clone(),
+            truth: truth.clone(),
+            devices: by_id,
+        });
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                let event = tokio::select! {
+                    event = eventloop.poll() => event,
+                    () = token.cancelled() => break,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move { shared.handle_command(&publish.payload).await });
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "simulator: MQTT connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), ready_rx)
+            .await
+            .context("the simulator could not subscribe to its command topic")??;
+        Ok(Self {
+            device_ids: devices.into_iter().map(|d| d.id).collect(),
+            truth,
+            stop,
+            task,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The fleet: Jetsons are gateways for the STM32s; ESP32s stand alone.
+fn fleet(options: &SimOptions) -> Vec<SimDevice> {
+    let families: Vec<&str> = options.families.iter().map(String::as_str).collect();
+    let mut devices: Vec<SimDevice> = (0..options.devices as usize)
+        .map(|i| {
+            let family = families[i % families.len()];
+            SimDevice {
+                id: format!("{}{}-{i:06}", options.id_prefix, family.to_uppercase()),
+                family: family.to_owned(),
+                gateway: None,
+            }
+        })
+        .collect();
+    let gateways: Vec<String> = devices
+        .iter()
+        .filter(|d| d.family == "jetson")
+        .map(|d| d.id.clone())
+        .collect();
+    if !gateways.is_empty() {
+        for (k, d) in devices
+            .iter_mut()
+            .filter(|d| d.family == "stm32")
+            .enumerate()
+        {
+            d.gateway = Some(gateways[k % gateways.len()].clone());
+        }
+    }
+    devices
+}
+
+fn model(family: &str) -> &'static str {
+    match family {
+        "esp32" => "esp32s3",
+        "stm32" => "stm32f407",
+        "jetson" => "jetson-orin-nx",
+        _ => "generic",
+    }
+}
+
+async fn register(
+    http: &reqwest::Client,
+    options: &SimOptions,
+    devices: &[SimDevice],
+) -> anyhow::Result<()> {
+    // Gateways first, then the rest, in chunks the API accepts.
+    let mut ordered: Vec<&SimDevice> = devices.iter().filter(|d| d.family == "jetson").collect();
+    ordered.extend(devices.iter().filter(|d| d.family != "jetson"));
+    for chunk in ordered.chunks(5000) {
+        let body: Vec<Value> = chunk
+            .iter()
+            .map(|d| json!({ "id": d.id, "family": d.family, "model": model(&d.family), "gateway_id": d.gateway, "tags": { "fleet": "simulated" } }))
+            .collect();
+        let response = http
+            .post(format!(
+                "{}/api/v1/devices",
+                options.api.trim_end_matches('/')
+            ))
+            .bearer_auth(&options.token)
+            .json(&body)
+            .send()
+            .await
+            .context("registering simulated devices")?;
+        if !response.status().is_success() {
+            bail!(
+                "registering simulated devices: {} {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn fetch_keys(
+    http: &reqwest::Client,
+    api: &str,
+) -> anyhow::Result<HashMap<String, VerifyingKey>> {
+    let body: Value = http
+        .get(format!("{}/api/v1/signing-keys", api.trim_end_matches('/')))
+        .send()
+        .await
+        .context("fetching signing keys")?
+        .json()
+        .await?;
+    let mut keys = HashMap::new();
+    for key in body["keys"].as_array().into_iter().flatten() {
+        let (Some(id), Some(public)) = (key["id"].as_str(), key["public_key"].as_str()) else {
+            continue;
+        };
+        let raw = base64::engine::general_purpose::STANDARD.decode(public)?;
+        let raw: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("key {id} is not 32 bytes"))?;
+        keys.insert(id.to_owned(), VerifyingKey::from_bytes(&raw)?);
+    }
+    Ok(keys)
+}
+
+struct Shared {
+    options: SimOptions,
+    http: reqwest::Client,
+    keys: HashMap<String, VerifyingKey>,
+    client: AsyncClient,
+    truth: Truth,
+    devices: HashMap<String, SimDevice>,
+}
+
+impl Shared {
+    async fn handle_command(&self, payload: &[u8]) {
+        let Ok(command) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        let Some(device_id) = command["device_id"].as_str() else {
+            return;
+        };
+        let Some(device) = self.devices.get(device_id).cloned() else {
+            return;
+        };
+        self.truth.update(&device.id, |t| t.commands += 1);
+        let execution_id = command["execution_id"].as_u64();
+        let mut reporter = Reporter {
+            shared: self,
+            device: &device,
+            execution_id,
+            sequence: 0,
+        };
+        match self.update(&device, &command, &mut reporter).await {
+            Ok(version) => {
+                reporter.send("done", None, None).await;
+                self.truth.update(&device.id, |t| {
+                    t.state = "done".into();
+                    t.version = Some(version);
+                    t.reason = None;
+                });
+            }
+            Err(reason) => {
+                reporter.send("error", None, Some(&reason)).await;
+                self.truth.update(&device.id, |t| {
+                    t.state = "error".into();
+                    t.reason = Some(reason);
+                });
+            }
+        }
+    }
+
+    /// The device's side of an update; returns the installed version.
+    async fn update(
+        &self,
+        device: &SimDevice,
+        command: &Value,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<String, String> {
+        let manifest = self.verify(device, command)?;
+        reporter.send("init", None, None).await;
+        let url = command["firmware"]["url"]
+            .as_str()
+            .ok_or("the command has no download URL")?;
+        let interrupted = rand::rng().random_bool(self.options.interruptions.clamp(0.0, 1.0));
+        let bytes = self
+            .download(url, manifest.size as u64, interrupted, reporter)
+            .await?;
+        if bytes.len() as i64 != manifest.size {
+            return Err(format!(
+                "downloaded {} bytes, the manifest says {}",
+                bytes.len(),
+                manifest.size
+            ));
+        }
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if digest != manifest.sha256 {
+            return Err(format!("digest mismatch: got {digest}"));
+        }
+        if rand::rng().random_bool(self.options.fail_rate.clamp(0.0, 1.0)) {
+            reporter.send("flashing", None, None).await;
+            return Err("flash verification failed (simulated)".into());
+        }
+        reporter.send("flashing", None, None).await;
+        if rand::rng().random_bool(self.options.out_of_order.clamp(0.0, 1.0)) {
+            // A stale status arriving late: the host must refuse to go back.
+            reporter.send("downloading", Some(100), None).await;
+        }
+        reporter.send("rebooting", None, None).await;
+        Ok(manifest.version)
+    }
+
+    fn verify(&self, device: &SimDevice, command: &Value) -> Result<Manifest, String> {
+        let text = command["manifest"]
+            .as_str()
+            .ok_or("the command has no manifest")?;
+        let key_id = command["key_id"].as_str().unwrap_or_default();
+        let key = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| format!("manifest signed with unknown key '{key_id}'"))?;
+        let signature = command["signature"]
+            .as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|raw| <[u8; 64]>::try_from(raw.as_slice()).ok())
+            .ok_or("the manifest signature is malformed")?;
+        key.verify_strict(text.as_bytes(), &Signature::from_bytes(&signature))
+            .map_err(|_| "manifest signature rejected".to_owned())?;
+        let manifest: Manifest =
+            serde_json::from_str(text).map_err(|e| format!("manifest unreadable: {e}"))?;
+        if manifest.device_id != device.id {
+            return Err(format!(
+                "manifest is for {}, not {}",
+                manifest.device_id, device.id
+            ));
+        }
+        if manifest.expires_at < chrono::Utc::now() {
+            return Err("manifest expired".into());
+        }
+        Ok(manifest)
+    }
+
+    async fn download(
+        &self,
+        url: &str,
+        size: u64,
+        interrupted: bool,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<Vec<u8>, String> {
+        // Like a real device, retry a failed request a few times.
+        let get = |range: Option<String>| async move {
+            let mut delay = Duration::from_millis(200);
+            let mut attempt = 0;
+            loop {
+                let mut request = self.http.get(url);
+                if let Some(range) = &range {
+                    request = request.header("range", range.clone());
+                }
+                let result = request.send().await;
+                let retry = match &result {
+                    Ok(r) => r.status().is_server_error(),
+                    Err(_) => true,
+                };
+                attempt += 1;
+                if !retry || attempt >= 4 {
+                    return result;
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        };
+        reporter.send("downloading", Some(0), None).await;
+        let mut bytes = Vec::with_capacity(size as usize);
+        if interrupted && size > 1 {
+            // The connection drops half-way; the device resumes from there.
+            let half = size / 2;
+            let first = get(Some(format!("bytes=0-{}", half - 1)))
+                .await
+                .map_err(|e| format!("download failed: {e}"))?;
+            if first.status().as_u16() != 206 {
+                return Err(format!("resumable download refused: {}", first.status()));
+            }
+            bytes.extend_from_slice(&first.bytes().await.map_err(|e| e.to_string())?);
+            reporter.send("downloading", Some(50), None).await;
+            let rest = get(Some(format!("bytes={}-", bytes.len())))
+                .await
+                .map_err(|e| format!("download failed: {e}"))?;
+            if rest.status().as_u16() != 206 {
+                return Err(format!("resuming the download failed: {}", rest.status()));
+            }
+            bytes.extend_from_slice(&rest.bytes().await.map_err(|e| e.to_string())?);
+        } else {
+            let whole = get(None)
+                .await
+                .map_err(|e| format!("download failed: {e}"))?;
+            if !whole.status().is_success() {
+                return Err(format!("download failed: {}", whole.status()));
+            }
+            let body = whole.bytes().await.map_err(|e| e.to_string())?;
+            if body.len() as u64 > size {
+                return Err(format!("download exceeds the manifest's {size} bytes"));
+            }
+            bytes.extend_from_slice(&body);
+        }
+        reporter.send("downloading", Some(100), None).await;
+        Ok(bytes)
+    }
+}
+
+/// Sends one device's statuses, as the device or through its gateway.
+struct Reporter<'a> {
+    shared: &'a Shared,
+    device: &'a SimDevice,
+    execution_id: Option<u64>,
+    sequence: u32,
+}
+
+impl Reporter<'_> {
+    async fn send(&mut self, state: &str, progress: Option<u8>, error: Option<&str>) {
+        self.sequence += 1;
+        let options = &self.shared.options;
+        if !options.step.is_zero() {
+            tokio::time::sleep(options.step).await;
+        }
+        let via = self.device.gateway.as_deref().unwrap_or(&self.device.id);
+        let topic = format!("{}/{via}/update/status", options.topic_prefix);
+        let message = json!({
+            "message_id": format!("{}-{}-{}", self.execution_id.unwrap_or(0), self.sequence, state),
+            "device_id": self.device.id,
+            "state": state,
+            "progress": progress,
+            "error": error,
+            "execution_id": self.execution_id,
+            "ts": chrono::Utc::now().timestamp_millis(),
+        });
+        let payload = serde_json::to_vec(&message).unwrap_or_default();
+        let times = if rand::rng().random_bool(options.duplicates.clamp(0.0, 1.0)) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..times {
+            if let Err(error) = self
+                .shared
+                .client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                .await
+            {
+                tracing::warn!(%error, "simulator: publishing a status");
+            }
+        }
+    }
+}

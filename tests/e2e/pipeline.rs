@@ -1,0 +1,363 @@
+//! The update pipeline end to end: jobs start, roll out batch by batch to a
+//! simulated fleet over the real MQTT broker, and statuses come back and are
+//! applied exactly once in effect.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use rollway::sim::{SimOptions, Simulator};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, metric, spawn_app_with};
+use crate::images;
+
+fn mqtt_url() -> String {
+    std::env::var("MQTT_URL").expect("MQTT_URL is not set; run the tests through scripts/test.sh")
+}
+
+/// A host with MQTT on a topic prefix of its own.
+async fn spawn_pipeline() -> (TestApp, String) {
+    let prefix = format!("t{}", Uuid::new_v4().simple());
+    let topic_prefix = prefix.clone();
+    let app = spawn_app_with(move |s| {
+        s.mqtt_url = Some(mqtt_url().into());
+        s.topic_prefix = topic_prefix;
+    })
+    .await;
+    (app, prefix)
+}
+
+fn sim_options(app: &TestApp, prefix: &str, devices: u32, families: &[&str]) -> SimOptions {
+    SimOptions {
+        api: app.base.clone(),
+        token: app.admin_token.clone(),
+        mqtt_url: mqtt_url(),
+        devices,
+        families: families.iter().map(|f| (*f).to_owned()).collect(),
+        fail_rate: 0.0,
+        duplicates: 0.0,
+        out_of_order: 0.0,
+        interruptions: 0.2,
+        step: Duration::ZERO,
+        topic_prefix: prefix.to_owned(),
+        id_prefix: "SIM-".into(),
+    }
+}
+
+async fn create_job(app: &TestApp, firmware: &Value, rollout: Value) -> String {
+    let response = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({ "firmware_id": firmware["id"], "targets": { "filter": { "tags": { "fleet": "simulated" } } }, "rollout": rollout }),
+        )
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// Polls a job until it reaches one of `statuses`.
+async fn wait_for(app: &TestApp, job: &str, statuses: &[&str], timeout: Duration) -> Value {
+    let started = Instant::now();
+    loop {
+        let view: Value = app
+            .get(&format!("/api/v1/jobs/{job}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if statuses.contains(&view["status"].as_str().unwrap_or_default()) {
+            return view;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "job {job} still {} after {timeout:?}: {view}",
+            view["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_devices_update_batch_by_batch() {
+    let (app, prefix) = spawn_pipeline().await;
+    let mut options = sim_options(&app, &prefix, 1000, &["esp32", "stm32", "jetson"]);
+    options.duplicates = 0.1;
+    options.out_of_order = 0.1;
+    let sim = Simulator::start(options).await.unwrap();
+
+    let esp = app.upload_esp32("2.0.0").await;
+    let stm = app.upload("stm32", "2.0.0", images::stm32(4096, 11)).await;
+    let jet = app
+        .upload("jetson", "2.0.0", images::jetson("jetson-orin-nx", "2.0.0"))
+        .await;
+    let rollout = json!({ "plugin": "rollout-percent", "config": { "batches": [10, 50, 100], "success_threshold": 90 } });
+    let mut jobs = Vec::new();
+    for firmware in [&esp, &stm, &jet] {
+        jobs.push(create_job(&app, firmware, rollout.clone()).await);
+    }
+    for job in &jobs {
+        let view = wait_for(
+            &app,
+            job,
+            &["completed", "failed", "paused", "cancelled"],
+            Duration::from_secs(180),
+        )
+        .await;
+        assert_eq!(view["status"], "completed", "{view}");
+        let total = view["total"].as_i64().unwrap();
+        assert!(total >= 333, "{view}");
+        assert_eq!(view["counts"]["done"], total, "{view}");
+        let batches = view["batches"].as_array().unwrap();
+        assert_eq!(batches.len(), 3, "{view}");
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(batch["batch_group"], i as i64);
+        }
+        // Each batch was released only after the one before met its threshold.
+        let released: Vec<(i32, chrono::DateTime<chrono::Utc>, i32)> = sqlx::query_as(
+            "SELECT batch_group, started_at, size FROM job_batches WHERE job_id = $1::uuid ORDER BY batch_group",
+        )
+        .bind(job)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        for pair in released.windows(2) {
+            let (previous, next) = (&pair[0], &pair[1]);
+            assert!(next.1 >= previous.1, "batches released out of order");
+            let done_before: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM executions WHERE job_id = $1::uuid AND batch_group = $2 AND status = 'done' AND finished_at <= $3",
+            )
+            .bind(job)
+            .bind(previous.0)
+            .bind(next.1)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            assert!(
+                done_before * 100 >= i64::from(previous.2) * 90,
+                "batch {} released after {done_before} of {} done",
+                next.0,
+                previous.2
+            );
+        }
+    }
+    // The server's view equals the devices' own.
+    let truth = sim.truth.snapshot();
+    assert_eq!(truth.len(), 1000);
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.device_id, e.status, d.firmware_version FROM executions e JOIN devices d ON d.id = e.device_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1000);
+    for (device, status, version) in rows {
+        let t = &truth[&device];
+        assert_eq!(
+            (t.state.as_str(), status.as_str()),
+            ("done", "done"),
+            "{device}"
+        );
+        assert_eq!(version.as_deref(), Some("2.0.0"), "{device}");
+        assert_eq!(t.commands, 1, "{device} got more than one command");
+    }
+    // Duplicates were ignored, stale statuses refused, nothing else lost.
+    assert!(metric(&app, "status_messages_total", &[("result", "duplicate")]).await > 0.0);
+    assert!(metric(&app, "status_messages_total", &[("result", "rejected")]).await > 0.0);
+    assert_eq!(metric(&app, "update_requests_total", &[]).await, 1000.0);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE event_type = 'execution.status.changed' AND payload->>'to' = 'done'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1000);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_failures_abort_the_rollout() {
+    let (app, prefix) = spawn_pipeline().await;
+    let mut options = sim_options(&app, &prefix, 100, &["esp32"]);
+    options.fail_rate = 0.6;
+    let sim = Simulator::start(options).await.unwrap();
+    let fw = app.upload_esp32("3.0.0").await;
+    let job = create_job(&app, &fw, json!({ "plugin": "rollout-percent", "config": { "batches": [20, 100], "failure_threshold": 10 } })).await;
+    let view = wait_for(
+        &app,
+        &job,
+        &["completed", "failed", "paused"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert!(
+        view["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("above the 10% threshold"),
+        "{view}"
+    );
+    // The second batch was never dispatched, and nothing more goes out.
+    let second = &view["batches"][1];
+    assert_eq!(second["counts"]["cancelled"], second["total"], "{view}");
+    let dispatched_later: i64 = sqlx::query_scalar("SELECT count(*) FROM executions WHERE job_id = $1::uuid AND batch_group = 1 AND attempts > 0")
+        .bind(&job)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dispatched_later, 0);
+    let sent = metric(&app, "update_requests_total", &[]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metric(&app, "update_requests_total", &[]).await, sent);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn pause_resume_and_cancel_mid_rollout() {
+    let (app, prefix) = spawn_pipeline().await;
+    let mut options = sim_options(&app, &prefix, 60, &["esp32"]);
+    options.step = Duration::from_millis(30);
+    let sim = Simulator::start(options).await.unwrap();
+    let fw = app.upload_esp32("4.0.0").await;
+    let job = create_job(&app, &fw, json!({ "plugin": "rollout-percent", "config": { "batches": [10, 50, 100], "success_threshold": 100, "min_soak_secs": 1 } })).await;
+    wait_for(&app, &job, &["running"], Duration::from_secs(20)).await;
+    let paused: Value = app.act(&format!("/api/v1/jobs/{job}/pause")).await;
+    assert_eq!(paused["status"], "paused", "{paused}");
+    // While paused, no new command goes out.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = metric(&app, "update_requests_total", &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(metric(&app, "update_requests_total", &[]).await, sent);
+    assert!(sent < 60.0);
+    let resumed: Value = app.act(&format!("/api/v1/jobs/{job}/resume")).await;
+    assert_eq!(resumed["status"], "running");
+    let done = wait_for(&app, &job, &["completed"], Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["done"], 60, "{done}");
+
+    // A second job is cancelled while its first batch runs.
+    let fw2 = app.upload_esp32("4.0.1").await;
+    let job2 = create_job(&app, &fw2, json!({ "plugin": "rollout-percent", "config": { "batches": [50, 100], "success_threshold": 100, "min_soak_secs": 30 } })).await;
+    wait_for(&app, &job2, &["running"], Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled: Value = app.act(&format!("/api/v1/jobs/{job2}/cancel")).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let view: Value = app
+        .get(&format!("/api/v1/jobs/{job2}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "cancelled");
+    let second = &view["batches"][1];
+    assert_eq!(second["counts"]["cancelled"], second["total"], "{view}");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn spoofed_and_malformed_statuses_change_nothing() {
+    let (app, prefix) = spawn_pipeline().await;
+    app.register(json!([{ "id": "VIN-A", "family": "esp32", "model": "esp32s3" }, { "id": "VIN-B", "family": "esp32", "model": "esp32s3" }])).await;
+    let fw = app.upload_esp32("5.0.0").await;
+    let job = app
+        .post_json("/api/v1/jobs", &json!({ "firmware_id": fw["id"], "targets": { "devices": ["VIN-A", "VIN-B"] }, "rollout": { "plugin": "rollout-percent", "config": { "batches": [100] } } }))
+        .await;
+    let job: Value = job.json().await.unwrap();
+    let job = job["id"].as_str().unwrap().to_owned();
+    // No simulator: the executions stay dispatched, waiting for statuses.
+    let started = Instant::now();
+    loop {
+        let view: Value = app
+            .get(&format!("/api/v1/jobs/{job}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if view["counts"]["dispatched"] == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let mut options = MqttOptions::new(
+        format!("attacker-{}", Uuid::new_v4().simple()),
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(1883),
+    );
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let send = |device: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let topic = format!("{prefix}/{device}/update/status");
+        async move {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, body)
+                .await
+                .unwrap()
+        }
+    };
+    // VIN-A claims VIN-B is done; garbage; an unknown device; an oversized payload.
+    send(
+        "VIN-A",
+        br#"{"message_id":"x1","state":"done","device_id":"VIN-B"}"#.to_vec(),
+    )
+    .await;
+    send("VIN-A", b"{not json".to_vec()).await;
+    send("GHOST", br#"{"message_id":"x2","state":"done"}"#.to_vec()).await;
+    send("VIN-A", vec![b' '; 70 * 1024]).await;
+    // A legitimate status, twice, then a backward one.
+    send(
+        "VIN-A",
+        br#"{"message_id":"a1","state":"flashing"}"#.to_vec(),
+    )
+    .await;
+    send(
+        "VIN-A",
+        br#"{"message_id":"a1","state":"flashing"}"#.to_vec(),
+    )
+    .await;
+    send(
+        "VIN-A",
+        br#"{"message_id":"a2","state":"downloading","progress":5}"#.to_vec(),
+    )
+    .await;
+    let started = Instant::now();
+    while metric(&app, "status_messages_total", &[]).await < 7.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "statuses not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (result, n) in [
+        ("spoofed", 1.0),
+        ("malformed", 1.0),
+        ("unknown_device", 1.0),
+        ("oversized", 1.0),
+        ("applied", 1.0),
+        ("duplicate", 1.0),
+        ("rejected", 1.0),
+    ] {
+        assert_eq!(
+            metric(&app, "status_messages_total", &[("result", result)]).await,
+            n,
+            "{result}"
+        );
+    }
+    let states: Vec<(String, String)> =
+        sqlx::query_as("SELECT device_id, status FROM executions ORDER BY device_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        states,
+        [
+            ("VIN-A".to_owned(), "flashing".to_owned()),
+            ("VIN-B".to_owned(), "dispatched".to_owned())
+        ]
+    );
+}
