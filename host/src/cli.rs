@@ -81,6 +81,12 @@ struct SimArgs {
     /// Share of downloads interrupted and resumed, 0 to 1.
     #[arg(long, default_value_t = 0.2)]
     interruptions: f64,
+    /// Share of devices that go silent on their first command, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    silent: f64,
+    /// Share of devices whose first attempt fails, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    fail_first: f64,
     /// Milliseconds between a device's statuses.
     #[arg(long, default_value_t = 50)]
     step_ms: u64,
@@ -240,6 +246,8 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         duplicates: args.duplicates,
         out_of_order: args.out_of_order,
         interruptions: args.interruptions,
+        silent: args.silent,
+        fail_first: args.fail_first,
         step: std::time::Duration::from_millis(args.step_ms),
         topic_prefix: settings.topic_prefix.clone(),
         id_prefix: args.id_prefix,

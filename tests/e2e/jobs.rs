@@ -3,6 +3,22 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_problem, spawn_app};
 
+async fn wait_until_running(app: &TestApp, id: &str) -> Value {
+    for _ in 0..100 {
+        let view: Value = app
+            .get(&format!("/api/v1/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if view["status"] == "running" {
+            return view;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("job {id} did not start");
+}
+
 /// A fleet of 30 ESP32s (north/south), 10 STM32s behind 2 Jetsons, and
 /// firmware for ESP32; returns the firmware id.
 async fn fleet(app: &TestApp) -> String {
@@ -51,15 +67,21 @@ async fn create_job_by_ids_and_read_its_counts() {
     assert_eq!(job["max_retries"], 2);
 
     let id = job["id"].as_str().unwrap();
-    let read: Value = app
-        .get(&format!("/api/v1/jobs/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    // The scheduler starts the job and plans it: 50% of 3, then the rest.
+    let read = wait_until_running(&app, id).await;
     assert_eq!(read["name"], "brake controller fix");
-    assert_eq!(read["batches"][0]["total"], 3);
-    assert_eq!(read["batches"][0]["batch_group"], Value::Null);
+    let batches: Vec<(i64, i64)> = read["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["batch_group"].as_i64().unwrap(),
+                b["total"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(batches, [(0, 2), (1, 1)]);
 
     let executions: Value = app
         .get(&format!("/api/v1/jobs/{id}/executions?limit=2"))
@@ -123,6 +145,9 @@ async fn create_job_by_filter_emergency_and_scheduled() {
     assert_eq!(later["kind"], "scheduled");
     assert_eq!(later["start_at"], "2030-01-01T03:00:00Z");
 
+    // The emergency job starts at once; the scheduled one waits for its time.
+    let north = wait_until_running(&app, north["id"].as_str().unwrap()).await;
+    assert_eq!(north["kind"], "emergency");
     let listed: Value = app
         .get("/api/v1/jobs?status=scheduled")
         .await
@@ -135,17 +160,14 @@ async fn create_job_by_filter_emergency_and_scheduled() {
         .iter()
         .map(|j| j["id"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        ids,
-        [later["id"].as_str().unwrap(), north["id"].as_str().unwrap()]
-    );
-    let none: Value = app
+    assert_eq!(ids, [later["id"].as_str().unwrap()]);
+    let running: Value = app
         .get("/api/v1/jobs?status=running")
         .await
         .json()
         .await
         .unwrap();
-    assert!(none["items"].as_array().unwrap().is_empty());
+    assert_eq!(running["items"].as_array().unwrap().len(), 1);
     let bad = app.get("/api/v1/jobs?status=exploded").await;
     assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
 }
@@ -275,7 +297,7 @@ async fn the_job_state_machine_is_enforced() {
     let job: Value = app
         .post_json(
             "/api/v1/jobs",
-            &json!({ "firmware_id": firmware, "targets": { "filter": {} } }),
+            &json!({ "firmware_id": firmware, "targets": { "filter": {} }, "start": "2031-01-01T00:00:00Z" }),
         )
         .await
         .json()
@@ -398,17 +420,14 @@ async fn pause_and_resume_a_running_job() {
         .await
         .unwrap();
     let id = job["id"].as_str().unwrap();
-    // The scheduler starts jobs; here the test plays its part in the database.
-    sqlx::query("UPDATE jobs SET status = 'running', started_at = now() WHERE id = $1::uuid")
-        .bind(id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let running = wait_until_running(&app, id).await;
+    let version = running["version"].as_i64().unwrap();
     let paused: Value = app.act(&format!("/api/v1/jobs/{id}/pause")).await;
     assert_eq!(paused["status"], "paused");
+    assert_eq!(paused["status_reason"], "paused by token:bootstrap");
     let resumed: Value = app.act(&format!("/api/v1/jobs/{id}/resume")).await;
     assert_eq!(resumed["status"], "running");
-    assert_eq!(resumed["version"], 2);
+    assert_eq!(resumed["version"], version + 2);
     let unknown = app
         .get(&format!("/api/v1/jobs/{}/executions", uuid::Uuid::new_v4()))
         .await;

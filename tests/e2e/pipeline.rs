@@ -40,6 +40,8 @@ fn sim_options(app: &TestApp, prefix: &str, devices: u32, families: &[&str]) -> 
         duplicates: 0.0,
         out_of_order: 0.0,
         interruptions: 0.2,
+        silent: 0.0,
+        fail_first: 0.0,
         step: Duration::ZERO,
         topic_prefix: prefix.to_owned(),
         id_prefix: "SIM-".into(),
@@ -360,4 +362,70 @@ async fn spoofed_and_malformed_statuses_change_nothing() {
             ("VIN-B".to_owned(), "dispatched".to_owned())
         ]
     );
+}
+
+#[tokio::test]
+async fn silent_devices_time_out_and_failed_attempts_are_retried() {
+    let (app, prefix) = spawn_pipeline().await;
+    let mut options = sim_options(&app, &prefix, 40, &["esp32"]);
+    options.silent = 0.25;
+    options.fail_first = 0.25;
+    let sim = Simulator::start(options).await.unwrap();
+    let fw = app.upload_esp32("6.0.0").await;
+    // One retry: silent devices time out after 2 s and succeed the second time.
+    let job = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({ "firmware_id": fw["id"], "targets": { "filter": {} }, "device_timeout_secs": 2, "max_retries": 1,
+                     "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } }),
+        )
+        .await;
+    let job: Value = job.json().await.unwrap();
+    let job = job["id"].as_str().unwrap().to_owned();
+    let view = wait_for(
+        &app,
+        &job,
+        &["completed", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["counts"]["done"], 40, "{view}");
+    let truth = sim.truth.snapshot();
+    let retried: Vec<&String> = truth
+        .iter()
+        .filter(|(_, t)| t.commands == 2)
+        .map(|(d, _)| d)
+        .collect();
+    assert!(!retried.is_empty(), "no device needed a retry");
+    let attempts: Vec<(String, i32)> = sqlx::query_as("SELECT device_id, attempts FROM executions WHERE job_id = $1::uuid AND attempts > 1 ORDER BY device_id")
+        .bind(&job)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let mut expected: Vec<(String, i32)> = retried.iter().map(|d| ((*d).clone(), 2)).collect();
+    expected.sort();
+    assert_eq!(attempts, expected);
+    assert!(truth.values().all(|t| t.state == "done"));
+
+    // Without retries, silence ends in timed_out (the fleet is gone now).
+    let fw2 = app.upload_esp32("6.0.1").await;
+    sim.stop().await;
+    let job2 = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({ "firmware_id": fw2["id"], "targets": { "devices": ["SIM-ESP32-000000", "SIM-ESP32-000001"] }, "device_timeout_secs": 1,
+                     "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } }),
+        )
+        .await;
+    let job2: Value = job2.json().await.unwrap();
+    let view = wait_for(
+        &app,
+        job2["id"].as_str().unwrap(),
+        &["completed", "failed"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(view["counts"]["timed_out"], 2, "{view}");
+    assert!(metric(&app, "update_errors_total", &[("reason", "timeout")]).await >= 2.0);
 }

@@ -37,6 +37,10 @@ pub struct SimOptions {
     pub out_of_order: f64,
     /// Share of downloads interrupted half-way and resumed with `Range`.
     pub interruptions: f64,
+    /// Share of devices that go silent on their first command (after `init`).
+    pub silent: f64,
+    /// Share of devices whose first attempt fails (a later one succeeds).
+    pub fail_first: f64,
     /// Delay between a device's statuses.
     pub step: Duration,
     pub topic_prefix: String,
@@ -301,12 +305,28 @@ impl Shared {
         };
         self.truth.update(&device.id, |t| t.commands += 1);
         let execution_id = command["execution_id"].as_u64();
+        let first = command["attempt"].as_u64().unwrap_or(1) == 1;
         let mut reporter = Reporter {
             shared: self,
             device: &device,
             execution_id,
             sequence: 0,
         };
+        if first && rand::rng().random_bool(self.options.silent.clamp(0.0, 1.0)) {
+            // Lost in a quarry: says init, then nothing.
+            reporter.send("init", None, None).await;
+            self.truth.update(&device.id, |t| t.state = "silent".into());
+            return;
+        }
+        if first && rand::rng().random_bool(self.options.fail_first.clamp(0.0, 1.0)) {
+            let reason = "transient failure on the first attempt (simulated)";
+            reporter.send("error", None, Some(reason)).await;
+            self.truth.update(&device.id, |t| {
+                t.state = "error".into();
+                t.reason = Some(reason.into());
+            });
+            return;
+        }
         match self.update(&device, &command, &mut reporter).await {
             Ok(version) => {
                 reporter.send("done", None, None).await;
