@@ -43,6 +43,15 @@ _apt_install() {
     DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "$@" >&2
 }
 
+ensure_build_deps() {
+    # librdkafka is built from source by the rdkafka crate (cmake-build).
+    local missing=()
+    command -v cmake >/dev/null || missing+=(cmake)
+    [ -f /usr/include/curl/curl.h ] || [ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || missing+=(libcurl4-openssl-dev)
+    command -v cc >/dev/null || missing+=(build-essential)
+    if [ ${#missing[@]} -gt 0 ]; then _apt_install "${missing[@]}"; fi
+}
+
 ensure_toolchain() {
     if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
         _log "adding the wasm32-wasip2 target"
@@ -148,6 +157,7 @@ ensure_kafka() {
 services_up() {
     mkdir -p "$ROLLWAY_SERVICES_DIR"
     command -v psql >/dev/null || _apt_install postgresql-client
+    ensure_build_deps
     ensure_toolchain
     ensure_postgres
     ensure_mosquitto

@@ -10,5 +10,6 @@ mkdir -p "$ROLLWAY_CACHE" 2>/dev/null || export CARGO_TARGET_DIR=target
 if [ -z "${DATABASE_URL:-}" ] && [ -z "$(_pg_bin)" ] && ! command -v initdb >/dev/null; then
     _apt_install postgresql
 fi
+ensure_build_deps
 ensure_toolchain
 exec cargo run --locked --bin rollway -- up "$@"

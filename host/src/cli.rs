@@ -69,9 +69,14 @@ struct SimArgs {
     /// Families, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "esp32,stm32,jetson")]
     families: Vec<String>,
-    /// Share of updates that fail, 0 to 1.
+    /// Share of updates that fail, 0 to 1: one rate for all, or per family
+    /// (`esp32=0.1,stm32=0.02`).
+    #[arg(long, default_value = "0")]
+    fail_rate: String,
+    /// Share of updates during which the device drops off the network for
+    /// a few seconds, 0 to 1.
     #[arg(long, default_value_t = 0.0)]
-    fail_rate: f64,
+    dropouts: f64,
     /// Share of statuses sent twice, 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     duplicates: f64,
@@ -226,11 +231,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
+    let (fail_rate, family_fail_rates) = parse_fail_rates(&args.fail_rate)?;
     for (name, value) in [
-        ("--fail-rate", args.fail_rate),
+        ("--dropouts", args.dropouts),
         ("--duplicates", args.duplicates),
         ("--out-of-order", args.out_of_order),
         ("--interruptions", args.interruptions),
+        ("--silent", args.silent),
+        ("--fail-first", args.fail_first),
     ] {
         if !(0.0..=1.0).contains(&value) {
             anyhow::bail!("{name} must be between 0 and 1");
@@ -242,7 +250,9 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         mqtt_url: args.mqtt,
         devices: args.devices,
         families: args.families,
-        fail_rate: args.fail_rate,
+        fail_rate,
+        family_fail_rates,
+        dropouts: args.dropouts,
         duplicates: args.duplicates,
         out_of_order: args.out_of_order,
         interruptions: args.interruptions,
@@ -274,6 +284,31 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
     }
     sim.stop().await;
     Ok(())
+}
+
+/// `0.1`, or `esp32=0.1,stm32=0.02` (families not named never fail).
+fn parse_fail_rates(text: &str) -> anyhow::Result<(f64, std::collections::HashMap<String, f64>)> {
+    let check = |v: f64| -> anyhow::Result<f64> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            anyhow::bail!("--fail-rate values must be between 0 and 1")
+        }
+    };
+    if let Ok(rate) = text.parse::<f64>() {
+        return Ok((check(rate)?, Default::default()));
+    }
+    let mut rates = std::collections::HashMap::new();
+    for pair in text.split(',') {
+        let (family, rate) = pair
+            .split_once('=')
+            .with_context(|| format!("--fail-rate: '{pair}' is not family=rate"))?;
+        let rate = rate
+            .parse::<f64>()
+            .with_context(|| format!("--fail-rate: '{rate}' is not a number"))?;
+        rates.insert(family.trim().to_owned(), check(rate)?);
+    }
+    Ok((0.0, rates))
 }
 
 /// A small pool on DATABASE_URL with the migrations applied.
@@ -324,4 +359,21 @@ async fn run_up(mut settings: Settings) -> anyhow::Result<()> {
             .context("stopping the private PostgreSQL")??;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fail_rates;
+
+    #[test]
+    fn fail_rates_are_global_or_per_family() {
+        assert_eq!(parse_fail_rates("0.25").unwrap().0, 0.25);
+        let (global, per_family) = parse_fail_rates("esp32=0.1, stm32=0.5").unwrap();
+        assert_eq!(global, 0.0);
+        assert_eq!(per_family["esp32"], 0.1);
+        assert_eq!(per_family["stm32"], 0.5);
+        assert!(parse_fail_rates("1.5").is_err());
+        assert!(parse_fail_rates("esp32").is_err());
+        assert!(parse_fail_rates("esp32=x").is_err());
+    }
 }

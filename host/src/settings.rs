@@ -74,6 +74,16 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
+    /// Where device statuses come from: `mqtt` (a shared subscription) or
+    /// `kafka` (a consumer group on ROLLWAY_STATUS_TOPIC, for brokers that
+    /// bridge MQTT to Kafka).
+    #[arg(long, env = "ROLLWAY_STATUS_SOURCE", global = true)]
+    pub status_source: Option<String>,
+
+    /// Kafka topic of device statuses when the source is `kafka`.
+    #[arg(long, env = "ROLLWAY_STATUS_TOPIC", global = true)]
+    pub status_topic: Option<String>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "ROLLWAY_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -95,6 +105,15 @@ pub struct Settings {
     pub db_pool_size: u32,
     pub log_json: bool,
     pub public_url: Option<String>,
+    pub status_source: StatusSource,
+    pub status_topic: String,
+}
+
+/// Where device statuses come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusSource {
+    Mqtt,
+    Kafka,
 }
 
 impl Settings {
@@ -160,6 +179,15 @@ impl Settings {
             db_pool_size,
             log_json,
             public_url: pick(&args.public_url, &file.public_url),
+            status_source: match pick(&args.status_source, &file.status_source).as_deref() {
+                None | Some("mqtt") => StatusSource::Mqtt,
+                Some("kafka") => StatusSource::Kafka,
+                Some(other) => {
+                    bail!("ROLLWAY_STATUS_SOURCE must be 'mqtt' or 'kafka', not '{other}'")
+                }
+            },
+            status_topic: pick(&args.status_topic, &file.status_topic)
+                .unwrap_or_else(|| "rollway.device-status".to_owned()),
         })
     }
 }

@@ -25,7 +25,7 @@ use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
 use crate::plugins::runtime::Limits;
 use crate::plugins::{self, PluginRegistry};
-use crate::settings::Settings;
+use crate::settings::{Settings, StatusSource};
 use crate::signing::ManifestSigner;
 use crate::{auth, db};
 
@@ -144,10 +144,16 @@ impl Application {
         let client_id = format!("rollway-{}", Uuid::new_v4().simple());
         let options = mqtt::options(url.expose_secret(), &client_id)?;
         let (incoming_tx, incoming_rx) = mpsc::channel(10_000);
+        let from_mqtt = settings.status_source == StatusSource::Mqtt;
+        let subscriptions = if from_mqtt {
+            vec![Ingest::subscription(&settings.topic_prefix)]
+        } else {
+            Vec::new()
+        };
         let link = mqtt::spawn(
             options,
-            vec![Ingest::subscription(&settings.topic_prefix)],
-            Some(incoming_tx),
+            subscriptions,
+            from_mqtt.then_some(incoming_tx),
             state.metrics.clone(),
             token.clone(),
         );
@@ -175,11 +181,32 @@ impl Application {
             evaluate_wakeup,
             dispatch_wakeup,
         };
-        handles.push(tokio::spawn(ingest.run_mqtt(
-            incoming_rx,
-            link.client.clone(),
-            token.clone(),
-        )));
+        if from_mqtt {
+            handles.push(tokio::spawn(ingest.run_mqtt(
+                incoming_rx,
+                link.client.clone(),
+                token.clone(),
+            )));
+        } else {
+            let brokers = settings
+                .kafka_brokers
+                .clone()
+                .context("ROLLWAY_STATUS_SOURCE=kafka needs KAFKA_BROKERS")?;
+            let topic = settings.status_topic.clone();
+            let token = token.clone();
+            handles.push(tokio::spawn(async move {
+                if let Err(error) = crate::ingest::kafka::ensure_topic(&brokers, &topic, 4).await {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        topic,
+                        "the status topic could not be created"
+                    );
+                }
+                ingest
+                    .run_kafka(brokers, topic, "rollway-status".into(), token)
+                    .await;
+            }));
+        }
         Ok(handles)
     }
 }

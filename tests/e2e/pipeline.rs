@@ -37,6 +37,8 @@ fn sim_options(app: &TestApp, prefix: &str, devices: u32, families: &[&str]) -> 
         devices,
         families: families.iter().map(|f| (*f).to_owned()).collect(),
         fail_rate: 0.0,
+        family_fail_rates: Default::default(),
+        dropouts: 0.0,
         duplicates: 0.0,
         out_of_order: 0.0,
         interruptions: 0.2,
@@ -89,6 +91,7 @@ async fn a_thousand_devices_update_batch_by_batch() {
     let mut options = sim_options(&app, &prefix, 1000, &["esp32", "stm32", "jetson"]);
     options.duplicates = 0.1;
     options.out_of_order = 0.1;
+    options.dropouts = 0.02;
     let sim = Simulator::start(options).await.unwrap();
 
     let esp = app.upload_esp32("2.0.0").await;
@@ -181,8 +184,9 @@ async fn a_thousand_devices_update_batch_by_batch() {
 #[tokio::test]
 async fn too_many_failures_abort_the_rollout() {
     let (app, prefix) = spawn_pipeline().await;
-    let mut options = sim_options(&app, &prefix, 100, &["esp32"]);
-    options.fail_rate = 0.6;
+    let mut options = sim_options(&app, &prefix, 100, &["esp32", "jetson"]);
+    // ESP32s fail often; the Jetsons (not in this job) never do.
+    options.family_fail_rates = [("esp32".to_owned(), 0.6), ("jetson".to_owned(), 0.0)].into();
     let sim = Simulator::start(options).await.unwrap();
     let fw = app.upload_esp32("3.0.0").await;
     let job = create_job(&app, &fw, json!({ "plugin": "rollout-percent", "config": { "batches": [20, 100], "failure_threshold": 10 } })).await;
@@ -428,4 +432,110 @@ async fn silent_devices_time_out_and_failed_attempts_are_retried() {
     .await;
     assert_eq!(view["counts"]["timed_out"], 2, "{view}");
     assert!(metric(&app, "update_errors_total", &[("reason", "timeout")]).await >= 2.0);
+}
+
+/// Forwards device statuses from MQTT to Kafka, as a broker's bridge would:
+/// the MQTT topic in the `mqtt_topic` header and as the key.
+fn start_bridge(prefix: &str, brokers: &str, kafka_topic: &str) -> tokio::task::JoinHandle<()> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let mut options = MqttOptions::new(
+        format!("bridge-{}", Uuid::new_v4().simple()),
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(1883),
+    );
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let filter = format!("{prefix}/+/update/status");
+    let kafka_topic = kafka_topic.to_owned();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    client
+                        .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                        .unwrap();
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let headers = OwnedHeaders::new().insert(Header {
+                        key: "mqtt_topic",
+                        value: Some(p.topic.as_bytes()),
+                    });
+                    let record = FutureRecord::to(&kafka_topic)
+                        .key(p.topic.as_str())
+                        .payload(p.payload.as_ref())
+                        .headers(headers);
+                    producer
+                        .send(record, Duration::from_secs(10))
+                        .await
+                        .unwrap();
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_kafka_status_path_gives_the_same_result() {
+    let brokers = std::env::var("KAFKA_BROKERS")
+        .expect("KAFKA_BROKERS is not set; run the tests through scripts/test.sh");
+    let prefix = format!("t{}", Uuid::new_v4().simple());
+    let kafka_topic = format!("statuses-{}", Uuid::new_v4().simple());
+    rollway::ingest::kafka::ensure_topic(&brokers, &kafka_topic, 4)
+        .await
+        .unwrap();
+    let bridge = start_bridge(&prefix, &brokers, &kafka_topic);
+    let (topic_prefix, status_topic, kafka) =
+        (prefix.clone(), kafka_topic.clone(), brokers.clone());
+    let app = spawn_app_with(move |s| {
+        s.mqtt_url = Some(mqtt_url().into());
+        s.topic_prefix = topic_prefix;
+        s.status_source = rollway::settings::StatusSource::Kafka;
+        s.status_topic = status_topic;
+        s.kafka_brokers = Some(kafka);
+    })
+    .await;
+    let mut options = sim_options(&app, &prefix, 90, &["esp32", "stm32", "jetson"]);
+    options.duplicates = 0.2;
+    let sim = Simulator::start(options).await.unwrap();
+    let esp = app.upload_esp32("7.0.0").await;
+    let stm = app.upload("stm32", "7.0.0", images::stm32(4096, 12)).await;
+    let jet = app
+        .upload("jetson", "7.0.0", images::jetson("jetson-orin-nx", "7.0.0"))
+        .await;
+    let rollout = json!({ "plugin": "rollout-percent", "config": { "batches": [30, 100] } });
+    for firmware in [&esp, &stm, &jet] {
+        let job = create_job(&app, firmware, rollout.clone()).await;
+        let view = wait_for(
+            &app,
+            &job,
+            &["completed", "failed", "paused"],
+            Duration::from_secs(90),
+        )
+        .await;
+        assert_eq!(view["status"], "completed", "{view}");
+        assert_eq!(view["counts"]["done"], 30, "{view}");
+    }
+    let truth = sim.truth.snapshot();
+    let done: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM devices WHERE firmware_version = '7.0.0'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(done, 90);
+    assert!(truth.values().all(|t| t.state == "done" && t.commands == 1));
+    assert!(metric(&app, "status_messages_total", &[("result", "duplicate")]).await > 0.0);
+    sim.stop().await;
+    bridge.abort();
 }

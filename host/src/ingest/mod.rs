@@ -8,6 +8,8 @@
 //! outbox event, many messages per transaction. Acks go out only after the
 //! commit.
 
+pub mod kafka;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;

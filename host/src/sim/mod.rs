@@ -31,6 +31,11 @@ pub struct SimOptions {
     pub families: Vec<String>,
     /// Share of updates that fail.
     pub fail_rate: f64,
+    /// Per-family failure rates, overriding `fail_rate`.
+    pub family_fail_rates: HashMap<String, f64>,
+    /// Share of updates during which the device drops off the network for
+    /// a few seconds, then carries on (a truck in a tunnel).
+    pub dropouts: f64,
     /// Share of statuses sent twice.
     pub duplicates: f64,
     /// Share of updates that also send a stale, backward status.
@@ -373,7 +378,17 @@ impl Shared {
         if digest != manifest.sha256 {
             return Err(format!("digest mismatch: got {digest}"));
         }
-        if rand::rng().random_bool(self.options.fail_rate.clamp(0.0, 1.0)) {
+        if rand::rng().random_bool(self.options.dropouts.clamp(0.0, 1.0)) {
+            let gap = Duration::from_millis(rand::rng().random_range(1000..3000));
+            tokio::time::sleep(gap).await;
+        }
+        let fail_rate = self
+            .options
+            .family_fail_rates
+            .get(&device.family)
+            .copied()
+            .unwrap_or(self.options.fail_rate);
+        if rand::rng().random_bool(fail_rate.clamp(0.0, 1.0)) {
             reporter.send("flashing", None, None).await;
             return Err("flash verification failed (simulated)".into());
         }
