@@ -116,20 +116,8 @@ impl Ingest {
                     payload: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
                 })
                 .collect();
-            loop {
-                match self.process(raw.clone()).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            "applying statuses from Kafka; retrying"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {},
-                            () = shutdown.cancelled() => return,
-                        }
-                    }
-                }
+            if !self.process_until_applied(raw, &shutdown).await {
+                return;
             }
             // The next offset to read, per partition, now that the batch is committed.
             let mut next: HashMap<(String, i32), i64> = HashMap::new();

@@ -111,25 +111,34 @@ impl Ingest {
                     payload: p.payload.clone(),
                 })
                 .collect();
-            loop {
-                match self.process(raw.clone()).await {
-                    Ok(_) => break,
-                    Err(error) => {
-                        // Nothing was committed: retry; the broker redelivers if we die.
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            "applying statuses; retrying"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {},
-                            () = shutdown.cancelled() => return,
-                        }
-                    }
-                }
+            if !self.process_until_applied(raw, &shutdown).await {
+                return;
             }
             for publish in &batch {
                 if let Err(error) = client.ack(publish).await {
                     tracing::warn!(%error, "acking a status");
+                }
+            }
+        }
+    }
+
+    /// Applies a batch, retrying while the database fails (nothing was
+    /// committed then; the source redelivers if the host dies). Returns
+    /// false when shut down first.
+    pub async fn process_until_applied(
+        &self,
+        raw: Vec<RawStatus>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        loop {
+            match self.process(raw.clone()).await {
+                Ok(_) => return true,
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "applying statuses; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {},
+                        () = shutdown.cancelled() => return false,
+                    }
                 }
             }
         }
