@@ -539,3 +539,44 @@ async fn the_kafka_status_path_gives_the_same_result() {
     sim.stop().await;
     bridge.abort();
 }
+
+#[tokio::test]
+async fn resuming_a_rollout_paused_job_releases_the_next_batch() {
+    let (app, prefix) = spawn_pipeline().await;
+    let mut options = sim_options(&app, &prefix, 10, &["esp32"]);
+    options.fail_rate = 1.0;
+    let sim = Simulator::start(options).await.unwrap();
+    let fw = app.upload_esp32("8.0.0").await;
+    // Failures never abort here, but a batch must fully succeed to go on.
+    let job = create_job(&app, &fw, json!({ "plugin": "rollout-percent", "config": { "batches": [50, 100], "success_threshold": 100, "failure_threshold": 100 } })).await;
+    let paused = wait_for(
+        &app,
+        &job,
+        &["paused", "completed", "failed"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(paused["status"], "paused", "{paused}");
+    assert!(
+        paused["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("below the 100% needed"),
+        "{paused}"
+    );
+    assert_eq!(paused["batches"][1]["counts"]["queued"], 5, "{paused}");
+    // The operator looked, and goes on: the next batch is released.
+    let resumed = app.act(&format!("/api/v1/jobs/{job}/resume")).await;
+    assert_eq!(resumed["status"], "running", "{resumed}");
+    let done = wait_for(
+        &app,
+        &job,
+        &["completed", "failed"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["counts"]["error"], 10, "{done}");
+    assert_eq!(done["status_reason"], "0 updated, 10 failed");
+    sim.stop().await;
+}

@@ -357,12 +357,12 @@ pub async fn apply_action(
     let next = action.target();
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
-        let current: Option<(String, i64)> =
-            sqlx::query_as("SELECT status, version FROM jobs WHERE id = $1")
+        let current: Option<(String, i64, Option<String>)> =
+            sqlx::query_as("SELECT status, version, status_reason FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let (status, version) = current.ok_or(TransitionError::NotFound)?;
+        let (status, version, reason_before) = current.ok_or(TransitionError::NotFound)?;
         let status = JobStatus::parse(&status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         if action == JobAction::Resume && status != JobStatus::Paused {
             return Err(TransitionError::Invalid {
@@ -397,6 +397,20 @@ pub async fn apply_action(
         } else {
             0
         };
+        // Resuming a job its rollout paused (not an operator) approves the
+        // next batch: the operator looked and decided to go on.
+        let mut released: Option<i32> = None;
+        if action == JobAction::Resume && !paused_by_operator(&reason_before) {
+            released = sqlx::query_scalar(
+                "UPDATE job_batches SET started_at = now()
+                 WHERE job_id = $1 AND batch_group = (
+                     SELECT min(batch_group) FROM job_batches WHERE job_id = $1 AND started_at IS NULL)
+                 RETURNING batch_group",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        }
         outbox::enqueue(
             &mut tx,
             outbox::Event {
@@ -406,6 +420,7 @@ pub async fn apply_action(
                 payload: json!({
                     "job_id": id, "from": status.as_str(), "to": next.as_str(),
                     "reason": job.status_reason, "executions_cancelled": cancelled,
+                    "batch_released": released,
                 }),
             },
         )
@@ -423,6 +438,13 @@ pub async fn apply_action(
         return Ok(job);
     }
     Err(TransitionError::Contended)
+}
+
+/// Whether a pause reason says an operator (not the rollout) paused.
+fn paused_by_operator(reason: &Option<String>) -> bool {
+    reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("paused by "))
 }
 
 fn past_tense(action: JobAction) -> &'static str {
