@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod outbox;
 pub mod plugins;
+pub mod relay;
 pub mod scheduler;
 pub mod settings;
 pub mod signing;

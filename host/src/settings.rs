@@ -84,6 +84,14 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_STATUS_TOPIC", global = true)]
     pub status_topic: Option<String>,
 
+    /// Kafka topic the outbox relay publishes events to.
+    #[arg(long, env = "ROLLWAY_EVENTS_TOPIC", global = true)]
+    pub events_topic: Option<String>,
+
+    /// Failed publications before an event moves to the dead letter table.
+    #[arg(long, env = "ROLLWAY_OUTBOX_MAX_ATTEMPTS", global = true)]
+    pub outbox_max_attempts: Option<i32>,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "ROLLWAY_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
@@ -107,6 +115,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub status_source: StatusSource,
     pub status_topic: String,
+    pub events_topic: String,
+    pub outbox_max_attempts: i32,
 }
 
 /// Where device statuses come from.
@@ -188,6 +198,16 @@ impl Settings {
             },
             status_topic: pick(&args.status_topic, &file.status_topic)
                 .unwrap_or_else(|| "rollway.device-status".to_owned()),
+            events_topic: pick(&args.events_topic, &file.events_topic)
+                .unwrap_or_else(|| "rollway.events".to_owned()),
+            outbox_max_attempts: match args
+                .outbox_max_attempts
+                .or(file.outbox_max_attempts)
+                .unwrap_or(10)
+            {
+                n if n >= 1 => n,
+                _ => bail!("ROLLWAY_OUTBOX_MAX_ATTEMPTS must be at least 1"),
+            },
         })
     }
 }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::dispatch::Dispatcher;
 use crate::ingest::Ingest;
 use crate::mqtt;
+use crate::relay::Relay;
 use crate::scheduler::Scheduler;
 
 use crate::api::{self, AppState};
@@ -77,6 +78,7 @@ impl Application {
                 settings: Arc::new(settings),
                 plugins,
                 signer,
+                events: tokio::sync::broadcast::channel(4096).0,
             },
         })
     }
@@ -135,6 +137,26 @@ impl Application {
             evaluate_wakeup: evaluate_wakeup.clone(),
         };
         handles.push(tokio::spawn(scheduler.run(token.clone())));
+        let producer = match &settings.kafka_brokers {
+            Some(brokers) => Some(crate::relay::producer(brokers)?),
+            None => {
+                tracing::info!(
+                    "KAFKA_BROKERS is not set: outbox events go to in-process subscribers only"
+                );
+                None
+            }
+        };
+        let relay = Relay {
+            pool: state.pool.clone(),
+            metrics: state.metrics.clone(),
+            producer,
+            topic: settings.events_topic.clone(),
+            max_attempts: settings.outbox_max_attempts,
+            local: state.events.clone(),
+            wakeup: Arc::new(Notify::new()),
+            holder: format!("rollway-{}", Uuid::new_v4().simple()),
+        };
+        handles.push(tokio::spawn(relay.run(token.clone())));
         let Some(url) = &settings.mqtt_url else {
             tracing::warn!(
                 "MQTT_URL is not set: jobs are planned but no command is sent and no status received"

@@ -110,6 +110,8 @@ async fn openapi_document_lists_every_route() {
         ("/api/v1/tokens/{id}", "delete"),
         ("/api/v1/audit", "get"),
         ("/api/v1/signing-keys", "get"),
+        ("/api/v1/events/dead-letter", "get"),
+        ("/api/v1/events/dead-letter/{id}/replay", "post"),
         ("/api/v1/plugins", "get"),
         ("/api/v1/plugins", "post"),
         ("/api/v1/plugins/{name}/enable", "post"),

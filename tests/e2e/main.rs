@@ -14,4 +14,5 @@ mod images;
 mod jobs;
 mod pipeline;
 mod plugins;
+mod relay;
 mod up;

@@ -24,6 +24,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_token))
         .routes(routes!(list_audit))
         .routes(routes!(signing_keys))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letter))
 }
 
 /// An API token as listed (the secret is shown only at creation).
@@ -246,4 +248,50 @@ async fn signing_keys(State(state): State<AppState>) -> ApiResult<axum::Json<Sig
         keys: crate::signing::public_keys(&state.pool).await?,
         signing_key_id: state.signer.key_id.clone(),
     }))
+}
+
+/// Events that failed to publish too often, newest first.
+#[utoipa::path(
+    get, path = "/events/dead-letter", tag = "admin",
+    responses((status = 200, body = Vec<crate::relay::DeadLetter>), (status = 403, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Vec<crate::relay::DeadLetter>>> {
+    caller.require(Role::Admin, "read dead-lettered events")?;
+    Ok(axum::Json(
+        crate::relay::dead_letters(&state.pool, 1000).await?,
+    ))
+}
+
+/// Puts a dead-lettered event back into the outbox to be published again.
+#[utoipa::path(
+    post, path = "/events/dead-letter/{id}/replay", tag = "admin",
+    params(("id" = Uuid, Path)),
+    responses((status = 202), (status = 404, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn replay_dead_letter(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let principal = caller.require(Role::Admin, "replay events")?;
+    let mut tx = state.pool.begin().await?;
+    if !crate::relay::replay(&mut tx, id).await? {
+        return Err(ApiError::NotFound(format!("dead-lettered event {id}")));
+    }
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "event.replay",
+        "event",
+        &id.to_string(),
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub plugins: Arc<PluginRegistry>,
     pub signer: crate::signing::ManifestSigner,
+    /// Published outbox events, for in-process subscribers.
+    pub events: tokio::sync::broadcast::Sender<Arc<crate::relay::Envelope>>,
 }
 
 #[derive(OpenApi)]

@@ -1,0 +1,280 @@
+//! The outbox relay: publishes `event_outbox` rows to Kafka (and to
+//! in-process subscribers), marks them sent, retries failures with backoff
+//! and moves an event that failed `max_attempts` times to
+//! `event_dead_letter`.
+//!
+//! One host relays at a time, holding a lease row in `relay_leases` (a value
+//! with an expiry, not a database lock), so events of one aggregate leave in
+//! their order. Rows are read without locks and updated after the broker
+//! acknowledged them: no transaction is open while publishing. A relay that
+//! dies after publishing and before marking re-publishes on its successor;
+//! consumers deduplicate by the event id.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// Events read per round.
+const BATCH: i64 = 500;
+const LEASE: &str = "outbox";
+const LEASE_SECS: f64 = 15.0;
+
+/// An event as published: the JSON envelope.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Envelope {
+    pub id: Uuid,
+    /// Publication order.
+    pub seq: i64,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "event_type")]
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    #[serde(skip)]
+    pub attempts: i32,
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    pub pool: PgPool,
+    pub metrics: Metrics,
+    /// `None`: no Kafka, events go to in-process subscribers only.
+    pub producer: Option<FutureProducer>,
+    pub topic: String,
+    pub max_attempts: i32,
+    /// In-process subscribers (the dashboard's live stream).
+    pub local: broadcast::Sender<Arc<Envelope>>,
+    pub wakeup: Arc<Notify>,
+    pub holder: String,
+}
+
+/// A Kafka producer for events: idempotent, acks from all replicas.
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "5000")
+        // A missing topic fails a delivery within seconds, not the default 30 s.
+        .set("topic.metadata.propagation.max.ms", "3000")
+        // and a topic created later is seen within seconds.
+        .set("topic.metadata.refresh.interval.ms", "2000")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))
+}
+
+impl Relay {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {},
+                () = self.wakeup.notified() => {},
+                () = shutdown.cancelled() => break,
+            }
+            loop {
+                match self.round().await {
+                    Ok(n) if n as i64 == BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "relaying the outbox");
+                        break;
+                    }
+                }
+            }
+            if let Ok(pending) = sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM event_outbox WHERE sent_at IS NULL",
+            )
+            .fetch_one(&self.pool)
+            .await
+            {
+                self.metrics.outbox_pending_total.set(pending);
+            }
+        }
+    }
+
+    /// Takes or renews the relay lease; false when another host holds it.
+    async fn lead(&self) -> Result<bool, sqlx::Error> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "INSERT INTO relay_leases (name, holder, until) VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE relay_leases.until < now() OR relay_leases.holder = excluded.holder
+             RETURNING holder",
+        )
+        .bind(LEASE)
+        .bind(&self.holder)
+        .bind(LEASE_SECS)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(holder.is_some())
+    }
+
+    /// Publishes one round of due events; returns how many were read.
+    pub async fn round(&self) -> anyhow::Result<usize> {
+        if !self.lead().await? {
+            return Ok(0);
+        }
+        let events: Vec<Envelope> = sqlx::query_as(
+            "SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
+             FROM event_outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+             ORDER BY seq LIMIT $1",
+        )
+        .bind(BATCH)
+        .fetch_all(&self.pool)
+        .await?;
+        let count = events.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        let mut sent = Vec::with_capacity(count);
+        let mut failed: Vec<(Uuid, String)> = Vec::new();
+        // An aggregate whose event failed keeps its later events back.
+        let mut blocked: HashSet<String> = HashSet::new();
+        match &self.producer {
+            Some(producer) => {
+                let mut pending = Vec::with_capacity(count);
+                for event in &events {
+                    if blocked.contains(&event.aggregate_id) {
+                        continue;
+                    }
+                    let body = serde_json::to_vec(event)?;
+                    let producer = producer.clone();
+                    let topic = self.topic.clone();
+                    let key = format!("{}:{}", event.aggregate_type, event.aggregate_id);
+                    pending.push((
+                        event,
+                        tokio::spawn(async move {
+                            let delivery = producer.send(
+                                FutureRecord::to(&topic).key(&key).payload(&body),
+                                Duration::from_secs(5),
+                            );
+                            match tokio::time::timeout(Duration::from_secs(15), delivery).await {
+                                Ok(Ok(delivery)) => {
+                                    tracing::debug!(
+                                        partition = delivery.partition,
+                                        offset = delivery.offset,
+                                        "event delivered"
+                                    );
+                                    Ok(())
+                                }
+                                Ok(Err((e, _))) => Err(e.to_string()),
+                                Err(_) => Err("no delivery report within 15 s".to_owned()),
+                            }
+                        }),
+                    ));
+                }
+                for (event, handle) in pending {
+                    let result = handle.await.unwrap_or_else(|e| Err(e.to_string()));
+                    match result {
+                        Ok(()) if !blocked.contains(&event.aggregate_id) => sent.push(event),
+                        Ok(()) => {
+                            failed.push((event.id, "held back behind an earlier event".into()))
+                        }
+                        Err(error) => {
+                            blocked.insert(event.aggregate_id.clone());
+                            failed.push((event.id, error));
+                        }
+                    }
+                }
+            }
+            None => sent.extend(events.iter()),
+        }
+        let ids: Vec<Uuid> = sent.iter().map(|e| e.id).collect();
+        sqlx::query("UPDATE event_outbox SET sent_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?;
+        for event in sent {
+            let _ = self.local.send(Arc::new(event.clone()));
+        }
+        for (id, error) in failed {
+            self.metrics.outbox_errors_total.inc();
+            tracing::warn!(event_id = %id, %error, "publishing an event failed");
+            self.record_failure(id, &error).await?;
+        }
+        Ok(count)
+    }
+
+    /// Counts a failure; after `max_attempts` the event moves to the dead
+    /// letter table in the same statement.
+    async fn record_failure(&self, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "UPDATE event_outbox
+             SET attempts = attempts + 1, last_error = $2,
+                 next_attempt_at = now() + make_interval(secs => least(60, 0.1 * power(2, attempts)))
+             WHERE id = $1 RETURNING attempts",
+        )
+        .bind(id)
+        .bind(error)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if attempts.is_some_and(|n| n >= self.max_attempts) {
+            sqlx::query(
+                "WITH dead AS (DELETE FROM event_outbox WHERE id = $1 RETURNING *)
+                 INSERT INTO event_dead_letter (id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error)
+                 SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error FROM dead",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tracing::error!(event_id = %id, attempts, "event moved to the dead letter table");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    #[schema(value_type = Object)]
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    pub occurred_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: String,
+    pub failed_at: DateTime<Utc>,
+}
+
+pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error, failed_at
+         FROM event_dead_letter ORDER BY failed_at DESC, id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts a dead-lettered event back into the outbox; false when unknown.
+pub async fn replay(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "WITH dead AS (DELETE FROM event_dead_letter WHERE id = $1 RETURNING *)
+         INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload, occurred_at)
+         SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at FROM dead",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
+}
