@@ -27,6 +27,7 @@ pub mod sim;
 pub mod startup;
 pub mod telemetry;
 pub mod up;
+pub mod worker;
 
 pub use settings::Settings;
 pub use startup::Application;

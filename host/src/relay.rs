@@ -79,33 +79,24 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {},
-                () = self.wakeup.notified() => {},
-                () = shutdown.cancelled() => break,
-            }
-            loop {
-                match self.round().await {
-                    Ok(n) if n as i64 == BATCH => continue,
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::error!(error = format!("{error:#}"), "relaying the outbox");
-                        break;
-                    }
-                }
-            }
-            if let Ok(pending) = sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM event_outbox WHERE sent_at IS NULL",
-            )
-            .fetch_one(&self.pool)
-            .await
-            {
+        let wakeup = self.wakeup.clone();
+        crate::worker::run_rounds(
+            "relaying the outbox",
+            Duration::from_millis(250),
+            BATCH as usize,
+            &wakeup,
+            &shutdown,
+            || async {
+                let count = self.round().await?;
+                let pending: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM event_outbox WHERE sent_at IS NULL")
+                        .fetch_one(&self.pool)
+                        .await?;
                 self.metrics.outbox_pending_total.set(pending);
-            }
-        }
+                Ok(count)
+            },
+        )
+        .await;
     }
 
     /// Takes or renews the relay lease; false when another host holds it.

@@ -376,11 +376,12 @@ async fn silent_devices_time_out_and_failed_attempts_are_retried() {
     options.fail_first = 0.25;
     let sim = Simulator::start(options).await.unwrap();
     let fw = app.upload_esp32("6.0.0").await;
-    // One retry: silent devices time out after 2 s and succeed the second time.
+    // One retry: silent devices time out and succeed the second time. The
+    // timeout leaves room for a loaded machine.
     let job = app
         .post_json(
             "/api/v1/jobs",
-            &json!({ "firmware_id": fw["id"], "targets": { "filter": {} }, "device_timeout_secs": 2, "max_retries": 1,
+            &json!({ "firmware_id": fw["id"], "targets": { "filter": {} }, "device_timeout_secs": 8, "max_retries": 1,
                      "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } }),
         )
         .await;

@@ -68,25 +68,16 @@ struct Claimed {
 
 impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {},
-                () = self.wakeup.notified() => {},
-                () = shutdown.cancelled() => break,
-            }
-            loop {
-                match self.dispatch_round().await {
-                    Ok(n) if n as i64 == CLAIM => continue,
-                    Ok(_) => break,
-                    Err(error) => {
-                        tracing::error!(error = format!("{error:#}"), "dispatching");
-                        break;
-                    }
-                }
-            }
-        }
+        let wakeup = self.wakeup.clone();
+        crate::worker::run_rounds(
+            "dispatching",
+            Duration::from_millis(250),
+            CLAIM as usize,
+            &wakeup,
+            &shutdown,
+            || self.dispatch_round(),
+        )
+        .await;
     }
 
     /// Claims and sends one round of commands; returns how many were claimed.
