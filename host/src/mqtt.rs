@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -34,21 +34,6 @@ pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
 #[derive(Clone)]
 pub struct MqttLink {
     pub client: AsyncClient,
-    connected: watch::Receiver<bool>,
-}
-
-impl MqttLink {
-    pub fn is_connected(&self) -> bool {
-        *self.connected.borrow()
-    }
-
-    /// Waits until the connection is up (or the timeout passes).
-    pub async fn wait_connected(&self, timeout: Duration) -> bool {
-        let mut rx = self.connected.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|up| *up))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
 }
 
 /// Connects and drives the event loop until `shutdown`. `subscriptions` are
@@ -61,17 +46,15 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> MqttLink {
     let (client, eventloop) = AsyncClient::new(options, 10_000);
-    let (connected_tx, connected) = watch::channel(false);
     tokio::spawn(drive(
         eventloop,
         client.clone(),
         subscriptions,
         incoming,
         metrics,
-        connected_tx,
         shutdown,
     ));
-    MqttLink { client, connected }
+    MqttLink { client }
 }
 
 async fn drive(
@@ -80,7 +63,6 @@ async fn drive(
     subscriptions: Vec<String>,
     incoming: Option<mpsc::Sender<Publish>>,
     metrics: Metrics,
-    connected: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -92,7 +74,6 @@ async fn drive(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = Duration::from_millis(200);
-                let _ = connected.send(true);
                 for topic in &subscriptions {
                     // try_subscribe: never wait on our own request channel here.
                     if let Err(error) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
@@ -110,7 +91,6 @@ async fn drive(
             }
             Ok(_) => {}
             Err(error) => {
-                let _ = connected.send(false);
                 metrics
                     .dispatcher_mqtt_errors_total
                     .with_label_values(&["connection"])
@@ -124,6 +104,5 @@ async fn drive(
             }
         }
     }
-    let _ = connected.send(false);
     let _ = client.try_disconnect();
 }

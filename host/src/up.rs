@@ -114,10 +114,6 @@ impl PrivatePostgres {
         ))
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Creates the `rollway` database when missing.
     pub async fn ensure_database(&self) -> anyhow::Result<()> {
         use sqlx::Connection;
