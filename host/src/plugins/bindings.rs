@@ -9,12 +9,15 @@ pub mod rollout {
 }
 
 /// The `device-protocol` world; the `image` resource is backed by
-/// [`super::runtime::ImageHandle`].
+/// [`super::runtime::ImageHandle`]. The interfaces both worlds import
+/// (`types`, `log`) are the rollout module's, so the host implements them once.
 pub mod device {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "device-protocol",
         with: {
+            "rollway:plugin/types": super::rollout::rollway::plugin::types,
+            "rollway:plugin/log": super::rollout::rollway::plugin::log,
             "rollway:plugin/image.image": crate::plugins::runtime::ImageHandle,
         },
     });

@@ -115,19 +115,6 @@ impl rollout::rollway::plugin::log::Host for State {
 }
 impl rollout::rollway::plugin::types::Host for State {}
 
-impl device::rollway::plugin::log::Host for State {
-    fn write(&mut self, level: device::rollway::plugin::types::LogLevel, message: String) {
-        use device::rollway::plugin::types::LogLevel as L;
-        let level = match level {
-            L::Error => "error",
-            L::Warn => "warn",
-            L::Info => "info",
-            L::Debug | L::Trace => "debug",
-        };
-        log_line(self, level, message);
-    }
-}
-impl device::rollway::plugin::types::Host for State {}
 impl device::rollway::plugin::image::Host for State {}
 
 impl device::rollway::plugin::image::HostImage for State {
