@@ -358,11 +358,11 @@ pub async fn apply_action(
     for _ in 0..3 {
         let mut tx = pool.begin().await?;
         let current: Option<(String, i64, Option<String>)> =
-            sqlx::query_as("SELECT status, version, status_reason FROM jobs WHERE id = $1")
+            sqlx::query_as("SELECT status, version, paused_by FROM jobs WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let (status, version, reason_before) = current.ok_or(TransitionError::NotFound)?;
+        let (status, version, paused_by) = current.ok_or(TransitionError::NotFound)?;
         let status = JobStatus::parse(&status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         if action == JobAction::Resume && status != JobStatus::Paused {
             return Err(TransitionError::Invalid {
@@ -379,7 +379,8 @@ pub async fn apply_action(
         let updated: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE jobs SET status = $3, status_reason = $4, version = version + 1, updated_at = now(),
                              finished_at = CASE WHEN $5 THEN now() ELSE finished_at END,
-                             next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END
+                             next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END,
+                             paused_by = CASE WHEN $3 = 'paused' THEN 'operator' ELSE NULL END
              WHERE id = $1 AND version = $2 RETURNING {JOB_COLUMNS}"
         )))
         .bind(id)
@@ -400,7 +401,7 @@ pub async fn apply_action(
         // Resuming a job its rollout paused (not an operator) approves the
         // next batch: the operator looked and decided to go on.
         let mut released: Option<i32> = None;
-        if action == JobAction::Resume && !paused_by_operator(&reason_before) {
+        if action == JobAction::Resume && paused_by.as_deref() == Some("rollout") {
             released = sqlx::query_scalar(
                 "UPDATE job_batches SET started_at = now()
                  WHERE job_id = $1 AND batch_group = (
@@ -438,13 +439,6 @@ pub async fn apply_action(
         return Ok(job);
     }
     Err(TransitionError::Contended)
-}
-
-/// Whether a pause reason says an operator (not the rollout) paused.
-fn paused_by_operator(reason: &Option<String>) -> bool {
-    reason
-        .as_deref()
-        .is_some_and(|r| r.starts_with("paused by "))
 }
 
 fn past_tense(action: JobAction) -> &'static str {

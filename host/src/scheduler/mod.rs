@@ -361,7 +361,8 @@ async fn set_status(
                 updated_at = now(),
                 started_at = CASE WHEN $3 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
                 finished_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() ELSE finished_at END,
-                next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END
+                next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END,
+                paused_by = CASE WHEN $3 = 'paused' THEN 'rollout' ELSE NULL END
          WHERE id = $1 AND status = $2",
     )
     .bind(job_id)
