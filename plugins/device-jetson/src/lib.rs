@@ -171,30 +171,24 @@ mod tests {
     fn config(text: &str) -> Result<Config, String> {
         rollway_plugin_sdk::device::load_config::<Jetson>(text)
     }
-    use std::io::Write;
 
     fn payload(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut tar = Vec::new();
+        // Headers are filled by hand (not `append_data`) so that the tests
+        // can build archives with hostile paths such as `../etc/passwd`.
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
         for (name, data) in files {
-            let mut header = [0u8; 512];
-            header[..name.len()].copy_from_slice(name.as_bytes());
-            header[100..107].copy_from_slice(b"0000644");
-            header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-            header[136..147].copy_from_slice(b"00000000000");
-            header[156] = b'0';
-            header[257..263].copy_from_slice(b"ustar\0");
-            header[263..265].copy_from_slice(b"00");
-            header[148..156].copy_from_slice(b"        ");
-            let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
-            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-            tar.extend_from_slice(&header);
-            tar.extend_from_slice(data);
-            tar.resize(tar.len().div_ceil(512) * 512, 0);
+            let mut header = tar::Header::new_ustar();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_cksum();
+            builder.append(&header, *data).unwrap();
         }
-        tar.resize(tar.len() + 1024, 0);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let _ = gz.write_all(&tar);
-        gz.finish().unwrap_or_default()
+        builder.into_inner().unwrap().finish().unwrap()
     }
 
     const MANIFEST_OK: &[u8] = br#"{"board":"jetson-orin-nx","l4t_version":"36.3.0","jetpack_version":"6.0","version":"2.1.0"}"#;
