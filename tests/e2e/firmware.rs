@@ -157,21 +157,21 @@ async fn firmware_round_trip_on_s3_with_presigned_urls() {
 async fn upload_refusals() {
     let app = spawn_app_with(|s| s.max_firmware_bytes = 64 * 1024).await;
     let too_big = app
-        .request(Method::POST, "/api/v1/firmware?family=stm32&version=2.0.0")
-        .body(vec![0u8; 64 * 1024 + 1])
-        .send()
-        .await
-        .unwrap();
+        .post_bytes(
+            "/api/v1/firmware?family=stm32&version=2.0.0",
+            vec![0u8; 64 * 1024 + 1],
+        )
+        .await;
     assert_problem(too_big, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
     // Streamed without a length, the limit still holds.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..20).map(|_| Ok(vec![1u8; 8 * 1024])).collect();
     let streamed = app
-        .request(Method::POST, "/api/v1/firmware?family=stm32&version=2.0.1")
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+        .post_bytes(
+            "/api/v1/firmware?family=stm32&version=2.0.1",
+            reqwest::Body::wrap_stream(futures::stream::iter(chunks)),
+        )
+        .await;
     assert_problem(streamed, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
 
     let empty = app
@@ -181,35 +181,23 @@ async fn upload_refusals() {
         .unwrap();
     assert_problem(empty, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     let no_version = app
-        .request(Method::POST, "/api/v1/firmware?family=stm32")
-        .body(images::stm32(1024, 1))
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=stm32", images::stm32(1024, 1))
+        .await;
     let body = assert_problem(no_version, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert_eq!(body["errors"][0]["field"], "version");
     let bad_family = app
-        .request(Method::POST, "/api/v1/firmware?family=z80&version=1")
-        .body(vec![1u8; 10])
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=z80&version=1", vec![1u8; 10])
+        .await;
     assert_problem(bad_family, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     let no_family = app
-        .request(Method::POST, "/api/v1/firmware?version=1")
-        .body(vec![1u8; 10])
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?version=1", vec![1u8; 10])
+        .await;
     assert_problem(no_family, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
 
     app.upload("stm32", "2.0.0", images::stm32(1000, 7)).await;
     let duplicate = app
-        .request(Method::POST, "/api/v1/firmware?family=stm32&version=2.0.0")
-        .body(vec![8u8; 10])
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=stm32&version=2.0.0", vec![8u8; 10])
+        .await;
     assert_problem(duplicate, StatusCode::CONFLICT, "conflict").await;
 
     let viewer = app.token("viewer").await;

@@ -142,6 +142,15 @@ impl TestApp {
         );
     }
 
+    /// POSTs raw bytes (firmware images, plugin components) with the admin token.
+    pub async fn post_bytes(&self, path: &str, bytes: impl Into<reqwest::Body>) -> Response {
+        self.request(Method::POST, path)
+            .body(bytes)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Uploads a valid ESP32-S3 image of `version` and returns the record.
     pub async fn upload_esp32(&self, version: &str) -> Value {
         let image = crate::images::esp32(crate::images::ESP32S3, version, 2048);
@@ -162,14 +171,11 @@ impl TestApp {
     /// Uploads an image and returns the firmware record.
     pub async fn upload(&self, family: &str, version: &str, bytes: Vec<u8>) -> Value {
         let response = self
-            .request(
-                Method::POST,
+            .post_bytes(
                 &format!("/api/v1/firmware?family={family}&version={version}"),
+                bytes,
             )
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
+            .await;
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         assert_eq!(status, StatusCode::CREATED, "{body}");

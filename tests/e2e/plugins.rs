@@ -71,11 +71,7 @@ fn fixture(file: &str) -> Vec<u8> {
 }
 
 async fn upload_plugin(app: &TestApp, bytes: Vec<u8>) -> reqwest::Response {
-    app.request(Method::POST, "/api/v1/plugins")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
+    app.post_bytes("/api/v1/plugins", bytes).await
 }
 
 async fn plugin(app: &TestApp, name: &str) -> Value {
@@ -131,11 +127,11 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     let app = spawn_app().await;
     // ESP32: version and chip come from the image.
     let esp = app
-        .request(Method::POST, "/api/v1/firmware?family=esp32")
-        .body(images::esp32(images::ESP32S3, "2.3.1", 10_000))
-        .send()
-        .await
-        .unwrap();
+        .post_bytes(
+            "/api/v1/firmware?family=esp32",
+            images::esp32(images::ESP32S3, "2.3.1", 10_000),
+        )
+        .await;
     assert_eq!(esp.status(), StatusCode::CREATED);
     let esp: Value = esp.json().await.unwrap();
     assert_eq!(esp["version"], "2.3.1");
@@ -146,11 +142,8 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     let mut broken = images::esp32(images::ESP32S3, "2.3.2", 10_000);
     broken[0] = 0x7F;
     let refused = app
-        .request(Method::POST, "/api/v1/firmware?family=esp32")
-        .body(broken)
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=esp32", broken)
+        .await;
     let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert!(
         problem["detail"]
@@ -161,11 +154,11 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     );
 
     let mismatch = app
-        .request(Method::POST, "/api/v1/firmware?family=esp32&version=9.9.9")
-        .body(images::esp32(images::ESP32S3, "2.3.3", 10_000))
-        .send()
-        .await
-        .unwrap();
+        .post_bytes(
+            "/api/v1/firmware?family=esp32&version=9.9.9",
+            images::esp32(images::ESP32S3, "2.3.3", 10_000),
+        )
+        .await;
     let problem = assert_problem(mismatch, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert_eq!(problem["errors"][0]["field"], "version");
 
@@ -175,11 +168,8 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     let mut bad_sp = images::stm32(8192, 9);
     bad_sp[3] = 0x90;
     let refused = app
-        .request(Method::POST, "/api/v1/firmware?family=stm32&version=4.0.1")
-        .body(bad_sp)
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=stm32&version=4.0.1", bad_sp)
+        .await;
     let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert!(
         problem["detail"]
@@ -191,11 +181,11 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
 
     // Jetson: the payload's manifest names board and version.
     let jet = app
-        .request(Method::POST, "/api/v1/firmware?family=jetson")
-        .body(images::jetson("jetson-orin-nx", "7.1.0"))
-        .send()
-        .await
-        .unwrap();
+        .post_bytes(
+            "/api/v1/firmware?family=jetson",
+            images::jetson("jetson-orin-nx", "7.1.0"),
+        )
+        .await;
     assert_eq!(jet.status(), StatusCode::CREATED);
     let jet: Value = jet.json().await.unwrap();
     assert_eq!(jet["version"], "7.1.0");
@@ -203,11 +193,8 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     assert_eq!(jet["metadata"]["details"]["l4t_version"], "36.3.0");
     let no_manifest = images::jetson_files(&[("rootfs.img", b"data")]);
     let refused = app
-        .request(Method::POST, "/api/v1/firmware?family=jetson&version=1")
-        .body(no_manifest)
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=jetson&version=1", no_manifest)
+        .await;
     let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert!(
         problem["detail"]
@@ -221,11 +208,8 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
         ("../../etc/shadow", b"x"),
     ]);
     let refused = app
-        .request(Method::POST, "/api/v1/firmware?family=jetson&version=2")
-        .body(traversal)
-        .send()
-        .await
-        .unwrap();
+        .post_bytes("/api/v1/firmware?family=jetson&version=2", traversal)
+        .await;
     assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
 
     // Refused images leave neither records nor temporary objects.
