@@ -35,6 +35,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Maps a unique or foreign-key violation to its constraint name, so that
 /// callers can turn it into a 409 or 422 where it happens.
+/// Errors that go away when the transaction is tried again: a deadlock, a
+/// serialization failure, a lock not available, a lost connection.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("40P01" | "40001" | "55P03"))
+        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
 pub fn constraint_violation(error: &sqlx::Error) -> Option<(ViolationKind, String)> {
     let db = error.as_database_error()?;
     let kind = match db.code()?.as_ref() {

@@ -192,6 +192,19 @@ impl Ingest {
                 .collect::<Vec<_>>()
         })
         .await?;
+        // Rows are locked in device order, the same in every batch, so that
+        // two batches (two replicas, or an adopted session) never deadlock.
+        // The sort is stable: one device's statuses keep their order.
+        let mut parsed = parsed;
+        parsed.sort_by(|a, b| {
+            let key = |(_, device, report): &(usize, String, Result<StatusReport, PluginError>)| {
+                report
+                    .as_ref()
+                    .map(|r| r.device_id.clone())
+                    .unwrap_or_else(|_| device.clone())
+            };
+            key(a).cmp(&key(b))
+        });
 
         let mut tx = self.pool.begin().await?;
         let mut touched: HashSet<Uuid> = HashSet::new();
@@ -206,6 +219,11 @@ impl Ingest {
                             one.commit().await?;
                             touched.extend(job);
                             outcome
+                        }
+                        Err(error) if crate::db::is_transient(&error) => {
+                            // A deadlock or serialization failure: the whole
+                            // batch rolls back and is applied again.
+                            return Err(error.into());
                         }
                         Err(error) => {
                             one.rollback().await?;

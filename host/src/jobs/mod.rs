@@ -356,89 +356,107 @@ pub async fn apply_action(
 ) -> Result<Job, TransitionError> {
     let next = action.target();
     for _ in 0..3 {
-        let mut tx = pool.begin().await?;
-        let current: Option<(String, i64, Option<String>)> =
-            sqlx::query_as("SELECT status, version, paused_by FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (status, version, paused_by) = current.ok_or(TransitionError::NotFound)?;
-        let status = JobStatus::parse(&status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if action == JobAction::Resume && status != JobStatus::Paused {
-            return Err(TransitionError::Invalid {
-                action: action.as_str(),
-                reason: format!("only a paused job can be resumed; this job is {status}"),
-            });
+        match try_action(pool, id, action, next, actor).await {
+            Err(TransitionError::Db(error)) if crate::db::is_transient(&error) => {
+                tracing::info!(%error, job_id = %id, "job action hit a transient error; retrying");
+            }
+            Ok(None) => {} // the job changed concurrently
+            Ok(Some(job)) => return Ok(job),
+            Err(other) => return Err(other),
         }
-        status
-            .check_transition(next)
-            .map_err(|reason| TransitionError::Invalid {
-                action: action.as_str(),
-                reason,
-            })?;
-        let updated: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "UPDATE jobs SET status = $3, status_reason = $4, version = version + 1, updated_at = now(),
-                             finished_at = CASE WHEN $5 THEN now() ELSE finished_at END,
-                             next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END,
-                             paused_by = CASE WHEN $3 = 'paused' THEN 'operator' ELSE NULL END
-             WHERE id = $1 AND version = $2 RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(version)
-        .bind(next.as_str())
-        .bind(format!("{} by {actor}", past_tense(action)))
-        .bind(next.is_terminal())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(job) = updated else {
-            continue;
-        };
-        let cancelled = if action == JobAction::Cancel {
-            cancel_executions(&mut tx, id, "job cancelled").await?
-        } else {
-            0
-        };
-        // Resuming a job its rollout paused (not an operator) approves the
-        // next batch: the operator looked and decided to go on.
-        let mut released: Option<i32> = None;
-        if action == JobAction::Resume && paused_by.as_deref() == Some("rollout") {
-            released = sqlx::query_scalar(
-                "UPDATE job_batches SET started_at = now()
-                 WHERE job_id = $1 AND batch_group = (
-                     SELECT min(batch_group) FROM job_batches WHERE job_id = $1 AND started_at IS NULL)
-                 RETURNING batch_group",
-            )
+    }
+    Err(TransitionError::Contended)
+}
+
+/// One try of `apply_action`; `None` when the job's version moved on.
+async fn try_action(
+    pool: &PgPool,
+    id: Uuid,
+    action: JobAction,
+    next: JobStatus,
+    actor: &str,
+) -> Result<Option<Job>, TransitionError> {
+    let mut tx = pool.begin().await?;
+    let current: Option<(String, i64, Option<String>)> =
+        sqlx::query_as("SELECT status, version, paused_by FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        }
-        outbox::enqueue(
-            &mut tx,
-            outbox::Event {
-                aggregate_type: "job",
-                aggregate_id: &id.to_string(),
-                event_type: "job.status.changed",
-                payload: json!({
-                    "job_id": id, "from": status.as_str(), "to": next.as_str(),
-                    "reason": job.status_reason, "executions_cancelled": cancelled,
-                    "batch_released": released,
-                }),
-            },
-        )
-        .await?;
-        crate::audit::record(
-            &mut tx,
-            actor,
-            &format!("job.{}", action.as_str()),
-            "job",
-            &id.to_string(),
-            json!({ "from": status.as_str(), "to": next.as_str() }),
-        )
-        .await?;
-        tx.commit().await?;
-        return Ok(job);
+    let (status, version, paused_by) = current.ok_or(TransitionError::NotFound)?;
+    let status = JobStatus::parse(&status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    if action == JobAction::Resume && status != JobStatus::Paused {
+        return Err(TransitionError::Invalid {
+            action: action.as_str(),
+            reason: format!("only a paused job can be resumed; this job is {status}"),
+        });
     }
-    Err(TransitionError::Contended)
+    status
+        .check_transition(next)
+        .map_err(|reason| TransitionError::Invalid {
+            action: action.as_str(),
+            reason,
+        })?;
+    let updated: Option<Job> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE jobs SET status = $3, status_reason = $4, version = version + 1, updated_at = now(),
+                         finished_at = CASE WHEN $5 THEN now() ELSE finished_at END,
+                         next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END,
+                         paused_by = CASE WHEN $3 = 'paused' THEN 'operator' ELSE NULL END
+         WHERE id = $1 AND version = $2 RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(version)
+    .bind(next.as_str())
+    .bind(format!("{} by {actor}", past_tense(action)))
+    .bind(next.is_terminal())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = updated else {
+        return Ok(None);
+    };
+    let cancelled = if action == JobAction::Cancel {
+        cancel_executions(&mut tx, id, "job cancelled").await?
+    } else {
+        0
+    };
+    // Resuming a job its rollout paused (not an operator) approves the
+    // next batch: the operator looked and decided to go on.
+    let mut released: Option<i32> = None;
+    if action == JobAction::Resume && paused_by.as_deref() == Some("rollout") {
+        released = sqlx::query_scalar(
+            "UPDATE job_batches SET started_at = now()
+             WHERE job_id = $1 AND batch_group = (
+                 SELECT min(batch_group) FROM job_batches WHERE job_id = $1 AND started_at IS NULL)
+             RETURNING batch_group",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    }
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            aggregate_type: "job",
+            aggregate_id: &id.to_string(),
+            event_type: "job.status.changed",
+            payload: json!({
+                "job_id": id, "from": status.as_str(), "to": next.as_str(),
+                "reason": job.status_reason, "executions_cancelled": cancelled,
+                "batch_released": released,
+            }),
+        },
+    )
+    .await?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        &format!("job.{}", action.as_str()),
+        "job",
+        &id.to_string(),
+        json!({ "from": status.as_str(), "to": next.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(job))
 }
 
 fn past_tense(action: JobAction) -> &'static str {
@@ -460,6 +478,7 @@ pub async fn cancel_executions(
         "WITH old AS (
              SELECT id, status FROM executions
              WHERE job_id = $1 AND status NOT IN ('done', 'error', 'timed_out', 'cancelled')
+             ORDER BY device_id -- the order status ingestion locks them in
              FOR UPDATE
          ), changed AS (
              UPDATE executions e
