@@ -3,6 +3,8 @@
 # PostgreSQL, Mosquitto, a Kafka-API broker (tansu) and an S3 server that
 # checks signatures (s3s-fs). A service already answering is reused; one
 # that is missing is installed (Debian packages, crates.io) and started.
+# The fault tests also start private Mosquitto and tansu processes from the
+# binaries installed here.
 #
 #   source scripts/services.sh && services_up   # exports the addresses
 #   services_down                               # stops what services_up started
@@ -138,14 +140,22 @@ ensure_s3() {
     _log "started s3s-fs on $port"
 }
 
+ensure_tansu() {
+    # tansu with in-memory storage (the shared broker) and SQLite storage
+    # (the fault tests' private broker, which must keep its topics across a
+    # restart), in a root of its own.
+    local root=$ROLLWAY_CACHE/tools/tansu
+    export PATH="$root/bin:$PATH"
+    if [ ! -x "$root/bin/tansu" ]; then
+        _log "building tansu (once, ~20 min)"
+        cargo install tansu@0.6.0 --locked --features dynostore,libsql --root "$root" >&2
+    fi
+}
+
 ensure_kafka() {
     local port=19092
     export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:$port}
     if _port_open "$port"; then _log "reusing the Kafka-API broker on $port"; return 0; fi
-    if ! command -v tansu >/dev/null; then
-        _log "building tansu (once, ~15 min)"
-        cargo install tansu --locked --features dynostore >&2
-    fi
     setsid tansu broker --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
         --storage-engine memory://tansu/ >"$ROLLWAY_SERVICES_DIR/tansu.log" 2>&1 &
@@ -162,6 +172,7 @@ services_up() {
     ensure_postgres
     ensure_mosquitto
     ensure_s3
+    ensure_tansu
     ensure_kafka
 }
 

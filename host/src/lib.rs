@@ -20,6 +20,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod plugins;
 pub mod relay;
+pub mod replicas;
 pub mod scheduler;
 pub mod settings;
 pub mod signing;

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub dispatcher_mqtt_errors_total: IntCounterVec,
     pub outbox_pending_total: IntGauge,
     pub outbox_errors_total: IntCounter,
+    pub mqtt_sessions_adopted: IntGauge,
     pub event_processing_lag_seconds: Histogram,
     pub status_messages_total: IntCounterVec,
     pub plugin_calls_total: IntCounterVec,
@@ -53,6 +54,11 @@ impl Metrics {
             "Events written to the outbox and not yet published",
         )?;
         registry.register(Box::new(outbox_pending_total.clone()))?;
+        let mqtt_sessions_adopted = IntGauge::new(
+            "mqtt_sessions_adopted",
+            "MQTT sessions of silent replicas this replica serves",
+        )?;
+        registry.register(Box::new(mqtt_sessions_adopted.clone()))?;
         let http_request_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
@@ -85,6 +91,7 @@ impl Metrics {
                 &["reason"],
             )?,
             outbox_pending_total,
+            mqtt_sessions_adopted,
             outbox_errors_total: counter(
                 "outbox_errors_total",
                 "Failures to publish outbox events",

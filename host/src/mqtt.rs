@@ -15,9 +15,18 @@ use crate::metrics::Metrics;
 /// Options from an `mqtt://` (or `mqtts://`) URL; credentials may be in the URL.
 pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
     let mut parsed = url::Url::parse(url).context("MQTT_URL is not a URL")?;
-    if !parsed.query_pairs().any(|(k, _)| k == "client_id") {
-        parsed.query_pairs_mut().append_pair("client_id", client_id);
-    }
+    // The client id names the replica's persistent session (see
+    // `replicas`): it is never taken from the URL.
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "client_id")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("client_id", client_id);
     let mut options =
         MqttOptions::parse_url(parsed.as_str()).map_err(|e| anyhow::anyhow!("MQTT_URL: {e}"))?;
     options

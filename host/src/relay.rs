@@ -52,7 +52,7 @@ pub struct Relay {
     pub pool: PgPool,
     pub metrics: Metrics,
     /// `None`: no Kafka, events go to in-process subscribers only.
-    pub producer: Option<FutureProducer>,
+    pub kafka: Option<Arc<Kafka>>,
     pub topic: String,
     pub max_attempts: i32,
     /// In-process subscribers (the dashboard's live stream).
@@ -61,8 +61,62 @@ pub struct Relay {
     pub holder: String,
 }
 
+/// The relay's Kafka producer, replaced when it fails fatally (an
+/// idempotent producer fenced or out of sequence cannot send again).
+pub struct Kafka {
+    brokers: String,
+    producer: std::sync::RwLock<FutureProducer>,
+}
+
+impl Kafka {
+    pub fn connect(brokers: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            brokers: brokers.to_owned(),
+            producer: std::sync::RwLock::new(producer(brokers)?),
+        })
+    }
+
+    fn current(&self) -> FutureProducer {
+        match self.producer.read() {
+            Ok(producer) => producer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the producer if it failed fatally or the broker no longer
+    /// knows its identity (`identity_lost`); returns whether it did.
+    fn renew(&self, used: &FutureProducer, identity_lost: bool) -> bool {
+        use rdkafka::producer::Producer as _;
+        let reason = match used.client().fatal_error() {
+            Some((code, reason)) => format!("{code:?}: {reason}"),
+            None if identity_lost => "the broker refused the producer's identity".to_owned(),
+            None => return false,
+        };
+        tracing::warn!(
+            reason,
+            "the Kafka producer cannot send again; creating a new one"
+        );
+        match producer(&self.brokers) {
+            Ok(fresh) => {
+                match self.producer.write() {
+                    Ok(mut slot) => *slot = fresh,
+                    Err(poisoned) => *poisoned.into_inner() = fresh,
+                }
+                true
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "recreating the Kafka producer"
+                );
+                true
+            }
+        }
+    }
+}
+
 /// A Kafka producer for events: idempotent, acks from all replicas.
-pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -136,7 +190,8 @@ impl Relay {
         let mut failed: Vec<(Uuid, String)> = Vec::new();
         // An aggregate whose event failed keeps its later events back.
         let mut blocked: HashSet<String> = HashSet::new();
-        match &self.producer {
+        let producer = self.kafka.as_ref().map(|kafka| kafka.current());
+        match &producer {
             Some(producer) => {
                 let mut pending = Vec::with_capacity(count);
                 for event in &events {
@@ -163,7 +218,13 @@ impl Relay {
                                     );
                                     Ok(())
                                 }
-                                Ok(Err((e, _))) => Err(e.to_string()),
+                                Ok(Err((e, _))) => {
+                                    if identity_lost(&e) {
+                                        Err(format!("{PRODUCER_IDENTITY_LOST}: {e}"))
+                                    } else {
+                                        Err(e.to_string())
+                                    }
+                                }
                                 Err(_) => Err("no delivery report within 15 s".to_owned()),
                             }
                         }),
@@ -193,26 +254,52 @@ impl Relay {
         for event in sent {
             let _ = self.local.send(Arc::new(event.clone()));
         }
+        // A broker outage, or a producer that failed fatally, is nobody's
+        // event's fault: such failures do not count towards the dead letter
+        // table, however long they last.
+        let outage = match (&self.kafka, &producer, failed.is_empty()) {
+            (Some(kafka), Some(producer), false) => {
+                let lost = failed
+                    .iter()
+                    .any(|(_, e)| e.starts_with(PRODUCER_IDENTITY_LOST));
+                kafka.renew(producer, lost) || !broker_reachable(producer).await
+            }
+            _ => false,
+        };
+        if outage {
+            tracing::warn!(
+                failed = failed.len(),
+                "the Kafka brokers are unreachable; events wait in the outbox"
+            );
+        }
         for (id, error) in failed {
             self.metrics.outbox_errors_total.inc();
             tracing::warn!(event_id = %id, %error, "publishing an event failed");
-            self.record_failure(id, &error).await?;
+            self.record_failure(id, &error, !outage).await?;
         }
         Ok(count)
     }
 
-    /// Counts a failure; after `max_attempts` the event moves to the dead
-    /// letter table in the same statement.
-    async fn record_failure(&self, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
+    /// Records a failure. A counted one backs off exponentially, and after
+    /// `max_attempts` the event moves to the dead letter table in the same
+    /// transaction; one during an outage is retried in a few seconds.
+    async fn record_failure(
+        &self,
+        id: Uuid,
+        error: &str,
+        counted: bool,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let attempts: Option<i32> = sqlx::query_scalar(
             "UPDATE event_outbox
-             SET attempts = attempts + 1, last_error = $2,
-                 next_attempt_at = now() + make_interval(secs => least(60, 0.1 * power(2, attempts)))
+             SET attempts = attempts + CASE WHEN $3 THEN 1 ELSE 0 END, last_error = $2,
+                 next_attempt_at = now() + CASE WHEN $3 THEN make_interval(secs => least(60, 0.1 * power(2, attempts)))
+                                                 ELSE interval '2 seconds' END
              WHERE id = $1 RETURNING attempts",
         )
         .bind(id)
         .bind(error)
+        .bind(counted)
         .fetch_optional(&mut *tx)
         .await?;
         if attempts.is_some_and(|n| n >= self.max_attempts) {
@@ -229,6 +316,38 @@ impl Relay {
         tx.commit().await?;
         Ok(())
     }
+}
+
+const PRODUCER_IDENTITY_LOST: &str = "producer identity lost";
+
+/// Errors after which an idempotent producer cannot send again: the broker
+/// fenced it or lost its id and sequence (after a broker restart, say).
+fn identity_lost(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::ProducerFenced
+                | C::UnknownProducerId
+                | C::OutOfOrderSequenceNumber
+                | C::InvalidProducerEpoch
+                | C::InvalidProducerIdMapping
+        )
+    )
+}
+
+/// Whether any broker answers a metadata request within a few seconds.
+async fn broker_reachable(producer: &FutureProducer) -> bool {
+    use rdkafka::producer::Producer as _;
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(3))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// A dead-lettered event.

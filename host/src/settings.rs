@@ -95,6 +95,17 @@ pub struct SettingsArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "ROLLWAY_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
+
+    /// This replica's stable name (default: the host name). It names the
+    /// host's MQTT session, so a restarted replica resumes its own queue of
+    /// statuses; every replica needs a different one.
+    #[arg(long, env = "ROLLWAY_INSTANCE_ID", global = true)]
+    pub instance_id: Option<String>,
+
+    /// Seconds without a heartbeat after which a replica counts as gone and
+    /// a live one adopts its MQTT session.
+    #[arg(long, env = "ROLLWAY_REPLICA_TIMEOUT", global = true)]
+    pub replica_timeout: Option<u64>,
 }
 
 /// Resolved settings of one host process.
@@ -117,6 +128,8 @@ pub struct Settings {
     pub status_topic: String,
     pub events_topic: String,
     pub outbox_max_attempts: i32,
+    pub instance_id: String,
+    pub replica_timeout: std::time::Duration,
 }
 
 /// Where device statuses come from.
@@ -169,6 +182,9 @@ impl Settings {
         if db_pool_size == 0 {
             bail!("ROLLWAY_DB_POOL_SIZE must be positive");
         }
+        let instance_id =
+            pick(&args.instance_id, &file.instance_id).unwrap_or_else(default_instance_id);
+        validate_instance_id(&instance_id)?;
         Ok(Self {
             database_url: pick(&args.database_url, &file.database_url).map(SecretString::from),
             listen: match args.listen.or(file.listen) {
@@ -208,6 +224,11 @@ impl Settings {
                 n if n >= 1 => n,
                 _ => bail!("ROLLWAY_OUTBOX_MAX_ATTEMPTS must be at least 1"),
             },
+            instance_id,
+            replica_timeout: match args.replica_timeout.or(file.replica_timeout).unwrap_or(15) {
+                n if n >= 2 => std::time::Duration::from_secs(n),
+                _ => bail!("ROLLWAY_REPLICA_TIMEOUT must be at least 2 seconds"),
+            },
         })
     }
 }
@@ -237,6 +258,27 @@ pub(crate) fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+/// The host name, which differs between replicas on different machines.
+fn default_instance_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| validate_instance_id(name).is_ok())
+        .unwrap_or_else(|| "rollway".to_owned())
+}
+
+/// An instance id goes into MQTT client ids: short, no separators or wildcards.
+fn validate_instance_id(id: &str) -> anyhow::Result<()> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if id.is_empty() || id.len() > 64 || !id.chars().all(fine) {
+        bail!(
+            "ROLLWAY_INSTANCE_ID '{id}' must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        );
+    }
+    Ok(())
 }
 
 fn validate_topic_prefix(prefix: &str) -> anyhow::Result<()> {
@@ -291,6 +333,10 @@ mod tests {
             assert!(validate_topic_prefix(bad).is_err(), "{bad:?} accepted");
         }
         assert!(validate_topic_prefix("fleet/eu").is_ok());
+        for bad in ["", "a/b", "a+", "x y"] {
+            assert!(validate_instance_id(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_instance_id("rollway-0.eu_1").is_ok());
     }
 
     #[test]

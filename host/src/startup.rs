@@ -13,12 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::dispatch::Dispatcher;
 use crate::ingest::Ingest;
 use crate::mqtt;
 use crate::relay::Relay;
+use crate::replicas::{Adopter, Replicas};
 use crate::scheduler::Scheduler;
 
 use crate::api::{self, AppState};
@@ -56,6 +56,13 @@ impl Application {
                 .await
                 .context("creating the bootstrap token")?;
         }
+        crate::replicas::register(&pool, &settings.instance_id, settings.replica_timeout)
+            .await
+            .context("registering this replica")?;
+        // What this replica's previous run claimed and may not have sent.
+        crate::dispatch::requeue_orphans(&pool, &settings.instance_id)
+            .await
+            .context("re-queueing unsent commands")?;
         let store = FirmwareStore::open(&settings.store)?;
         store.check().await?;
         let metrics = Metrics::new().context("registering metrics")?;
@@ -137,8 +144,8 @@ impl Application {
             evaluate_wakeup: evaluate_wakeup.clone(),
         };
         handles.push(tokio::spawn(scheduler.run(token.clone())));
-        let producer = match &settings.kafka_brokers {
-            Some(brokers) => Some(crate::relay::producer(brokers)?),
+        let kafka = match &settings.kafka_brokers {
+            Some(brokers) => Some(Arc::new(crate::relay::Kafka::connect(brokers)?)),
             None => {
                 tracing::info!(
                     "KAFKA_BROKERS is not set: outbox events go to in-process subscribers only"
@@ -149,22 +156,31 @@ impl Application {
         let relay = Relay {
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
-            producer,
+            kafka,
             topic: settings.events_topic.clone(),
             max_attempts: settings.outbox_max_attempts,
             local: state.events.clone(),
             wakeup: Arc::new(Notify::new()),
-            holder: format!("rollway-{}", Uuid::new_v4().simple()),
+            holder: settings.instance_id.clone(),
         };
         handles.push(tokio::spawn(relay.run(token.clone())));
+        let mut replicas = Replicas::new(
+            &state.pool,
+            settings.instance_id.clone(),
+            settings.replica_timeout,
+            state.metrics.clone(),
+        );
         let Some(url) = &settings.mqtt_url else {
             tracing::warn!(
                 "MQTT_URL is not set: jobs are planned but no command is sent and no status received"
             );
+            handles.push(tokio::spawn(replicas.run(token.clone())));
             return Ok(handles);
         };
-        let client_id = format!("rollway-{}", Uuid::new_v4().simple());
-        let options = mqtt::options(url.expose_secret(), &client_id)?;
+        let options = mqtt::options(
+            url.expose_secret(),
+            &crate::replicas::client_id(&settings.instance_id),
+        )?;
         let (incoming_tx, incoming_rx) = mpsc::channel(10_000);
         let from_mqtt = settings.status_source == StatusSource::Mqtt;
         let subscriptions = if from_mqtt {
@@ -193,6 +209,7 @@ impl Application {
             topic_prefix: settings.topic_prefix.clone(),
             public_url,
             wakeup: dispatch_wakeup.clone(),
+            instance_id: settings.instance_id.clone(),
         };
         handles.push(tokio::spawn(dispatcher.run(token.clone())));
         let ingest = Ingest {
@@ -204,6 +221,11 @@ impl Application {
             dispatch_wakeup,
         };
         if from_mqtt {
+            replicas.adopter = Some(Adopter {
+                mqtt_url: url.clone(),
+                subscription: Ingest::subscription(&settings.topic_prefix),
+                ingest: ingest.clone(),
+            });
             handles.push(tokio::spawn(ingest.run_mqtt(
                 incoming_rx,
                 link.client.clone(),
@@ -229,6 +251,7 @@ impl Application {
                     .await;
             }));
         }
+        handles.push(tokio::spawn(replicas.run(token.clone())));
         Ok(handles)
     }
 }

@@ -61,6 +61,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         data_dir: Some(data_dir),
         bootstrap_token: Some(admin_token.clone()),
         db_pool_size: Some(16),
+        // Its own MQTT session: test hosts share one broker.
+        instance_id: Some(format!("test-{}", Uuid::new_v4().simple())),
         ..SettingsArgs::default()
     };
     let mut settings = Settings::load(&args).expect("test settings");

@@ -7,6 +7,7 @@
 
 mod admin;
 mod devices;
+mod faults;
 mod firmware;
 mod health;
 mod helpers;
@@ -14,5 +15,6 @@ mod images;
 mod jobs;
 mod pipeline;
 mod plugins;
+mod procs;
 mod relay;
 mod up;

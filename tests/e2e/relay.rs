@@ -52,7 +52,8 @@ async fn outbox_ids(app: &TestApp) -> HashSet<String> {
     ids.into_iter().map(|id| id.to_string()).collect()
 }
 
-async fn wait_all_sent(app: &TestApp, timeout: Duration) {
+/// Waits until every outbox event was published and the gauge says so.
+pub async fn wait_all_sent(app: &TestApp, timeout: Duration) {
     let started = Instant::now();
     loop {
         let pending: i64 =
@@ -73,8 +74,19 @@ async fn wait_all_sent(app: &TestApp, timeout: Duration) {
 
 /// Reads the topic from the start until `expected` distinct events arrived.
 async fn consume(topic: &str, expected: &HashSet<String>) -> Vec<Value> {
+    consume_from(&brokers(), topic, expected, Duration::from_secs(30)).await
+}
+
+/// Reads `topic` of `brokers` from the start until `expected` distinct
+/// events arrived; returns every envelope read, duplicates included.
+pub async fn consume_from(
+    brokers: &str,
+    topic: &str,
+    expected: &HashSet<String>,
+    timeout: Duration,
+) -> Vec<Value> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", Uuid::new_v4().simple()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -97,7 +109,7 @@ async fn consume(topic: &str, expected: &HashSet<String>) -> Vec<Value> {
     let started = Instant::now();
     while !expected.is_subset(&seen) {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < timeout,
             "only {} of {} events on {topic}",
             seen.len(),
             expected.len()

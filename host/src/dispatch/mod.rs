@@ -44,6 +44,8 @@ pub struct Dispatcher {
     /// Base URL devices download from when the store cannot presign.
     pub public_url: String,
     pub wakeup: Arc<Notify>,
+    /// This replica's name, recorded on every claim.
+    pub instance_id: String,
 }
 
 /// One claimed execution with what its command needs.
@@ -183,7 +185,7 @@ impl Dispatcher {
              ), claimed AS (
                  UPDATE executions e
                  SET status = 'dispatched', attempts = e.attempts + 1, dispatched_at = now(),
-                     updated_at = now(), progress = NULL, version = e.version + 1
+                     dispatched_by = $2, updated_at = now(), progress = NULL, version = e.version + 1
                  FROM candidates c WHERE e.id = c.id
                  RETURNING e.id, e.job_id, e.device_id, e.attempts
              ), logged AS (
@@ -207,6 +209,7 @@ impl Dispatcher {
              ORDER BY c.id",
         )
         .bind(CLAIM)
+        .bind(&self.instance_id)
         .fetch_all(&self.pool)
         .await
     }
@@ -308,4 +311,53 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// Sends again the commands `instance` claimed whose device has not spoken
+/// since: that replica died (or restarted) and cannot tell whether they
+/// left it. They go back to `queued` with the same attempt number, so the
+/// device sees the same command again, which it treats as a repeat.
+/// Returns how many were re-queued.
+pub async fn requeue_orphans(pool: &PgPool, instance: &str) -> Result<u64, sqlx::Error> {
+    let jobs: Vec<(Uuid,)> = sqlx::query_as(
+        "WITH orphans AS (
+             SELECT id FROM executions
+             WHERE status = 'dispatched' AND dispatched_by = $1
+             FOR UPDATE SKIP LOCKED
+         ), changed AS (
+             UPDATE executions e
+             SET status = 'queued', attempts = e.attempts - 1, dispatched_at = NULL,
+                 dispatched_by = NULL, updated_at = now(), version = e.version + 1
+             FROM orphans o WHERE e.id = o.id
+             RETURNING e.id, e.job_id, e.device_id, e.attempts
+         ), logged AS (
+             INSERT INTO execution_status_log (execution_id, status, message)
+             SELECT id, 'queued', 'replica ' || $1 || ' stopped after claiming the command; sending it again'
+             FROM changed
+         ), events AS (
+             INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+             SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                    jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
+                                       'from', 'dispatched', 'to', 'queued', 'reason', 'redispatch',
+                                       'attempt', attempts + 1)
+             FROM changed
+         )
+         SELECT job_id FROM changed",
+    )
+    .bind(instance)
+    .fetch_all(pool)
+    .await?;
+    let count = jobs.len() as u64;
+    if count > 0 {
+        tracing::warn!(
+            instance,
+            count,
+            "commands claimed by a stopped replica are sent again"
+        );
+        let mut ids: Vec<Uuid> = jobs.into_iter().map(|(id,)| id).collect();
+        ids.sort();
+        ids.dedup();
+        crate::scheduler::touch_jobs(pool, &ids).await?;
+    }
+    Ok(count)
 }

@@ -60,6 +60,7 @@ pub struct DeviceTruth {
     pub state: String,
     pub version: Option<String>,
     pub reason: Option<String>,
+    /// Commands acted on (a repeat of the same command is not counted).
     pub commands: u32,
 }
 
@@ -129,7 +130,11 @@ impl Simulator {
             }
         ))
         .map_err(|e| anyhow::anyhow!("--mqtt: {e}"))?;
+        // A persistent session: commands published while the broker restarts
+        // or the link is down are delivered on reconnection, as to a real
+        // device.
         mqtt.set_keep_alive(Duration::from_secs(15))
+            .set_clean_session(false)
             .set_inflight(1000)
             .set_request_channel_capacity(100_000);
         let (client, mut eventloop) = AsyncClient::new(mqtt, 100_000);
@@ -143,6 +148,7 @@ impl Simulator {
             client: client.clone(),
             truth: truth.clone(),
             devices: by_id,
+            commands: Mutex::new(HashMap::new()),
         });
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -295,6 +301,27 @@ struct Shared {
     client: AsyncClient,
     truth: Truth,
     devices: HashMap<String, SimDevice>,
+    /// Each device's latest command, to recognise a repeat.
+    commands: Mutex<HashMap<String, Command>>,
+}
+
+/// A command a device acted on: execution and attempt, and once finished
+/// the final state it reported (and how often it was asked again).
+#[derive(Debug, Clone)]
+struct Command {
+    execution_id: Option<u64>,
+    attempt: u64,
+    outcome: Option<(String, Option<String>)>,
+    repeats: u32,
+}
+
+/// What to do with a command.
+enum Seen {
+    New,
+    /// The same command again while working on it: nothing to do.
+    InProgress,
+    /// The same command again after finishing: say how it ended.
+    Finished(String, Option<String>, u32),
 }
 
 impl Shared {
@@ -308,20 +335,79 @@ impl Shared {
         let Some(device) = self.devices.get(device_id).cloned() else {
             return;
         };
-        self.truth.update(&device.id, |t| t.commands += 1);
         let execution_id = command["execution_id"].as_u64();
-        let first = command["attempt"].as_u64().unwrap_or(1) == 1;
+        let attempt = command["attempt"].as_u64().unwrap_or(1);
+        let first = attempt == 1;
         let mut reporter = Reporter {
             shared: self,
             device: &device,
             execution_id,
+            attempt,
             sequence: 0,
         };
+        // A device acts on a command once. Asked again (a redelivery, or a
+        // server that could not tell whether the command left), it repeats
+        // how it ended, under a new message id.
+        match self.seen(&device.id, execution_id, attempt) {
+            Seen::New => self.truth.update(&device.id, |t| t.commands += 1),
+            Seen::InProgress => return,
+            Seen::Finished(state, reason, repeats) => {
+                reporter.sequence = 100 * repeats;
+                reporter.send(&state, None, reason.as_deref()).await;
+                return;
+            }
+        }
+        let outcome = self.act(&device, &command, &mut reporter, first).await;
+        if let Ok(mut commands) = self.commands.lock()
+            && let Some(c) = commands.get_mut(&device.id)
+            && c.execution_id == execution_id
+            && c.attempt == attempt
+        {
+            c.outcome = outcome;
+        }
+    }
+
+    fn seen(&self, device: &str, execution_id: Option<u64>, attempt: u64) -> Seen {
+        let Ok(mut commands) = self.commands.lock() else {
+            return Seen::New;
+        };
+        match commands.get_mut(device) {
+            Some(c) if c.execution_id == execution_id && c.attempt == attempt => match &c.outcome {
+                None => Seen::InProgress,
+                Some((state, reason)) => {
+                    c.repeats += 1;
+                    Seen::Finished(state.clone(), reason.clone(), c.repeats)
+                }
+            },
+            _ => {
+                commands.insert(
+                    device.to_owned(),
+                    Command {
+                        execution_id,
+                        attempt,
+                        outcome: None,
+                        repeats: 0,
+                    },
+                );
+                Seen::New
+            }
+        }
+    }
+
+    /// Carries out a new command; returns the final state it reported
+    /// (`None` for a device gone silent).
+    async fn act(
+        &self,
+        device: &SimDevice,
+        command: &Value,
+        reporter: &mut Reporter<'_>,
+        first: bool,
+    ) -> Option<(String, Option<String>)> {
         if first && rand::rng().random_bool(self.options.silent.clamp(0.0, 1.0)) {
             // Lost in a quarry: says init, then nothing.
             reporter.send("init", None, None).await;
             self.truth.update(&device.id, |t| t.state = "silent".into());
-            return;
+            return None;
         }
         if first && rand::rng().random_bool(self.options.fail_first.clamp(0.0, 1.0)) {
             let reason = "transient failure on the first attempt (simulated)";
@@ -330,9 +416,9 @@ impl Shared {
                 t.state = "error".into();
                 t.reason = Some(reason.into());
             });
-            return;
+            return Some(("error".into(), Some(reason.into())));
         }
-        match self.update(&device, &command, &mut reporter).await {
+        match self.update(device, command, reporter).await {
             Ok(version) => {
                 reporter.send("done", None, None).await;
                 self.truth.update(&device.id, |t| {
@@ -340,13 +426,15 @@ impl Shared {
                     t.version = Some(version);
                     t.reason = None;
                 });
+                Some(("done".into(), None))
             }
             Err(reason) => {
                 reporter.send("error", None, Some(&reason)).await;
                 self.truth.update(&device.id, |t| {
                     t.state = "error".into();
-                    t.reason = Some(reason);
+                    t.reason = Some(reason.clone());
                 });
+                Some(("error".into(), Some(reason)))
             }
         }
     }
@@ -438,7 +526,8 @@ impl Shared {
         interrupted: bool,
         reporter: &mut Reporter<'_>,
     ) -> Result<Vec<u8>, String> {
-        // Like a real device, retry a failed request a few times.
+        // Like a real device, retry a failed request for half a minute (the
+        // server may be restarting).
         let get = |range: Option<String>| async move {
             let mut delay = Duration::from_millis(200);
             let mut attempt = 0;
@@ -453,11 +542,11 @@ impl Shared {
                     Err(_) => true,
                 };
                 attempt += 1;
-                if !retry || attempt >= 4 {
+                if !retry || attempt >= 10 {
                     return result;
                 }
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(4));
             }
         };
         reporter.send("downloading", Some(0), None).await;
@@ -503,6 +592,7 @@ struct Reporter<'a> {
     shared: &'a Shared,
     device: &'a SimDevice,
     execution_id: Option<u64>,
+    attempt: u64,
     sequence: u32,
 }
 
@@ -516,7 +606,7 @@ impl Reporter<'_> {
         let via = self.device.gateway.as_deref().unwrap_or(&self.device.id);
         let topic = format!("{}/{via}/update/status", options.topic_prefix);
         let message = json!({
-            "message_id": format!("{}-{}-{}", self.execution_id.unwrap_or(0), self.sequence, state),
+            "message_id": format!("{}-{}-{}-{}", self.execution_id.unwrap_or(0), self.attempt, self.sequence, state),
             "device_id": self.device.id,
             "state": state,
             "progress": progress,

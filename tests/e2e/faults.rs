@@ -1,0 +1,346 @@
+//! Rollway under faults, with real processes: the host killed with SIGKILL
+//! mid-rollout and restarted, the MQTT broker restarted, the Kafka-API
+//! broker down for half a minute; and two replicas side by side, one killed
+//! for good. The outcome must be what the devices themselves saw, and every
+//! state change must reach Kafka exactly once in effect.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use rollway::sim::{DeviceTruth, SimOptions, Simulator};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, metric};
+use crate::procs::{Cluster, kafka, mosquitto, start_host};
+use crate::relay::{consume_from, wait_all_sent};
+
+fn sim_options(app: &TestApp, cluster: &Cluster, devices: u32) -> SimOptions {
+    SimOptions {
+        api: app.base.clone(),
+        token: app.admin_token.clone(),
+        mqtt_url: cluster.mqtt_url.clone(),
+        devices,
+        families: vec!["esp32".into()],
+        fail_rate: 0.3,
+        family_fail_rates: Default::default(),
+        dropouts: 0.0,
+        duplicates: 0.05,
+        out_of_order: 0.05,
+        interruptions: 0.1,
+        silent: 0.0,
+        fail_first: 0.0,
+        step: Duration::from_millis(100),
+        topic_prefix: cluster.topic_prefix.clone(),
+        id_prefix: "F-".into(),
+    }
+}
+
+/// One job over the whole simulated fleet. The device timeout is long:
+/// commands lost with a killed host are sent again without it, and a
+/// timeout firing while a device is merely slow under load would make its
+/// late statuses count for the next attempt.
+async fn start_job(app: &TestApp, device_timeout_secs: u32) -> String {
+    let firmware = app.upload_esp32("5.0.0").await;
+    let body = json!({
+        "firmware_id": firmware["id"],
+        "targets": { "filter": { "tags": { "fleet": "simulated" } } },
+        "rollout": { "plugin": "rollout-percent", "config": { "batches": [10, 50, 100], "success_threshold": 80, "failure_threshold": 30 } },
+        "device_timeout_secs": device_timeout_secs,
+        "max_retries": 1,
+    });
+    let response = app.post_json("/api/v1/jobs", &body).await;
+    let status = response.status();
+    let view: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{view}");
+    view["id"].as_str().unwrap().to_owned()
+}
+
+async fn finished_executions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM executions WHERE status IN ('done', 'error', 'timed_out', 'cancelled')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(0)
+}
+
+async fn wait_finished(pool: &PgPool, at_least: i64, timeout: Duration) {
+    let started = Instant::now();
+    while finished_executions(pool).await < at_least {
+        assert!(
+            started.elapsed() < timeout,
+            "fewer than {at_least} executions finished after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn job_status(pool: &PgPool, job: &str) -> String {
+    sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
+        .bind(job)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_default()
+}
+
+async fn wait_job_finished(pool: &PgPool, job: &str, timeout: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let status = job_status(pool, job).await;
+        if ["completed", "failed", "cancelled", "paused"].contains(&status.as_str()) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "job {job} still {status} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Every execution ended as its device says it did.
+async fn assert_states_match_truth(pool: &PgPool, truth: &BTreeMap<String, DeviceTruth>) {
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT device_id, status FROM executions")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for (device, status) in &rows {
+        let seen = &truth[device];
+        assert_eq!(
+            status, &seen.state,
+            "{device}: the host says {status}, the device {seen:?}"
+        );
+        *outcomes.entry(status.clone()).or_default() += 1;
+    }
+    // Both outcomes occurred: the comparison is not trivially all `done`.
+    assert!(
+        outcomes.get("done").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get("error").copied().unwrap_or(0) > 0,
+        "{outcomes:?}"
+    );
+}
+
+/// The topic holds exactly the outbox, deduplicated by event id, and each
+/// execution's events form an unbroken chain ending in its final state.
+async fn assert_events_exactly_once(app: &TestApp, brokers: &str, topic: &str) {
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM event_outbox")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let expected: HashSet<String> = ids.iter().map(ToString::to_string).collect();
+    let envelopes = consume_from(brokers, topic, &expected, Duration::from_secs(90)).await;
+    let mut unique: BTreeMap<String, Value> = BTreeMap::new();
+    for envelope in envelopes {
+        unique.insert(envelope["id"].as_str().unwrap().to_owned(), envelope);
+    }
+    let published: HashSet<String> = unique.keys().cloned().collect();
+    assert_eq!(published, expected, "the topic and the outbox differ");
+
+    let mut chains: BTreeMap<i64, Vec<&Value>> = BTreeMap::new();
+    for envelope in unique.values() {
+        if envelope["type"] == "execution.status.changed" {
+            let execution = envelope["payload"]["execution_id"].as_i64().unwrap();
+            chains.entry(execution).or_default().push(envelope);
+        }
+    }
+    let finals: Vec<(i64, String)> = sqlx::query_as("SELECT id, status FROM executions")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    for (execution, status) in finals {
+        let mut chain = chains.remove(&execution).unwrap_or_default();
+        chain.sort_by_key(|e| e["seq"].as_i64());
+        let mut state = "queued".to_owned();
+        for event in &chain {
+            assert_eq!(
+                event["payload"]["from"].as_str(),
+                Some(state.as_str()),
+                "execution {execution}: a change is missing before {event}"
+            );
+            state = event["payload"]["to"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(
+            state, status,
+            "execution {execution}: events end in {state}"
+        );
+    }
+    let jobs: Vec<&Value> = unique
+        .values()
+        .filter(|e| e["type"] == "job.status.changed")
+        .collect();
+    assert!(!jobs.is_empty());
+}
+
+#[tokio::test]
+async fn nothing_is_lost_when_the_host_and_the_brokers_fail() {
+    let dir = crate::helpers::temp_dir("faults");
+    let mut broker = mosquitto(&dir).await;
+    let mut kafka = kafka(&dir).await;
+    let brokers = format!("127.0.0.1:{}", kafka.port);
+    let cluster = Cluster::new(
+        format!("mqtt://127.0.0.1:{}", broker.port),
+        Some(brokers.clone()),
+    )
+    .await;
+    rollway::ingest::kafka::ensure_topic(&brokers, &cluster.events_topic, 3)
+        .await
+        .unwrap();
+    // Few attempts: an outage counted against events would dead-letter them.
+    let mut host = cluster.host("fault-host", &[("ROLLWAY_OUTBOX_MAX_ATTEMPTS", "3")]);
+    start_host(&mut host).await;
+    let app = cluster.client(&host).await;
+    let sim = Simulator::start(sim_options(&app, &cluster, 1000))
+        .await
+        .unwrap();
+    let job = start_job(&app, 600).await;
+    let total = 1000;
+
+    let mut rng = rand::rng();
+    // 1. Killed while the first batch goes out.
+    wait_finished(&app.pool, 1, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
+    host.kill();
+    start_host(&mut host).await;
+    // 2. Kafka goes down for 30 to 45 s.
+    kafka.stop().await;
+    let kafka_down = Instant::now();
+    let outage = Duration::from_secs(rng.random_range(30..=45));
+    // 3. Killed again in the second batch.
+    wait_finished(&app.pool, total / 5, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
+    host.kill();
+    tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
+    start_host(&mut host).await;
+    // 4. The MQTT broker restarts.
+    wait_finished(&app.pool, total / 3, Duration::from_secs(120)).await;
+    broker.stop().await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+    broker.start();
+    broker.wait_ready(Duration::from_secs(10)).await;
+    // 5. Killed a third time in the last batch.
+    wait_finished(&app.pool, total / 2, Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
+    let unfinished = total - finished_executions(&app.pool).await;
+    host.kill();
+    start_host(&mut host).await;
+    assert!(unfinished > 0, "the rollout ended before the third kill");
+    // 6. Kafka comes back.
+    if let Some(rest) = outage.checked_sub(kafka_down.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    kafka.start();
+    kafka.wait_ready(Duration::from_secs(30)).await;
+
+    let status = wait_job_finished(&app.pool, &job, Duration::from_secs(300)).await;
+    assert_eq!(status, "completed");
+    // Late statuses of devices still talking settle before the comparison.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let truth = sim.truth.snapshot();
+    sim.stop().await;
+    assert_states_match_truth(&app.pool, &truth).await;
+    wait_all_sent(&app, Duration::from_secs(120)).await;
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM event_dead_letter")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "events were dead-lettered");
+    assert_events_exactly_once(&app, &brokers, &cluster.events_topic).await;
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_finishes_the_rollout_of_one_killed_for_good() {
+    let mqtt_url = std::env::var("MQTT_URL").expect("MQTT_URL is not set");
+    let mut cluster = Cluster::new(mqtt_url, None).await;
+    let settings = [("ROLLWAY_REPLICA_TIMEOUT", "5")];
+    // Names of their own: MQTT sessions outlive a test run on the shared broker.
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut a = cluster.host(&format!("replica-a-{run}"), &settings);
+    // Devices download through the first replica (standing for a load
+    // balancer), so losing the second one breaks no download.
+    cluster.public_url = Some(format!("http://127.0.0.1:{}", a.port));
+    start_host(&mut a).await;
+    let mut b = cluster.host(&format!("replica-b-{run}"), &settings);
+    start_host(&mut b).await;
+    let app_a = cluster.client(&a).await;
+    let app_b = cluster.client(&b).await;
+    let sim = Simulator::start(sim_options(&app_a, &cluster, 900))
+        .await
+        .unwrap();
+    let job = start_job(&app_a, 600).await;
+    let total = 900;
+
+    // Both replicas take statuses from the shared subscription.
+    wait_finished(&app_a.pool, total / 4, Duration::from_secs(120)).await;
+    let applied_a = metric(&app_a, "status_messages_total", &[]).await;
+    let applied_b = metric(&app_b, "status_messages_total", &[]).await;
+    assert!(
+        applied_a > 0.0 && applied_b > 0.0,
+        "a: {applied_a}, b: {applied_b}"
+    );
+    b.kill();
+    let unfinished = total - finished_executions(&app_a.pool).await;
+    assert!(unfinished > 0, "the rollout ended before the kill");
+
+    // The survivor adopts the dead replica's session and finishes.
+    let started = Instant::now();
+    while metric(&app_a, "mqtt_sessions_adopted", &[]).await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no adoption");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = wait_job_finished(&app_a.pool, &job, Duration::from_secs(240)).await;
+    assert_eq!(status, "completed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let truth = sim.truth.snapshot();
+    sim.stop().await;
+    assert_states_match_truth(&app_a.pool, &truth).await;
+
+    // Each device acted on one command per attempt: those the dying
+    // replica claimed were sent again under the same attempt.
+    let attempts: Vec<(String, i32)> = sqlx::query_as("SELECT device_id, attempts FROM executions")
+        .fetch_all(&app_a.pool)
+        .await
+        .unwrap();
+    for (device, attempts) in attempts {
+        let commands = truth[&device].commands as i32;
+        assert_eq!(
+            commands, attempts,
+            "{device}: {commands} commands for {attempts} attempts"
+        );
+    }
+    // The job was started and its batches released once.
+    let started_events: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_outbox WHERE event_type = 'job.status.changed' AND payload->>'to' = 'running'",
+    )
+    .fetch_one(&app_a.pool)
+    .await
+    .unwrap();
+    assert_eq!(started_events, 1);
+    let batches: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_batches WHERE job_id = $1::uuid")
+            .bind(&job)
+            .fetch_one(&app_a.pool)
+            .await
+            .unwrap();
+    assert_eq!(batches, 3);
+
+    // The replica comes back and gets its session back.
+    start_host(&mut b).await;
+    let started = Instant::now();
+    while metric(&app_a, "mqtt_sessions_adopted", &[]).await > 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "session not handed back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
