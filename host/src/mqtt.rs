@@ -3,6 +3,8 @@
 //! Incoming status messages go to the ingest worker through a channel; acks
 //! are sent by the worker after its database commit (manual acks).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,6 +45,31 @@ pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
 #[derive(Clone)]
 pub struct MqttLink {
     pub client: AsyncClient,
+    /// Counts connections: bumped on every CONNACK.
+    generation: Arc<AtomicU64>,
+}
+
+/// A received message and the connection it came on.
+#[derive(Debug)]
+pub struct Incoming {
+    pub publish: Publish,
+    generation: u64,
+}
+
+impl MqttLink {
+    /// Acks a message after its commit, on the connection it came on only.
+    /// A packet id is only meaningful on its own connection: after a
+    /// reconnection the broker sends unacked messages again (acked then,
+    /// as duplicates), and an old id acked on the new connection could
+    /// acknowledge a different message that was never applied.
+    pub async fn ack(&self, message: &Incoming) {
+        if message.generation != self.generation.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(error) = self.client.ack(&message.publish).await {
+            tracing::warn!(%error, "acking a message");
+        }
+    }
 }
 
 /// Connects and drives the event loop until `shutdown`. `subscriptions` are
@@ -50,27 +77,31 @@ pub struct MqttLink {
 pub fn spawn(
     options: MqttOptions,
     subscriptions: Vec<String>,
-    incoming: Option<mpsc::Sender<Publish>>,
+    incoming: Option<mpsc::Sender<Incoming>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> MqttLink {
     let (client, eventloop) = AsyncClient::new(options, 10_000);
+    let link = MqttLink {
+        client,
+        generation: Arc::new(AtomicU64::new(0)),
+    };
     tokio::spawn(drive(
         eventloop,
-        client.clone(),
+        link.clone(),
         subscriptions,
         incoming,
         metrics,
         shutdown,
     ));
-    MqttLink { client }
+    link
 }
 
 async fn drive(
     mut eventloop: EventLoop,
-    client: AsyncClient,
+    link: MqttLink,
     subscriptions: Vec<String>,
-    incoming: Option<mpsc::Sender<Publish>>,
+    incoming: Option<mpsc::Sender<Incoming>>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -81,19 +112,31 @@ async fn drive(
             () = shutdown.cancelled() => break,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                if !connack.session_present {
+                    // A new session: whatever the broker held for us is gone
+                    // (first start, or a broker that lost its state).
+                    tracing::warn!(
+                        "MQTT session is new; the broker kept no state for this replica"
+                    );
+                }
+                link.generation.fetch_add(1, Ordering::AcqRel);
                 backoff = Duration::from_millis(200);
                 for topic in &subscriptions {
                     // try_subscribe: never wait on our own request channel here.
-                    if let Err(error) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                    if let Err(error) = link.client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                         tracing::error!(%error, topic, "subscribing");
                     }
                 }
                 tracing::info!("MQTT connected");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let message = Incoming {
+                    publish,
+                    generation: link.generation.load(Ordering::Acquire),
+                };
                 if let Some(tx) = &incoming
-                    && tx.send(publish).await.is_err()
+                    && tx.send(message).await.is_err()
                 {
                     break;
                 }
@@ -113,5 +156,5 @@ async fn drive(
             }
         }
     }
-    let _ = client.try_disconnect();
+    let _ = link.client.try_disconnect();
 }

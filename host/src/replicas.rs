@@ -182,7 +182,7 @@ impl Replicas {
             }
             let token = shutdown.child_token();
             self.adopt(adopter, &peer, token.clone())?;
-            crate::dispatch::requeue_orphans(&self.pool, &peer).await?;
+            crate::dispatch::resend_orphans(&self.pool, &peer).await?;
             adopted.insert(peer.clone(), token);
             tracing::warn!(peer, "replica is silent; adopting its MQTT session");
         }
@@ -201,7 +201,7 @@ impl Replicas {
             self.metrics.clone(),
             token.clone(),
         );
-        tokio::spawn(adopter.ingest.clone().run_mqtt(rx, link.client, token));
+        tokio::spawn(adopter.ingest.clone().run_mqtt(rx, link, token));
         Ok(())
     }
 

@@ -60,7 +60,7 @@ impl Application {
             .await
             .context("registering this replica")?;
         // What this replica's previous run claimed and may not have sent.
-        crate::dispatch::requeue_orphans(&pool, &settings.instance_id)
+        crate::dispatch::resend_orphans(&pool, &settings.instance_id)
             .await
             .context("re-queueing unsent commands")?;
         let store = FirmwareStore::open(&settings.store)?;
@@ -228,7 +228,7 @@ impl Application {
             });
             handles.push(tokio::spawn(ingest.run_mqtt(
                 incoming_rx,
-                link.client.clone(),
+                link.clone(),
                 token.clone(),
             )));
         } else {

@@ -31,6 +31,17 @@ use manifest::Manifest;
 const CLAIM: i64 = 500;
 /// Publish attempts before an execution fails.
 const PUBLISH_ATTEMPTS: u32 = 5;
+/// What a command needs, for the executions in a `claimed` CTE.
+const CLAIMED_DETAILS: &str =
+    "SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
+            g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
+            f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs
+     FROM claimed c
+     JOIN devices d ON d.id = c.device_id
+     LEFT JOIN devices g ON g.id = d.gateway_id
+     JOIN jobs j ON j.id = c.job_id
+     JOIN firmware f ON f.id = j.firmware_id
+     ORDER BY c.id";
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -163,10 +174,35 @@ impl Dispatcher {
         ))
     }
 
-    /// Claims released executions of running jobs, one per device (a device
-    /// never has two updates in flight), emergency jobs first.
+    /// Claims commands to send: first those to send again (see
+    /// `resend_orphans`), then released executions of running jobs, one
+    /// per device (a device never has two updates in flight), emergency
+    /// jobs first.
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
-        sqlx::query_as(
+        let mut claimed: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH picked AS (
+                 SELECT e.id FROM executions e
+                 JOIN jobs j ON j.id = e.job_id AND j.status = 'running'
+                 WHERE e.resend AND e.status = 'dispatched'
+                 ORDER BY e.id LIMIT $1
+                 FOR UPDATE OF e SKIP LOCKED
+             ), claimed AS (
+                 UPDATE executions e
+                 SET resend = false, dispatched_by = $2, updated_at = now(), version = e.version + 1
+                 FROM picked p WHERE e.id = p.id
+                 RETURNING e.id, e.job_id, e.device_id, e.attempts
+             )
+             {CLAIMED_DETAILS}"
+        )))
+        .bind(CLAIM)
+        .bind(&self.instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let room = CLAIM - claimed.len() as i64;
+        if room == 0 {
+            return Ok(claimed);
+        }
+        let fresh: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH pick AS (
                  SELECT DISTINCT ON (e.device_id) e.id, (j.kind = 'emergency') AS urgent
                  FROM executions e
@@ -198,20 +234,14 @@ impl Dispatcher {
                                            'from', 'queued', 'to', 'dispatched', 'attempt', attempts)
                  FROM claimed
              )
-             SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
-                    g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
-                    f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs
-             FROM claimed c
-             JOIN devices d ON d.id = c.device_id
-             LEFT JOIN devices g ON g.id = d.gateway_id
-             JOIN jobs j ON j.id = c.job_id
-             JOIN firmware f ON f.id = j.firmware_id
-             ORDER BY c.id",
-        )
-        .bind(CLAIM)
+             {CLAIMED_DETAILS}"
+        )))
+        .bind(room)
         .bind(&self.instance_id)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        claimed.extend(fresh);
+        Ok(claimed)
     }
 
     async fn request(&self, c: &Claimed) -> anyhow::Result<(String, CommandRequest)> {
@@ -313,51 +343,26 @@ impl Dispatcher {
     }
 }
 
-/// Sends again the commands `instance` claimed whose device has not spoken
-/// since: that replica died (or restarted) and cannot tell whether they
-/// left it. They go back to `queued` with the same attempt number, so the
-/// device sees the same command again, which it treats as a repeat.
-/// Returns how many were re-queued.
-pub async fn requeue_orphans(pool: &PgPool, instance: &str) -> Result<u64, sqlx::Error> {
-    let jobs: Vec<(Uuid,)> = sqlx::query_as(
-        "WITH orphans AS (
-             SELECT id FROM executions
-             WHERE status = 'dispatched' AND dispatched_by = $1
-             FOR UPDATE SKIP LOCKED
-         ), changed AS (
-             UPDATE executions e
-             SET status = 'queued', attempts = e.attempts - 1, dispatched_at = NULL,
-                 dispatched_by = NULL, updated_at = now(), version = e.version + 1
-             FROM orphans o WHERE e.id = o.id
-             RETURNING e.id, e.job_id, e.device_id, e.attempts
-         ), logged AS (
-             INSERT INTO execution_status_log (execution_id, status, message)
-             SELECT id, 'queued', 'replica ' || $1 || ' stopped after claiming the command; sending it again'
-             FROM changed
-         ), events AS (
-             INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-             SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
-                    jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
-                                       'from', 'dispatched', 'to', 'queued', 'reason', 'redispatch',
-                                       'attempt', attempts + 1)
-             FROM changed
-         )
-         SELECT job_id FROM changed",
+/// Marks for sending again the commands `instance` claimed whose device has
+/// not spoken since: that replica stopped (or restarted) and cannot tell
+/// whether they left it. They keep their status and attempt; the device
+/// sees the same command again and ignores the repeat if it had it.
+/// Returns how many were marked.
+pub async fn resend_orphans(pool: &PgPool, instance: &str) -> Result<u64, sqlx::Error> {
+    let marked = sqlx::query(
+        "UPDATE executions SET resend = true, dispatched_by = NULL
+         WHERE status = 'dispatched' AND dispatched_by = $1",
     )
     .bind(instance)
-    .fetch_all(pool)
-    .await?;
-    let count = jobs.len() as u64;
-    if count > 0 {
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if marked > 0 {
         tracing::warn!(
             instance,
-            count,
+            count = marked,
             "commands claimed by a stopped replica are sent again"
         );
-        let mut ids: Vec<Uuid> = jobs.into_iter().map(|(id,)| id).collect();
-        ids.sort();
-        ids.dedup();
-        crate::scheduler::touch_jobs(pool, &ids).await?;
     }
-    Ok(count)
+    Ok(marked)
 }

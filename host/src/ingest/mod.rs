@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rumqttc::{AsyncClient, Publish};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc};
@@ -24,6 +23,7 @@ use uuid::Uuid;
 
 use crate::domain::ExecutionStatus;
 use crate::metrics::Metrics;
+use crate::mqtt::{Incoming, MqttLink};
 use crate::plugins::{PluginError, PluginRegistry, StatusReport};
 
 /// Largest status payload accepted.
@@ -87,8 +87,8 @@ impl Ingest {
     /// Applies MQTT messages in batches and acks each after its commit.
     pub async fn run_mqtt(
         self,
-        mut rx: mpsc::Receiver<Publish>,
-        client: AsyncClient,
+        mut rx: mpsc::Receiver<Incoming>,
+        link: MqttLink,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -106,18 +106,16 @@ impl Ingest {
             }
             let raw: Vec<RawStatus> = batch
                 .iter()
-                .map(|p| RawStatus {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
+                .map(|m| RawStatus {
+                    topic: m.publish.topic.clone(),
+                    payload: m.publish.payload.clone(),
                 })
                 .collect();
             if !self.process_until_applied(raw, &shutdown).await {
                 return;
             }
-            for publish in &batch {
-                if let Err(error) = client.ack(publish).await {
-                    tracing::warn!(%error, "acking a status");
-                }
+            for message in &batch {
+                link.ack(message).await;
             }
         }
     }

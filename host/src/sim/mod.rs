@@ -159,7 +159,10 @@ impl Simulator {
                     () = token.cancelled() => break,
                 };
                 match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                        if !connack.session_present && ready.is_none() {
+                            tracing::warn!("simulator: the broker lost our session");
+                        }
                         let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -301,27 +304,9 @@ struct Shared {
     client: AsyncClient,
     truth: Truth,
     devices: HashMap<String, SimDevice>,
-    /// Each device's latest command, to recognise a repeat.
-    commands: Mutex<HashMap<String, Command>>,
-}
-
-/// A command a device acted on: execution and attempt, and once finished
-/// the final state it reported (and how often it was asked again).
-#[derive(Debug, Clone)]
-struct Command {
-    execution_id: Option<u64>,
-    attempt: u64,
-    outcome: Option<(String, Option<String>)>,
-    repeats: u32,
-}
-
-/// What to do with a command.
-enum Seen {
-    New,
-    /// The same command again while working on it: nothing to do.
-    InProgress,
-    /// The same command again after finishing: say how it ended.
-    Finished(String, Option<String>, u32),
+    /// Each device's latest command (execution, attempt), to recognise a
+    /// repeat.
+    commands: Mutex<HashMap<String, (Option<u64>, u64)>>,
 }
 
 impl Shared {
@@ -345,69 +330,36 @@ impl Shared {
             attempt,
             sequence: 0,
         };
-        // A device acts on a command once. Asked again (a redelivery, or a
-        // server that could not tell whether the command left), it repeats
-        // how it ended, under a new message id.
-        match self.seen(&device.id, execution_id, attempt) {
-            Seen::New => self.truth.update(&device.id, |t| t.commands += 1),
-            Seen::InProgress => return,
-            Seen::Finished(state, reason, repeats) => {
-                reporter.sequence = 100 * repeats;
-                reporter.send(&state, None, reason.as_deref()).await;
-                return;
-            }
+        // A device acts on a command once: a repeat (a redelivery, or a
+        // server that could not tell whether the command left) is ignored.
+        let fresh = self
+            .commands
+            .lock()
+            .map(|mut commands| {
+                commands.insert(device.id.clone(), (execution_id, attempt))
+                    != Some((execution_id, attempt))
+            })
+            .unwrap_or(true);
+        if !fresh {
+            return;
         }
-        let outcome = self.act(&device, &command, &mut reporter, first).await;
-        if let Ok(mut commands) = self.commands.lock()
-            && let Some(c) = commands.get_mut(&device.id)
-            && c.execution_id == execution_id
-            && c.attempt == attempt
-        {
-            c.outcome = outcome;
-        }
+        self.truth.update(&device.id, |t| t.commands += 1);
+        self.act(&device, &command, &mut reporter, first).await;
     }
 
-    fn seen(&self, device: &str, execution_id: Option<u64>, attempt: u64) -> Seen {
-        let Ok(mut commands) = self.commands.lock() else {
-            return Seen::New;
-        };
-        match commands.get_mut(device) {
-            Some(c) if c.execution_id == execution_id && c.attempt == attempt => match &c.outcome {
-                None => Seen::InProgress,
-                Some((state, reason)) => {
-                    c.repeats += 1;
-                    Seen::Finished(state.clone(), reason.clone(), c.repeats)
-                }
-            },
-            _ => {
-                commands.insert(
-                    device.to_owned(),
-                    Command {
-                        execution_id,
-                        attempt,
-                        outcome: None,
-                        repeats: 0,
-                    },
-                );
-                Seen::New
-            }
-        }
-    }
-
-    /// Carries out a new command; returns the final state it reported
-    /// (`None` for a device gone silent).
+    /// Carries out a new command.
     async fn act(
         &self,
         device: &SimDevice,
         command: &Value,
         reporter: &mut Reporter<'_>,
         first: bool,
-    ) -> Option<(String, Option<String>)> {
+    ) {
         if first && rand::rng().random_bool(self.options.silent.clamp(0.0, 1.0)) {
             // Lost in a quarry: says init, then nothing.
             reporter.send("init", None, None).await;
             self.truth.update(&device.id, |t| t.state = "silent".into());
-            return None;
+            return;
         }
         if first && rand::rng().random_bool(self.options.fail_first.clamp(0.0, 1.0)) {
             let reason = "transient failure on the first attempt (simulated)";
@@ -416,7 +368,7 @@ impl Shared {
                 t.state = "error".into();
                 t.reason = Some(reason.into());
             });
-            return Some(("error".into(), Some(reason.into())));
+            return;
         }
         match self.update(device, command, reporter).await {
             Ok(version) => {
@@ -426,15 +378,13 @@ impl Shared {
                     t.version = Some(version);
                     t.reason = None;
                 });
-                Some(("done".into(), None))
             }
             Err(reason) => {
                 reporter.send("error", None, Some(&reason)).await;
                 self.truth.update(&device.id, |t| {
                     t.state = "error".into();
-                    t.reason = Some(reason.clone());
+                    t.reason = Some(reason);
                 });
-                Some(("error".into(), Some(reason)))
             }
         }
     }
