@@ -27,6 +27,32 @@ use crate::mqtt;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// A replica as operators see it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ReplicaView {
+    pub instance_id: String,
+    pub version: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    /// Whether its heartbeat is younger than `ROLLWAY_REPLICA_TIMEOUT`.
+    pub alive: bool,
+    /// The replica serving its MQTT session while it is away.
+    pub adopted_by: Option<String>,
+    pub adopted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every replica that ever ran on this database.
+pub async fn list(pool: &PgPool, timeout: Duration) -> Result<Vec<ReplicaView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT instance_id, version, started_at, heartbeat_at,
+                heartbeat_at >= now() - make_interval(secs => $1) AS alive, adopted_by, adopted_at
+         FROM replicas ORDER BY instance_id",
+    )
+    .bind(timeout.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
 /// The MQTT client id of a replica's session.
 pub fn client_id(instance_id: &str) -> String {
     format!("rollway-{instance_id}")

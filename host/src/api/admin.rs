@@ -26,6 +26,24 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(signing_keys))
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
+        .routes(routes!(list_replicas))
+}
+
+/// The host replicas sharing this database: alive or not, and who serves
+/// the MQTT session of one that is away.
+#[utoipa::path(
+    get, path = "/replicas", tag = "admin",
+    responses((status = 200, body = Vec<crate::replicas::ReplicaView>), (status = 401, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn list_replicas(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Vec<crate::replicas::ReplicaView>>> {
+    caller.require(Role::Viewer, "list replicas")?;
+    Ok(axum::Json(
+        crate::replicas::list(&state.pool, state.settings.replica_timeout).await?,
+    ))
 }
 
 /// An API token as listed (the secret is shown only at creation).
