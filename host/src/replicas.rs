@@ -190,7 +190,9 @@ impl Replicas {
         }
         // Adopt the sessions of silent replicas nobody live serves.
         let silent: Vec<String> = sqlx::query_scalar(
-            "UPDATE replicas r SET adopted_by = $1, adopted_at = now()
+            "UPDATE replicas r
+             SET adopted_at = CASE WHEN r.adopted_by = $1 THEN r.adopted_at ELSE now() END,
+                 adopted_by = $1
              WHERE r.instance_id <> $1
                AND r.heartbeat_at < now() - make_interval(secs => $2)
                AND (r.adopted_by IS NULL OR r.adopted_by = $1 OR NOT EXISTS (
