@@ -190,6 +190,8 @@ impl Relay {
         let mut failed: Vec<(Uuid, String)> = Vec::new();
         // An aggregate whose event failed keeps its later events back.
         let mut blocked: HashSet<String> = HashSet::new();
+        // Whether the broker refused the producer's identity this round.
+        let mut identity_lost_seen = false;
         let producer = self.kafka.as_ref().map(|kafka| kafka.current());
         match &producer {
             Some(producer) => {
@@ -218,26 +220,21 @@ impl Relay {
                                     );
                                     Ok(())
                                 }
-                                Ok(Err((e, _))) => {
-                                    if identity_lost(&e) {
-                                        Err(format!("{PRODUCER_IDENTITY_LOST}: {e}"))
-                                    } else {
-                                        Err(e.to_string())
-                                    }
-                                }
-                                Err(_) => Err("no delivery report within 15 s".to_owned()),
+                                Ok(Err((e, _))) => Err((e.to_string(), identity_lost(&e))),
+                                Err(_) => Err(("no delivery report within 15 s".to_owned(), false)),
                             }
                         }),
                     ));
                 }
                 for (event, handle) in pending {
-                    let result = handle.await.unwrap_or_else(|e| Err(e.to_string()));
+                    let result = handle.await.unwrap_or_else(|e| Err((e.to_string(), false)));
                     match result {
                         Ok(()) if !blocked.contains(&event.aggregate_id) => sent.push(event),
                         Ok(()) => {
                             failed.push((event.id, "held back behind an earlier event".into()))
                         }
-                        Err(error) => {
+                        Err((error, lost)) => {
+                            identity_lost_seen |= lost;
                             blocked.insert(event.aggregate_id.clone());
                             failed.push((event.id, error));
                         }
@@ -259,10 +256,7 @@ impl Relay {
         // table, however long they last.
         let outage = match (&self.kafka, &producer, failed.is_empty()) {
             (Some(kafka), Some(producer), false) => {
-                let lost = failed
-                    .iter()
-                    .any(|(_, e)| e.starts_with(PRODUCER_IDENTITY_LOST));
-                kafka.renew(producer, lost) || !broker_reachable(producer).await
+                kafka.renew(producer, identity_lost_seen) || !broker_reachable(producer).await
             }
             _ => false,
         };
@@ -317,8 +311,6 @@ impl Relay {
         Ok(())
     }
 }
-
-const PRODUCER_IDENTITY_LOST: &str = "producer identity lost";
 
 /// Errors after which an idempotent producer cannot send again: the broker
 /// fenced it or lost its id and sequence (after a broker restart, say).
