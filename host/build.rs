@@ -1,5 +1,6 @@
 //! Builds the plugins Rollway ships (`plugins/*`) as WebAssembly components
-//! and embeds them, so a plain `cargo build` of the host carries them.
+//! and embeds them, so a plain `cargo build` of the host carries them; and
+//! lists the dashboard's files (`src/dashboard/assets`) for embedding.
 //!
 //! The plugins are built by a nested `cargo build --target wasm32-wasip2`
 //! into `<target>/wasm-plugins`, apart from the host's own build.
@@ -34,6 +35,8 @@ fn main() {
         "cargo:rerun-if-changed={}",
         root.join("Cargo.lock").display()
     );
+
+    dashboard_assets(&manifest_dir.join("src/dashboard/assets"), &out_dir);
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = Command::new(cargo);
@@ -83,4 +86,41 @@ fn main() {
         std::fs::copy(built.join(&file), out_dir.join(&file))
             .unwrap_or_else(|e| panic!("copying {file}: {e}"));
     }
+}
+
+/// Writes `dashboard_assets.rs`: a `(name, content type, bytes)` entry per
+/// file of the dashboard, in name order.
+fn dashboard_assets(dir: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    let mut table = String::from("&[\n");
+    for path in files {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("file name");
+        let content_type = match path.extension().and_then(|e| e.to_str()) {
+            Some("html") => "text/html; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            Some("js" | "mjs") => "text/javascript; charset=utf-8",
+            Some("svg") => "image/svg+xml",
+            Some("png") => "image/png",
+            Some("ico") => "image/x-icon",
+            Some("json") => "application/json",
+            _ => panic!("dashboard asset {name}: unknown content type"),
+        };
+        table.push_str(&format!(
+            "    ({name:?}, {content_type:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    table.push(']');
+    std::fs::write(out_dir.join("dashboard_assets.rs"), table)
+        .expect("writing dashboard_assets.rs");
 }

@@ -164,6 +164,24 @@ ensure_kafka() {
     _log "started tansu on $port"
 }
 
+ensure_browser() {
+    # The dashboard's browser tests: Debian's Chromium, Node.js, and
+    # playwright-core from npm (it drives the installed Chromium; it never
+    # downloads a browser).
+    local missing=()
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then _apt_install "${missing[@]}"; fi
+    export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
+    local dir=tests/browser
+    if [ ! -f "$dir/node_modules/playwright-core/package.json" ] \
+        || ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.package-lock.json"; then
+        _log "installing the browser test driver (npm ci)"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+    fi
+}
+
 services_up() {
     mkdir -p "$ROLLWAY_SERVICES_DIR"
     command -v psql >/dev/null || _apt_install postgresql-client

@@ -10,6 +10,10 @@ mkdir -p "$ROLLWAY_CACHE"
 
 trap services_down EXIT
 services_up
+ensure_browser
+# Screenshots of the browser tests are kept here.
+export ROLLWAY_TEST_ARTIFACTS=${ROLLWAY_TEST_ARTIFACTS:-$ROLLWAY_CACHE/artifacts}
+mkdir -p "$ROLLWAY_TEST_ARTIFACTS"
 
 # Test databases of earlier runs.
 psql "$ROLLWAY_TEST_DATABASE_URL" -tAc \
@@ -19,6 +23,7 @@ psql "$ROLLWAY_TEST_DATABASE_URL" -tAc \
 log="$ROLLWAY_CACHE/last-test.log"
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+echo "browser test screenshots: $ROLLWAY_TEST_ARTIFACTS"
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

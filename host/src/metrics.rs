@@ -18,6 +18,7 @@ pub struct Metrics {
     pub outbox_pending_total: IntGauge,
     pub outbox_errors_total: IntCounter,
     pub mqtt_sessions_adopted: IntGauge,
+    pub live_stream_clients: IntGauge,
     pub event_processing_lag_seconds: Histogram,
     pub status_messages_total: IntCounterVec,
     pub plugin_calls_total: IntCounterVec,
@@ -54,6 +55,11 @@ impl Metrics {
             "Events written to the outbox and not yet published",
         )?;
         registry.register(Box::new(outbox_pending_total.clone()))?;
+        let live_stream_clients = IntGauge::new(
+            "live_stream_clients",
+            "Clients connected to /api/v1/events/stream on this replica",
+        )?;
+        registry.register(Box::new(live_stream_clients.clone()))?;
         let mqtt_sessions_adopted = IntGauge::new(
             "mqtt_sessions_adopted",
             "MQTT sessions of silent replicas this replica serves",
@@ -91,6 +97,7 @@ impl Metrics {
                 &["reason"],
             )?,
             outbox_pending_total,
+            live_stream_clients,
             mqtt_sessions_adopted,
             outbox_errors_total: counter(
                 "outbox_errors_total",

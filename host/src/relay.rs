@@ -1,7 +1,7 @@
-//! The outbox relay: publishes `event_outbox` rows to Kafka (and to
-//! in-process subscribers), marks them sent, retries failures with backoff
-//! and moves an event that failed `max_attempts` times to
-//! `event_dead_letter`.
+//! The outbox relay: publishes `event_outbox` rows to Kafka, marks them
+//! sent (announcing them to every replica's live feed, `live.rs`), retries
+//! failures with backoff and moves an event that failed `max_attempts` times
+//! to `event_dead_letter`.
 //!
 //! One host relays at a time, holding a lease row in `relay_leases` (a value
 //! with an expiry, not a database lock), so events of one aggregate leave in
@@ -19,7 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,12 +51,11 @@ pub struct Envelope {
 pub struct Relay {
     pub pool: PgPool,
     pub metrics: Metrics,
-    /// `None`: no Kafka, events go to in-process subscribers only.
+    /// `None`: no Kafka, events are only marked sent and announced to the
+    /// live feeds.
     pub kafka: Option<Arc<Kafka>>,
     pub topic: String,
     pub max_attempts: i32,
-    /// In-process subscribers (the dashboard's live stream).
-    pub local: broadcast::Sender<Arc<Envelope>>,
     pub wakeup: Arc<Notify>,
     pub holder: String,
 }
@@ -244,13 +243,17 @@ impl Relay {
             None => sent.extend(events.iter()),
         }
         let ids: Vec<Uuid> = sent.iter().map(|e| e.id).collect();
-        sqlx::query("UPDATE event_outbox SET sent_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&self.pool)
-            .await?;
-        for event in sent {
-            let _ = self.local.send(Arc::new(event.clone()));
-        }
+        // Marked and announced to every replica's live feed together. At
+        // most BATCH seqs of up to 12 digits fit PostgreSQL's 8000-byte
+        // notification payload.
+        sqlx::query(
+            "WITH marked AS (UPDATE event_outbox SET sent_at = now() WHERE id = ANY($1) RETURNING seq)
+             SELECT pg_notify($2, string_agg(seq::text, ',' ORDER BY seq)) FROM marked HAVING count(*) > 0",
+        )
+        .bind(&ids)
+        .bind(crate::live::CHANNEL)
+        .execute(&self.pool)
+        .await?;
         // A broker outage, or a producer that failed fatally, is nobody's
         // event's fault: such failures do not count towards the dead letter
         // table, however long they last.

@@ -85,7 +85,7 @@ impl Application {
                 settings: Arc::new(settings),
                 plugins,
                 signer,
-                events: tokio::sync::broadcast::channel(4096).0,
+                events: crate::live::channel(),
             },
         })
     }
@@ -148,7 +148,7 @@ impl Application {
             Some(brokers) => Some(Arc::new(crate::relay::Kafka::connect(brokers)?)),
             None => {
                 tracing::info!(
-                    "KAFKA_BROKERS is not set: outbox events go to in-process subscribers only"
+                    "KAFKA_BROKERS is not set: outbox events reach the live stream only"
                 );
                 None
             }
@@ -159,11 +159,15 @@ impl Application {
             kafka,
             topic: settings.events_topic.clone(),
             max_attempts: settings.outbox_max_attempts,
-            local: state.events.clone(),
             wakeup: Arc::new(Notify::new()),
             holder: settings.instance_id.clone(),
         };
         handles.push(tokio::spawn(relay.run(token.clone())));
+        handles.push(tokio::spawn(crate::live::run(
+            state.pool.clone(),
+            state.events.clone(),
+            token.clone(),
+        )));
         let mut replicas = Replicas::new(
             &state.pool,
             settings.instance_id.clone(),

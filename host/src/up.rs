@@ -1,15 +1,217 @@
 //! `rollway up`: everything on embedded defaults for a first look. Without
 //! `DATABASE_URL` it runs a private PostgreSQL cluster from the system's
-//! `initdb`/`pg_ctl` inside the data directory and stops it on exit.
+//! `initdb`/`pg_ctl` inside the data directory and stops it on exit; without
+//! `MQTT_URL` an embedded MQTT broker (rumqttd) on a free loopback port. It
+//! uploads demo firmware for every family through the API and, with
+//! `--simulate N`, registers and connects a simulated fleet, so a newcomer
+//! can create a job in the dashboard and watch it roll out.
 
-use std::net::TcpListener;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::settings::is_root;
+use crate::settings::{Settings, is_root};
+use crate::startup::{Application, shutdown_signal};
+
+/// What `rollway up` adds to the host.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Simulated devices to register and connect.
+    pub simulate: Option<u32>,
+    pub sim_fail_rate: f64,
+    pub sim_step: Duration,
+}
+
+/// The version of the demo firmware `up` uploads for every family.
+pub const DEMO_VERSION: &str = "1.0.0-demo";
+
+/// Runs the host on embedded defaults until Ctrl-C or SIGTERM.
+pub async fn run(mut settings: Settings, options: UpOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    let mut private = None;
+    if settings.database_url.is_none() {
+        let data_dir = settings.data_dir.clone();
+        let postgres = tokio::task::spawn_blocking(move || PrivatePostgres::start(&data_dir))
+            .await
+            .context("starting the private PostgreSQL")??;
+        postgres.ensure_database().await?;
+        settings.database_url = Some(postgres.database_url());
+        private = Some(postgres);
+    }
+    if settings.mqtt_url.is_none() {
+        let address = start_broker().await?;
+        settings.mqtt_url = Some(SecretString::from(format!("mqtt://{address}")));
+    }
+    let result = serve(settings, &options).await;
+    if let Some(mut postgres) = private {
+        tokio::task::spawn_blocking(move || postgres.stop())
+            .await
+            .context("stopping the private PostgreSQL")??;
+    }
+    result
+}
+
+async fn serve(settings: Settings, options: &UpOptions) -> anyhow::Result<()> {
+    let data_dir = settings.data_dir.clone();
+    let bootstrap = settings.bootstrap_token.clone();
+    let mqtt_url = settings
+        .mqtt_url
+        .as_ref()
+        .map(|url| url.expose_secret().to_owned());
+    let topic_prefix = settings.topic_prefix.clone();
+    let app = Application::build(settings).await?;
+    let token = admin_token(app.pool(), &data_dir, bootstrap.as_ref()).await?;
+    let address = app.address();
+    // The address clients on this machine reach the host at.
+    let local = if address.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    };
+    let api = format!("http://{local}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let served = tokio::spawn(app.run_until_stopped({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = stop.cancelled() => {}
+            }
+        }
+    }));
+    let setup = async {
+        upload_demo_firmware(&api, &token).await?;
+        let simulator = match (options.simulate, &mqtt_url) {
+            (Some(devices), Some(mqtt_url)) => {
+                let sim = crate::sim::Simulator::start(crate::sim::SimOptions {
+                    fail_rate: options.sim_fail_rate,
+                    step: options.sim_step,
+                    topic_prefix,
+                    ..crate::sim::SimOptions::new(&api, &token, mqtt_url, devices)
+                })
+                .await
+                .context("starting the simulated fleet")?;
+                Some(sim)
+            }
+            _ => None,
+        };
+        anyhow::Ok(simulator)
+    };
+    let simulator = match setup.await {
+        Ok(simulator) => simulator,
+        Err(error) => {
+            stop.cancel();
+            let _ = served.await;
+            return Err(error);
+        }
+    };
+    println!("Rollway is up.");
+    println!("  URL:         http://{local}/");
+    println!("  Admin token: {token}");
+    println!("  Data:        {}", data_dir.display());
+    if let Some(url) = &mqtt_url {
+        println!("  MQTT:        {url}");
+    }
+    println!("  Firmware:    demo images {DEMO_VERSION} for esp32, stm32 and jetson");
+    if let Some(sim) = &simulator {
+        println!(
+            "  Simulated:   {} devices tagged fleet=simulated, connected",
+            sim.device_ids.len()
+        );
+    }
+    println!("Open the URL, sign in with the token, and create a job. Ctrl-C stops.");
+    let result = served.await.context("the host task failed")?;
+    if let Some(sim) = simulator {
+        sim.stop().await;
+    }
+    result
+}
+
+/// Uploads the demo firmware of every family through the API, as an
+/// operator would; images already there are kept.
+async fn upload_demo_firmware(api: &str, token: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    for (family, image) in crate::demo::firmware(DEMO_VERSION) {
+        let response = http
+            .post(format!(
+                "{api}/api/v1/firmware?family={family}&version={DEMO_VERSION}"
+            ))
+            .bearer_auth(token)
+            .body(image)
+            .send()
+            .await
+            .with_context(|| format!("uploading the {family} demo firmware"))?;
+        let status = response.status();
+        if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
+            let body = response.text().await.unwrap_or_default();
+            bail!("uploading the {family} demo firmware: {status} {body}");
+        }
+    }
+    Ok(())
+}
+
+/// Starts an embedded MQTT broker on a free loopback port, on threads of its
+/// own; it lives as long as the process. Returns its address once it accepts
+/// connections.
+async fn start_broker() -> anyhow::Result<SocketAddr> {
+    use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let server = ServerSettings {
+        name: "rollway-up".into(),
+        listen: address,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: 1024 * 1024,
+            max_inflight_count: 1000,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 1000,
+            max_segment_size: 64 * 1024 * 1024,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("rollway".to_owned(), server)])),
+        ..Config::default()
+    };
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "the embedded MQTT broker stopped");
+            }
+        })
+        .context("starting the embedded MQTT broker")?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            tracing::info!(%address, "embedded MQTT broker started");
+            return Ok(address);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the embedded MQTT broker did not open {address}")
+}
 
 /// A PostgreSQL cluster owned by this process.
 pub struct PrivatePostgres {

@@ -18,22 +18,15 @@ use crate::relay::{consume_from, wait_all_sent};
 
 fn sim_options(app: &TestApp, cluster: &Cluster, devices: u32) -> SimOptions {
     SimOptions {
-        api: app.base.clone(),
-        token: app.admin_token.clone(),
-        mqtt_url: cluster.mqtt_url.clone(),
-        devices,
         families: vec!["esp32".into()],
         fail_rate: 0.3,
-        family_fail_rates: Default::default(),
-        dropouts: 0.0,
         duplicates: 0.05,
         out_of_order: 0.05,
         interruptions: 0.1,
-        silent: 0.0,
-        fail_first: 0.0,
         step: Duration::from_millis(100),
         topic_prefix: cluster.topic_prefix.clone(),
         id_prefix: "F-".into(),
+        ..SimOptions::new(&app.base, &app.admin_token, &cluster.mqtt_url, devices)
     }
 }
 

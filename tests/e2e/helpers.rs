@@ -43,6 +43,7 @@ pub struct TestApp {
     pub client: Client,
     pub pool: PgPool,
     pub store_url: String,
+    pub database_url: String,
 }
 
 /// Starts the host on a free port with a file store and a fresh database.
@@ -68,6 +69,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::load(&args).expect("test settings");
     configure(&mut settings);
     let store_url = settings.store.clone();
+    let database_url = secrecy::ExposeSecret::expose_secret(
+        settings.database_url.as_ref().expect("a database URL"),
+    )
+    .to_owned();
     let app = Application::build(settings)
         .await
         .expect("building the app");
@@ -80,6 +85,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         client: Client::new(),
         pool,
         store_url,
+        database_url,
     }
 }
 
@@ -208,21 +214,6 @@ pub async fn assert_problem(response: Response, status: StatusCode, type_code: &
         "{body}"
     );
     body
-}
-
-/// Bytes that look like nothing in particular, reproducible from a seed.
-pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// Reads one counter/gauge sample from `/metrics`, matching a label subset.

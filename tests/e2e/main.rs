@@ -6,6 +6,8 @@
 //! their addresses.
 
 mod admin;
+mod cli;
+mod dashboard;
 mod devices;
 mod faults;
 mod firmware;
@@ -13,6 +15,7 @@ mod health;
 mod helpers;
 mod images;
 mod jobs;
+mod live;
 mod pipeline;
 mod plugins;
 mod procs;

@@ -13,12 +13,12 @@ use uuid::Uuid;
 use crate::helpers::{TestApp, metric, spawn_app_with};
 use crate::images;
 
-fn mqtt_url() -> String {
+pub fn mqtt_url() -> String {
     std::env::var("MQTT_URL").expect("MQTT_URL is not set; run the tests through scripts/test.sh")
 }
 
 /// A host with MQTT on a topic prefix of its own.
-async fn spawn_pipeline() -> (TestApp, String) {
+pub async fn spawn_pipeline() -> (TestApp, String) {
     let prefix = format!("t{}", Uuid::new_v4().simple());
     let topic_prefix = prefix.clone();
     let app = spawn_app_with(move |s| {
@@ -29,28 +29,15 @@ async fn spawn_pipeline() -> (TestApp, String) {
     (app, prefix)
 }
 
-fn sim_options(app: &TestApp, prefix: &str, devices: u32, families: &[&str]) -> SimOptions {
+pub fn sim_options(app: &TestApp, prefix: &str, devices: u32, families: &[&str]) -> SimOptions {
     SimOptions {
-        api: app.base.clone(),
-        token: app.admin_token.clone(),
-        mqtt_url: mqtt_url(),
-        devices,
         families: families.iter().map(|f| (*f).to_owned()).collect(),
-        fail_rate: 0.0,
-        family_fail_rates: Default::default(),
-        dropouts: 0.0,
-        duplicates: 0.0,
-        out_of_order: 0.0,
-        interruptions: 0.2,
-        silent: 0.0,
-        fail_first: 0.0,
-        step: Duration::ZERO,
         topic_prefix: prefix.to_owned(),
-        id_prefix: "SIM-".into(),
+        ..SimOptions::new(&app.base, &app.admin_token, &mqtt_url(), devices)
     }
 }
 
-async fn create_job(app: &TestApp, firmware: &Value, rollout: Value) -> String {
+pub async fn create_job(app: &TestApp, firmware: &Value, rollout: Value) -> String {
     let response = app
         .post_json(
             "/api/v1/jobs",
@@ -64,7 +51,7 @@ async fn create_job(app: &TestApp, firmware: &Value, rollout: Value) -> String {
 }
 
 /// Polls a job until it reaches one of `statuses`.
-async fn wait_for(app: &TestApp, job: &str, statuses: &[&str], timeout: Duration) -> Value {
+pub async fn wait_for(app: &TestApp, job: &str, statuses: &[&str], timeout: Duration) -> Value {
     let started = Instant::now();
     loop {
         let view: Value = app

@@ -289,6 +289,7 @@ impl Cluster {
                 .await
                 .expect("connecting to the test database"),
             store_url: format!("file://{}", self.dir.join("store").display()),
+            database_url: self.database_url.clone(),
         }
     }
 }

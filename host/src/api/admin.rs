@@ -27,6 +27,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
         .routes(routes!(list_replicas))
+        .routes(routes!(whoami))
+}
+
+/// The caller's token: what the dashboard shows after sign-in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub token_id: Uuid,
+    pub name: String,
+    pub role: Role,
+}
+
+/// Who the bearer token belongs to, and its role.
+#[utoipa::path(
+    get, path = "/me", tag = "admin",
+    responses((status = 200, body = Me), (status = 401, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn whoami(caller: Caller) -> axum::Json<Me> {
+    let principal = caller.0;
+    axum::Json(Me {
+        token_id: principal.token_id,
+        name: principal.name,
+        role: principal.role,
+    })
 }
 
 /// The host replicas sharing this database: alive or not, and who serves

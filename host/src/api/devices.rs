@@ -17,7 +17,11 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
 use crate::audit;
 use crate::domain::{DeviceId, Role, Tags};
-use crate::fleet::{self, DeleteError, Device, DeviceFilter, FleetError, NewDevice, UpsertCounts};
+use crate::fleet::{
+    self, DeleteError, Device, DeviceFilter, DeviceView, FleetError, FleetSummary, NewDevice,
+    UpsertCounts,
+};
+use crate::jobs::{self, Execution};
 
 /// Most devices accepted in one registration request.
 pub const MAX_BULK: usize = 10_000;
@@ -26,6 +30,60 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register_devices, list_devices))
         .routes(routes!(get_device, update_device, delete_device))
+        .routes(routes!(device_executions))
+        .routes(routes!(fleet_summary))
+}
+
+/// The fleet by family, model, installed firmware version and the status
+/// of each device's newest execution.
+#[utoipa::path(
+    get, path = "/fleet/summary", tag = "devices",
+    responses((status = 200, body = FleetSummary), (status = 401, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn fleet_summary(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<FleetSummary>> {
+    caller.require(Role::Viewer, "read devices")?;
+    Ok(axum::Json(fleet::summary(&state.pool).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceExecutionsQuery {
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// A device's executions (its update history), newest first.
+#[utoipa::path(
+    get, path = "/devices/{id}/executions", tag = "devices",
+    params(("id" = String, Path, description = "Device id"), DeviceExecutionsQuery),
+    responses((status = 200, body = Page<Execution>), (status = 404, body = super::error::Problem)),
+    security(("bearer" = []))
+)]
+async fn device_executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<DeviceExecutionsQuery>,
+) -> ApiResult<axum::Json<Page<Execution>>> {
+    caller.require(Role::Viewer, "read devices")?;
+    let limit = pagination::limit(query.limit)?;
+    let before = pagination::decode(query.cursor.as_deref())?
+        .map(|c| c.parse::<i64>())
+        .transpose()
+        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    if fleet::get(&state.pool, &id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("device '{id}'")));
+    }
+    let rows = jobs::device_executions(&state.pool, &id, before, limit + 1).await?;
+    Ok(axum::Json(Page::from_rows(rows, limit, |e| {
+        e.id.to_string()
+    })))
 }
 
 /// A device registration.
@@ -246,14 +304,14 @@ pub struct ListDevicesQuery {
 #[utoipa::path(
     get, path = "/devices", tag = "devices",
     params(ListDevicesQuery),
-    responses((status = 200, body = Page<Device>), (status = 422, body = super::error::Problem)),
+    responses((status = 200, body = Page<DeviceView>), (status = 422, body = super::error::Problem)),
     security(("bearer" = []))
 )]
 async fn list_devices(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(query): ApiQuery<ListDevicesQuery>,
-) -> ApiResult<axum::Json<Page<Device>>> {
+) -> ApiResult<axum::Json<Page<DeviceView>>> {
     caller.require(Role::Viewer, "list devices")?;
     let limit = pagination::limit(query.limit)?;
     let after = pagination::decode(query.cursor.as_deref())?;
@@ -278,21 +336,23 @@ async fn list_devices(
         id_prefix: query.q,
     };
     let rows = fleet::list(&state.pool, &filter, after.as_deref(), limit + 1).await?;
-    Ok(axum::Json(Page::from_rows(rows, limit, |d| d.id.clone())))
+    Ok(axum::Json(Page::from_rows(rows, limit, |d| {
+        d.device.id.clone()
+    })))
 }
 
 /// Read one device.
 #[utoipa::path(
     get, path = "/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id")),
-    responses((status = 200, body = Device), (status = 404, body = super::error::Problem)),
+    responses((status = 200, body = DeviceView), (status = 404, body = super::error::Problem)),
     security(("bearer" = []))
 )]
 async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<axum::Json<Device>> {
+) -> ApiResult<axum::Json<DeviceView>> {
     caller.require(Role::Viewer, "read devices")?;
     fleet::get(&state.pool, &id)
         .await?

@@ -3,8 +3,10 @@
 //! and map their errors; they never talk to MQTT or Kafka.
 
 mod admin;
+mod dashboard;
 mod devices;
 pub mod error;
+mod events;
 mod extract;
 mod firmware;
 mod jobs;
@@ -44,8 +46,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub plugins: Arc<PluginRegistry>,
     pub signer: crate::signing::ManifestSigner,
-    /// Published outbox events, for in-process subscribers.
-    pub events: tokio::sync::broadcast::Sender<Arc<crate::relay::Envelope>>,
+    /// Published outbox events of this replica's live feed (`live.rs`).
+    pub events: crate::live::Sender,
 }
 
 #[derive(OpenApi)]
@@ -62,6 +64,7 @@ pub struct AppState {
         (name = "jobs", description = "Update jobs and per-device executions"),
         (name = "admin", description = "Tokens and audit log"),
         (name = "plugins", description = "Rollout and device-family plugins"),
+        (name = "events", description = "Published state changes, live"),
     )
 )]
 struct ApiDoc;
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(admin::router())
         .merge(plugins::router())
+        .merge(events::router())
         .split_for_parts();
     // Paths in the document carry their real prefix.
     let paths = std::mem::take(&mut openapi.paths.paths);
@@ -107,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(dashboard::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

@@ -30,6 +30,28 @@ pub struct Device {
 const DEVICE_COLUMNS: &str =
     "id, family, model, gateway_id, tags, firmware_version, last_seen, created_at, updated_at";
 
+/// A device with its newest execution, as listed and read.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub device: Device,
+    /// Status of the device's newest execution; absent when it never had one.
+    pub last_status: Option<String>,
+    pub last_job_id: Option<uuid::Uuid>,
+    pub last_execution_id: Option<i64>,
+    pub last_error: Option<String>,
+    /// Download progress of the newest execution, in percent.
+    pub last_progress: Option<i16>,
+}
+
+/// `devices d` joined with its newest execution `x`.
+const DEVICE_VIEW_FROM: &str = "SELECT d.id, d.family, d.model, d.gateway_id, d.tags, \
+     d.firmware_version, d.last_seen, d.created_at, d.updated_at, x.status AS last_status, \
+     x.job_id AS last_job_id, x.id AS last_execution_id, x.last_error, x.progress AS last_progress \
+     FROM devices d LEFT JOIN LATERAL (SELECT e.id, e.job_id, e.status, e.last_error, e.progress \
+     FROM executions e WHERE e.device_id = d.id ORDER BY e.id DESC LIMIT 1) x ON true";
+
 /// A validated registration.
 #[derive(Debug, Clone)]
 pub struct NewDevice {
@@ -127,9 +149,9 @@ pub async fn upsert(
     })
 }
 
-pub async fn get(pool: &PgPool, id: &str) -> Result<Option<Device>, sqlx::Error> {
+pub async fn get(pool: &PgPool, id: &str) -> Result<Option<DeviceView>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+        "{DEVICE_VIEW_FROM} WHERE d.id = $1"
     )))
     .bind(id)
     .fetch_optional(pool)
@@ -154,23 +176,23 @@ pub async fn list(
     filter: &DeviceFilter,
     after: Option<&str>,
     limit: i64,
-) -> Result<Vec<Device>, sqlx::Error> {
-    let mut query = QueryBuilder::new(format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE true"));
+) -> Result<Vec<DeviceView>, sqlx::Error> {
+    let mut query = QueryBuilder::new(format!("{DEVICE_VIEW_FROM} WHERE true"));
     if let Some(family) = &filter.family {
-        query.push(" AND family = ").push_bind(family);
+        query.push(" AND d.family = ").push_bind(family);
     }
     if let Some(model) = &filter.model {
-        query.push(" AND model = ").push_bind(model);
+        query.push(" AND d.model = ").push_bind(model);
     }
     if let Some(gateway) = &filter.gateway_id {
-        query.push(" AND gateway_id = ").push_bind(gateway);
+        query.push(" AND d.gateway_id = ").push_bind(gateway);
     }
     if let Some(version) = &filter.firmware_version {
-        query.push(" AND firmware_version = ").push_bind(version);
+        query.push(" AND d.firmware_version = ").push_bind(version);
     }
     if !filter.tags.is_empty() {
         query
-            .push(" AND tags @> ")
+            .push(" AND d.tags @> ")
             .push_bind(Json(&filter.tags))
             .push("::jsonb");
     }
@@ -179,13 +201,95 @@ pub async fn list(
             .replace('\\', "\\\\")
             .replace('%', "\\%")
             .replace('_', "\\_");
-        query.push(" AND id LIKE ").push_bind(format!("{escaped}%"));
+        query
+            .push(" AND d.id LIKE ")
+            .push_bind(format!("{escaped}%"));
     }
     if let Some(after) = after {
-        query.push(" AND id > ").push_bind(after);
+        query.push(" AND d.id > ").push_bind(after);
     }
-    query.push(" ORDER BY id LIMIT ").push_bind(limit);
+    query.push(" ORDER BY d.id LIMIT ").push_bind(limit);
     query.build_query_as().fetch_all(pool).await
+}
+
+/// How the fleet is made up: devices by family, model, installed version
+/// and the status of their newest execution.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FleetSummary {
+    pub total: i64,
+    pub by_family: Vec<FamilyCount>,
+    pub by_model: Vec<ModelCount>,
+    pub by_version: Vec<VersionCount>,
+    pub by_last_status: Vec<StatusCount>,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct FamilyCount {
+    pub family: String,
+    pub devices: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct ModelCount {
+    pub family: String,
+    pub model: Option<String>,
+    pub devices: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct VersionCount {
+    pub family: String,
+    /// Absent for devices that never reported a version.
+    pub firmware_version: Option<String>,
+    pub devices: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct StatusCount {
+    /// Absent for devices that never had an execution.
+    pub status: Option<String>,
+    pub devices: i64,
+}
+
+pub async fn summary(pool: &PgPool) -> Result<FleetSummary, sqlx::Error> {
+    let by_model: Vec<ModelCount> = sqlx::query_as(
+        "SELECT family, model, count(*) AS devices FROM devices
+         GROUP BY family, model ORDER BY family, model NULLS LAST",
+    )
+    .fetch_all(pool)
+    .await?;
+    let by_version: Vec<VersionCount> = sqlx::query_as(
+        "SELECT family, firmware_version, count(*) AS devices FROM devices
+         GROUP BY family, firmware_version ORDER BY family, firmware_version NULLS LAST",
+    )
+    .fetch_all(pool)
+    .await?;
+    let by_last_status: Vec<StatusCount> = sqlx::query_as(
+        "SELECT x.status, count(*) AS devices FROM devices d
+         LEFT JOIN LATERAL (SELECT e.status FROM executions e WHERE e.device_id = d.id
+                            ORDER BY e.id DESC LIMIT 1) x ON true
+         GROUP BY x.status ORDER BY x.status NULLS FIRST",
+    )
+    .fetch_all(pool)
+    .await?;
+    // Families from the model breakdown: one scan fewer.
+    let mut by_family: Vec<FamilyCount> = Vec::new();
+    for row in &by_model {
+        match by_family.last_mut() {
+            Some(last) if last.family == row.family => last.devices += row.devices,
+            _ => by_family.push(FamilyCount {
+                family: row.family.clone(),
+                devices: row.devices,
+            }),
+        }
+    }
+    Ok(FleetSummary {
+        total: by_family.iter().map(|f| f.devices).sum(),
+        by_family,
+        by_model,
+        by_version,
+        by_last_status,
+    })
 }
 
 /// Replaces a device's tags and/or model; `None` when there is no such device.

@@ -550,6 +550,25 @@ pub async fn list_executions(
     .await
 }
 
+/// One device's executions, newest first, before `before` (an execution id).
+pub async fn device_executions(
+    pool: &PgPool,
+    device_id: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Execution>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions
+         WHERE device_id = $1 AND ($2::bigint IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(device_id)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn get_execution(pool: &PgPool, id: i64) -> Result<Option<Execution>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1"

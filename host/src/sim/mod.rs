@@ -53,6 +53,32 @@ pub struct SimOptions {
     pub id_prefix: String,
 }
 
+impl SimOptions {
+    /// A well-behaved fleet of `devices` (Jetsons, STM32s behind them,
+    /// ESP32s) on the default topic prefix: no faults but resumed downloads
+    /// (20 %), no delay between statuses. Adjust fields for more.
+    pub fn new(api: &str, token: &str, mqtt_url: &str, devices: u32) -> Self {
+        Self {
+            api: api.to_owned(),
+            token: token.to_owned(),
+            mqtt_url: mqtt_url.to_owned(),
+            devices,
+            families: vec!["esp32".into(), "stm32".into(), "jetson".into()],
+            fail_rate: 0.0,
+            family_fail_rates: HashMap::new(),
+            dropouts: 0.0,
+            duplicates: 0.0,
+            out_of_order: 0.0,
+            interruptions: 0.2,
+            silent: 0.0,
+            fail_first: 0.0,
+            step: Duration::ZERO,
+            topic_prefix: "fleet".into(),
+            id_prefix: "SIM-".into(),
+        }
+    }
+}
+
 /// A device's final state as the simulator saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceTruth {

@@ -1,22 +1,32 @@
-//! The `rollway` command line.
+//! The `rollway` command line: the host (`serve`, `migrate`, `up`), the
+//! simulator, plugin checks, tokens, and the operator commands
+//! (`operator.rs`).
 
+mod operator;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::domain::Role;
 use crate::settings::{Settings, SettingsArgs};
 use crate::startup::{Application, shutdown_signal};
-use crate::up::{self, PrivatePostgres};
+use crate::up;
 use crate::{auth, db, telemetry};
+use operator::{ApiArgs, DevicesCommand, FirmwareCommand, JobsCommand};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "rollway",
     version,
     about = "Over-the-air firmware updates for vehicle fleets",
-    after_help = "Examples:\n  rollway up                          first look: private database, file store\n  DATABASE_URL=postgres://… rollway serve\n  rollway token create --role operator --name ci"
+    after_help = "Examples:\n  rollway up                          first look: private database, file store\n  DATABASE_URL=postgres://… rollway serve\n  rollway token create --role operator --name ci\n  export ROLLWAY_TOKEN=rw_…           the operator commands talk to ROLLWAY_API (http://127.0.0.1:8080)\n  rollway firmware upload app.bin --family esp32\n  rollway jobs create --firmware <id> --family esp32 --tag site=north --watch\n  rollway devices list --family esp32 --tag site:north"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -32,14 +42,48 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Everything on embedded defaults for a first look: a private
-    /// PostgreSQL when DATABASE_URL is unset, a file store in the data
-    /// directory; prints the URL and an admin token.
-    Up,
+    /// PostgreSQL when DATABASE_URL is unset, an embedded MQTT broker when
+    /// MQTT_URL is unset, a file store in the data directory, demo firmware
+    /// for every family; prints the URL and an admin token.
+    #[command(
+        after_help = "Examples:\n  rollway up                      the host alone\n  rollway up --simulate 200       with 200 simulated devices, connected and ready\n  ROLLWAY_LISTEN=0.0.0.0:8080 rollway up --simulate 50"
+    )]
+    Up(UpArgs),
     /// Run a simulated fleet against a Rollway host until Ctrl-C.
     #[command(
         after_help = "Example:\n  rollway sim --api http://127.0.0.1:8080 --token rw_… --mqtt mqtt://127.0.0.1:1883 --devices 100 --truth truth.json"
     )]
     Sim(SimArgs),
+    /// Upload and list firmware images, through the REST API.
+    #[command(
+        after_help = "Examples:\n  rollway firmware upload build/app.bin --family esp32\n  rollway firmware list --family stm32\n\nThe API comes from --api or ROLLWAY_API, the token from --token or ROLLWAY_TOKEN."
+    )]
+    Firmware {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: FirmwareCommand,
+    },
+    /// Create, watch and steer update jobs, through the REST API.
+    #[command(
+        after_help = "Examples:\n  rollway jobs create --firmware <id> --device VIN123 --device VIN124\n  rollway jobs list --status running\n  rollway jobs show <id> --watch\n  rollway jobs pause <id>\n\nThe API comes from --api or ROLLWAY_API, the token from --token or ROLLWAY_TOKEN."
+    )]
+    Jobs {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// List the fleet's devices, through the REST API.
+    #[command(
+        after_help = "Examples:\n  rollway devices list --family stm32 --tag site:north\n  rollway devices list --q VIN12 --limit 20\n\nThe API comes from --api or ROLLWAY_API, the token from --token or ROLLWAY_TOKEN."
+    )]
+    Devices {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -50,6 +94,20 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Register and connect this many simulated devices (Jetson gateways
+    /// with STM32s behind them, and ESP32s), tagged `fleet=simulated`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=5000))]
+    simulate: Option<u32>,
+    /// Share of simulated updates that fail, 0 to 1.
+    #[arg(long, default_value_t = 0.0, requires = "simulate")]
+    sim_fail_rate: f64,
+    /// Milliseconds between a simulated device's statuses.
+    #[arg(long, default_value_t = 400, requires = "simulate")]
+    sim_step_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,8 +237,24 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Up => run_up(settings).await,
+        Command::Up(args) => {
+            if !(0.0..=1.0).contains(&args.sim_fail_rate) {
+                anyhow::bail!("--sim-fail-rate must be between 0 and 1");
+            }
+            up::run(
+                settings,
+                up::UpOptions {
+                    simulate: args.simulate,
+                    sim_fail_rate: args.sim_fail_rate,
+                    sim_step: std::time::Duration::from_millis(args.sim_step_ms),
+                },
+            )
+            .await
+        }
         Command::Sim(args) => run_sim(args, &settings).await,
+        Command::Firmware { api, command } => operator::run_firmware(&api, command).await,
+        Command::Jobs { api, command } => operator::run_jobs(&api, command).await,
+        Command::Devices { api, command } => operator::run_devices(&api, command).await,
         Command::Plugin {
             command:
                 PluginCommand::Check {
@@ -270,7 +344,14 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         "{} simulated devices connected; Ctrl-C to stop",
         sim.device_ids.len()
     );
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| sim_progress(sim.truth.clone(), sim.device_ids.len()));
     shutdown_signal().await;
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
     let truth = sim.truth.snapshot();
     let done = truth.values().filter(|t| t.state == "done").count();
     let failed = truth.values().filter(|t| t.state == "error").count();
@@ -322,48 +403,135 @@ async fn connect_migrated(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-async fn run_up(mut settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "creating the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let mut private = None;
-    if settings.database_url.is_none() {
-        let data_dir = settings.data_dir.clone();
-        let postgres = tokio::task::spawn_blocking(move || PrivatePostgres::start(&data_dir))
-            .await
-            .context("starting the private PostgreSQL")??;
-        postgres.ensure_database().await?;
-        settings.database_url = Some(postgres.database_url());
-        private = Some(postgres);
+/// The simulated fleet by what its devices are doing, as far as the
+/// simulator's `Truth` tells. The truth keeps outcomes only (`idle`, `done`,
+/// `error`, `silent`) and the commands each device acted on, so a device
+/// that acted on a command but has no outcome yet counts as updating; a
+/// device that finished an update and is updating again counts under its
+/// last outcome until the new one is known.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SimCounts {
+    idle: usize,
+    updating: usize,
+    done: usize,
+    failed: usize,
+    silent: usize,
+}
+
+impl SimCounts {
+    fn of(truth: &BTreeMap<String, crate::sim::DeviceTruth>) -> Self {
+        let mut counts = Self::default();
+        for device in truth.values() {
+            match device.state.as_str() {
+                "done" => counts.done += 1,
+                "error" => counts.failed += 1,
+                "silent" => counts.silent += 1,
+                _ if device.commands > 0 => counts.updating += 1,
+                _ => counts.idle += 1,
+            }
+        }
+        counts
     }
-    let data_dir = settings.data_dir.clone();
-    let bootstrap = settings.bootstrap_token.clone();
-    let result = async {
-        let app = Application::build(settings).await?;
-        let token = up::admin_token(app.pool(), &data_dir, bootstrap.as_ref()).await?;
-        let url = format!("http://{}/", app.address());
-        println!("Rollway is up.");
-        println!("  URL:         {url}");
-        println!("  Admin token: {token}");
-        println!("  Data:        {}", data_dir.display());
-        println!("Press Ctrl-C to stop.");
-        app.run_until_stopped(shutdown_signal()).await
+}
+
+impl fmt::Display for SimCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} idle, {} updating, {} done, {} failed",
+            self.idle, self.updating, self.done, self.failed
+        )?;
+        if self.silent > 0 {
+            write!(f, ", {} silent", self.silent)?;
+        }
+        Ok(())
     }
-    .await;
-    if let Some(mut postgres) = private {
-        tokio::task::spawn_blocking(move || postgres.stop())
-            .await
-            .context("stopping the private PostgreSQL")??;
-    }
-    result
+}
+
+const SIM_TEMPLATE: &str = "{spinner} {elapsed_precise} {prefix}: {msg}";
+const UPLOAD_TEMPLATE: &str =
+    "{prefix} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, ETA {eta}) {msg}";
+const WATCH_TEMPLATE: &str = "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} finished  {msg}";
+
+/// A progress style from one of the templates above (checked by a test).
+fn progress_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// A spinner on stderr with the simulated fleet's counts, refreshed every
+/// 500 ms until the task is aborted.
+fn sim_progress(
+    truth: crate::sim::Truth,
+    devices: usize,
+) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new_spinner()
+        .with_style(progress_style(SIM_TEMPLATE))
+        .with_prefix(format!("{devices} simulated devices"));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let shown = bar.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            shown.set_message(SimCounts::of(&truth.snapshot()).to_string());
+        }
+    });
+    (bar, task)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_fail_rates;
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn progress_templates_parse() {
+        for template in [SIM_TEMPLATE, UPLOAD_TEMPLATE, WATCH_TEMPLATE] {
+            assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+        }
+    }
+
+    #[test]
+    fn simulated_devices_are_counted_by_what_they_do() {
+        let device = |state: &str, commands: u32| crate::sim::DeviceTruth {
+            state: state.to_owned(),
+            version: None,
+            reason: None,
+            commands,
+        };
+        let truth: BTreeMap<String, crate::sim::DeviceTruth> = [
+            ("A", device("idle", 0)),
+            ("B", device("idle", 1)),
+            ("C", device("done", 1)),
+            ("D", device("error", 2)),
+            ("E", device("silent", 1)),
+        ]
+        .into_iter()
+        .map(|(id, t)| (id.to_owned(), t))
+        .collect();
+        let counts = SimCounts::of(&truth);
+        assert_eq!(
+            counts,
+            SimCounts {
+                idle: 1,
+                updating: 1,
+                done: 1,
+                failed: 1,
+                silent: 1
+            }
+        );
+        assert_eq!(
+            counts.to_string(),
+            "1 idle, 1 updating, 1 done, 1 failed, 1 silent"
+        );
+    }
 
     #[test]
     fn fail_rates_are_global_or_per_family() {

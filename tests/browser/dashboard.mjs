@@ -1,0 +1,307 @@
+// Browser test of the Rollway dashboard, run by the Rust e2e test against a
+// host serving a simulated ESP32 fleet:
+//
+//   ROLLWAY_URL=http://127.0.0.1:PORT/ ROLLWAY_ADMIN_TOKEN=… ROLLWAY_OPERATOR_TOKEN=…
+//   ROLLWAY_VIEWER_TOKEN=… ROLLWAY_FIRMWARE=image.bin ROLLWAY_FIRMWARE_VERSION=2.0.0
+//   ROLLWAY_SIM_DEVICES=20 ROLLWAY_ARTIFACTS=dir [CHROMIUM=/usr/bin/chromium]
+//   node tests/browser/dashboard.mjs
+//
+// Prints one line per passed step; on the first failure prints what went
+// wrong with the page's visible text and console errors, saves
+// failure.png in ROLLWAY_ARTIFACTS and exits 1.
+
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+// ---- configuration ------------------------------------------------------------
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`dashboard test: environment variable ${name} is required`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const BASE = (() => {
+  const url = required('ROLLWAY_URL');
+  return url.endsWith('/') ? url : `${url}/`;
+})();
+const ADMIN_TOKEN = required('ROLLWAY_ADMIN_TOKEN');
+const OPERATOR_TOKEN = required('ROLLWAY_OPERATOR_TOKEN');
+const VIEWER_TOKEN = required('ROLLWAY_VIEWER_TOKEN');
+const FIRMWARE = required('ROLLWAY_FIRMWARE');
+const FIRMWARE_VERSION = required('ROLLWAY_FIRMWARE_VERSION');
+const SIM_DEVICES = Number.parseInt(required('ROLLWAY_SIM_DEVICES'), 10);
+const ARTIFACTS = required('ROLLWAY_ARTIFACTS');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+if (!Number.isInteger(SIM_DEVICES) || SIM_DEVICES < 1) {
+  console.error('dashboard test: ROLLWAY_SIM_DEVICES must be a positive integer');
+  process.exit(2);
+}
+mkdirSync(ARTIFACTS, { recursive: true });
+void ADMIN_TOKEN; // reserved for admin-only checks; the steps below use operator and viewer
+
+const ROLLOUT_CONFIG = '{"batches":[20,60,100],"success_threshold":100,"failure_threshold":50}';
+const BATCHES = 3;
+
+// ---- helpers --------------------------------------------------------------------
+
+let step = 0;
+function pass(message) {
+  step += 1;
+  console.log(`ok ${step} - ${message}`);
+}
+
+class CheckFailed extends Error {}
+
+function check(condition, message) {
+  if (!condition) throw new CheckFailed(message);
+}
+
+/** Problems the steps provoke on purpose show up as failed resource loads. */
+const DELIBERATE = /Failed to load resource: the server responded with a status of (401|403|409|422)\b/;
+
+const consoleErrors = [];
+let browser;
+let page;
+
+async function text(selector) {
+  return (await page.locator(selector).first().textContent())?.trim() ?? '';
+}
+
+/** Waits until `selector`'s trimmed text equals `expected`; a clear error otherwise. */
+async function waitText(selector, expected, timeout, what) {
+  try {
+    await page.waitForFunction(
+      ([sel, want]) => document.querySelector(sel)?.textContent.trim() === want,
+      [selector, expected],
+      { timeout, polling: 200 },
+    );
+  } catch {
+    const seen = await page.locator(selector).first().textContent({ timeout: 1000 }).catch(() => null);
+    throw new CheckFailed(`${what}: expected ${selector} to read "${expected}" within ${timeout / 1000} s, it reads ${seen === null ? '(absent)' : `"${seen.trim()}"`}`);
+  }
+}
+
+async function go(hash) {
+  await page.locator(`a[href="${hash}"]`).first().click();
+  await page.waitForFunction((h) => window.location.hash === h, hash, { timeout: 5000 });
+}
+
+async function signIn(token) {
+  await page.locator('#signin-form').waitFor({ timeout: 15_000 });
+  await page.fill('#token', token);
+  await page.locator('#signin-form button[type="submit"]').click();
+}
+
+// ---- the steps --------------------------------------------------------------------
+
+async function run() {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
+      '--disable-quic', '--disable-component-update', '--disable-sync'],
+  });
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  page = await context.newPage();
+  page.setDefaultTimeout(30_000);
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return;
+    if (DELIBERATE.test(msg.text())) return;
+    consoleErrors.push(`console.error: ${msg.text()}${msg.location()?.url ? ` (${msg.location().url}:${msg.location().lineNumber})` : ''}`);
+  });
+  page.on('pageerror', (err) => consoleErrors.push(`uncaught: ${err.stack || err.message}`));
+  page.on('dialog', (dialog) => dialog.dismiss().catch(() => {}));
+
+  // 1. sign-in
+  await page.goto(BASE, { waitUntil: 'domcontentloaded' });
+  await signIn('rw_this_token_does_not_exist');
+  await page.locator('#signin-form .error[role="alert"]').waitFor({ timeout: 15_000 });
+  pass('a bad token is refused with an error');
+  await page.fill('#token', OPERATOR_TOKEN);
+  await page.locator('#signin-form button[type="submit"]').click();
+  await waitText('#whoami .role', 'operator', 15_000, 'operator sign-in');
+  pass(`signed in with the operator token: ${await text('#whoami')}`);
+  await page.locator('#live-status[data-state="live"]').waitFor({ timeout: 20_000 }).catch(() => {
+    throw new CheckFailed('the live indicator never reached data-state="live": GET /api/v1/events/stream did not connect');
+  });
+  pass('the live event stream is connected');
+
+  // 2. fleet
+  await go('#/fleet');
+  await waitText('#fleet-total', String(SIM_DEVICES), 30_000, 'fleet summary');
+  const familyCount = await page.locator('[data-family-count="esp32"]').textContent().catch(() => null);
+  check(familyCount?.trim() === String(SIM_DEVICES), `the esp32 summary card shows ${familyCount} devices, expected ${SIM_DEVICES}`);
+  await page.locator('#devices-table tbody tr').first().waitFor();
+  const deviceRows = await page.locator('#devices-table tbody tr').count();
+  check(deviceRows === Math.min(SIM_DEVICES, 100), `the device table has ${deviceRows} rows, expected ${Math.min(SIM_DEVICES, 100)}`);
+  pass(`fleet summary shows ${SIM_DEVICES} devices; the device table lists ${deviceRows}`);
+
+  // 3. firmware upload, good and bad
+  await go('#/firmware');
+  await page.locator('#firmware-upload').waitFor();
+  await page.locator('#fw-family option[value="esp32"]').waitFor({ state: 'attached' });
+  await page.setInputFiles('#fw-file', FIRMWARE);
+  await page.selectOption('#fw-family', 'esp32');
+  await page.fill('#fw-version', FIRMWARE_VERSION);
+  await page.locator('#fw-submit').click();
+  await page.locator('#fw-result .result-ok, #fw-result .error').first().waitFor({ timeout: 60_000 });
+  if (await page.locator('#fw-result .error').count()) {
+    throw new CheckFailed(`the firmware upload was refused: ${await text('#fw-result')}`);
+  }
+  const progress = await page.locator('#fw-progress').evaluate((el) => ({ value: el.value, max: el.max }));
+  check(progress.max > 0 && progress.value === progress.max, `the upload progress bar stopped at ${progress.value} of ${progress.max}`);
+  const result = await text('#fw-result');
+  check(result.includes(FIRMWARE_VERSION), `#fw-result does not show the version ${FIRMWARE_VERSION}: "${result}"`);
+  check(await page.locator('#fw-result dl dt').count() >= 2, '#fw-result shows no extracted metadata');
+  await page.locator('#firmware-table tbody tr', { hasText: FIRMWARE_VERSION }).first().waitFor({ timeout: 10_000 });
+  pass(`uploaded esp32 ${FIRMWARE_VERSION}; progress reached ${progress.max} bytes; metadata shown`);
+
+  const junk = path.join(ARTIFACTS, 'junk-firmware.bin');
+  const junkBytes = randomBytes(4096);
+  junkBytes[0] = 0; // never an image magic byte
+  writeFileSync(junk, junkBytes);
+  await page.setInputFiles('#fw-file', junk);
+  await page.selectOption('#fw-family', 'esp32');
+  await page.fill('#fw-version', '');
+  await page.locator('#fw-submit').click();
+  await page.locator('#fw-result .error[role="alert"]').waitFor({ timeout: 30_000 });
+  pass(`a junk image is refused: ${(await page.locator('#fw-result .error').innerText()).replace(/\s+/g, ' ').slice(0, 200)}`);
+
+  // 4. new job
+  await go('#/jobs');
+  await page.locator('#new-job').click();
+  await page.locator('#job-form').waitFor();
+  await page.selectOption('#job-firmware', { label: `esp32 ${FIRMWARE_VERSION}` });
+  await page.check('#target-filter');
+  await page.selectOption('#filter-family', 'esp32');
+  await page.fill('#filter-tags', 'fleet:simulated');
+  await page.check('#start-now');
+  await page.selectOption('#rollout-plugin', 'rollout-percent');
+  await page.fill('#rollout-config', '{"batches": [20, 60, 100],');
+  await page.locator('#job-submit').click();
+  await page.locator('#rollout-config-error').waitFor({ state: 'visible', timeout: 5000 });
+  check(page.url().includes('#/jobs/new'), 'an invalid JSON configuration was sent anyway');
+  pass('invalid rollout JSON is caught next to the field');
+  await page.fill('#rollout-config', ROLLOUT_CONFIG);
+  await page.locator('#job-submit').click();
+  await page.waitForFunction(() => /^#\/jobs\/[0-9a-f-]{36}$/.test(window.location.hash), null, { timeout: 30_000 })
+    .catch(async () => {
+      throw new CheckFailed(`the job was not created: ${await text('#job-form-errors') || 'no error shown'}`);
+    });
+  const jobHash = await page.evaluate(() => window.location.hash);
+  await page.locator('#job-page').waitFor();
+  pass(`job created: ${jobHash}`);
+
+  // 5. the job runs, is paused and resumed, and completes, all live
+  await page.evaluate(() => { window.__rollwayNoReload = true; });
+  const navigations = await page.evaluate(() => performance.getEntriesByType('navigation').length);
+  await waitText('#job-status', 'running', 60_000, 'job start');
+  pass('the job is running');
+  const pause = page.locator('#job-pause');
+  if (await pause.isDisabled()) {
+    throw new CheckFailed(`#job-pause is disabled while the job reads "${await text('#job-status')}" (did it finish before it could be paused? slow the simulator down)`);
+  }
+  await pause.click();
+  await waitText('#job-status', 'paused', 15_000, 'pause');
+  check(await page.locator('#job-resume').isEnabled(), '#job-resume is not enabled on a paused job');
+  check(await page.locator('#job-pause').isDisabled(), '#job-pause is still enabled on a paused job');
+  pass('paused');
+  await page.locator('#job-resume').click();
+  await waitText('#job-status', 'running', 15_000, 'resume');
+  pass('resumed');
+  await waitText('#job-status', 'completed', 120_000, 'completion');
+  await waitText('#job-counts [data-status="done"]', String(SIM_DEVICES), 10_000, 'done count');
+  const still = await page.evaluate(() => window.__rollwayNoReload === true);
+  const navigationsAfter = await page.evaluate(() => performance.getEntriesByType('navigation').length);
+  check(still && navigationsAfter === navigations, 'the page reloaded while the job ran');
+  await page.screenshot({ path: path.join(ARTIFACTS, 'job-page.png'), fullPage: true });
+  const batchRows = await page.locator('.batch-row').count();
+  check(batchRows === BATCHES, `${batchRows} .batch-row elements, expected ${BATCHES}`);
+  check(await page.locator('#job-pause').isDisabled() && await page.locator('#job-cancel').isDisabled(),
+    'steering buttons are still enabled on a completed job');
+  pass(`completed live (no reload): ${SIM_DEVICES} done in ${batchRows} batches; screenshot job-page.png`);
+
+  // 6. a device's page
+  await go('#/fleet');
+  const doneRow = page.locator('#devices-table tbody tr', { has: page.locator('.badge.status-done') }).first();
+  await doneRow.waitFor({ timeout: 30_000 });
+  const deviceId = (await doneRow.getAttribute('data-device-id')) ?? '';
+  await doneRow.locator('td').first().locator('a').click();
+  await page.waitForFunction((id) => window.location.hash === `#/devices/${encodeURIComponent(id)}`, deviceId, { timeout: 5000 });
+  const execution = page.locator('[data-testid="execution"][data-status="done"]').first();
+  await execution.waitFor({ timeout: 15_000 });
+  await execution.locator('.timeline .timeline-entry').first().waitFor({ timeout: 15_000 });
+  const entries = await execution.locator('.timeline .timeline-entry').count();
+  check(await execution.locator('.timeline .timeline-entry[data-status="done"]').count() >= 1,
+    `the timeline of ${deviceId} has no done entry`);
+  pass(`device ${deviceId} shows a done execution with a ${entries}-entry timeline`);
+
+  // 7. the viewer sees and cannot steer
+  await page.locator('#signout').click();
+  await signIn(VIEWER_TOKEN);
+  await waitText('#whoami .role', 'viewer', 15_000, 'viewer sign-in');
+  pass(`signed out and in again as ${await text('#whoami')}`);
+  await go('#/jobs');
+  await page.locator(`#jobs-table a[href="${jobHash}"]`).waitFor();
+  check(await page.locator('#new-job').count() === 0, 'a viewer sees #new-job');
+  await page.locator(`#jobs-table a[href="${jobHash}"]`).click();
+  await waitText('#job-status', 'completed', 15_000, 'viewer job page');
+  for (const id of ['#job-pause', '#job-resume', '#job-cancel']) {
+    check(await page.locator(id).count() === 0, `a viewer sees ${id}`);
+  }
+  pass('a viewer gets no New job, Pause, Resume or Cancel');
+  await go('#/plugins');
+  await page.locator('#plugins-table tbody tr').first().waitFor();
+  for (const name of ['rollout-percent', 'device-esp32', 'device-stm32', 'device-jetson']) {
+    const row = page.locator(`#plugins-table tbody tr[data-plugin="${name}"]`);
+    check(await row.count() === 1, `plugin ${name} is not listed`);
+    const wit = (await row.locator('td[data-wit]').textContent())?.trim();
+    check(wit === '0.1.0', `plugin ${name} shows WIT version ${wit}, expected 0.1.0`);
+  }
+  check(await page.locator('#plugins-table button').count() === 0, 'a viewer sees enable/disable buttons');
+  check(await page.locator('#plugin-upload').count() === 0, 'a viewer sees the plugin upload form');
+  pass('plugins listed with WIT 0.1.0, no admin controls for a viewer');
+
+  // 8. no script errors along the way
+  check(consoleErrors.length === 0, `console errors during the run:\n  ${consoleErrors.join('\n  ')}`);
+  pass('no console errors or uncaught exceptions');
+}
+
+async function report(err) {
+  console.error(`\nnot ok ${step + 1} - ${err instanceof CheckFailed ? err.message : (err?.stack || err)}`);
+  if (page) {
+    try {
+      console.error(`page: ${page.url()}`);
+      const visible = await page.evaluate(() => document.body?.innerText ?? '');
+      console.error(`visible text:\n${visible.trim().slice(0, 4000)}`);
+    } catch (e) {
+      console.error(`(could not read the page: ${e.message})`);
+    }
+    try {
+      const file = path.join(ARTIFACTS, 'failure.png');
+      await page.screenshot({ path: file, fullPage: true });
+      console.error(`screenshot: ${file}`);
+    } catch (e) {
+      console.error(`(no screenshot: ${e.message})`);
+    }
+  }
+  if (consoleErrors.length > 0) console.error(`console errors:\n  ${consoleErrors.join('\n  ')}`);
+}
+
+let code = 0;
+try {
+  await run();
+  console.log(`dashboard: all ${step} checks passed`);
+} catch (err) {
+  await report(err);
+  code = 1;
+} finally {
+  if (browser) await browser.close().catch(() => {});
+}
+process.exit(code);
