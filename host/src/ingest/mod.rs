@@ -4,10 +4,13 @@
 //! Each message is parsed by its family's plugin, checked against its topic
 //! (a device reports only for itself, a gateway for its children), matched
 //! to the device's execution, deduplicated by message id, checked against the
-//! state machine and applied under optimistic locking, with its log row and
-//! outbox event, many messages per transaction. Acks go out only after the
-//! commit.
+//! state machine and applied with its log row and outbox event. A batch of
+//! messages is applied in one transaction with a few set-based statements
+//! (`batch.rs`); should that fail for anything but a deadlock, the batch is
+//! applied again message by message ([`apply`], optimistic locking, a
+//! savepoint each). Acks go out only after the commit.
 
+mod batch;
 pub mod kafka;
 
 use std::collections::{HashMap, HashSet};
@@ -204,37 +207,51 @@ impl Ingest {
             key(a).cmp(&key(b))
         });
 
-        let mut tx = self.pool.begin().await?;
-        let mut touched: HashSet<Uuid> = HashSet::new();
-        for (i, device, report) in parsed {
-            outcomes[i] = Some(match report {
-                Ok(report) => {
-                    // A savepoint per message: one message's failure cannot
-                    // poison the batch.
-                    let mut one = sqlx::Connection::begin(&mut *tx).await?;
-                    match apply(&mut one, &device, &report, &self.metrics).await {
-                        Ok((outcome, job)) => {
-                            one.commit().await?;
-                            touched.extend(job);
-                            outcome
-                        }
-                        Err(error) if crate::db::is_transient(&error) => {
-                            // A deadlock or serialization failure: the whole
-                            // batch rolls back and is applied again.
-                            return Err(error.into());
-                        }
-                        Err(error) => {
-                            one.rollback().await?;
-                            tracing::error!(%error, device, "applying a status failed");
-                            Outcome::Rejected("the status could not be applied".into())
-                        }
-                    }
+        let mut items = Vec::with_capacity(parsed.len());
+        for (index, topic_device, report) in parsed {
+            match report {
+                Ok(report) => items.push(batch::Parsed {
+                    index,
+                    topic_device,
+                    report,
+                }),
+                Err(PluginError::Refused { reason, .. }) => {
+                    outcomes[index] = Some(Outcome::Malformed(reason));
                 }
-                Err(PluginError::Refused { reason, .. }) => Outcome::Malformed(reason),
-                Err(other) => Outcome::Malformed(other.to_string()),
-            });
+                Err(other) => outcomes[index] = Some(Outcome::Malformed(other.to_string())),
+            }
         }
-        tx.commit().await?;
+
+        let mut tx = self.pool.begin().await?;
+        let touched = match batch::apply(&mut tx, &items).await {
+            Ok(applied) => {
+                tx.commit().await?;
+                for (index, outcome) in applied.outcomes {
+                    outcomes[index] = Some(outcome);
+                }
+                for took in applied.durations {
+                    self.metrics.download_duration_seconds.observe(took);
+                }
+                for lag in applied.lags {
+                    self.metrics.event_processing_lag_seconds.observe(lag);
+                }
+                self.metrics
+                    .update_errors_total
+                    .with_label_values(&["device"])
+                    .inc_by(applied.device_errors);
+                applied.jobs
+            }
+            Err(batch::BatchError::Db(error)) if crate::db::is_transient(&error) => {
+                // A deadlock or serialization failure: the whole batch rolls
+                // back and is applied again.
+                return Err(error.into());
+            }
+            Err(error) => {
+                tx.rollback().await?;
+                tracing::warn!(%error, "applying a batch of statuses failed; applying them one by one");
+                self.apply_one_by_one(&items, &mut outcomes).await?
+            }
+        };
         // Prompt the rollout engine after the commit, in a statement of its
         // own: taking job rows after execution rows in one transaction would
         // invert the lock order of job actions and deadlock with them.
@@ -262,6 +279,38 @@ impl Ingest {
             }
         }
         Ok(outcomes)
+    }
+
+    /// The slow path: each message in a savepoint of its own, so that one
+    /// message's failure cannot poison the others.
+    async fn apply_one_by_one(
+        &self,
+        items: &[batch::Parsed],
+        outcomes: &mut [Option<Outcome>],
+    ) -> anyhow::Result<HashSet<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        let mut touched = HashSet::new();
+        for item in items {
+            let mut one = sqlx::Connection::begin(&mut *tx).await?;
+            let outcome = match apply(&mut one, &item.topic_device, &item.report, &self.metrics)
+                .await
+            {
+                Ok((outcome, job)) => {
+                    one.commit().await?;
+                    touched.extend(job);
+                    outcome
+                }
+                Err(error) if crate::db::is_transient(&error) => return Err(error.into()),
+                Err(error) => {
+                    one.rollback().await?;
+                    tracing::error!(%error, device = item.topic_device, "applying a status failed");
+                    Outcome::Rejected("the status could not be applied".into())
+                }
+            };
+            outcomes[item.index] = Some(outcome);
+        }
+        tx.commit().await?;
+        Ok(touched)
     }
 
     fn topic_device(&self, topic: &str) -> Option<String> {
