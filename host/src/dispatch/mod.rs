@@ -29,6 +29,9 @@ use manifest::Manifest;
 
 /// Executions claimed per round.
 const CLAIM: i64 = 500;
+/// How many queued executions per released batch a round looks at, per
+/// execution it may claim.
+const WINDOW_FACTOR: i64 = 2;
 /// Publish attempts before an execution fails.
 const PUBLISH_ATTEMPTS: u32 = 5;
 /// What a command needs, for the executions in a `claimed` CTE.
@@ -202,27 +205,50 @@ impl Dispatcher {
         if room == 0 {
             return Ok(claimed);
         }
+        // The head of every released batch, in the partial `queued` index
+        // order: a short, predictable read however large the batch. (A
+        // single statement that sorted every queued execution cost 120 ms
+        // a round at 100,000 devices.)
+        let window: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT w.id, r.urgent
+             FROM (SELECT b.job_id, b.batch_group, (j.kind = 'emergency') AS urgent
+                   FROM jobs j JOIN job_batches b ON b.job_id = j.id AND b.started_at IS NOT NULL
+                   WHERE j.status = 'running') r
+             CROSS JOIN LATERAL (
+                 SELECT q.id FROM executions q
+                 WHERE q.job_id = r.job_id AND q.batch_group = r.batch_group AND q.status = 'queued'
+                 ORDER BY q.id LIMIT $1
+             ) w",
+        )
+        .bind(room * WINDOW_FACTOR)
+        .fetch_all(&self.pool)
+        .await?;
+        if window.is_empty() {
+            return Ok(claimed);
+        }
+        let (urgent, normal): (Vec<_>, Vec<_>) = window.into_iter().partition(|(_, u)| *u);
+        let urgent: Vec<i64> = urgent.into_iter().map(|(id, _)| id).collect();
+        let normal: Vec<i64> = normal.into_iter().map(|(id, _)| id).collect();
+        // Of those, the ones whose device has nothing in flight, one per
+        // device, emergency jobs first; a device busy with another job
+        // waits for a later round.
         let fresh: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH pick AS (
-                 SELECT DISTINCT ON (e.device_id) e.id, (j.kind = 'emergency') AS urgent
-                 FROM executions e
-                 JOIN jobs j ON j.id = e.job_id AND j.status = 'running'
-                 JOIN job_batches b ON b.job_id = e.job_id AND b.batch_group = e.batch_group
-                                   AND b.started_at IS NOT NULL
-                 WHERE e.status = 'queued'
+            "WITH candidates AS (
+                 SELECT e.id, e.device_id, (e.id = ANY($3)) AS urgent FROM executions e
+                 WHERE (e.id = ANY($3) OR e.id = ANY($4)) AND e.status = 'queued'
                    AND NOT EXISTS (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
                                    AND x.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting'))
-                 ORDER BY e.device_id, urgent DESC, e.id
-             ), candidates AS (
-                 SELECT e.id FROM executions e JOIN pick p ON p.id = e.id
-                 WHERE e.status = 'queued'
-                 ORDER BY p.urgent DESC, e.id LIMIT $1
+                 ORDER BY 3 DESC, e.id LIMIT $1
                  FOR UPDATE OF e SKIP LOCKED
+             ), one_per_device AS (
+                 SELECT DISTINCT ON (device_id) id FROM candidates ORDER BY device_id, urgent DESC, id
              ), claimed AS (
                  UPDATE executions e
                  SET status = 'dispatched', attempts = e.attempts + 1, dispatched_at = now(),
                      dispatched_by = $2, updated_at = now(), progress = NULL, version = e.version + 1
-                 FROM candidates c WHERE e.id = c.id
+                 FROM one_per_device c
+                 WHERE e.id = c.id
+                   AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND j.status = 'running')
                  RETURNING e.id, e.job_id, e.device_id, e.attempts
              ), logged AS (
                  INSERT INTO execution_status_log (execution_id, status, message)
@@ -238,6 +264,8 @@ impl Dispatcher {
         )))
         .bind(room)
         .bind(&self.instance_id)
+        .bind(&urgent)
+        .bind(&normal)
         .fetch_all(&self.pool)
         .await?;
         claimed.extend(fresh);
