@@ -38,9 +38,11 @@ fn chip_name(id: u16) -> Option<&'static str> {
     })
 }
 
+/// The family's configuration (public so that benchmarks can run the same
+/// logic natively; parse it with `rollway_plugin_sdk::device::load_config`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Ask devices to verify the image signature with secure boot keys too.
     require_secure_boot: bool,
 }
@@ -142,7 +144,8 @@ where
     })
 }
 
-struct Esp32;
+/// The family (public so that benchmarks can call it natively).
+pub struct Esp32;
 
 impl DeviceFamily for Esp32 {
     type Config = Config;

@@ -27,9 +27,11 @@ enum OnFailure {
     Pause,
 }
 
+/// The job's rollout configuration (public so that benchmarks can run the
+/// same logic natively; parse it with `rollway_plugin_sdk::rollout::load_config`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     batches: Option<Vec<f64>>,
     batch_size: Option<u32>,
     success_threshold: f64,
@@ -166,7 +168,8 @@ fn evaluate(config: &Config, snapshot: &Snapshot) -> Decision {
     Decision::Wait(IDLE_WAIT_MS)
 }
 
-struct RolloutPercent;
+/// The strategy (public so that benchmarks can call it natively).
+pub struct RolloutPercent;
 
 impl RolloutStrategy for RolloutPercent {
     type Config = Config;
