@@ -15,6 +15,8 @@ mkdir -p "$ROLLWAY_CACHE"
 
 trap services_down EXIT
 services_up
+ensure_bench_postgres
+export ROLLWAY_TEST_DATABASE_URL=$ROLLWAY_BENCH_DATABASE_URL
 
 # pgbench (the database's ceiling) comes with the PostgreSQL client.
 command -v pgbench >/dev/null || _apt_install postgresql-client

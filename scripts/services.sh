@@ -18,6 +18,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 _STARTED_PIDS=()
 _STARTED_PG=""
+_STARTED_BENCH_PG=""
 
 _log() { echo "services: $*" >&2; }
 
@@ -92,7 +93,9 @@ ensure_postgres() {
 ensure_mosquitto() {
     # Our own broker, not a system one on 1883: the tests need queues and
     # in-flight windows far above Mosquitto's defaults (which drop QoS 1
-    # messages past 1000 queued), and persistence for restart tests.
+    # messages past 1000 queued), and persistence for restart tests. The
+    # in-flight window bounds a subscriber's rate (window / commit latency,
+    # since the host acks after its commit): the benchmarks need it wide.
     if [ -n "${MQTT_URL:-}" ]; then return 0; fi
     local port=18830
     export MQTT_URL="mqtt://127.0.0.1:$port"
@@ -104,7 +107,7 @@ ensure_mosquitto() {
 listener $port 127.0.0.1
 allow_anonymous true
 max_queued_messages 1000000
-max_inflight_messages 1000
+max_inflight_messages 10000
 max_packet_size 1048576
 persistence true
 persistence_location $dir/data/
@@ -182,6 +185,32 @@ ensure_browser() {
     fi
 }
 
+ensure_bench_postgres() {
+    # The benchmarks' own cluster, set up as for a write-heavy server: WAL
+    # buffers and checkpoint distance sized for sustained status
+    # ingestion. Durability stays as in production (fsync, synchronous
+    # commit, full-page writes on). ROLLWAY_BENCH_DATABASE_URL overrides.
+    if [ -n "${ROLLWAY_BENCH_DATABASE_URL:-}" ]; then return 0; fi
+    local port=55433 dir=$ROLLWAY_SERVICES_DIR/postgres-bench
+    export ROLLWAY_BENCH_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+    if _port_open "$port"; then _log "reusing the benchmark PostgreSQL on $port"; return 0; fi
+    [ -n "$(_pg_bin)" ] || _apt_install postgresql
+    local bin run=()
+    bin=$(_pg_bin)
+    if [ "$(id -u)" = 0 ]; then run=(runuser -u postgres --); fi
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir" && chmod 755 "$ROLLWAY_SERVICES_DIR"
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        "${run[@]}" "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    "${run[@]}" "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -o "-c listen_addresses=127.0.0.1 -p $port -k $dir \
+        -c max_connections=300 -c shared_buffers=1GB -c wal_buffers=64MB -c max_wal_size=8GB \
+        -c checkpoint_timeout=15min -c checkpoint_completion_target=0.9 \
+        -c fsync=on -c synchronous_commit=on -c full_page_writes=on" start >/dev/null
+    _STARTED_BENCH_PG="$bin/pg_ctl -D $dir"
+    _log "started the benchmark PostgreSQL on $port"
+}
+
 services_up() {
     mkdir -p "$ROLLWAY_SERVICES_DIR"
     command -v psql >/dev/null || _apt_install postgresql-client
@@ -199,10 +228,13 @@ services_down() {
     for pid in "${_STARTED_PIDS[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
-    if [ -n "$_STARTED_PG" ]; then
-        local run=()
-        [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
-        # shellcheck disable=SC2086
-        "${run[@]}" $_STARTED_PG -m fast stop >/dev/null 2>&1 || true
-    fi
+    local run=()
+    [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+    for pg in "$_STARTED_PG" "$_STARTED_BENCH_PG"; do
+        if [ -n "$pg" ]; then
+            # shellcheck disable=SC2086
+            "${run[@]}" $pg -m fast stop >/dev/null 2>&1 || true
+        fi
+    done
+    return 0
 }

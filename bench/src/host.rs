@@ -222,7 +222,12 @@ impl Host {
                 "ROLLWAY_INSTANCE_ID",
                 format!("bench-{label}-{}", crate::mqtt::suffix()),
             )
-            .env("RUST_LOG", "warn")
+            // ROLLWAY_BENCH_HOST_LOG sets the host's RUST_LOG, to look
+            // inside a run (e.g. `rollway::ingest=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("ROLLWAY_BENCH_HOST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))

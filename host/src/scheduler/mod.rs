@@ -38,12 +38,15 @@ pub struct Scheduler {
 }
 
 const TICK: Duration = Duration::from_millis(500);
+/// How often silent devices are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Scheduler {
     /// Runs the three loops until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {},
@@ -56,8 +59,13 @@ impl Scheduler {
             if let Err(error) = self.evaluate_due_jobs().await {
                 tracing::error!(error = format!("{error:#}"), "evaluating rollouts");
             }
-            if let Err(error) = self.sweep_timeouts().await {
-                tracing::error!(error = format!("{error:#}"), "sweeping timeouts");
+            // Timeouts are seconds long: sweeping once a second is enough,
+            // however often ingestion wakes the loop.
+            if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+                last_sweep = Some(tokio::time::Instant::now());
+                if let Err(error) = self.sweep_timeouts().await {
+                    tracing::error!(error = format!("{error:#}"), "sweeping timeouts");
+                }
             }
         }
     }
@@ -247,6 +255,11 @@ impl Scheduler {
             "WITH old AS (
                  SELECT e.id, e.status, e.attempts, j.max_retries FROM executions e JOIN jobs j ON j.id = e.job_id
                  WHERE e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')
+                   -- An index range first: older than the shortest timeout of
+                   -- any active job; then each job's own timeout.
+                   AND e.dispatched_at < now() - make_interval(secs => (
+                       SELECT coalesce(min(device_timeout_secs), 0) FROM jobs
+                       WHERE status IN ('running', 'paused')))
                    AND e.dispatched_at < now() - make_interval(secs => j.device_timeout_secs)
                  ORDER BY e.dispatched_at LIMIT 1000
                  FOR UPDATE OF e SKIP LOCKED
