@@ -3,6 +3,7 @@
 //! Incoming status messages go to the ingest worker through a channel; acks
 //! are sent by the worker after its database commit (manual acks).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +14,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+
+/// QoS 0 messages held for a consumer that is behind, at most.
+const MAX_HELD_QOS0: usize = 10_000;
 
 /// Options from an `mqtt://` (or `mqtts://`) URL; credentials may be in the URL.
 pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
@@ -106,9 +110,38 @@ async fn drive(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
+    // Messages received and not yet taken by the consumer. The event loop
+    // must never wait for the consumer: the consumer's acks (and every
+    // publish) go out only while it is polled, so a loop blocked on a full
+    // channel and a consumer blocked on its acks would wait on each other
+    // for ever. QoS 1 messages here are bounded by the broker's in-flight
+    // window; QoS 0 ones beyond `MAX_HELD_QOS0` are dropped, as QoS 0 allows.
+    let mut held: VecDeque<Incoming> = VecDeque::new();
+    let mut held_qos0 = 0usize;
     loop {
+        if let Some(tx) = &incoming {
+            while let Some(message) = held.pop_front() {
+                let qos0 = message.publish.qos == QoS::AtMostOnce;
+                match tx.try_send(message) {
+                    Ok(()) => held_qos0 -= usize::from(qos0),
+                    Err(mpsc::error::TrySendError::Full(message)) => {
+                        held.push_front(message);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        }
+        let room = async {
+            match &incoming {
+                Some(tx) if !held.is_empty() => tx.reserve().await.is_ok(),
+                _ => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             event = eventloop.poll() => event,
+            // The consumer has room again: hand over what is held.
+            _ = room => continue,
             () = shutdown.cancelled() => break,
         };
         match event {
@@ -131,15 +164,22 @@ async fn drive(
                 tracing::info!("MQTT connected");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let message = Incoming {
+                if incoming.is_none() {
+                    continue;
+                }
+                let qos0 = publish.qos == QoS::AtMostOnce;
+                if qos0 && held_qos0 >= MAX_HELD_QOS0 {
+                    metrics
+                        .status_messages_total
+                        .with_label_values(&["dropped_qos0"])
+                        .inc();
+                    continue;
+                }
+                held_qos0 += usize::from(qos0);
+                held.push_back(Incoming {
                     publish,
                     generation: link.generation.load(Ordering::Acquire),
-                };
-                if let Some(tx) = &incoming
-                    && tx.send(message).await.is_err()
-                {
-                    break;
-                }
+                });
             }
             Ok(_) => {}
             Err(error) => {
