@@ -12,7 +12,7 @@
 //! - the naive design: the host's per-message logic, one transaction per
 //!   message, acked after its commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ const STALL: Duration = Duration::from_secs(60);
 /// How often the commit observer reads new log rows.
 const OBSERVE_EVERY: Duration = Duration::from_millis(10);
 const OBSERVE_PAGE: i64 = 20_000;
+/// How long an id the observer has not seen yet is looked for.
+const HOLE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// One device and its execution.
 #[derive(Debug, Clone)]
@@ -282,27 +284,45 @@ impl Observer {
             tokio::spawn(async move {
                 let mut commits: Vec<Commit> = Vec::new();
                 let mut last = from;
+                // Ids below `last` not seen yet. The host applies several
+                // batches at once, so a row can become visible after rows
+                // with higher ids: those ids are read again until they
+                // show up (ids of rolled-back rows are given up on after a
+                // while).
+                let mut holes: BTreeMap<i64, Instant> = BTreeMap::new();
                 let mut stopping = false;
                 loop {
-                    let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+                    let now = Instant::now();
+                    holes.retain(|_, since| now.duration_since(*since) < HOLE_PATIENCE);
+                    let wanted: Vec<i64> = holes.keys().copied().collect();
+                    let rows: Vec<(i64, Option<String>, i64)> = sqlx::query_as(
                         "SELECT id, message_id, (extract(epoch FROM at) * 1000000)::bigint
                          FROM execution_status_log
-                         WHERE id > $1 AND message_id IS NOT NULL ORDER BY id LIMIT $2",
+                         WHERE id > $1 OR id = ANY($3) ORDER BY id LIMIT $2",
                     )
                     .bind(last)
                     .bind(OBSERVE_PAGE)
+                    .bind(&wanted)
                     .fetch_all(&pool)
                     .await
                     .context("reading new execution_status_log rows")?;
                     let seen_us = mqtt::now_us();
                     let full = rows.len() as i64 == OBSERVE_PAGE;
                     for (id, message_id, at_us) in rows {
+                        if holes.remove(&id).is_none() {
+                            for missing in (last + 1)..id {
+                                holes.insert(missing, now);
+                            }
+                        }
                         last = last.max(id);
-                        commits.push(Commit {
-                            message_id,
-                            at_us,
-                            seen_us,
-                        });
+                        // Rows of the dispatcher carry no message id.
+                        if let Some(message_id) = message_id {
+                            commits.push(Commit {
+                                message_id,
+                                at_us,
+                                seen_us,
+                            });
+                        }
                     }
                     seen.store(commits.len() as u64, Ordering::Relaxed);
                     if full {
