@@ -340,7 +340,9 @@ async fn assign_batches(
              FROM executions WHERE job_id = $1 AND status = 'queued'
          )
          UPDATE executions e
-         SET batch_group = (SELECT count(*) FROM unnest($2::bigint[]) AS b(bound) WHERE b.bound < ordered.rn)
+         -- The number of cumulative bounds below the row's rank (the
+         -- bounds are sorted): a lookup, not a subquery per row.
+         SET batch_group = width_bucket(ordered.rn - 1, $2::bigint[])
          FROM ordered WHERE e.id = ordered.id",
     )
     .bind(job_id)
