@@ -30,6 +30,9 @@ use crate::settings::{Settings, StatusSource};
 use crate::signing::ManifestSigner;
 use crate::{auth, db};
 
+/// Dispatch rounds run at once.
+const DISPATCH_WORKERS: usize = 2;
+
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
@@ -215,7 +218,13 @@ impl Application {
             wakeup: dispatch_wakeup.clone(),
             instance_id: settings.instance_id.clone(),
         };
-        handles.push(tokio::spawn(dispatcher.run(token.clone())));
+        // Concurrent dispatch rounds: claims skip each other's locked rows,
+        // so while one round writes its claims, another signs and
+        // publishes. A device has at most one execution in flight (a
+        // unique index), so no device gets two commands at once.
+        for _ in 0..DISPATCH_WORKERS {
+            handles.push(tokio::spawn(dispatcher.clone().run(token.clone())));
+        }
         let ingest = Ingest {
             pool: state.pool.clone(),
             plugins: state.plugins.clone(),

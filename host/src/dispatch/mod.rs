@@ -239,8 +239,12 @@ impl Dispatcher {
             "WITH candidates AS (
                  SELECT e.id, e.device_id, (e.id = ANY($3)) AS urgent FROM executions e
                  WHERE (e.id = ANY($3) OR e.id = ANY($4)) AND e.status = 'queued'
-                   AND NOT EXISTS (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
-                                   AND x.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting'))
+                   -- A probe of the in-flight index per candidate. (As NOT
+                   -- EXISTS, the planner could compare every candidate with
+                   -- every execution in flight on a fresh table.)
+                   AND (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
+                        AND x.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')
+                        LIMIT 1) IS NULL
                  ORDER BY 3 DESC, e.id LIMIT $1
                  FOR UPDATE OF e SKIP LOCKED
              ), one_per_device AS (
