@@ -179,7 +179,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             Execution {
                 status,
                 loaded_version: row.version,
-                finished: false,
+                finished: status.is_terminal(),
                 changed: false,
                 row,
             },
