@@ -306,16 +306,7 @@ impl Host {
     pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid);
         let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
+        kib_field(&status, "VmHWM:")
             .map(|kb| kb * 1024)
             .ok_or_else(|| anyhow!("no VmHWM in {path}"))
     }
@@ -570,4 +561,11 @@ pub async fn wait_job_status(
 /// Removes a directory of this run, quietly.
 pub fn remove_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `Name:  1234 kB` field of a `/proc` file (`status`, `meminfo`), in KiB.
+pub fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }

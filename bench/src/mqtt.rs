@@ -29,24 +29,13 @@ pub fn suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// Options from an `mqtt://host:port` URL with our own client id.
+/// Options from an `mqtt://host:port` URL with our own client id: the
+/// host's URL handling (`rollway::mqtt::options`), with the load
+/// generator's windows. Callers set acks and session persistence.
 pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let mut parsed = url::Url::parse(url).with_context(|| format!("MQTT_URL {url:?}"))?;
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(k, _)| k != "client_id")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    parsed
-        .query_pairs_mut()
-        .clear()
-        .extend_pairs(kept)
-        .append_pair("client_id", client_id);
-    let mut options =
-        MqttOptions::parse_url(parsed.as_str()).map_err(|e| anyhow!("MQTT_URL {url:?}: {e}"))?;
+    let mut options = rollway::mqtt::options(url, client_id)?;
     options
         .set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
         .set_inflight(INFLIGHT)
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
         .set_request_channel_capacity(1000);
