@@ -138,10 +138,30 @@ async fn serve(settings: Settings, options: &UpOptions) -> anyhow::Result<()> {
 }
 
 /// Uploads the demo firmware of every family through the API, as an
-/// operator would; images already there are kept.
+/// operator would; images already there (a restart on the same data dir)
+/// are kept. It asks first rather than relying on the upload's 409: the
+/// host refuses a duplicate before reading its body, and a client still
+/// writing the body sees a broken pipe instead of the answer.
 async fn upload_demo_firmware(api: &str, token: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     for (family, image) in crate::demo::firmware(DEMO_VERSION) {
+        let existing: serde_json::Value = http
+            .get(format!("{api}/api/v1/firmware"))
+            .query(&[("family", family), ("version", DEMO_VERSION)])
+            .bearer_auth(token)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("looking up the {family} demo firmware"))?
+            .json()
+            .await
+            .with_context(|| format!("reading the {family} firmware list"))?;
+        if existing["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty())
+        {
+            continue;
+        }
         let response = http
             .post(format!(
                 "{api}/api/v1/firmware?family={family}&version={DEMO_VERSION}"

@@ -171,6 +171,31 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     let esp32 = demo.iter().find(|f| f["family"] == "esp32").unwrap();
     let summary = get("api/v1/fleet/summary".into()).await;
     assert_eq!(summary["total"], 9, "{summary}");
+    let plugins = get("api/v1/plugins".into()).await;
+    let mut loaded: Vec<&str> = plugins
+        .as_array()
+        .or_else(|| plugins["items"].as_array())
+        .expect("a plugin list")
+        .iter()
+        .filter(|p| p["state"] == "enabled")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    loaded.sort_unstable();
+    assert_eq!(
+        loaded,
+        [
+            "device-esp32",
+            "device-jetson",
+            "device-stm32",
+            "rollout-percent"
+        ],
+        "{plugins}"
+    );
+    // The images live in the file store under the data dir.
+    let images = std::fs::read_dir(base.join("data/store/firmware"))
+        .expect("the file store under ROLLWAY_DATA_DIR")
+        .count();
+    assert_eq!(images, 3, "one stored image per demo firmware");
 
     let created: serde_json::Value = client
         .post(format!("{url}api/v1/jobs"))

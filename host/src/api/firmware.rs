@@ -297,6 +297,8 @@ async fn receive_image(
 #[serde(deny_unknown_fields)]
 pub struct ListFirmwareQuery {
     family: Option<String>,
+    /// Only this exact version.
+    version: Option<String>,
     cursor: Option<String>,
     limit: Option<i64>,
 }
@@ -319,7 +321,14 @@ async fn list_firmware(
         .map(|c| Uuid::parse_str(&c))
         .transpose()
         .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
-    let rows = firmware::list(&state.pool, query.family.as_deref(), before, limit + 1).await?;
+    let rows = firmware::list(
+        &state.pool,
+        query.family.as_deref(),
+        query.version.as_deref(),
+        before,
+        limit + 1,
+    )
+    .await?;
     Ok(axum::Json(Page::from_rows(rows, limit, |f| {
         f.id.to_string()
     })))

@@ -58,15 +58,18 @@ pub async fn version_exists(
 pub async fn list(
     pool: &PgPool,
     family: Option<&str>,
+    version: Option<&str>,
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Firmware>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM firmware
-         WHERE ($1::text IS NULL OR family = $1) AND ($2::uuid IS NULL OR id < $2)
-         ORDER BY id DESC LIMIT $3"
+         WHERE ($1::text IS NULL OR family = $1) AND ($2::text IS NULL OR version = $2)
+           AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
     )))
     .bind(family)
+    .bind(version)
     .bind(before)
     .bind(limit)
     .fetch_all(pool)
