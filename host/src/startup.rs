@@ -89,6 +89,7 @@ impl Application {
                 plugins,
                 signer,
                 events: crate::live::channel(),
+                scheduler_wakeup: Arc::new(Notify::new()),
             },
         })
     }
@@ -137,7 +138,7 @@ impl Application {
         let state = &self.state;
         let settings = &state.settings;
         let dispatch_wakeup = Arc::new(Notify::new());
-        let evaluate_wakeup = Arc::new(Notify::new());
+        let evaluate_wakeup = state.scheduler_wakeup.clone();
         let mut handles = Vec::new();
         let scheduler = Scheduler {
             pool: state.pool.clone(),

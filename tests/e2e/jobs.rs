@@ -109,7 +109,12 @@ async fn create_job_by_ids_and_read_its_counts() {
         .json()
         .await
         .unwrap();
-    assert_eq!(execution["device_id"], "ESP-00");
+    // Executions are created in the rollout's pseudo-random order.
+    assert_eq!(execution["device_id"], executions["items"][0]["device_id"]);
+    assert!(
+        ["ESP-00", "ESP-01", "ESP-02"].contains(&execution["device_id"].as_str().unwrap()),
+        "{execution}"
+    );
     assert!(execution["log"].as_array().unwrap().is_empty());
 
     let event: (String, Value) =
@@ -432,4 +437,78 @@ async fn pause_and_resume_a_running_job() {
         .get(&format!("/api/v1/jobs/{}/executions", uuid::Uuid::new_v4()))
         .await;
     assert_problem(unknown, StatusCode::NOT_FOUND, "not-found").await;
+}
+
+/// A job is planned when it is created: a scheduled job shows its batches
+/// before it starts. A job stored without a plan (as earlier versions of
+/// Rollway left them) is planned when it starts.
+#[tokio::test]
+async fn jobs_are_planned_at_creation_and_unplanned_ones_at_start() {
+    let app = spawn_app().await;
+    let firmware = fleet(&app).await;
+    let create = |start: &'static str| {
+        json!({
+            "firmware_id": firmware, "targets": { "filter": { "tags": { "site": "north" } } },
+            "start": start,
+            "rollout": { "plugin": "rollout-percent", "config": { "batches": [10, 50, 100] } }
+        })
+    };
+    let later: Value = app
+        .post_json("/api/v1/jobs", &create("2030-01-01T03:00:00Z"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(later["status"], "scheduled");
+    let read: Value = app
+        .get(&format!("/api/v1/jobs/{}", later["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(batch_totals(&read), [2, 8, 10], "{read}");
+    let groups: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT batch_group, count(*) FROM executions WHERE job_id = $1::uuid
+         GROUP BY batch_group ORDER BY batch_group",
+    )
+    .bind(later["id"].as_str().unwrap())
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(groups, [(0, 2), (1, 8), (2, 10)]);
+
+    // Stored the way an earlier version did: no batch groups yet, and due.
+    let id = later["id"].as_str().unwrap();
+    let mut tx = app.pool.begin().await.unwrap();
+    for statement in [
+        "DELETE FROM job_batches WHERE job_id = $1::uuid",
+        "UPDATE executions SET batch_group = NULL WHERE job_id = $1::uuid",
+        "UPDATE jobs SET start_at = now() WHERE id = $1::uuid",
+    ] {
+        sqlx::query(statement)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let started = wait_until_running(&app, id).await;
+    assert_eq!(batch_totals(&started), [2, 8, 10], "{started}");
+    let unassigned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM executions WHERE job_id = $1::uuid AND batch_group IS NULL",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(unassigned, 0);
+}
+
+fn batch_totals(job: &Value) -> Vec<i64> {
+    job["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["total"].as_i64().unwrap())
+        .collect()
 }

@@ -268,10 +268,29 @@ async fn create_job(
         created_by: principal.actor(),
     };
     let mut tx = state.pool.begin().await?;
-    let (job, total) = jobs::create(&mut tx, &new).await.map_err(|e| match e {
-        CreateError::Db(db) => ApiError::from(db),
-        other => ApiError::validation("targets", other.to_string()),
-    })?;
+    let plan = |total: u32| {
+        let (registry, plugin) = (state.plugins.clone(), new.rollout_plugin.clone());
+        let config = new.rollout_config.to_string();
+        let plugin_name = plugin.clone();
+        async move {
+            tokio::task::spawn_blocking(move || registry.plan(&plugin, &config, total))
+                .await
+                .map_err(|e| {
+                    CreateError::Plan(PluginError::Failed {
+                        plugin: plugin_name,
+                        what: format!("plan: {e}"),
+                    })
+                })?
+                .map_err(CreateError::Plan)
+        }
+    };
+    let (job, total) = jobs::create(&mut tx, &new, plan)
+        .await
+        .map_err(|e| match e {
+            CreateError::Db(db) => ApiError::from(db),
+            CreateError::Plan(error) => ApiError::from_plugin("rollout.config", error),
+            other => ApiError::validation("targets", other.to_string()),
+        })?;
     audit::record(
         &mut tx,
         &principal.actor(),
@@ -283,6 +302,9 @@ async fn create_job(
     .await?;
     tx.commit().await?;
     tracing::info!(job_id = %job.id, kind = %job.kind, executions = total, "job created");
+    if job.start_at <= Utc::now() {
+        state.scheduler_wakeup.notify_one();
+    }
     let counts = jobs::counts(&state.pool, job.id).await?;
     Ok((StatusCode::CREATED, axum::Json(JobView { job, counts })))
 }
@@ -412,6 +434,8 @@ async fn act(
             TransitionError::Db(db) => db.into(),
         })?;
     tracing::info!(job_id = %id, action = action.as_str(), "job steered");
+    // A resumed job is evaluated at once rather than at the next tick.
+    state.scheduler_wakeup.notify_one();
     Ok(axum::Json(view(state, id).await?))
 }
 

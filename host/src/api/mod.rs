@@ -48,6 +48,8 @@ pub struct AppState {
     pub signer: crate::signing::ManifestSigner,
     /// Published outbox events of this replica's live feed (`live.rs`).
     pub events: crate::live::Sender,
+    /// Wakes this replica's scheduler (a job was created or steered).
+    pub scheduler_wakeup: Arc<tokio::sync::Notify>,
 }
 
 #[derive(OpenApi)]

@@ -106,13 +106,63 @@ pub enum CreateError {
         family: String,
         devices: Vec<String>,
     },
+    #[error("the rollout could not be planned: {0}")]
+    Plan(#[from] crate::plugins::PluginError),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
+/// The devices a job targets, as `FROM … WHERE …` with its parameters
+/// numbered from `first`: the family, then the ids or the filter's model,
+/// gateway and tags (bound by `bind_targets!`). Ids and filters are two
+/// statements, so that a job by ids always probes the primary key.
+fn target_clause(targets: &Targets, first: usize) -> String {
+    let p = |i: usize| format!("${}", first + i);
+    match targets {
+        Targets::Devices(_) => format!(
+            "FROM devices d WHERE d.family = {} AND d.id = ANY({}::text[])",
+            p(0),
+            p(1)
+        ),
+        Targets::Filter(_) => {
+            let (model, gateway, tags) = (p(1), p(2), p(3));
+            format!(
+                "FROM devices d WHERE d.family = {}
+                   AND ({model}::text IS NULL OR d.model = {model})
+                   AND ({gateway}::text IS NULL OR d.gateway_id = {gateway})
+                   AND ({tags}::jsonb IS NULL OR d.tags @> {tags})",
+                p(0)
+            )
+        }
+    }
+}
+
+/// Binds the parameters of `target_clause` to `$query`.
+macro_rules! bind_targets {
+    ($query:expr, $new:expr, $ids:expr) => {{
+        let query = $query.bind(&$new.family);
+        match &$new.targets {
+            Targets::Devices(_) => query.bind($ids),
+            Targets::Filter(filter) => query
+                .bind(&filter.model)
+                .bind(&filter.gateway_id)
+                .bind((!filter.tags.is_empty()).then_some(Json(&filter.tags))),
+        }
+    }};
+}
+
 /// Creates the job and its executions (all `queued`) in one transaction,
-/// with its `job.created` event.
-pub async fn create(conn: &mut PgConnection, new: &NewJob) -> Result<(Job, i64), CreateError> {
+/// with its `job.created` event. `plan` splits the number of targeted
+/// devices into batch sizes (the rollout plugin's `plan`); each execution
+/// is created in its batch group.
+pub async fn create<F>(
+    conn: &mut PgConnection,
+    new: &NewJob,
+    plan: impl FnOnce(u32) -> F,
+) -> Result<(Job, i64), CreateError>
+where
+    F: Future<Output = Result<Vec<u32>, CreateError>>,
+{
     let id = Uuid::now_v7();
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
@@ -134,46 +184,54 @@ pub async fn create(conn: &mut PgConnection, new: &NewJob) -> Result<(Job, i64),
     .fetch_one(&mut *conn)
     .await?;
 
-    // Executions are created server-side in one statement: a job over a
-    // million devices never ships a million ids back and forth.
-    let total = match &new.targets {
-        Targets::Devices(ids) => {
-            let ids: Vec<&str> = ids.iter().map(DeviceId::as_str).collect();
-            let inserted = sqlx::query(
-                "INSERT INTO executions (job_id, device_id)
-                 SELECT $1, d.id FROM devices d WHERE d.id = ANY($2::text[]) AND d.family = $3",
-            )
-            .bind(id)
-            .bind(&ids)
-            .bind(&new.family)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected() as i64;
-            if inserted < ids.len() as i64 {
-                return Err(explain_missing(conn, &ids, &new.family).await);
-            }
-            inserted
-        }
-        Targets::Filter(filter) => sqlx::query(
-            "INSERT INTO executions (job_id, device_id)
-             SELECT $1, d.id FROM devices d
-             WHERE d.family = $2
-               AND ($3::text IS NULL OR d.model = $3)
-               AND ($4::text IS NULL OR d.gateway_id = $4)
-               AND ($5::jsonb IS NULL OR d.tags @> $5)",
-        )
-        .bind(id)
-        .bind(&new.family)
-        .bind(&filter.model)
-        .bind(&filter.gateway_id)
-        .bind((!filter.tags.is_empty()).then_some(Json(&filter.tags)))
+    // The rollout is planned before the executions exist, so that each is
+    // inserted with its batch group: a second pass over a million rows to
+    // assign them costs more than creating them. Devices are selected
+    // server-side: a job over a million devices never ships a million ids
+    // back and forth.
+    let ids: Vec<&str> = match &new.targets {
+        Targets::Devices(ids) => ids.iter().map(DeviceId::as_str).collect(),
+        Targets::Filter(_) => Vec::new(),
+    };
+    let counted: i64 = bind_targets!(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) {}",
+            target_clause(&new.targets, 1)
+        ))),
+        new,
+        &ids
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if matches!(new.targets, Targets::Devices(_)) && counted < ids.len() as i64 {
+        return Err(explain_missing(conn, &ids, &new.family).await);
+    }
+    if counted == 0 {
+        return Err(CreateError::NoTargets(new.family.clone()));
+    }
+    let planned = plan(u32::try_from(counted).unwrap_or(u32::MAX)).await?;
+    let bounds = cumulative(&planned);
+    // Filled in a stable pseudo-random order, so each batch samples the
+    // whole fleet. A device registered between the count and the insert
+    // lands in the last group; the recorded sizes are those inserted.
+    let insert = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO executions (job_id, device_id, batch_group)
+         SELECT $1, t.id, least(width_bucket(t.rn - 1, $2::bigint[]), $3)
+         FROM (SELECT d.id, row_number() OVER (ORDER BY md5($1::text || d.id), d.id) AS rn
+               {}) t",
+        target_clause(&new.targets, 4)
+    )))
+    .bind(id)
+    .bind(&bounds)
+    .bind(planned.len() as i32 - 1);
+    let total = bind_targets!(insert, new, &ids)
         .execute(&mut *conn)
         .await?
-        .rows_affected() as i64,
-    };
+        .rows_affected() as i64;
     if total == 0 {
         return Err(CreateError::NoTargets(new.family.clone()));
     }
+    record_batches(conn, id, &filled_sizes(&bounds, total)).await?;
 
     outbox::enqueue(
         conn,
@@ -190,6 +248,54 @@ pub async fn create(conn: &mut PgConnection, new: &NewJob) -> Result<(Job, i64),
     )
     .await?;
     Ok((job, total))
+}
+
+/// The cumulative sums of batch sizes: the rank at which each group ends.
+pub(crate) fn cumulative(sizes: &[u32]) -> Vec<i64> {
+    sizes
+        .iter()
+        .scan(0i64, |sum, size| {
+            *sum += i64::from(*size);
+            Some(*sum)
+        })
+        .collect()
+}
+
+/// The group sizes when `total` rows were ranked against `bounds`, the
+/// overflow past the last bound counted in the last group.
+fn filled_sizes(bounds: &[i64], total: i64) -> Vec<i32> {
+    let mut start = 0;
+    let mut sizes: Vec<i32> = bounds
+        .iter()
+        .map(|&end| {
+            let size = end.min(total) - start.min(total);
+            start = end;
+            size as i32
+        })
+        .collect();
+    if let (Some(last), Some(&end)) = (sizes.last_mut(), bounds.last()) {
+        *last += (total - end).max(0) as i32;
+    }
+    sizes
+}
+
+/// Records a job's batch groups and their sizes.
+pub(crate) async fn record_batches(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    sizes: &[i32],
+) -> Result<(), sqlx::Error> {
+    let groups: Vec<i32> = (0..sizes.len() as i32).collect();
+    sqlx::query(
+        "INSERT INTO job_batches (job_id, batch_group, size)
+         SELECT $1, g, s FROM unnest($2::int[], $3::int[]) AS t(g, s)",
+    )
+    .bind(job_id)
+    .bind(&groups)
+    .bind(sizes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn explain_missing(conn: &mut PgConnection, ids: &[&str], family: &str) -> CreateError {
@@ -595,4 +701,21 @@ pub async fn execution_log(pool: &PgPool, id: i64) -> Result<Vec<StatusLogEntry>
     .bind(id)
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cumulative, filled_sizes};
+
+    #[test]
+    fn batch_sizes_follow_what_was_inserted() {
+        let bounds = cumulative(&[1, 4, 5]);
+        assert_eq!(bounds, [1, 5, 10]);
+        assert_eq!(filled_sizes(&bounds, 10), [1, 4, 5]);
+        // Devices registered between the count and the insert join the last group.
+        assert_eq!(filled_sizes(&bounds, 12), [1, 4, 7]);
+        // Devices removed meanwhile leave the last groups short.
+        assert_eq!(filled_sizes(&bounds, 4), [1, 3, 0]);
+        assert_eq!(filled_sizes(&bounds, 1), [1, 0, 0]);
+    }
 }

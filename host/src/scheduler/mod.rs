@@ -2,8 +2,9 @@
 //!
 //! - `start_due_jobs` claims scheduled jobs whose time has come (emergency
 //!   first) with `FOR UPDATE SKIP LOCKED`, so that replicas never start a job
-//!   twice; the rollout plugin's `plan` splits the executions into batch
-//!   groups (filled in a stable pseudo-random order) and the job runs.
+//!   twice. Jobs are planned when they are created (`jobs::create`: the
+//!   rollout plugin's `plan` splits the executions into batch groups), so
+//!   starting one is a status change.
 //! - `evaluate_due_jobs` asks the rollout plugin about each running job whose
 //!   evaluation is due, and acts: release the next batch, wait, pause, abort
 //!   or complete.
@@ -86,35 +87,64 @@ impl Scheduler {
             let Some((job_id, plugin, config)) = due else {
                 return Ok(started);
             };
-            let total: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM executions WHERE job_id = $1 AND status = 'queued'",
-            )
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let plan = {
-                let plugins = self.plugins.clone();
-                let config = config.0.to_string();
-                let total = u32::try_from(total).unwrap_or(u32::MAX);
-                tokio::task::spawn_blocking(move || plugins.plan(&plugin, &config, total)).await?
-            };
-            match plan {
-                Ok(sizes) => {
-                    assign_batches(&mut tx, job_id, &sizes).await?;
+            // Jobs are planned when they are created; one created by an
+            // earlier version of Rollway is planned now.
+            let planned: Option<i64> =
+                sqlx::query_scalar("SELECT sum(size)::bigint FROM job_batches WHERE job_id = $1")
+                    .bind(job_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            match planned {
+                Some(devices) => {
                     set_status(&mut tx, job_id, "scheduled", "running", None).await?;
-                    tracing::info!(%job_id, batches = sizes.len(), devices = total, "job started");
+                    tracing::info!(%job_id, devices, "job started");
                 }
-                Err(error) => {
-                    let reason = format!("the rollout could not be planned: {error}");
-                    cancel_executions(&mut tx, job_id, &reason).await?;
-                    set_status(&mut tx, job_id, "scheduled", "failed", Some(&reason)).await?;
-                    tracing::warn!(%job_id, %reason, "job failed to start");
+                None => {
+                    self.plan_and_start(&mut tx, job_id, plugin, config.0)
+                        .await?
                 }
             }
             tx.commit().await?;
             started += 1;
             self.evaluate_wakeup.notify_one();
         }
+    }
+
+    /// Plans a job whose executions have no batch group yet, and starts it
+    /// (or fails it when the rollout cannot be planned).
+    async fn plan_and_start(
+        &self,
+        tx: &mut PgConnection,
+        job_id: Uuid,
+        plugin: String,
+        config: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM executions WHERE job_id = $1 AND status = 'queued'",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let plan = {
+            let plugins = self.plugins.clone();
+            let config = config.to_string();
+            let total = u32::try_from(total).unwrap_or(u32::MAX);
+            tokio::task::spawn_blocking(move || plugins.plan(&plugin, &config, total)).await?
+        };
+        match plan {
+            Ok(sizes) => {
+                assign_batches(tx, job_id, &sizes).await?;
+                set_status(tx, job_id, "scheduled", "running", None).await?;
+                tracing::info!(%job_id, batches = sizes.len(), devices = total, "job started");
+            }
+            Err(error) => {
+                let reason = format!("the rollout could not be planned: {error}");
+                cancel_executions(tx, job_id, &reason).await?;
+                set_status(tx, job_id, "scheduled", "failed", Some(&reason)).await?;
+                tracing::warn!(%job_id, %reason, "job failed to start");
+            }
+        }
+        Ok(())
     }
 
     /// Evaluates running jobs whose evaluation is due.
@@ -322,18 +352,13 @@ struct BatchRow {
 }
 
 /// Fills batch groups with the job's queued executions in a stable
-/// pseudo-random order, and records the groups.
+/// pseudo-random order, and records the groups: the plan of a job that was
+/// created without one.
 async fn assign_batches(
     tx: &mut PgConnection,
     job_id: Uuid,
     sizes: &[u32],
 ) -> Result<(), sqlx::Error> {
-    let mut bounds = Vec::with_capacity(sizes.len());
-    let mut sum: i64 = 0;
-    for size in sizes {
-        sum += i64::from(*size);
-        bounds.push(sum);
-    }
     sqlx::query(
         "WITH ordered AS (
              SELECT id, row_number() OVER (ORDER BY md5($1::text || device_id), id) AS rn
@@ -346,21 +371,11 @@ async fn assign_batches(
          FROM ordered WHERE e.id = ordered.id",
     )
     .bind(job_id)
-    .bind(&bounds)
+    .bind(crate::jobs::cumulative(sizes))
     .execute(&mut *tx)
     .await?;
-    let groups: Vec<i32> = (0..sizes.len() as i32).collect();
     let sizes: Vec<i32> = sizes.iter().map(|s| *s as i32).collect();
-    sqlx::query(
-        "INSERT INTO job_batches (job_id, batch_group, size)
-         SELECT $1, g, s FROM unnest($2::int[], $3::int[]) AS t(g, s)",
-    )
-    .bind(job_id)
-    .bind(&groups)
-    .bind(&sizes)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    crate::jobs::record_batches(tx, job_id, &sizes).await
 }
 
 /// Moves a job between statuses under its version, with its event.
