@@ -9,6 +9,8 @@
 
 pub mod manifest;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,9 +105,13 @@ impl Dispatcher {
             return Ok(0);
         }
         let count = claimed.len();
+        // The download URL names the image, not the device: one per
+        // firmware and expiry second serves the whole round, instead of a
+        // signature (or a presigned URL) per command.
+        let mut urls = HashMap::new();
         let mut requests = Vec::with_capacity(count);
         for c in &claimed {
-            requests.push(self.request(c).await?);
+            requests.push(self.request(c, &mut urls).await?);
         }
         let plugins = self.plugins.clone();
         let built = tokio::task::spawn_blocking(move || {
@@ -279,7 +285,11 @@ impl Dispatcher {
         Ok(claimed)
     }
 
-    async fn request(&self, c: &Claimed) -> anyhow::Result<(String, CommandRequest)> {
+    async fn request(
+        &self,
+        c: &Claimed,
+        urls: &mut HashMap<(Uuid, i64), String>,
+    ) -> anyhow::Result<(String, CommandRequest)> {
         let validity = Duration::from_secs(c.device_timeout_secs.max(60) as u64 + 3600);
         let expires_at = Utc::now() + chrono::Duration::from_std(validity)?;
         let manifest = Manifest {
@@ -295,14 +305,20 @@ impl Dispatcher {
         }
         .to_json();
         let signature = self.signer.sign(manifest.as_bytes());
-        let download_url = match self.store.presigned_get(&c.storage_key, validity).await? {
-            Some(url) => url.to_string(),
-            None => format!(
-                "{}/api/v1/firmware/{}/download?token={}",
-                self.public_url.trim_end_matches('/'),
-                c.firmware_id,
-                manifest::download_token(&self.signer, c.firmware_id, expires_at)
-            ),
+        let download_url = match urls.entry((c.firmware_id, expires_at.timestamp())) {
+            Entry::Occupied(url) => url.get().clone(),
+            Entry::Vacant(slot) => {
+                let url = match self.store.presigned_get(&c.storage_key, validity).await? {
+                    Some(url) => url.to_string(),
+                    None => format!(
+                        "{}/api/v1/firmware/{}/download?token={}",
+                        self.public_url.trim_end_matches('/'),
+                        c.firmware_id,
+                        manifest::download_token(&self.signer, c.firmware_id, expires_at)
+                    ),
+                };
+                slot.insert(url).clone()
+            }
         };
         Ok((
             c.family.clone(),
