@@ -3,7 +3,8 @@
 //
 //   ROLLWAY_URL=http://127.0.0.1:PORT/ ROLLWAY_ADMIN_TOKEN=… ROLLWAY_OPERATOR_TOKEN=…
 //   ROLLWAY_VIEWER_TOKEN=… ROLLWAY_FIRMWARE=image.bin ROLLWAY_FIRMWARE_VERSION=2.0.0
-//   ROLLWAY_SIM_DEVICES=20 ROLLWAY_ARTIFACTS=dir [CHROMIUM=/usr/bin/chromium]
+//   ROLLWAY_SIM_DEVICES=20 ROLLWAY_ARTIFACTS=dir ROLLWAY_PLUGIN=rollout.wasm
+//   [CHROMIUM=/usr/bin/chromium]
 //   node tests/browser/dashboard.mjs
 //
 // Prints one line per passed step; on the first failure prints what went
@@ -37,6 +38,7 @@ const FIRMWARE = required('ROLLWAY_FIRMWARE');
 const FIRMWARE_VERSION = required('ROLLWAY_FIRMWARE_VERSION');
 const SIM_DEVICES = Number.parseInt(required('ROLLWAY_SIM_DEVICES'), 10);
 const ARTIFACTS = required('ROLLWAY_ARTIFACTS');
+const PLUGIN = required('ROLLWAY_PLUGIN');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 if (!Number.isInteger(SIM_DEVICES) || SIM_DEVICES < 1) {
@@ -44,7 +46,6 @@ if (!Number.isInteger(SIM_DEVICES) || SIM_DEVICES < 1) {
   process.exit(2);
 }
 mkdirSync(ARTIFACTS, { recursive: true });
-void ADMIN_TOKEN; // reserved for admin-only checks; the steps below use operator and viewer
 
 const ROLLOUT_CONFIG = '{"batches":[20,60,100],"success_threshold":100,"failure_threshold":50}';
 const BATCHES = 3;
@@ -69,6 +70,46 @@ const DELIBERATE = /Failed to load resource: the server responded with a status 
 const consoleErrors = [];
 let browser;
 let page;
+let confirmNext = false;
+
+/** Clicks `selector`, accepting the confirmation dialog it opens. */
+async function clickConfirmed(selector) {
+  confirmNext = true;
+  await page.locator(selector).click();
+}
+
+/**
+ * Records every distinct text of `selector` with the time it appeared,
+ * sampled every 50 ms in the page, until `stop()`.
+ */
+async function watchText(selector) {
+  await page.evaluate((sel) => {
+    const seen = [];
+    let last = null;
+    const timer = setInterval(() => {
+      const now = document.querySelector(sel)?.textContent ?? null;
+      if (now !== last) { seen.push([performance.now(), now]); last = now; }
+    }, 50);
+    window.__rollwayWatch = { seen, timer };
+  }, selector);
+  return {
+    stop: () => page.evaluate(() => {
+      clearInterval(window.__rollwayWatch.timer);
+      return window.__rollwayWatch.seen;
+    }),
+  };
+}
+
+/** The most changes seen within any `windowMs` span. */
+function changesWithin(seen, windowMs) {
+  let best = 0;
+  for (let i = 1; i < seen.length; i += 1) {
+    let j = i;
+    while (j + 1 < seen.length && seen[j + 1][0] - seen[i][0] <= windowMs) j += 1;
+    best = Math.max(best, j - i + 1);
+  }
+  return best;
+}
 
 async function text(selector) {
   return (await page.locator(selector).first().textContent())?.trim() ?? '';
@@ -116,7 +157,12 @@ async function run() {
     consoleErrors.push(`console.error: ${msg.text()}${msg.location()?.url ? ` (${msg.location().url}:${msg.location().lineNumber})` : ''}`);
   });
   page.on('pageerror', (err) => consoleErrors.push(`uncaught: ${err.stack || err.message}`));
-  page.on('dialog', (dialog) => dialog.dismiss().catch(() => {}));
+  // Confirmations are declined unless a step expects one.
+  page.on('dialog', (dialog) => {
+    const answer = confirmNext ? dialog.accept() : dialog.dismiss();
+    confirmNext = false;
+    answer.catch(() => {});
+  });
 
   // 1. sign-in
   await page.goto(BASE, { waitUntil: 'domcontentloaded' });
@@ -149,18 +195,32 @@ async function run() {
   await page.setInputFiles('#fw-file', FIRMWARE);
   await page.selectOption('#fw-family', 'esp32');
   await page.fill('#fw-version', FIRMWARE_VERSION);
+  // A slow uplink, so that the upload takes a few seconds and its
+  // progress shows in between.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Network.enable');
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 20, downloadThroughput: -1, uploadThroughput: 100 * 1024,
+  });
+  const progressWatch = await watchText('#fw-progress-text');
   await page.locator('#fw-submit').click();
   await page.locator('#fw-result .result-ok, #fw-result .error').first().waitFor({ timeout: 60_000 });
+  const progressSeen = await progressWatch.stop();
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
   if (await page.locator('#fw-result .error').count()) {
     throw new CheckFailed(`the firmware upload was refused: ${await text('#fw-result')}`);
   }
   const progress = await page.locator('#fw-progress').evaluate((el) => ({ value: el.value, max: el.max }));
   check(progress.max > 0 && progress.value === progress.max, `the upload progress bar stopped at ${progress.value} of ${progress.max}`);
+  const partial = progressSeen.map(([, t]) => t).filter((t) => t && / of /.test(t) && !t.startsWith('0 of'));
+  check(partial.length >= 2, `the upload showed no progress between start and end: ${JSON.stringify(progressSeen.map(([, t]) => t))}`);
   const result = await text('#fw-result');
   check(result.includes(FIRMWARE_VERSION), `#fw-result does not show the version ${FIRMWARE_VERSION}: "${result}"`);
   check(await page.locator('#fw-result dl dt').count() >= 2, '#fw-result shows no extracted metadata');
   await page.locator('#firmware-table tbody tr', { hasText: FIRMWARE_VERSION }).first().waitFor({ timeout: 10_000 });
-  pass(`uploaded esp32 ${FIRMWARE_VERSION}; progress reached ${progress.max} bytes; metadata shown`);
+  pass(`uploaded esp32 ${FIRMWARE_VERSION} on a slow link; progress went ${partial.join(' → ')}; metadata shown`);
 
   const junk = path.join(ARTIFACTS, 'junk-firmware.bin');
   const junkBytes = randomBytes(4096);
@@ -212,10 +272,17 @@ async function run() {
   check(await page.locator('#job-resume').isEnabled(), '#job-resume is not enabled on a paused job');
   check(await page.locator('#job-pause').isDisabled(), '#job-pause is still enabled on a paused job');
   pass('paused');
+  const countsWatch = await watchText('#job-counts');
   await page.locator('#job-resume').click();
   await waitText('#job-status', 'running', 15_000, 'resume');
   pass('resumed');
   await waitText('#job-status', 'completed', 120_000, 'completion');
+  // The page re-reads the job every 15 s as a safety net; only the event
+  // stream can move the counts several times within 10 s.
+  const countsSeen = await countsWatch.stop();
+  const burst = changesWithin(countsSeen, 10_000);
+  check(burst >= 4, `the counts changed only ${burst} times within 10 s (${countsSeen.length} texts in all): updates do not arrive through the event stream`);
+  pass(`the counts moved ${countsSeen.length - 1} times while the job ran, ${burst} of them within 10 s: driven by the event stream`);
   await waitText('#job-counts [data-status="done"]', String(SIM_DEVICES), 10_000, 'done count');
   const still = await page.evaluate(() => window.__rollwayNoReload === true);
   const navigationsAfter = await page.evaluate(() => performance.getEntriesByType('navigation').length);
@@ -242,7 +309,64 @@ async function run() {
     `the timeline of ${deviceId} has no done entry`);
   pass(`device ${deviceId} shows a done execution with a ${entries}-entry timeline`);
 
-  // 7. the viewer sees and cannot steer
+  // 7. search the fleet
+  await go('#/fleet');
+  await page.locator('#devices-table tbody tr').first().waitFor();
+  const someId = await page.locator('#devices-table tbody tr').first().getAttribute('data-device-id');
+  const stem = someId.slice(0, -1);
+  const matching = await page.locator('#devices-table tbody tr').evaluateAll(
+    (rows, prefix) => rows.filter((r) => r.dataset.deviceId.startsWith(prefix)).length, stem);
+  await page.fill('#device-search', stem);
+  await page.waitForFunction(([prefix, want]) => {
+    const rows = [...document.querySelectorAll('#devices-table tbody tr')];
+    return rows.length === want && rows.every((r) => r.dataset.deviceId.startsWith(prefix));
+  }, [stem, matching], { timeout: 10_000 }).catch(async () => {
+    throw new CheckFailed(`searching "${stem}" did not narrow the table to its ${matching} devices (it shows ${await page.locator('#devices-table tbody tr').count()})`);
+  });
+  await page.fill('#device-search', 'NO-SUCH-DEVICE');
+  await page.locator('#devices-table tbody tr').first().waitFor({ state: 'detached', timeout: 10_000 });
+  check((await page.locator('main').innerText()).includes('No devices'), 'an empty search shows no empty-state message');
+  pass(`searching "${stem}" narrows the fleet to ${matching} devices; a search with no match says so`);
+
+  // 8. a job by device ids, at a time: planned at once, then cancelled
+  await go('#/jobs');
+  await page.locator('#new-job').click();
+  await page.locator('#job-form').waitFor();
+  await page.selectOption('#job-firmware', { label: `esp32 ${FIRMWARE_VERSION}` });
+  await page.check('#target-devices');
+  const twoIds = [`${stem}0`, `${stem}1`];
+  await page.fill('#target-ids', twoIds.join('\n'));
+  await page.check('#start-at');
+  const inAnHour = new Date(Date.now() + 3600_000);
+  const local = new Date(inAnHour.getTime() - inAnHour.getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+  await page.fill('#start-time', local);
+  await page.locator('#job-submit').click();
+  await page.waitForFunction((h) => /^#\/jobs\/[0-9a-f-]{36}$/.test(window.location.hash) && window.location.hash !== h, jobHash, { timeout: 30_000 })
+    .catch(async () => {
+      throw new CheckFailed(`the scheduled job was not created: ${await text('#job-form-errors') || 'no error shown'}`);
+    });
+  await waitText('#job-status', 'scheduled', 15_000, 'scheduled job');
+  check(await page.locator('.batch-row').count() >= 1, 'a scheduled job shows no planned batches');
+  check(await page.locator('#job-dist').getAttribute('aria-label') !== null, '#job-dist has no accessible label');
+  await clickConfirmed('#job-cancel');
+  await waitText('#job-status', 'cancelled', 15_000, 'cancel');
+  await waitText('#job-counts [data-status="cancelled"]', '2', 10_000, 'cancelled count');
+  const cancelledRow = page.locator('#executions-table tr.exec-row[data-status="cancelled"]').first();
+  await cancelledRow.waitFor({ timeout: 10_000 });
+  const reasonShown = (await cancelledRow.locator('td.error-cell').innerText()).trim();
+  check(reasonShown.length > 1, 'a cancelled execution shows no reason');
+  await cancelledRow.locator('button[aria-expanded]').click();
+  await page.locator('.timeline-row .timeline-entry[data-status="cancelled"]').first().waitFor({ timeout: 10_000 });
+  pass(`a job for ${twoIds.join(', ')} at ${local} is planned when created, cancelled (reason "${reasonShown}"), its timeline shows it`);
+
+  // 9. an operator gets no plugin controls
+  await go('#/plugins');
+  await page.locator('#plugins-table tbody tr').first().waitFor();
+  check(await page.locator('#plugins-table button').count() === 0, 'an operator sees enable/disable buttons');
+  check(await page.locator('#plugin-upload').count() === 0, 'an operator sees the plugin upload form');
+  pass('an operator sees the plugins but no admin controls');
+
+  // 10. the viewer sees and cannot steer
   await page.locator('#signout').click();
   await signIn(VIEWER_TOKEN);
   await waitText('#whoami .role', 'viewer', 15_000, 'viewer sign-in');
@@ -268,7 +392,33 @@ async function run() {
   check(await page.locator('#plugin-upload').count() === 0, 'a viewer sees the plugin upload form');
   pass('plugins listed with WIT 0.1.0, no admin controls for a viewer');
 
-  // 8. no script errors along the way
+  // 11. an admin steers the plugins
+  await page.locator('#signout').click();
+  await signIn(ADMIN_TOKEN);
+  await waitText('#whoami .role', 'admin', 15_000, 'admin sign-in');
+  await go('#/plugins');
+  const rollout = page.locator('#plugins-table tbody tr[data-plugin="rollout-percent"]');
+  await rollout.waitFor();
+  const calls = Number(await rollout.locator('td[data-calls]').getAttribute('data-calls'));
+  check(calls > 0, `rollout-percent shows ${calls} calls after a whole rollout`);
+  const stm32 = () => page.locator('#plugins-table tbody tr[data-plugin="device-stm32"]');
+  await clickConfirmed('#plugins-table button[aria-label="Disable device-stm32"]');
+  await stm32().locator('.badge', { hasText: 'disabled' }).waitFor({ timeout: 10_000 });
+  await page.locator('#plugins-table button[aria-label="Enable device-stm32"]').click();
+  await stm32().locator('.badge', { hasText: 'enabled' }).waitFor({ timeout: 10_000 });
+  pass(`admin: rollout-percent made ${calls} calls; device-stm32 disabled and enabled again`);
+  await page.setInputFiles('#plugin-file', PLUGIN);
+  await page.locator('#plugin-submit').click();
+  await page.locator('#plugin-result .result-ok, #plugin-result .error').first().waitFor({ timeout: 30_000 });
+  if (await page.locator('#plugin-result .error').count()) {
+    throw new CheckFailed(`the plugin upload was refused: ${await text('#plugin-result')}`);
+  }
+  const loaded = (await text('#plugin-result .result-title')).replace(/^Loaded:\s*/, '');
+  const uploadedName = loaded.split(' ')[0];
+  await page.locator(`#plugins-table tbody tr[data-plugin="${uploadedName}"]`).waitFor({ timeout: 10_000 });
+  pass(`admin uploaded ${path.basename(PLUGIN)}: ${loaded} is listed`);
+
+  // 12. no script errors along the way
   check(consoleErrors.length === 0, `console errors during the run:\n  ${consoleErrors.join('\n  ')}`);
   pass('no console errors or uncaught exceptions');
 }

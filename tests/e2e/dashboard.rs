@@ -90,6 +90,8 @@ async fn an_operator_rolls_out_from_the_dashboard_in_a_browser() {
     let artifacts = artifacts_dir();
     let firmware = artifacts.join("brake-ecu-2.0.0.bin");
     std::fs::write(&firmware, images::esp32(images::ESP32S3, "2.0.0", 300_000)).unwrap();
+    let plugin = artifacts.join("template_rollout.wasm");
+    std::fs::write(&plugin, crate::plugins::fixture("template_rollout.wasm")).unwrap();
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let script = root.join("tests/browser/dashboard.mjs");
@@ -104,6 +106,7 @@ async fn an_operator_rolls_out_from_the_dashboard_in_a_browser() {
         .env("ROLLWAY_FIRMWARE_VERSION", "2.0.0")
         .env("ROLLWAY_SIM_DEVICES", DEVICES.to_string())
         .env("ROLLWAY_ARTIFACTS", &artifacts)
+        .env("ROLLWAY_PLUGIN", &plugin)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(300), run)
@@ -125,7 +128,15 @@ async fn an_operator_rolls_out_from_the_dashboard_in_a_browser() {
 
     // What the browser saw is what the server holds.
     let jobs: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
-    let job = jobs["items"][0]["id"]
+    let statuses: Vec<&str> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["status"].as_str().unwrap())
+        .collect();
+    // Newest first: the scheduled job the operator cancelled, then the rollout.
+    assert_eq!(statuses, ["cancelled", "completed"]);
+    let job = jobs["items"][1]["id"]
         .as_str()
         .expect("the job created in the browser");
     let view = wait_for(&app, job, &["completed"], Duration::from_secs(10)).await;

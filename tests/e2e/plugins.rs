@@ -65,7 +65,7 @@ fn fixtures() -> PathBuf {
         .clone()
 }
 
-fn fixture(file: &str) -> Vec<u8> {
+pub fn fixture(file: &str) -> Vec<u8> {
     let dir = fixtures();
     std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("reading fixture {file}: {e}"))
 }

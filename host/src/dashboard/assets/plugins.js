@@ -57,8 +57,8 @@ export async function renderPlugins(ctx) {
       h('td', {}, p.source),
       h('td', {}, badge(p.state),
         p.disabled_reason ? h('span', { class: 'row-note' }, p.disabled_reason) : null),
-      h('td', { class: 'num' }, fmtNumber(p.calls)),
-      h('td', { class: ['num', p.traps > 0 ? 'has-traps' : null] }, fmtNumber(p.traps)),
+      h('td', { class: 'num', dataset: { calls: p.calls } }, fmtNumber(p.calls)),
+      h('td', { class: ['num', p.traps > 0 ? 'has-traps' : null], dataset: { traps: p.traps } }, fmtNumber(p.traps)),
       isAdmin ? h('td', {}, p.state === 'enabled'
         ? h('button', { type: 'button', class: 'button secondary small', 'aria-label': `Disable ${p.name}`, onclick: () => setState(p, false) }, 'Disable')
         : h('button', { type: 'button', class: 'button primary small', 'aria-label': `Enable ${p.name}`, onclick: () => setState(p, true) }, 'Enable')) : null);
