@@ -376,17 +376,22 @@ async fn devices_are_listed_with_filters() {
 
 #[tokio::test]
 async fn help_shows_examples() {
-    let cases: [&[&str]; 5] = [
+    let cases: [&[&str]; 10] = [
         &["--help"],
         &["jobs", "create", "--help"],
         &["jobs", "show", "--help"],
+        &["jobs", "pause", "--help"],
         &["firmware", "upload", "--help"],
         &["devices", "list", "--help"],
+        &["up", "--help"],
+        &["sim", "--help"],
+        &["plugin", "check", "--help"],
+        &["token", "create", "--help"],
     ];
     for args in cases {
         let run = rollway(args).await;
         assert!(run.success, "{args:?}: {}", run.stderr);
-        assert!(run.stdout.contains("Examples"), "{args:?}: {}", run.stdout);
+        assert!(run.stdout.contains("Example"), "{args:?}: {}", run.stdout);
     }
     let top = rollway(["--help"]).await;
     assert!(

@@ -166,6 +166,9 @@ enum PluginCommand {
     /// Load a plugin with production limits, print its world and version,
     /// and exercise it: a rollout plugin runs a synthetic fleet, a device
     /// plugin builds commands and parses sample statuses.
+    #[command(
+        after_help = "Examples:\n  rollway plugin check target/wasm32-wasip2/release/my_rollout.wasm\n  rollway plugin check my_rollout.wasm --devices 10000 --failure-rate 0.05"
+    )]
     Check {
         /// The component (`.wasm`).
         file: std::path::PathBuf,
@@ -184,6 +187,9 @@ enum PluginCommand {
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Create a token and print its secret (shown once).
+    #[command(
+        after_help = "Examples:\n  DATABASE_URL=postgres://… rollway token create --role operator --name ci\n  rollway token create --role viewer --name wallboard --expires-in-secs 86400"
+    )]
     Create {
         /// viewer, operator or admin.
         #[arg(long)]
@@ -448,7 +454,8 @@ impl fmt::Display for SimCounts {
     }
 }
 
-const SIM_TEMPLATE: &str = "{spinner} {elapsed_precise} {prefix}: {msg}";
+const SIM_TEMPLATE: &str =
+    "{spinner} {elapsed_precise} {prefix} [{bar:30}] {pos}/{len} updated or failed  {msg}";
 const UPLOAD_TEMPLATE: &str =
     "{prefix} [{bar:30}] {bytes}/{total_bytes} ({binary_bytes_per_sec}, ETA {eta}) {msg}";
 const WATCH_TEMPLATE: &str = "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} finished  {msg}";
@@ -460,13 +467,14 @@ fn progress_style(template: &str) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
-/// A spinner on stderr with the simulated fleet's counts, refreshed every
-/// 500 ms until the task is aborted.
+/// A bar on stderr: how many of the simulated devices have finished an
+/// update (done or failed), with the fleet's counts, refreshed every 500 ms
+/// until the task is aborted.
 fn sim_progress(
     truth: crate::sim::Truth,
     devices: usize,
 ) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = ProgressBar::new_spinner()
+    let bar = ProgressBar::new(devices as u64)
         .with_style(progress_style(SIM_TEMPLATE))
         .with_prefix(format!("{devices} simulated devices"));
     bar.enable_steady_tick(Duration::from_millis(100));
@@ -475,7 +483,9 @@ fn sim_progress(
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            shown.set_message(SimCounts::of(&truth.snapshot()).to_string());
+            let counts = SimCounts::of(&truth.snapshot());
+            shown.set_position((counts.done + counts.failed) as u64);
+            shown.set_message(counts.to_string());
         }
     });
     (bar, task)
