@@ -1,9 +1,11 @@
 //! The host's MQTT connection: one rumqttc client per process whose event
 //! loop runs on its own task and is never blocked by database work.
 //! Incoming status messages go to the ingest worker through a channel; acks
-//! are sent by the worker after its database commit (manual acks).
+//! are sent by the worker after its database commit (manual acks), and
+//! leave in the order the messages arrived, as MQTT 3.1.1 (4.6) requires,
+//! however the ingest lanes' commits interleave.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,6 +53,8 @@ pub struct MqttLink {
     pub client: AsyncClient,
     /// Counts connections: bumped on every CONNACK.
     generation: Arc<AtomicU64>,
+    /// Committed messages on their way to the acker (`ack_in_order`).
+    acks: mpsc::UnboundedSender<Committed>,
 }
 
 /// A received message and the connection it came on.
@@ -58,20 +62,67 @@ pub struct MqttLink {
 pub struct Incoming {
     pub publish: Publish,
     generation: u64,
+    /// Its place among the connection's QoS 1 and 2 messages (none for
+    /// QoS 0, which is not acked).
+    order: Option<u64>,
+}
+
+/// A message whose status is committed, to be acked in its turn.
+struct Committed {
+    generation: u64,
+    order: u64,
+    publish: Publish,
 }
 
 impl MqttLink {
-    /// Acks a message after its commit, on the connection it came on only.
-    /// A packet id is only meaningful on its own connection: after a
-    /// reconnection the broker sends unacked messages again (acked then,
-    /// as duplicates), and an old id acked on the new connection could
-    /// acknowledge a different message that was never applied.
-    pub async fn ack(&self, message: &Incoming) {
-        if message.generation != self.generation.load(Ordering::Acquire) {
+    /// Acks a message after its commit, on the connection it came on only
+    /// and after every message that arrived before it. A packet id is only
+    /// meaningful on its own connection: after a reconnection the broker
+    /// sends unacked messages again (acked then, as duplicates), and an old
+    /// id acked on the new connection could acknowledge a different message
+    /// that was never applied.
+    pub fn ack(&self, message: &Incoming) {
+        let Some(order) = message.order else {
             return;
+        };
+        // The acker lives as long as the link's client.
+        let _ = self.acks.send(Committed {
+            generation: message.generation,
+            order,
+            publish: message.publish.clone(),
+        });
+    }
+}
+
+/// Sends the acks of committed messages in the order they arrived: ingest
+/// lanes commit concurrently, and a broker may drop a client whose acks
+/// come out of order (rumqttd does). Runs until every link is dropped.
+async fn ack_in_order(
+    client: AsyncClient,
+    generation: Arc<AtomicU64>,
+    mut committed: mpsc::UnboundedReceiver<Committed>,
+) {
+    let mut current = 0u64;
+    let mut next = 0u64;
+    let mut ready: BTreeMap<u64, Publish> = BTreeMap::new();
+    while let Some(message) = committed.recv().await {
+        if message.generation < current {
+            continue; // Its connection is gone; the broker sends it again.
         }
-        if let Err(error) = self.client.ack(&message.publish).await {
-            tracing::warn!(%error, "acking a message");
+        if message.generation > current {
+            current = message.generation;
+            next = 0;
+            ready.clear();
+        }
+        ready.insert(message.order, message.publish);
+        while let Some(publish) = ready.remove(&next) {
+            next += 1;
+            if generation.load(Ordering::Acquire) != current {
+                continue;
+            }
+            if let Err(error) = client.ack(&publish).await {
+                tracing::warn!(%error, "acking a message");
+            }
         }
     }
 }
@@ -86,10 +137,17 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> MqttLink {
     let (client, eventloop) = AsyncClient::new(options, 10_000);
+    let (acks, committed) = mpsc::unbounded_channel();
     let link = MqttLink {
         client,
         generation: Arc::new(AtomicU64::new(0)),
+        acks,
     };
+    tokio::spawn(ack_in_order(
+        link.client.clone(),
+        link.generation.clone(),
+        committed,
+    ));
     tokio::spawn(drive(
         eventloop,
         link.clone(),
@@ -118,6 +176,8 @@ async fn drive(
     // window; QoS 0 ones beyond `MAX_HELD_QOS0` are dropped, as QoS 0 allows.
     let mut held: VecDeque<Incoming> = VecDeque::new();
     let mut held_qos0 = 0usize;
+    // The place of the next QoS 1 or 2 message on this connection.
+    let mut order = 0u64;
     loop {
         if let Some(tx) = &incoming {
             while let Some(message) = held.pop_front() {
@@ -154,6 +214,7 @@ async fn drive(
                     );
                 }
                 link.generation.fetch_add(1, Ordering::AcqRel);
+                order = 0;
                 backoff = Duration::from_millis(200);
                 for topic in &subscriptions {
                     // try_subscribe: never wait on our own request channel here.
@@ -176,9 +237,14 @@ async fn drive(
                     continue;
                 }
                 held_qos0 += usize::from(qos0);
+                let place = (!qos0).then(|| {
+                    order += 1;
+                    order - 1
+                });
                 held.push_back(Incoming {
                     publish,
                     generation: link.generation.load(Ordering::Acquire),
+                    order: place,
                 });
             }
             Ok(_) => {}

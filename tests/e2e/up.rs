@@ -109,7 +109,7 @@ async fn up_starts_a_private_database_and_stops_it_on_ctrl_c() {
 async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     let base = temp_dir("up-sim");
     let mut child = spawn_up(
-        &["--simulate", "9", "--sim-step-ms", "20"],
+        &["--simulate", "30", "--sim-step-ms", "20"],
         &base.join("data"),
         &[
             ("DATABASE_URL", fresh_database().await),
@@ -146,7 +146,7 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
         field("MQTT:").starts_with("mqtt://127.0.0.1:"),
         "{banner:?}"
     );
-    assert!(field("Simulated:").starts_with("9 devices"), "{banner:?}");
+    assert!(field("Simulated:").starts_with("30 devices"), "{banner:?}");
     let client = reqwest::Client::new();
     let get = |path: String| {
         let request = client.get(format!("{url}{path}")).bearer_auth(&token);
@@ -170,7 +170,7 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     assert_eq!(demo.len(), 3, "demo firmware of every family: {firmware}");
     let esp32 = demo.iter().find(|f| f["family"] == "esp32").unwrap();
     let summary = get("api/v1/fleet/summary".into()).await;
-    assert_eq!(summary["total"], 9, "{summary}");
+    assert_eq!(summary["total"], 30, "{summary}");
     let plugins = get("api/v1/plugins".into()).await;
     let mut loaded: Vec<&str> = plugins
         .as_array()
@@ -222,9 +222,29 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     })
     .await
     .expect("the demo job did not complete in time");
-    assert_eq!(done["counts"]["done"], 3, "{done}");
     let devices = get("api/v1/devices?family=esp32".into()).await;
-    for device in devices["items"].as_array().unwrap() {
+    let esp32s = devices["items"].as_array().unwrap();
+    assert!(esp32s.len() >= 5, "{devices}");
+    assert_eq!(done["counts"]["done"], esp32s.len(), "{done}");
+    // Statuses of many devices are committed by concurrent ingest lanes;
+    // their acks still leave in order, or the embedded broker (rumqttd)
+    // drops the connection.
+    let metrics = client
+        .get(format!("{url}metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost = metrics
+        .lines()
+        .find(|l| l.starts_with("dispatcher_mqtt_errors_total{reason=\"connection\"}"));
+    assert!(
+        lost.is_none(),
+        "the host lost its MQTT connection: {lost:?}"
+    );
+    for device in esp32s {
         assert_eq!(device["firmware_version"], "1.0.0-demo", "{device}");
         assert_eq!(device["last_status"], "done", "{device}");
     }

@@ -166,7 +166,7 @@ impl Ingest {
                 return;
             }
             for message in &batch {
-                link.ack(message).await;
+                link.ack(message);
             }
         }
     }
