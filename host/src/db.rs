@@ -24,6 +24,12 @@ pub async fn connect(url: &SecretString, pool_size: u32) -> anyhow::Result<PgPoo
     Ok(pool)
 }
 
+/// The advisory lock that keeps the set of devices still while a job's
+/// executions are created from it: job creation holds it shared, device
+/// deletion exclusive (executions carry no foreign key to devices; see the
+/// migration `bulk_job_creation`).
+pub const DEVICE_SET_LOCK: i64 = 0x526f_6c6c_7761_7944; // "RollwayD"
+
 /// Applies pending migrations. Safe with several replicas starting at once:
 /// sqlx serialises them with an advisory lock.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {

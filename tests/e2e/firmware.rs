@@ -293,10 +293,12 @@ async fn list_read_and_delete_firmware() {
         .unwrap();
     assert_problem(in_use, StatusCode::CONFLICT, "conflict").await;
 
-    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM event_outbox WHERE aggregate_type = 'firmware' ORDER BY occurred_at")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM event_outbox WHERE aggregate_type = 'firmware' ORDER BY seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(
         events,
         [

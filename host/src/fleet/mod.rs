@@ -326,7 +326,14 @@ pub enum DeleteError {
     Db(#[from] sqlx::Error),
 }
 
+/// Deletes a device and its executions (with their logs), in the caller's
+/// transaction; refused while it has an update in progress or is a gateway.
 pub async fn delete(conn: &mut PgConnection, id: &str) -> Result<(), DeleteError> {
+    // No job is being created over the devices meanwhile.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::db::DEVICE_SET_LOCK)
+        .execute(&mut *conn)
+        .await?;
     let busy: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM executions e JOIN jobs j ON j.id = e.job_id
                         WHERE e.device_id = $1
@@ -346,6 +353,13 @@ pub async fn delete(conn: &mut PgConnection, id: &str) -> Result<(), DeleteError
     if children > 0 {
         return Err(DeleteError::IsGateway(id.to_owned(), children));
     }
+    sqlx::query(
+        "WITH gone AS (DELETE FROM executions WHERE device_id = $1 RETURNING id)
+         DELETE FROM execution_status_log WHERE execution_id IN (SELECT id FROM gone)",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     let deleted = sqlx::query("DELETE FROM devices WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)
