@@ -218,15 +218,13 @@ pub async fn assert_problem(response: Response, status: StatusCode, type_code: &
 
 /// Reads one counter/gauge sample from `/metrics`, matching a label subset.
 pub async fn metric(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    metric_at(&app.client, &app.url("/metrics"), name, labels).await
+}
+
+/// Like `metric`, from the `/metrics` at `url`: the sum of the samples of
+/// `name` carrying `labels` (0 when there is none).
+pub async fn metric_at(client: &Client, url: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = client.get(url).send().await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|line| line.starts_with(name) && !line.starts_with('#'))
         .filter(|line| {

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{fresh_database, temp_dir};
+use crate::helpers::{fresh_database, metric_at, temp_dir};
 
 /// `rollway up ARGS` with its stdout piped, as a newcomer would run it:
 /// no database, broker, bootstrap token or store configured (but what `env`
@@ -229,21 +229,14 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     // Statuses of many devices are committed by concurrent ingest lanes;
     // their acks still leave in order, or the embedded broker (rumqttd)
     // drops the connection.
-    let metrics = client
-        .get(format!("{url}metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lost = metrics
-        .lines()
-        .find(|l| l.starts_with("dispatcher_mqtt_errors_total{reason=\"connection\"}"));
-    assert!(
-        lost.is_none(),
-        "the host lost its MQTT connection: {lost:?}"
-    );
+    let lost = metric_at(
+        &client,
+        &format!("{url}metrics"),
+        "dispatcher_mqtt_errors_total",
+        &[("reason", "connection")],
+    )
+    .await;
+    assert_eq!(lost, 0.0, "the host lost its MQTT connection {lost} times");
     for device in esp32s {
         assert_eq!(device["firmware_version"], "1.0.0-demo", "{device}");
         assert_eq!(device["last_status"], "done", "{device}");
