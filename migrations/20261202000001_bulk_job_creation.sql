@@ -1,3 +1,8 @@
+-- Upgrading: stop every replica of an earlier version before this runs.
+-- Their device deletion relied on the cascades dropped here, their job
+-- creation does not take the advisory lock, and their scheduler would plan
+-- again a job this version planned at creation.
+
 -- Creating a job over 1,000,000 devices spent 6 to 11 s in the per-row
 -- foreign-key check of executions.device_id (one index probe and one row
 -- lock on devices per execution). The rows come from a SELECT on devices

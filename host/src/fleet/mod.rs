@@ -353,13 +353,17 @@ pub async fn delete(conn: &mut PgConnection, id: &str) -> Result<(), DeleteError
     if children > 0 {
         return Err(DeleteError::IsGateway(id.to_owned(), children));
     }
-    sqlx::query(
-        "WITH gone AS (DELETE FROM executions WHERE device_id = $1 RETURNING id)
-         DELETE FROM execution_status_log WHERE execution_id IN (SELECT id FROM gone)",
-    )
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    // Two statements, so that the second sees every log row committed
+    // before the first removed the executions.
+    let executions: Vec<i64> =
+        sqlx::query_scalar("DELETE FROM executions WHERE device_id = $1 RETURNING id")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    sqlx::query("DELETE FROM execution_status_log WHERE execution_id = ANY($1)")
+        .bind(&executions)
+        .execute(&mut *conn)
+        .await?;
     let deleted = sqlx::query("DELETE FROM devices WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)

@@ -271,7 +271,9 @@ pub(crate) fn cumulative(sizes: &[u32]) -> Vec<i64> {
 }
 
 /// The group sizes when `total` rows were ranked against `bounds`, the
-/// overflow past the last bound counted in the last group.
+/// overflow past the last bound counted in the last group. Groups left
+/// empty (devices that stopped matching between the count and the insert)
+/// are always the last ones, and are dropped: a batch has a device or more.
 fn filled_sizes(bounds: &[i64], total: i64) -> Vec<i32> {
     let mut start = 0;
     let mut sizes: Vec<i32> = bounds
@@ -284,6 +286,9 @@ fn filled_sizes(bounds: &[i64], total: i64) -> Vec<i32> {
         .collect();
     if let (Some(last), Some(&end)) = (sizes.last_mut(), bounds.last()) {
         *last += (total - end).max(0) as i32;
+    }
+    while sizes.last() == Some(&0) {
+        sizes.pop();
     }
     sizes
 }
@@ -723,8 +728,10 @@ mod tests {
         assert_eq!(filled_sizes(&bounds, 10), [1, 4, 5]);
         // Devices registered between the count and the insert join the last group.
         assert_eq!(filled_sizes(&bounds, 12), [1, 4, 7]);
-        // Devices removed meanwhile leave the last groups short.
-        assert_eq!(filled_sizes(&bounds, 4), [1, 3, 0]);
-        assert_eq!(filled_sizes(&bounds, 1), [1, 0, 0]);
+        // Devices that stopped matching meanwhile leave the last groups
+        // short, or out.
+        assert_eq!(filled_sizes(&bounds, 7), [1, 4, 2]);
+        assert_eq!(filled_sizes(&bounds, 4), [1, 3]);
+        assert_eq!(filled_sizes(&bounds, 1), [1]);
     }
 }
