@@ -143,39 +143,27 @@ async fn serve(settings: Settings, options: &UpOptions) -> anyhow::Result<()> {
 /// host refuses a duplicate before reading its body, and a client still
 /// writing the body sees a broken pipe instead of the answer.
 async fn upload_demo_firmware(api: &str, token: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let client = crate::client::ApiClient::new(api, token)?;
     for (family, image) in crate::demo::firmware(DEMO_VERSION) {
-        let existing: serde_json::Value = http
-            .get(format!("{api}/api/v1/firmware"))
-            .query(&[("family", family), ("version", DEMO_VERSION)])
-            .bearer_auth(token)
-            .send()
+        let query = [
+            ("family", family.to_owned()),
+            ("version", DEMO_VERSION.to_owned()),
+        ];
+        let existing = client
+            .get("/firmware", &query)
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("looking up the {family} demo firmware"))?
-            .json()
-            .await
-            .with_context(|| format!("reading the {family} firmware list"))?;
+            .with_context(|| format!("looking up the {family} demo firmware"))?;
         if existing["items"]
             .as_array()
             .is_some_and(|items| !items.is_empty())
         {
             continue;
         }
-        let response = http
-            .post(format!(
-                "{api}/api/v1/firmware?family={family}&version={DEMO_VERSION}"
-            ))
-            .bearer_auth(token)
-            .body(image)
-            .send()
+        let len = image.len() as u64;
+        client
+            .post_bytes("/firmware", &query, image.into(), len)
             .await
             .with_context(|| format!("uploading the {family} demo firmware"))?;
-        let status = response.status();
-        if !status.is_success() && status != reqwest::StatusCode::CONFLICT {
-            let body = response.text().await.unwrap_or_default();
-            bail!("uploading the {family} demo firmware: {status} {body}");
-        }
     }
     Ok(())
 }
