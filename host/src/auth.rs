@@ -2,6 +2,11 @@
 //! only as their SHA-256. Tokens are random 256-bit values, so a plain hash
 //! (not a password KDF) is the right tool.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rand::RngCore as _;
@@ -131,6 +136,70 @@ pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<Option<TokenRec
     .bind(id)
     .fetch_optional(conn)
     .await
+}
+
+/// Counts failed authentications per client address in fixed one-minute
+/// windows; an address past the limit is refused (429) until its window
+/// ends, valid token or not, so that guessing tokens is slow. Per replica
+/// and in memory: behind a load balancer, the limit applies per replica.
+#[derive(Debug, Clone)]
+pub struct FailureLimiter {
+    limit: u32,
+    windows: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+}
+
+/// The window failures are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+impl FailureLimiter {
+    /// `limit` failures per window; 0 disables the limit.
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            windows: Arc::default(),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<IpAddr, (Instant, u32)>) -> T) -> T {
+        let mut guard = match self.windows.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// When `address` may try again, if it is refused now.
+    pub fn refused(&self, address: IpAddr) -> Option<Duration> {
+        if self.limit == 0 {
+            return None;
+        }
+        self.with(|windows| {
+            let (started, failures) = *windows.get(&address)?;
+            let elapsed = started.elapsed();
+            (elapsed < FAILURE_WINDOW && failures >= self.limit)
+                .then(|| FAILURE_WINDOW.saturating_sub(elapsed))
+        })
+    }
+
+    /// Records a failure of `address`.
+    pub fn failed(&self, address: IpAddr) {
+        if self.limit == 0 {
+            return;
+        }
+        self.with(|windows| {
+            let now = Instant::now();
+            // Forget windows that ended, so the map stays as small as the
+            // set of addresses failing right now.
+            if windows.len() > 10_000 {
+                windows.retain(|_, (started, _)| started.elapsed() < FAILURE_WINDOW);
+            }
+            let entry = windows.entry(address).or_insert((now, 0));
+            if entry.0.elapsed() >= FAILURE_WINDOW {
+                *entry = (now, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+        });
+    }
 }
 
 #[cfg(test)]

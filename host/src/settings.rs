@@ -106,6 +106,17 @@ pub struct SettingsArgs {
     /// a live one adopts its MQTT session.
     #[arg(long, env = "ROLLWAY_REPLICA_TIMEOUT", global = true)]
     pub replica_timeout: Option<u64>,
+
+    /// Seconds a signed update manifest (and its download link) stays
+    /// valid; a device refuses it later (freeze attacks). Default: the
+    /// job's device timeout plus an hour.
+    #[arg(long, env = "ROLLWAY_MANIFEST_TTL", global = true)]
+    pub manifest_ttl: Option<u64>,
+
+    /// Failed authentications one client address may make per minute
+    /// before it is refused with 429 for the rest of the minute (0: no limit).
+    #[arg(long, env = "ROLLWAY_AUTH_FAILURE_LIMIT", global = true)]
+    pub auth_failure_limit: Option<u32>,
 }
 
 /// Resolved settings of one host process.
@@ -130,6 +141,8 @@ pub struct Settings {
     pub outbox_max_attempts: i32,
     pub instance_id: String,
     pub replica_timeout: std::time::Duration,
+    pub manifest_ttl: Option<std::time::Duration>,
+    pub auth_failure_limit: u32,
 }
 
 /// Where device statuses come from.
@@ -143,6 +156,8 @@ impl Settings {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
     pub const DEFAULT_TOPIC_PREFIX: &'static str = "fleet";
     pub const DEFAULT_MAX_FIRMWARE_BYTES: u64 = 512 * 1024 * 1024;
+    /// Failed authentications per client address and minute.
+    pub const DEFAULT_AUTH_FAILURE_LIMIT: u32 = 30;
 
     /// Merges flags/environment over the config file over defaults.
     pub fn load(args: &SettingsArgs) -> anyhow::Result<Self> {
@@ -229,6 +244,15 @@ impl Settings {
                 n if n >= 2 => std::time::Duration::from_secs(n),
                 _ => bail!("ROLLWAY_REPLICA_TIMEOUT must be at least 2 seconds"),
             },
+            manifest_ttl: match args.manifest_ttl.or(file.manifest_ttl) {
+                None => None,
+                Some(n) if n >= 1 => Some(std::time::Duration::from_secs(n)),
+                Some(_) => bail!("ROLLWAY_MANIFEST_TTL must be at least 1 second"),
+            },
+            auth_failure_limit: args
+                .auth_failure_limit
+                .or(file.auth_failure_limit)
+                .unwrap_or(Self::DEFAULT_AUTH_FAILURE_LIMIT),
         })
     }
 }

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::plugins::runtime::Limits;
 use crate::plugins::{self, PluginRegistry};
 use crate::settings::{Settings, StatusSource};
-use crate::signing::ManifestSigner;
+use crate::signing::Keyring;
 use crate::{auth, db};
 
 /// Dispatch rounds run at once.
@@ -70,9 +70,10 @@ impl Application {
         store.check().await?;
         let metrics = Metrics::new().context("registering metrics")?;
         let plugins = load_plugins(&settings, &pool, &store, &metrics).await?;
-        let signer = ManifestSigner::load_or_create(&pool)
+        let keys = Keyring::load_or_create(&pool)
             .await
             .context("loading the manifest signing key")?;
+        let auth_failures = crate::auth::FailureLimiter::new(settings.auth_failure_limit);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -87,8 +88,9 @@ impl Application {
                 metrics,
                 settings: Arc::new(settings),
                 plugins,
-                signer,
+                keys,
                 events: crate::live::channel(),
+                auth_failures,
                 scheduler_wakeup: Arc::new(Notify::new()),
             },
         })
@@ -115,10 +117,13 @@ impl Application {
         let workers = CancellationToken::new();
         let handles = self.start_workers(&workers)?;
         let router = api::router(self.state.clone());
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP");
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP");
         workers.cancel();
         for handle in handles {
             if tokio::time::timeout(Duration::from_secs(10), handle)
@@ -211,7 +216,8 @@ impl Application {
             pool: state.pool.clone(),
             plugins: state.plugins.clone(),
             metrics: state.metrics.clone(),
-            signer: state.signer.clone(),
+            keys: state.keys.clone(),
+            manifest_ttl: settings.manifest_ttl,
             store: state.store.clone(),
             mqtt: link.clone(),
             topic_prefix: settings.topic_prefix.clone(),

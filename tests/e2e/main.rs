@@ -20,4 +20,5 @@ mod pipeline;
 mod plugins;
 mod procs;
 mod relay;
+mod security;
 mod up;

@@ -24,6 +24,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke_token))
         .routes(routes!(list_audit))
         .routes(routes!(signing_keys))
+        .routes(routes!(rotate_signing_key))
+        .routes(routes!(retire_signing_key))
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
         .routes(routes!(list_replicas))
@@ -286,10 +288,97 @@ pub struct SigningKeys {
     responses((status = 200, body = SigningKeys))
 )]
 async fn signing_keys(State(state): State<AppState>) -> ApiResult<axum::Json<SigningKeys>> {
+    let keys = crate::signing::public_keys(&state.pool).await?;
+    // The key that signs is the active one in the database, which another
+    // replica may have just rotated.
+    let signing_key_id = keys
+        .iter()
+        .find(|k| k.active)
+        .map(|k| k.id.clone())
+        .unwrap_or_else(|| state.keys.signing_key_id());
     Ok(axum::Json(SigningKeys {
-        keys: crate::signing::public_keys(&state.pool).await?,
-        signing_key_id: state.signer.key_id.clone(),
+        keys,
+        signing_key_id,
     }))
+}
+
+fn key_error(error: crate::signing::KeyError) -> ApiError {
+    use crate::signing::KeyError;
+    match error {
+        KeyError::NotFound(id) => ApiError::NotFound(format!("signing key {id}")),
+        e @ (KeyError::Active(_) | KeyError::Raced) => ApiError::Conflict(e.to_string()),
+        KeyError::Db(e) => e.into(),
+        KeyError::Corrupt(e) => ApiError::Internal(anyhow::anyhow!(e)),
+    }
+}
+
+/// Rotate the manifest signing key: a new key signs from now on, endorsed
+/// by the one it replaces (see `endorsement`). The old key stays published
+/// and trusted until retired, so commands already sent still verify.
+#[utoipa::path(
+    post, path = "/signing-keys/rotate", tag = "admin",
+    responses(
+        (status = 201, body = crate::signing::PublicKey),
+        (status = 403, body = super::error::Problem),
+        (status = 409, description = "Another rotation ran at the same time", body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn rotate_signing_key(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<(StatusCode, axum::Json<crate::signing::PublicKey>)> {
+    let principal = caller.require(Role::Admin, "rotate the signing key")?;
+    let mut tx = state.pool.begin().await?;
+    let key = state.keys.rotate(&mut tx).await.map_err(key_error)?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "signing_key.rotate",
+        "signing_key",
+        &key.id,
+        json!({ "replaces": key.endorsed_by }),
+    )
+    .await?;
+    tx.commit().await?;
+    state.keys.refresh().await.map_err(ApiError::Internal)?;
+    tracing::warn!(key_id = %key.id, replaces = ?key.endorsed_by, actor = %principal.actor(), "manifest signing key rotated");
+    Ok((StatusCode::CREATED, axum::Json(key)))
+}
+
+/// Retire a signing key that no longer signs: it is no longer published,
+/// and download links it signed stop working. Devices should drop it too.
+#[utoipa::path(
+    delete, path = "/signing-keys/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 204),
+        (status = 403, body = super::error::Problem),
+        (status = 404, body = super::error::Problem),
+        (status = 409, description = "The key still signs", body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn retire_signing_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let principal = caller.require(Role::Admin, "retire a signing key")?;
+    let mut tx = state.pool.begin().await?;
+    state.keys.retire(&mut tx, &id).await.map_err(key_error)?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "signing_key.retire",
+        "signing_key",
+        &id,
+        json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    state.keys.refresh().await.map_err(ApiError::Internal)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Events that failed to publish too often, newest first.

@@ -61,12 +61,17 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     InvalidTransition(String),
+    /// The change would lower devices' security counter.
+    #[error("{0}")]
+    Rollback(String),
     #[error("payload exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("range not satisfiable for an object of {size} bytes")]
     RangeNotSatisfiable { size: u64 },
     #[error("{0}")]
     Unsupported(String),
+    #[error("too many failed authentications from this address; try again in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// A plugin trapped, timed out or answered nonsense.
@@ -91,9 +96,11 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidTransition(_) => "invalid-transition",
+            ApiError::Rollback(_) => "rollback-refused",
             ApiError::PayloadTooLarge { .. } => "payload-too-large",
             ApiError::RangeNotSatisfiable { .. } => "range-not-satisfiable",
             ApiError::Unsupported(_) => "unsupported",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::PluginFailed(_) => "plugin-failed",
             ApiError::Internal(_) => "internal",
@@ -107,10 +114,13 @@ impl ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::InvalidTransition(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InvalidTransition(_) | ApiError::Rollback(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PluginFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,9 +136,11 @@ impl ApiError {
             ApiError::NotFound(_) => "Not found",
             ApiError::Conflict(_) => "Conflict",
             ApiError::InvalidTransition(_) => "Invalid state transition",
+            ApiError::Rollback(_) => "Rollback refused",
             ApiError::PayloadTooLarge { .. } => "Payload too large",
             ApiError::RangeNotSatisfiable { .. } => "Range not satisfiable",
             ApiError::Unsupported(_) => "Unsupported media type",
+            ApiError::TooManyRequests { .. } => "Too many requests",
             ApiError::Unavailable(_) => "Service unavailable",
             ApiError::PluginFailed(_) => "Plugin failed",
             ApiError::Internal(_) => "Internal error",
@@ -160,6 +172,10 @@ impl IntoResponse for ApiError {
             ApiError::RangeNotSatisfiable { size } => Some((
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("bytes */{size}")).ok(),
+            )),
+            ApiError::TooManyRequests { retry_after } => Some((
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&retry_after.to_string()).ok(),
             )),
             ApiError::Unauthenticated => Some((
                 header::WWW_AUTHENTICATE,

@@ -1,7 +1,9 @@
 //! Extractors whose rejections are problem documents, and the caller's
 //! identity.
 
-use axum::extract::{FromRequest, FromRequestParts};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 
@@ -57,11 +59,27 @@ impl FromRequestParts<AppState> for Caller {
                     .or_else(|| value.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .filter(|secret| !secret.is_empty() && secret.len() <= 256)
-            .ok_or(ApiError::Unauthenticated)?;
+            .filter(|secret| !secret.is_empty() && secret.len() <= 256);
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        if let Some(wait) = address.and_then(|a| state.auth_failures.refused(a)) {
+            return Err(ApiError::TooManyRequests {
+                retry_after: wait.as_secs().max(1),
+            });
+        }
+        // A request without a token is not a guess; a wrong token is.
+        let secret = secret.ok_or(ApiError::Unauthenticated)?;
         match auth::authenticate(&state.pool, secret).await? {
             Some(principal) => Ok(Caller(principal)),
-            None => Err(ApiError::Unauthenticated),
+            None => {
+                if let Some(address) = address {
+                    state.auth_failures.failed(address);
+                    tracing::info!(%address, "authentication failed");
+                }
+                Err(ApiError::Unauthenticated)
+            }
         }
     }
 }

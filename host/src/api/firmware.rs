@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiPath, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
 use crate::domain::{Family, FirmwareDigest, FirmwareVersion, Role};
 use crate::firmware::range::{self, RangeRequest};
@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_firmware, delete_firmware))
         .routes(routes!(download_firmware))
         .routes(routes!(firmware_url))
+        .routes(routes!(allow_downgrade, forbid_downgrade))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -48,6 +49,12 @@ pub struct UploadQuery {
     /// Version of the image.
     #[param(example = "1.4.0")]
     version: Option<String>,
+    /// Anti-rollback security counter of the image (default: the one the
+    /// device plugin read from the image, else 0). Devices refuse an image
+    /// whose counter is below the one they run; raise it with a release
+    /// that fixes a vulnerability.
+    #[param(example = 3)]
+    security_counter: Option<i64>,
 }
 
 /// Upload a firmware image (the raw bytes as the body).
@@ -87,6 +94,12 @@ async fn upload_firmware(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
+    if query.security_counter.is_some_and(|c| c < 0) {
+        return Err(ApiError::validation(
+            "security_counter",
+            "must be zero or more",
+        ));
+    }
     if let Some(version) = &given_version {
         ensure_new_version(&state, &family, version.as_str()).await?;
     }
@@ -103,6 +116,10 @@ async fn upload_firmware(
             return Err(error);
         }
     };
+    let security_counter = match query.security_counter {
+        Some(counter) => counter,
+        None => image_security_counter(&metadata)?,
+    };
     let storage_key = FirmwareStore::image_key(&digest);
     state.store.promote(&temp_key, &storage_key).await?;
 
@@ -114,6 +131,10 @@ async fn upload_firmware(
         size: size as i64,
         storage_key,
         metadata: sqlx::types::Json(metadata),
+        security_counter,
+        downgrade_allowed_by: None,
+        downgrade_allowed_at: None,
+        downgrade_reason: None,
         created_by: principal.actor(),
         created_at: Utc::now(),
     };
@@ -128,7 +149,7 @@ async fn upload_firmware(
     }
     let event = json!({
         "firmware_id": record.id, "family": record.family, "version": record.version,
-        "sha256": record.sha256, "size": record.size,
+        "sha256": record.sha256, "size": record.size, "security_counter": record.security_counter,
     });
     outbox::enqueue(
         &mut tx,
@@ -152,6 +173,20 @@ async fn upload_firmware(
     tx.commit().await?;
     tracing::info!(firmware_id = %record.id, family = %record.family, version = %record.version, size, sha256 = %record.sha256, "firmware uploaded");
     Ok((StatusCode::CREATED, axum::Json(record)).into_response())
+}
+
+/// The security counter a device plugin read from the image (the detail
+/// `security_counter`), 0 when it read none.
+fn image_security_counter(metadata: &serde_json::Value) -> ApiResult<i64> {
+    match metadata["details"]["security_counter"].as_str() {
+        None => Ok(0),
+        Some(text) => text.trim().parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
+            ApiError::validation(
+                "security_counter",
+                format!("the image's security counter '{text}' is not a whole number of zero or more"),
+            )
+        }),
+    }
 }
 
 async fn ensure_new_version(state: &AppState, family: &Family, version: &str) -> ApiResult<()> {
@@ -356,6 +391,117 @@ async fn get_firmware(
     Ok(axum::Json(find(&state, id).await?))
 }
 
+/// Why an admin allows an image to lower devices' security counter.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowDowngrade {
+    /// Recorded with the approval and in the audit log.
+    #[schema(example = "3.1 bricks the CAN transceiver on rev B boards; back to 3.0")]
+    pub reason: String,
+}
+
+/// Allow this image as a downgrade: jobs may then install it on devices
+/// whose security counter is higher, and its manifests tell devices so.
+/// Admins only; audited.
+#[utoipa::path(
+    post, path = "/firmware/{id}/allow-downgrade", tag = "firmware",
+    params(("id" = Uuid, Path)),
+    request_body = AllowDowngrade,
+    responses(
+        (status = 200, body = Firmware),
+        (status = 403, body = super::error::Problem),
+        (status = 404, body = super::error::Problem),
+        (status = 422, body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn allow_downgrade(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(request): ApiJson<AllowDowngrade>,
+) -> ApiResult<axum::Json<Firmware>> {
+    let principal = caller.require(Role::Admin, "allow a firmware downgrade")?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.len() > 1000 {
+        return Err(ApiError::validation(
+            "reason",
+            "must say why, in 1 to 1000 characters",
+        ));
+    }
+    let mut tx = state.pool.begin().await?;
+    let record = firmware::allow_downgrade(&mut tx, id, &principal.actor(), reason)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("firmware {id}")))?;
+    record_downgrade_change(&mut tx, &principal.actor(), &record, true).await?;
+    tx.commit().await?;
+    tracing::warn!(firmware_id = %id, family = %record.family, version = %record.version, actor = %principal.actor(), reason, "firmware allowed as a downgrade");
+    Ok(axum::Json(record))
+}
+
+/// Withdraw an allowed downgrade. Jobs created before keep it.
+#[utoipa::path(
+    delete, path = "/firmware/{id}/allow-downgrade", tag = "firmware",
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = Firmware),
+        (status = 403, body = super::error::Problem),
+        (status = 404, body = super::error::Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn forbid_downgrade(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<axum::Json<Firmware>> {
+    let principal = caller.require(Role::Admin, "withdraw a firmware downgrade")?;
+    let mut tx = state.pool.begin().await?;
+    let record = firmware::forbid_downgrade(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("firmware {id}")))?;
+    record_downgrade_change(&mut tx, &principal.actor(), &record, false).await?;
+    tx.commit().await?;
+    Ok(axum::Json(record))
+}
+
+async fn record_downgrade_change(
+    tx: &mut sqlx::PgConnection,
+    actor: &str,
+    record: &Firmware,
+    allowed: bool,
+) -> Result<(), sqlx::Error> {
+    let details = json!({
+        "family": record.family, "version": record.version,
+        "security_counter": record.security_counter, "reason": record.downgrade_reason,
+        "downgrade_allowed": allowed,
+    });
+    outbox::enqueue(
+        tx,
+        outbox::Event {
+            aggregate_type: "firmware",
+            aggregate_id: &record.id.to_string(),
+            event_type: "firmware.downgrade.changed",
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    let action = if allowed {
+        "firmware.allow_downgrade"
+    } else {
+        "firmware.forbid_downgrade"
+    };
+    audit::record(
+        tx,
+        actor,
+        action,
+        "firmware",
+        &record.id.to_string(),
+        details,
+    )
+    .await
+}
+
 /// Delete firmware no job uses.
 #[utoipa::path(
     delete, path = "/firmware/{id}", tag = "firmware",
@@ -433,7 +579,7 @@ async fn download_firmware(
     let by_token = query
         .token
         .as_deref()
-        .is_some_and(|t| crate::dispatch::manifest::verify_download_token(&state.signer, id, t));
+        .is_some_and(|t| crate::dispatch::manifest::verify_download_token(&state.keys, id, t));
     if !by_token {
         caller?.require(Role::Viewer, "download firmware")?;
     }

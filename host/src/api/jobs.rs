@@ -124,6 +124,7 @@ fn parse_start(raw: Option<&str>, now: DateTime<Utc>) -> Result<(JobKind, DateTi
     request_body = CreateJobRequest,
     responses(
         (status = 201, body = JobView),
+        (status = 409, description = "The job would lower the security counter of targeted devices (a rollback) and no admin allowed this firmware as a downgrade", body = super::error::Problem),
         (status = 422, description = "Invalid job, unknown firmware or devices, no target", body = super::error::Problem),
     ),
     security(("bearer" = []))
@@ -266,6 +267,10 @@ async fn create_job(
         device_timeout_secs,
         max_retries,
         created_by: principal.actor(),
+        security_counter: firmware.as_ref().map_or(0, |f| f.security_counter),
+        downgrade_allowed: firmware
+            .as_ref()
+            .is_some_and(|f| f.downgrade_allowed_at.is_some()),
     };
     let mut tx = state.pool.begin().await?;
     let plan = |total: u32| {
@@ -289,6 +294,7 @@ async fn create_job(
         .map_err(|e| match e {
             CreateError::Db(db) => ApiError::from(db),
             CreateError::Plan(error) => ApiError::from_plugin("rollout.config", error),
+            e @ CreateError::Rollback { .. } => ApiError::Rollback(e.to_string()),
             other => ApiError::validation("targets", other.to_string()),
         })?;
     audit::record(

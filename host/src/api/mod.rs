@@ -45,9 +45,12 @@ pub struct AppState {
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
     pub plugins: Arc<PluginRegistry>,
-    pub signer: crate::signing::ManifestSigner,
+    /// The manifest signing keys.
+    pub keys: crate::signing::Keyring,
     /// Published outbox events of this replica's live feed (`live.rs`).
     pub events: crate::live::Sender,
+    /// Failed authentications by client address.
+    pub auth_failures: crate::auth::FailureLimiter,
     /// Wakes this replica's scheduler (a job was created or steered).
     pub scheduler_wakeup: Arc<tokio::sync::Notify>,
 }

@@ -156,6 +156,10 @@ struct SimArgs {
     /// Prefix of the simulated device ids.
     #[arg(long, default_value = "SIM-")]
     id_prefix: String,
+    /// The security counter the devices start with: they refuse images
+    /// whose counter is lower (unless allowed as a downgrade).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    security_counter: i64,
     /// Write each device's final state here (JSON) when stopped.
     #[arg(long)]
     truth: Option<std::path::PathBuf>,
@@ -341,6 +345,7 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         step: std::time::Duration::from_millis(args.step_ms),
         topic_prefix: settings.topic_prefix.clone(),
         id_prefix: args.id_prefix,
+        security_counter: args.security_counter,
     };
     let sim = crate::sim::Simulator::start(options).await?;
     for id in &sim.device_ids {

@@ -52,6 +52,22 @@ pub(super) enum FirmwareCommand {
         /// read one from the image, and must match the one it reads.
         #[arg(long)]
         version: Option<String>,
+        /// Anti-rollback security counter (default: the one the plugin
+        /// reads from the image, else 0). Raise it with a release that
+        /// fixes a vulnerability: devices then refuse older images.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+        security_counter: Option<i64>,
+    },
+    /// Allow an image to lower devices' security counter (admins; audited).
+    #[command(
+        after_help = "Example:\n  rollway firmware allow-downgrade <id> --reason '3.1 bricks rev B boards; back to 3.0'"
+    )]
+    AllowDowngrade {
+        /// The firmware id.
+        id: String,
+        /// Why: kept with the approval and in the audit log.
+        #[arg(long)]
+        reason: String,
     },
     /// List firmware, newest first.
     #[command(
@@ -267,10 +283,30 @@ pub(super) async fn run_firmware(api: &ApiArgs, command: FirmwareCommand) -> any
             file,
             family,
             version,
+            security_counter,
         } => {
-            let record =
-                upload_firmware(&client, &file, &family, version.as_deref(), api.progress())
-                    .await?;
+            let mut query = vec![("family", family)];
+            if let Some(version) = version {
+                query.push(("version", version));
+            }
+            if let Some(counter) = security_counter {
+                query.push(("security_counter", counter.to_string()));
+            }
+            let record = upload_firmware(&client, &file, &query, api.progress()).await?;
+            if api.json {
+                return print_json(&record);
+            }
+            print_firmware(&record);
+            Ok(())
+        }
+        FirmwareCommand::AllowDowngrade { id, reason } => {
+            let record = client
+                .post_json(
+                    &format!("/firmware/{id}/allow-downgrade"),
+                    &serde_json::json!({ "reason": reason }),
+                )
+                .await
+                .context("allowing the downgrade")?;
             if api.json {
                 return print_json(&record);
             }
@@ -320,8 +356,7 @@ pub(super) async fn run_firmware(api: &ApiArgs, command: FirmwareCommand) -> any
 async fn upload_firmware(
     client: &ApiClient,
     file: &Path,
-    family: &str,
-    version: Option<&str>,
+    query: &[(&str, String)],
     progress: bool,
 ) -> anyhow::Result<Value> {
     let handle = tokio::fs::File::open(file)
@@ -348,13 +383,9 @@ async fn upload_firmware(
     } else {
         ProgressBar::hidden()
     };
-    let mut query = vec![("family", family.to_owned())];
-    if let Some(version) = version {
-        query.push(("version", version.to_owned()));
-    }
     let counter = bar.clone();
     let result = client
-        .post_file("/firmware", &query, handle, len, move |n| {
+        .post_file("/firmware", query, handle, len, move |n| {
             counter.inc(n as u64);
             if counter.position() >= len {
                 counter.set_message("sent; the server is checking the image");
@@ -375,6 +406,17 @@ fn print_firmware(record: &Value) {
         ("version", text(&record["version"])),
         ("sha256", text(&record["sha256"])),
         ("size", format!("{size} bytes ({})", HumanBytes(size))),
+        ("security counter", text(&record["security_counter"])),
+        (
+            "downgrade",
+            match record["downgrade_allowed_by"].as_str() {
+                Some(by) => format!(
+                    "allowed by {by}: {}",
+                    record["downgrade_reason"].as_str().unwrap_or("-")
+                ),
+                None => "not allowed".to_owned(),
+            },
+        ),
         (
             "metadata",
             if metadata.is_empty() {

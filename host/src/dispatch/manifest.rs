@@ -2,14 +2,18 @@
 //!
 //! A manifest is a JSON object signed (ed25519) as the exact bytes sent; the
 //! device checks the signature with a key from `/api/v1/signing-keys`, then
-//! the device id, expiry, digest and size before flashing.
+//! the device id, execution, expiry, security counter, digest and size
+//! before flashing.
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::signing::ManifestSigner;
+use crate::signing::{Keyring, ManifestSigner};
+
+/// The manifest format this host writes (2: with the security counter).
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -22,6 +26,11 @@ pub struct Manifest {
     pub version: String,
     pub sha256: String,
     pub size: i64,
+    /// The image's security counter: a device refuses it when below the
+    /// counter of the firmware it runs (rollback attacks)…
+    pub security_counter: i64,
+    /// …unless an admin allowed this image as a downgrade.
+    pub downgrade: bool,
     /// A device refuses the manifest after this time (freeze attacks).
     pub expires_at: DateTime<Utc>,
 }
@@ -52,8 +61,9 @@ pub fn download_token(
     format!("{expires}.{signature}")
 }
 
-/// Checks a download token for `firmware_id`.
-pub fn verify_download_token(signer: &ManifestSigner, firmware_id: Uuid, token: &str) -> bool {
+/// Checks a download token for `firmware_id` against every trusted key
+/// (a token signed before a key rotation stays good until it expires).
+pub fn verify_download_token(keys: &Keyring, firmware_id: Uuid, token: &str) -> bool {
     let Some((expires, signature)) = token.split_once('.') else {
         return false;
     };
@@ -70,8 +80,5 @@ pub fn verify_download_token(signer: &ManifestSigner, firmware_id: Uuid, token: 
         return false;
     };
     let signature = ed25519_dalek::Signature::from_bytes(&raw);
-    signer
-        .verifying_key()
-        .verify_strict(token_message(firmware_id, expires).as_bytes(), &signature)
-        .is_ok()
+    keys.verify(token_message(firmware_id, expires).as_bytes(), &signature)
 }

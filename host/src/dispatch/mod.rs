@@ -26,7 +26,7 @@ use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
 use crate::mqtt::MqttLink;
 use crate::plugins::{CommandRequest, DeviceInfo, FirmwareRef, PluginError, PluginRegistry};
-use crate::signing::ManifestSigner;
+use crate::signing::{Keyring, ManifestSigner};
 use manifest::Manifest;
 
 /// Executions claimed per round.
@@ -40,7 +40,8 @@ const PUBLISH_ATTEMPTS: u32 = 5;
 const CLAIMED_DETAILS: &str =
     "SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
             g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
-            f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs
+            f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs,
+            f.security_counter, (f.downgrade_allowed_at IS NOT NULL) AS downgrade_allowed
      FROM claimed c
      JOIN devices d ON d.id = c.device_id
      LEFT JOIN devices g ON g.id = d.gateway_id
@@ -53,7 +54,10 @@ pub struct Dispatcher {
     pub pool: PgPool,
     pub plugins: Arc<PluginRegistry>,
     pub metrics: Metrics,
-    pub signer: ManifestSigner,
+    pub keys: Keyring,
+    /// How long a signed manifest (and its download URL) stays valid;
+    /// `None`: the job's device timeout plus an hour.
+    pub manifest_ttl: Option<Duration>,
     pub store: FirmwareStore,
     pub mqtt: MqttLink,
     pub topic_prefix: String,
@@ -82,6 +86,8 @@ struct Claimed {
     storage_key: String,
     target: Option<String>,
     device_timeout_secs: i32,
+    security_counter: i64,
+    downgrade_allowed: bool,
 }
 
 impl Dispatcher {
@@ -109,9 +115,10 @@ impl Dispatcher {
         // firmware and expiry second serves the whole round, instead of a
         // signature (or a presigned URL) per command.
         let mut urls = HashMap::new();
+        let signer = self.keys.signer().await;
         let mut requests = Vec::with_capacity(count);
         for c in &claimed {
-            requests.push(self.request(c, &mut urls).await?);
+            requests.push(self.request(c, &signer, &mut urls).await?);
         }
         let plugins = self.plugins.clone();
         let built = tokio::task::spawn_blocking(move || {
@@ -288,12 +295,15 @@ impl Dispatcher {
     async fn request(
         &self,
         c: &Claimed,
+        signer: &ManifestSigner,
         urls: &mut HashMap<(Uuid, i64), String>,
     ) -> anyhow::Result<(String, CommandRequest)> {
-        let validity = Duration::from_secs(c.device_timeout_secs.max(60) as u64 + 3600);
+        let validity = self
+            .manifest_ttl
+            .unwrap_or_else(|| Duration::from_secs(c.device_timeout_secs.max(60) as u64 + 3600));
         let expires_at = Utc::now() + chrono::Duration::from_std(validity)?;
         let manifest = Manifest {
-            v: 1,
+            v: manifest::FORMAT,
             device_id: c.device_id.clone(),
             execution_id: c.id,
             job_id: c.job_id,
@@ -301,10 +311,12 @@ impl Dispatcher {
             version: c.firmware_version.clone(),
             sha256: c.sha256.clone(),
             size: c.size,
+            security_counter: c.security_counter,
+            downgrade: c.downgrade_allowed,
             expires_at,
         }
         .to_json();
-        let signature = self.signer.sign(manifest.as_bytes());
+        let signature = signer.sign(manifest.as_bytes());
         let download_url = match urls.entry((c.firmware_id, expires_at.timestamp())) {
             Entry::Occupied(url) => url.get().clone(),
             Entry::Vacant(slot) => {
@@ -314,7 +326,7 @@ impl Dispatcher {
                         "{}/api/v1/firmware/{}/download?token={}",
                         self.public_url.trim_end_matches('/'),
                         c.firmware_id,
-                        manifest::download_token(&self.signer, c.firmware_id, expires_at)
+                        manifest::download_token(signer, c.firmware_id, expires_at)
                     ),
                 };
                 slot.insert(url).clone()
@@ -343,7 +355,7 @@ impl Dispatcher {
                 download_url,
                 manifest,
                 signature,
-                key_id: self.signer.key_id.clone(),
+                key_id: signer.key_id.clone(),
             },
         ))
     }

@@ -26,12 +26,20 @@ pub struct Firmware {
     /// What the family's device plugin extracted from the image.
     #[schema(value_type = Object)]
     pub metadata: Json<Value>,
+    /// Anti-rollback counter: devices refuse an image whose counter is below
+    /// the one they run.
+    pub security_counter: i64,
+    /// The admin who allowed this image to lower devices' security counter
+    /// (a deliberate downgrade); `None`: it may not.
+    pub downgrade_allowed_by: Option<String>,
+    pub downgrade_allowed_at: Option<DateTime<Utc>>,
+    pub downgrade_reason: Option<String>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
-    "id, family, version, sha256, size, storage_key, metadata, created_by, created_at";
+const COLUMNS: &str = "id, family, version, sha256, size, storage_key, metadata, security_counter, \
+     downgrade_allowed_by, downgrade_allowed_at, downgrade_reason, created_by, created_at";
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Firmware>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -78,8 +86,9 @@ pub async fn list(
 
 pub async fn insert(conn: &mut PgConnection, firmware: &Firmware) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO firmware (id, family, version, sha256, size, storage_key, metadata, created_by, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO firmware (id, family, version, sha256, size, storage_key, metadata, created_by,
+                               created_at, security_counter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(firmware.id)
     .bind(&firmware.family)
@@ -90,9 +99,46 @@ pub async fn insert(conn: &mut PgConnection, firmware: &Firmware) -> Result<(), 
     .bind(&firmware.metadata)
     .bind(&firmware.created_by)
     .bind(firmware.created_at)
+    .bind(firmware.security_counter)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Marks an image as an allowed downgrade (who, why). Returns the record,
+/// `None` when there is no such firmware.
+pub async fn allow_downgrade(
+    conn: &mut PgConnection,
+    id: Uuid,
+    actor: &str,
+    reason: &str,
+) -> Result<Option<Firmware>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE firmware SET downgrade_allowed_by = $2, downgrade_allowed_at = now(),
+                downgrade_reason = $3
+         WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(actor)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Withdraws an allowed downgrade: jobs created later may not lower a
+/// device's counter with this image.
+pub async fn forbid_downgrade(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Firmware>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE firmware SET downgrade_allowed_by = NULL, downgrade_allowed_at = NULL,
+                downgrade_reason = NULL
+         WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
 #[derive(Debug, thiserror::Error)]

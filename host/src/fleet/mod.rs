@@ -22,13 +22,16 @@ pub struct Device {
     pub tags: Json<BTreeMap<String, String>>,
     /// Firmware version the device last reported as installed.
     pub firmware_version: Option<String>,
+    /// Security counter of the firmware the device last installed through
+    /// Rollway: a job may not lower it without an admin's approval.
+    pub security_counter: i64,
     pub last_seen: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const DEVICE_COLUMNS: &str =
-    "id, family, model, gateway_id, tags, firmware_version, last_seen, created_at, updated_at";
+const DEVICE_COLUMNS: &str = "id, family, model, gateway_id, tags, firmware_version, security_counter, last_seen, created_at, \
+     updated_at";
 
 /// A device with its newest execution, as listed and read.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -47,7 +50,7 @@ pub struct DeviceView {
 
 /// `devices d` joined with its newest execution `x`.
 const DEVICE_VIEW_FROM: &str = "SELECT d.id, d.family, d.model, d.gateway_id, d.tags, \
-     d.firmware_version, d.last_seen, d.created_at, d.updated_at, x.status AS last_status, \
+     d.firmware_version, d.security_counter, d.last_seen, d.created_at, d.updated_at, x.status AS last_status, \
      x.job_id AS last_job_id, x.id AS last_execution_id, x.last_error, x.progress AS last_progress \
      FROM devices d LEFT JOIN LATERAL (SELECT e.id, e.job_id, e.status, e.last_error, e.progress \
      FROM executions e WHERE e.device_id = d.id ORDER BY e.id DESC LIMIT 1) x ON true";

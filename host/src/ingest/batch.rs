@@ -234,7 +234,11 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     if !installed.is_empty() {
         let (ids, versions): (Vec<String>, Vec<String>) = installed.into_iter().unzip();
         sqlx::query(
-            "UPDATE devices d SET firmware_version = u.version, last_seen = now()
+            "UPDATE devices d SET firmware_version = u.version, last_seen = now(),
+                    security_counter = coalesce(
+                        (SELECT f.security_counter FROM firmware f
+                         WHERE f.family = d.family AND f.version = u.version),
+                        d.security_counter)
              FROM unnest($1::text[], $2::text[]) AS u(id, version) WHERE d.id = u.id",
         )
         .bind(&ids)

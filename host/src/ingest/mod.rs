@@ -553,9 +553,10 @@ pub async fn apply(
         .await?;
         if next == ExecutionStatus::Done {
             sqlx::query(
-                "UPDATE devices SET firmware_version = (SELECT f.version FROM jobs j JOIN firmware f ON f.id = j.firmware_id WHERE j.id = $2),
+                "UPDATE devices d SET firmware_version = f.version, security_counter = f.security_counter,
                         last_seen = now()
-                 WHERE id = $1",
+                 FROM jobs j JOIN firmware f ON f.id = j.firmware_id
+                 WHERE d.id = $1 AND j.id = $2",
             )
             .bind(device)
             .bind(current.job_id)

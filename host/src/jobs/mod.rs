@@ -62,6 +62,10 @@ pub struct NewJob {
     pub device_timeout_secs: i32,
     pub max_retries: i32,
     pub created_by: String,
+    /// The firmware's security counter, and whether an admin allowed it to
+    /// lower the counter of the devices it goes to.
+    pub security_counter: i64,
+    pub downgrade_allowed: bool,
 }
 
 /// A job as stored.
@@ -105,6 +109,17 @@ pub enum CreateError {
     WrongFamily {
         family: String,
         devices: Vec<String>,
+    },
+    #[error(
+        "{devices} targeted device(s) run firmware with a security counter above this image's \
+         {counter} (e.g. {}); installing it would be a rollback, which an admin must allow \
+         for this firmware first",
+        .examples.join(", ")
+    )]
+    Rollback {
+        counter: i64,
+        devices: i64,
+        examples: Vec<String>,
     },
     #[error("the rollout could not be planned: {0}")]
     Plan(#[from] crate::plugins::PluginError),
@@ -198,11 +213,12 @@ where
         .bind(crate::db::DEVICE_SET_LOCK)
         .execute(&mut *conn)
         .await?;
-    let counted: i64 = bind_targets!(
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) {}",
-            target_clause(&new.targets, 1)
-        ))),
+    let (counted, ahead): (i64, i64) = bind_targets!(
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), count(*) FILTER (WHERE d.security_counter > $1) {}",
+            target_clause(&new.targets, 2)
+        )))
+        .bind(new.security_counter),
         new,
         &ids
     )
@@ -213,6 +229,25 @@ where
     }
     if counted == 0 {
         return Err(CreateError::NoTargets(new.family.clone()));
+    }
+    if ahead > 0 && !new.downgrade_allowed {
+        let examples: Vec<String> = bind_targets!(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT d.id || ' (' || d.security_counter || ')' {} AND d.security_counter > $1
+                 ORDER BY d.id LIMIT 5",
+                target_clause(&new.targets, 2)
+            )))
+            .bind(new.security_counter),
+            new,
+            &ids
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        return Err(CreateError::Rollback {
+            counter: new.security_counter,
+            devices: ahead,
+            examples,
+        });
     }
     let planned = plan(u32::try_from(counted).unwrap_or(u32::MAX)).await?;
     let bounds = cumulative(&planned);

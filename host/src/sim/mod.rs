@@ -1,8 +1,10 @@
 //! `rollway sim`: a simulated fleet. It registers its devices through the
 //! API (Jetson gateways with STM32s behind them on a simulated CAN bus, and
 //! ESP32s on their own), listens for commands over MQTT, checks each signed
-//! manifest, downloads the firmware (resuming with `Range` after an injected
-//! interruption), verifies digest and size, and reports `init`,
+//! manifest as a real device agent must (see SECURITY.md): signature by a
+//! trusted key, device, execution, expiry, security counter; downloads the
+//! firmware (resuming with `Range` after an injected interruption) reading
+//! no more than the manifest's size, verifies digest and size, and reports `init`,
 //! `downloading`, `flashing`, `rebooting`, then `done` or `error`. Faults on
 //! demand: failures, duplicate and out-of-order statuses, latency.
 
@@ -51,6 +53,9 @@ pub struct SimOptions {
     pub topic_prefix: String,
     /// Prefix of the simulated device ids.
     pub id_prefix: String,
+    /// The security counter the devices start with (as flashed at the
+    /// workshop): they refuse images below it.
+    pub security_counter: i64,
 }
 
 impl SimOptions {
@@ -75,6 +80,7 @@ impl SimOptions {
             step: Duration::ZERO,
             topic_prefix: "fleet".into(),
             id_prefix: "SIM-".into(),
+            security_counter: 0,
         }
     }
 }
@@ -170,7 +176,8 @@ impl Simulator {
         let shared = Arc::new(Shared {
             options: options.clone(),
             http,
-            keys,
+            keys: Mutex::new(keys),
+            counters: Mutex::new(HashMap::new()),
             client: client.clone(),
             truth: truth.clone(),
             devices: by_id,
@@ -298,10 +305,15 @@ async fn register(
     Ok(())
 }
 
-async fn fetch_keys(
-    http: &reqwest::Client,
-    api: &str,
-) -> anyhow::Result<HashMap<String, VerifyingKey>> {
+/// A published key: its id, public key and endorsement by the key it replaced.
+struct Published {
+    id: String,
+    key: VerifyingKey,
+    endorsed_by: Option<String>,
+    endorsement: Option<Signature>,
+}
+
+async fn published_keys(http: &reqwest::Client, api: &str) -> anyhow::Result<Vec<Published>> {
     let body: Value = http
         .get(format!("{}/api/v1/signing-keys", api.trim_end_matches('/')))
         .send()
@@ -309,24 +321,76 @@ async fn fetch_keys(
         .context("fetching signing keys")?
         .json()
         .await?;
-    let mut keys = HashMap::new();
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.decode(text);
+    let mut keys = Vec::new();
     for key in body["keys"].as_array().into_iter().flatten() {
         let (Some(id), Some(public)) = (key["id"].as_str(), key["public_key"].as_str()) else {
             continue;
         };
-        let raw = base64::engine::general_purpose::STANDARD.decode(public)?;
-        let raw: [u8; 32] = raw
+        let raw: [u8; 32] = b64(public)?
             .try_into()
             .map_err(|_| anyhow::anyhow!("key {id} is not 32 bytes"))?;
-        keys.insert(id.to_owned(), VerifyingKey::from_bytes(&raw)?);
+        let endorsement = key["endorsement"]
+            .as_str()
+            .and_then(|s| b64(s).ok())
+            .and_then(|raw| <[u8; 64]>::try_from(raw.as_slice()).ok())
+            .map(|raw| Signature::from_bytes(&raw));
+        keys.push(Published {
+            id: id.to_owned(),
+            key: VerifyingKey::from_bytes(&raw)?,
+            endorsed_by: key["endorsed_by"].as_str().map(str::to_owned),
+            endorsement,
+        });
     }
     Ok(keys)
+}
+
+/// The keys a device trusts when it is provisioned: the published ones.
+async fn fetch_keys(
+    http: &reqwest::Client,
+    api: &str,
+) -> anyhow::Result<HashMap<String, VerifyingKey>> {
+    Ok(published_keys(http, api)
+        .await?
+        .into_iter()
+        .map(|k| (k.id, k.key))
+        .collect())
+}
+
+/// Adds to `trusted` every published key endorsed, directly or through a
+/// chain of rotations, by a key already trusted. A key that is merely
+/// published is not trusted: whoever controls the network could publish one.
+fn extend_trust(trusted: &mut HashMap<String, VerifyingKey>, published: &[Published]) {
+    loop {
+        let before = trusted.len();
+        for key in published {
+            if trusted.contains_key(&key.id) {
+                continue;
+            }
+            let endorsed = match (&key.endorsed_by, &key.endorsement) {
+                (Some(by), Some(signature)) => trusted
+                    .get(by)
+                    .is_some_and(|old| old.verify_strict(key.key.as_bytes(), signature).is_ok()),
+                _ => false,
+            };
+            if endorsed {
+                trusted.insert(key.id.clone(), key.key);
+            }
+        }
+        if trusted.len() == before {
+            return;
+        }
+    }
 }
 
 struct Shared {
     options: SimOptions,
     http: reqwest::Client,
-    keys: HashMap<String, VerifyingKey>,
+    /// The keys the fleet trusts.
+    keys: Mutex<HashMap<String, VerifyingKey>>,
+    /// Each device's installed security counter, once it changed from
+    /// `options.security_counter`.
+    counters: Mutex<HashMap<String, i64>>,
     client: AsyncClient,
     truth: Truth,
     devices: HashMap<String, SimDevice>,
@@ -422,7 +486,7 @@ impl Shared {
         command: &Value,
         reporter: &mut Reporter<'_>,
     ) -> Result<String, String> {
-        let manifest = self.verify(device, command)?;
+        let manifest = self.verify(device, command).await?;
         reporter.send("init", None, None).await;
         let url = command["firmware"]["url"]
             .as_str()
@@ -462,18 +526,49 @@ impl Shared {
             reporter.send("downloading", Some(100), None).await;
         }
         reporter.send("rebooting", None, None).await;
+        if let Ok(mut counters) = self.counters.lock() {
+            counters.insert(device.id.clone(), manifest.security_counter);
+        }
         Ok(manifest.version)
     }
 
-    fn verify(&self, device: &SimDevice, command: &Value) -> Result<Manifest, String> {
+    fn installed_counter(&self, device: &str) -> i64 {
+        self.counters
+            .lock()
+            .ok()
+            .and_then(|c| c.get(device).copied())
+            .unwrap_or(self.options.security_counter)
+    }
+
+    /// The trusted key `id`; an unknown id makes the device look at the
+    /// published keys for one endorsed by a key it trusts (a rotation).
+    async fn key(&self, id: &str) -> Result<VerifyingKey, String> {
+        let known = |keys: &Mutex<HashMap<String, VerifyingKey>>| {
+            keys.lock().ok().and_then(|k| k.get(id).copied())
+        };
+        if let Some(key) = known(&self.keys) {
+            return Ok(key);
+        }
+        match published_keys(&self.http, &self.options.api).await {
+            Ok(published) => {
+                if let Ok(mut trusted) = self.keys.lock() {
+                    extend_trust(&mut trusted, &published);
+                }
+            }
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "simulator: fetching keys"),
+        }
+        known(&self.keys).ok_or_else(|| format!("manifest signed with untrusted key '{id}'"))
+    }
+
+    /// A device's checks of a command's manifest, in order: signature by a
+    /// trusted key, then the signed fields against the device and the
+    /// command (mix-and-match), expiry (freeze), counter (rollback).
+    async fn verify(&self, device: &SimDevice, command: &Value) -> Result<Manifest, String> {
         let text = command["manifest"]
             .as_str()
             .ok_or("the command has no manifest")?;
         let key_id = command["key_id"].as_str().unwrap_or_default();
-        let key = self
-            .keys
-            .get(key_id)
-            .ok_or_else(|| format!("manifest signed with unknown key '{key_id}'"))?;
+        let key = self.key(key_id).await?;
         let signature = command["signature"]
             .as_str()
             .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
@@ -489,8 +584,27 @@ impl Shared {
                 manifest.device_id, device.id
             ));
         }
+        if command["execution_id"].as_i64() != Some(manifest.execution_id) {
+            return Err(format!(
+                "manifest is for execution {}, the command for {}",
+                manifest.execution_id, command["execution_id"]
+            ));
+        }
         if manifest.expires_at < chrono::Utc::now() {
-            return Err("manifest expired".into());
+            return Err(format!("manifest expired at {}", manifest.expires_at));
+        }
+        let installed = self.installed_counter(&device.id);
+        if manifest.security_counter < installed && !manifest.downgrade {
+            return Err(format!(
+                "rollback refused: security counter {} is below the installed {installed}",
+                manifest.security_counter
+            ));
+        }
+        if command["firmware"]["size"]
+            .as_i64()
+            .is_some_and(|size| size != manifest.size)
+        {
+            return Err("the command's image size differs from the signed manifest's".into());
         }
         Ok(manifest)
     }
@@ -536,7 +650,7 @@ impl Shared {
             if first.status().as_u16() != 206 {
                 return Err(format!("resumable download refused: {}", first.status()));
             }
-            bytes.extend_from_slice(&first.bytes().await.map_err(|e| e.to_string())?);
+            read_capped(first, &mut bytes, half).await?;
             reporter.send("downloading", Some(50), None).await;
             let rest = get(Some(format!("bytes={}-", bytes.len())))
                 .await
@@ -544,7 +658,7 @@ impl Shared {
             if rest.status().as_u16() != 206 {
                 return Err(format!("resuming the download failed: {}", rest.status()));
             }
-            bytes.extend_from_slice(&rest.bytes().await.map_err(|e| e.to_string())?);
+            read_capped(rest, &mut bytes, size).await?;
         } else {
             let whole = get(None)
                 .await
@@ -552,15 +666,34 @@ impl Shared {
             if !whole.status().is_success() {
                 return Err(format!("download failed: {}", whole.status()));
             }
-            let body = whole.bytes().await.map_err(|e| e.to_string())?;
-            if body.len() as u64 > size {
-                return Err(format!("download exceeds the manifest's {size} bytes"));
-            }
-            bytes.extend_from_slice(&body);
+            read_capped(whole, &mut bytes, size).await?;
         }
         reporter.send("downloading", Some(100), None).await;
         Ok(bytes)
     }
+}
+
+/// Appends a response body to `bytes`, reading no further than `cap` bytes
+/// in all: a server sending endless data is cut off (Uptane's endless-data
+/// attack), whatever its headers say.
+async fn read_capped(
+    mut response: reqwest::Response,
+    bytes: &mut Vec<u8>,
+    cap: u64,
+) -> Result<(), String> {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("download failed: {e}"))?
+    {
+        if (bytes.len() + chunk.len()) as u64 > cap {
+            return Err(format!(
+                "download exceeds the manifest's size ({cap} bytes); stopped reading"
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(())
 }
 
 /// Sends one device's statuses, as the device or through its gateway.
@@ -606,5 +739,53 @@ impl Reporter<'_> {
                 tracing::warn!(%error, "simulator: publishing a status");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer as _, SigningKey};
+
+    use super::*;
+
+    fn published(key: &SigningKey, endorser: Option<(&str, &SigningKey)>) -> Published {
+        let public = key.verifying_key();
+        Published {
+            id: crate::signing::key_id(&public),
+            key: public,
+            endorsed_by: endorser.map(|(id, _)| id.to_owned()),
+            endorsement: endorser.map(|(_, by)| by.sign(public.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn trust_follows_endorsements_only() {
+        let first = SigningKey::from_bytes(&[1; 32]);
+        let second = SigningKey::from_bytes(&[2; 32]);
+        let third = SigningKey::from_bytes(&[3; 32]);
+        let stranger = SigningKey::from_bytes(&[4; 32]);
+        let first_id = crate::signing::key_id(&first.verifying_key());
+        let second_id = crate::signing::key_id(&second.verifying_key());
+        // Two rotations, listed newest first; a key endorsed by a stranger;
+        // a key that claims the first's endorsement with a bad signature.
+        let mut forged = published(&stranger, Some((&first_id, &stranger)));
+        forged.id = "forged".into();
+        let list = vec![
+            published(&third, Some((&second_id, &second))),
+            published(&second, Some((&first_id, &first))),
+            published(
+                &SigningKey::from_bytes(&[5; 32]),
+                Some(("unknown", &stranger)),
+            ),
+            forged,
+            published(&stranger, None),
+        ];
+        let mut trusted = HashMap::from([(first_id.clone(), first.verifying_key())]);
+        extend_trust(&mut trusted, &list);
+        let mut ids: Vec<&String> = trusted.keys().collect();
+        ids.sort();
+        let mut expected = vec![&first_id, &second_id, &list[0].id];
+        expected.sort();
+        assert_eq!(ids, expected);
     }
 }

@@ -24,7 +24,7 @@ const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// How long the new slot has to boot and report before the device
     /// falls back to the old one.
     boot_verify_timeout_secs: u32,
@@ -135,7 +135,7 @@ pub fn validate(source: impl Read) -> Result<ImageFacts, String> {
     })
 }
 
-struct Jetson;
+pub struct Jetson;
 
 impl DeviceFamily for Jetson {
     type Config = Config;

@@ -28,7 +28,7 @@ const MAX_HEX: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
+pub struct Config {
     /// Bytes per transfer block the gateway sends over the bus (ISO-TP
     /// blocks carry at most 4095 bytes).
     chunk_size: u32,
@@ -219,7 +219,7 @@ where
     })
 }
 
-struct Stm32;
+pub struct Stm32;
 
 impl DeviceFamily for Stm32 {
     type Config = Config;
