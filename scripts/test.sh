@@ -23,6 +23,11 @@ psql "$ROLLWAY_TEST_DATABASE_URL" -tAc \
 log="$ROLLWAY_CACHE/last-test.log"
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# The fuzz smoke run (SECURITY.md): CI sets ROLLWAY_FUZZ_SECONDS; each
+# target runs that long from its corpus.
+if [ "$status" = 0 ] && [ "${ROLLWAY_FUZZ_SECONDS:-0}" -gt 0 ] && [ $# = 0 ]; then
+    bash scripts/fuzz.sh || status=$?
+fi
 echo "browser test screenshots: $ROLLWAY_TEST_ARTIFACTS"
 # One closing line for the whole run.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

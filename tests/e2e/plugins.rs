@@ -74,6 +74,22 @@ async fn upload_plugin(app: &TestApp, bytes: Vec<u8>) -> reqwest::Response {
     app.post_bytes("/api/v1/plugins", bytes).await
 }
 
+/// Uploads `bytes` to `path` and expects a validation problem whose detail
+/// contains `text`.
+async fn assert_upload_refused(
+    app: &TestApp,
+    path: &str,
+    bytes: impl Into<reqwest::Body>,
+    text: &str,
+) {
+    let refused = app.post_bytes(path, bytes).await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains(text),
+        "{problem}"
+    );
+}
+
 async fn plugin(app: &TestApp, name: &str) -> Value {
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
     list.as_array()
@@ -141,17 +157,13 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
 
     let mut broken = images::esp32(images::ESP32S3, "2.3.2", 10_000);
     broken[0] = 0x7F;
-    let refused = app
-        .post_bytes("/api/v1/firmware?family=esp32", broken)
-        .await;
-    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("device-esp32: not an ESP-IDF application image"),
-        "{problem}"
-    );
+    assert_upload_refused(
+        &app,
+        "/api/v1/firmware?family=esp32",
+        broken,
+        "device-esp32: not an ESP-IDF application image",
+    )
+    .await;
 
     let mismatch = app
         .post_bytes(
@@ -167,17 +179,23 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     assert_eq!(stm["metadata"]["details"]["reset_handler"], "0x08000199");
     let mut bad_sp = images::stm32(8192, 9);
     bad_sp[3] = 0x90;
-    let refused = app
-        .post_bytes("/api/v1/firmware?family=stm32&version=4.0.1", bad_sp)
-        .await;
-    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("stack pointer"),
-        "{problem}"
-    );
+    assert_upload_refused(
+        &app,
+        "/api/v1/firmware?family=stm32&version=4.0.1",
+        bad_sp,
+        "stack pointer",
+    )
+    .await;
+    // An Intel HEX record with a multi-byte character (a fuzzing find that
+    // trapped the plugin) is an invalid image, not a plugin failure.
+    let hostile = format!(":{}ο2\n:00000001FF\n", "2".repeat(19));
+    assert_upload_refused(
+        &app,
+        "/api/v1/firmware?family=stm32&version=4.0.2",
+        hostile,
+        "not hexadecimal",
+    )
+    .await;
 
     // Jetson: the payload's manifest names board and version.
     let jet = app
@@ -192,17 +210,13 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     assert_eq!(jet["metadata"]["target"], "jetson-orin-nx");
     assert_eq!(jet["metadata"]["details"]["l4t_version"], "36.3.0");
     let no_manifest = images::jetson_files(&[("rootfs.img", b"data")]);
-    let refused = app
-        .post_bytes("/api/v1/firmware?family=jetson&version=1", no_manifest)
-        .await;
-    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("no manifest.json"),
-        "{problem}"
-    );
+    assert_upload_refused(
+        &app,
+        "/api/v1/firmware?family=jetson&version=1",
+        no_manifest,
+        "no manifest.json",
+    )
+    .await;
     let traversal = images::jetson_files(&[
         ("manifest.json", br#"{"board":"b","l4t_version":"1"}"#),
         ("../../etc/shadow", b"x"),

@@ -66,6 +66,16 @@ struct Layout {
     length: u64,
 }
 
+/// The value of one hexadecimal digit.
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Parses Intel HEX, returning the first 8 bytes at the lowest address.
 fn parse_hex(text: &str) -> Result<Layout, String> {
     let mut upper: u32 = 0;
@@ -87,11 +97,14 @@ fn parse_hex(text: &str) -> Result<Layout, String> {
         if hex.len() % 2 != 0 || hex.len() < 10 {
             return Err(format!("line {}: malformed record", n + 1));
         }
-        let raw: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("line {}: not hexadecimal", n + 1))?;
+        // Pairs of bytes, not of characters: a multi-byte character must
+        // be refused, not split (found by fuzzing, SECURITY.md).
+        let raw: Vec<u8> = hex
+            .as_bytes()
+            .chunks_exact(2)
+            .map(|pair| Some((hex_digit(pair[0])? << 4) | hex_digit(pair[1])?))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("line {}: not hexadecimal", n + 1))?;
         let count = raw[0] as usize;
         if raw.len() != count + 5 {
             return Err(format!(
@@ -347,6 +360,16 @@ mod tests {
                 .unwrap_err()
                 .contains("end-of-file")
         );
+    }
+
+    #[test]
+    fn a_multi_byte_character_in_a_hex_record_is_refused() {
+        // Found by the stm32_image fuzz target: slicing the record by
+        // character pairs panicked inside the 'ο'.
+        let mut image = b":2222222222222222222".to_vec();
+        image.extend_from_slice("ο".as_bytes());
+        image.extend_from_slice(b"2\n:00000001FF\n");
+        assert!(check(image).unwrap_err().contains("not hexadecimal"));
     }
 
     #[test]
