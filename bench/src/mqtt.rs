@@ -33,7 +33,7 @@ pub fn suffix() -> String {
 /// host's URL handling (`rollway::mqtt::options`), with the load
 /// generator's windows. Callers set acks and session persistence.
 pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
-    let mut options = rollway::mqtt::options(url, client_id)?;
+    let mut options = rollway::mqtt::options(url, client_id, None)?;
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_inflight(INFLIGHT)

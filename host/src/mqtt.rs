@@ -20,8 +20,22 @@ use crate::metrics::Metrics;
 /// QoS 0 messages held for a consumer that is behind, at most.
 const MAX_HELD_QOS0: usize = 10_000;
 
-/// Options from an `mqtt://` (or `mqtts://`) URL; credentials may be in the URL.
-pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
+/// Chooses the process's TLS crypto provider (ring), once. Rustls cannot
+/// pick one itself when the dependency tree enables two, and MQTT over
+/// TLS needs one; anything that opens an MQTT connection calls this first.
+pub fn tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: another part of the process installed one first; fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Options from an `mqtt://` (or `mqtts://`) URL; credentials may be in the
+/// URL. `mqtts://` verifies the broker against the system's root
+/// certificates, or against `ca` (PEM) when given.
+pub fn options(url: &str, client_id: &str, ca: Option<&[u8]>) -> anyhow::Result<MqttOptions> {
+    tls_provider();
     let mut parsed = url::Url::parse(url).context("MQTT_URL is not a URL")?;
     // The client id names the replica's persistent session (see
     // `replicas`): it is never taken from the URL.
@@ -35,8 +49,18 @@ pub fn options(url: &str, client_id: &str) -> anyhow::Result<MqttOptions> {
         .clear()
         .extend_pairs(kept)
         .append_pair("client_id", client_id);
+    let tls = matches!(parsed.scheme(), "mqtts" | "ssl");
     let mut options =
         MqttOptions::parse_url(parsed.as_str()).map_err(|e| anyhow::anyhow!("MQTT_URL: {e}"))?;
+    match (tls, ca) {
+        (true, Some(ca)) => {
+            options.set_transport(rumqttc::Transport::tls(ca.to_vec(), None, None));
+        }
+        (false, Some(_)) => {
+            anyhow::bail!("ROLLWAY_MQTT_CA_FILE is set but MQTT_URL is not mqtts://")
+        }
+        _ => {}
+    }
     options
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)

@@ -101,6 +101,7 @@ pub async fn register(
 /// What adopting a session needs: the broker and the status pipeline.
 pub struct Adopter {
     pub mqtt_url: SecretString,
+    pub mqtt_ca: Option<Vec<u8>>,
     pub subscription: String,
     pub ingest: Ingest,
 }
@@ -220,7 +221,11 @@ impl Replicas {
 
     /// Connects as `peer` and applies the statuses its session receives.
     fn adopt(&self, adopter: &Adopter, peer: &str, token: CancellationToken) -> anyhow::Result<()> {
-        let options = mqtt::options(adopter.mqtt_url.expose_secret(), &client_id(peer))?;
+        let options = mqtt::options(
+            adopter.mqtt_url.expose_secret(),
+            &client_id(peer),
+            adopter.mqtt_ca.as_deref(),
+        )?;
         let (tx, rx) = mpsc::channel(10_000);
         let link = mqtt::spawn(
             options,

@@ -107,6 +107,12 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_REPLICA_TIMEOUT", global = true)]
     pub replica_timeout: Option<u64>,
 
+    /// A PEM file of the certificate authority that signed the MQTT
+    /// broker's certificate (with an `mqtts://` MQTT_URL), when it is not
+    /// one the system trusts.
+    #[arg(long, env = "ROLLWAY_MQTT_CA_FILE", global = true)]
+    pub mqtt_ca_file: Option<PathBuf>,
+
     /// Seconds a signed update manifest (and its download link) stays
     /// valid; a device refuses it later (freeze attacks). Default: the
     /// job's device timeout plus an hour.
@@ -143,6 +149,7 @@ pub struct Settings {
     pub replica_timeout: std::time::Duration,
     pub manifest_ttl: Option<std::time::Duration>,
     pub auth_failure_limit: u32,
+    pub mqtt_ca_file: Option<PathBuf>,
 }
 
 /// Where device statuses come from.
@@ -253,6 +260,7 @@ impl Settings {
                 .auth_failure_limit
                 .or(file.auth_failure_limit)
                 .unwrap_or(Self::DEFAULT_AUTH_FAILURE_LIMIT),
+            mqtt_ca_file: args.mqtt_ca_file.clone().or(file.mqtt_ca_file),
         })
     }
 }

@@ -190,9 +190,17 @@ impl Application {
             handles.push(tokio::spawn(replicas.run(token.clone())));
             return Ok(handles);
         };
+        let mqtt_ca = match &settings.mqtt_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading ROLLWAY_MQTT_CA_FILE {}", path.display()))?,
+            ),
+            None => None,
+        };
         let options = mqtt::options(
             url.expose_secret(),
             &crate::replicas::client_id(&settings.instance_id),
+            mqtt_ca.as_deref(),
         )?;
         let (incoming_tx, incoming_rx) = mpsc::channel(10_000);
         let from_mqtt = settings.status_source == StatusSource::Mqtt;
@@ -243,6 +251,7 @@ impl Application {
         if from_mqtt {
             replicas.adopter = Some(Adopter {
                 mqtt_url: url.clone(),
+                mqtt_ca,
                 subscription: Ingest::subscription(&settings.topic_prefix),
                 ingest: ingest.clone(),
             });

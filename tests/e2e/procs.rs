@@ -152,25 +152,30 @@ impl Drop for Service {
 
 /// A private Mosquitto with persistence, like the shared test broker.
 pub async fn mosquitto(dir: &Path) -> Service {
-    let port = free_port();
     let data = dir.join("mosquitto");
     std::fs::create_dir_all(&data).expect("mosquitto dir");
-    let conf = dir.join("mosquitto.conf");
     // A narrow in-flight window: Mosquitto 2.0 drops the QoS 1 messages in
     // flight to a client when it stops, and a device on its last retry
     // whose final status is dropped ends `timed_out` (ARCHITECTURE.md,
     // "Delivery guarantees"). Restarts still drop statuses here, which
     // timeouts and retries must recover; fewer of them at once.
-    std::fs::write(
-        &conf,
+    mosquitto_with(dir, |port| {
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\n\
              max_inflight_messages 50\npersistence true\npersistence_location {}/\n\
-             autosave_interval 1\nuser root\n",
+             autosave_interval 1\n",
             data.display()
-        ),
-    )
-    .expect("mosquitto.conf");
+        )
+    })
+    .await
+}
+
+/// A private Mosquitto on a free port with the configuration `config`
+/// writes for that port.
+pub async fn mosquitto_with(dir: &Path, config: impl FnOnce(u16) -> String) -> Service {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(&conf, format!("{}user root\n", config(port))).expect("mosquitto.conf");
     let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
         .into_iter()
         .find(|p| Path::new(p).exists())

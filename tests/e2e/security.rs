@@ -561,3 +561,290 @@ async fn guessing_tokens_is_throttled() {
         2.0
     );
 }
+
+/// Runs a command of the test's setup, failing the test if it fails.
+fn run(dir: &std::path::Path, program: &str, args: &[&str]) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A certificate authority and a broker certificate for 127.0.0.1.
+fn certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        &ec[..],
+        &["-x509", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"],
+    ];
+    run(
+        dir,
+        "openssl",
+        &[
+            &["req"][..],
+            &ca.concat(),
+            &["-subj", "/CN=Rollway test CA"],
+        ]
+        .concat(),
+    );
+    run(
+        dir,
+        "openssl",
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "broker.key",
+                "-out",
+                "broker.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(
+        dir,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "broker.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "broker.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+    );
+}
+
+/// A device's own MQTT connection over TLS.
+fn device_client(
+    port: u16,
+    ca: &[u8],
+    user: &str,
+    password: &str,
+) -> (AsyncClient, rumqttc::EventLoop) {
+    rollway::mqtt::tls_provider();
+    let mut options = MqttOptions::new(
+        format!("{user}-{}", Uuid::new_v4().simple()),
+        "127.0.0.1",
+        port,
+    );
+    options.set_credentials(user, password);
+    options.set_transport(rumqttc::Transport::tls(ca.to_vec(), None, None));
+    AsyncClient::new(options, 100)
+}
+
+#[tokio::test]
+async fn mqtt_over_tls_with_credentials_and_acls() {
+    let dir = crate::helpers::temp_dir("mqtt-tls");
+    certificates(&dir);
+    let prefix = format!("t{}", Uuid::new_v4().simple());
+    run(
+        &dir,
+        "mosquitto_passwd",
+        &["-b", "-c", "passwd", "rollway-host", "host-secret"],
+    );
+    for device in ["TLS-1", "TLS-2"] {
+        run(
+            &dir,
+            "mosquitto_passwd",
+            &["-b", "passwd", device, "device-secret"],
+        );
+    }
+    // The ACLs of docs/BROKER-ACL.md.
+    std::fs::write(
+        dir.join("acl"),
+        format!(
+            "user rollway-host\ntopic write {prefix}/+/update/command\ntopic read {prefix}/+/update/status\n\n\
+             pattern read {prefix}/%u/update/command\npattern write {prefix}/%u/update/status\n"
+        ),
+    )
+    .unwrap();
+    let d = dir.display();
+    let _broker = crate::procs::mosquitto_with(&dir, |port| {
+        format!(
+            "per_listener_settings false\nallow_anonymous false\npassword_file {d}/passwd\nacl_file {d}/acl\n\
+             listener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/broker.crt\nkeyfile {d}/broker.key\n"
+        )
+    })
+    .await;
+    let port = _broker.port;
+    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+
+    // A wrong password is refused.
+    let (_, mut intruder) = device_client(port, &ca, "TLS-1", "guess");
+    let refused = loop {
+        match intruder.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => panic!("connected: {ack:?}"),
+            Ok(_) => {}
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(
+            refused,
+            rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::BadUserNamePassword
+                    | rumqttc::ConnectReturnCode::NotAuthorized
+            )
+        ),
+        "{refused:?}"
+    );
+
+    let (url, ca_file, topic_prefix) = (
+        format!("mqtts://rollway-host:host-secret@127.0.0.1:{port}"),
+        dir.join("ca.crt"),
+        prefix.clone(),
+    );
+    let app = spawn_app_with(move |s| {
+        s.mqtt_url = Some(url.into());
+        s.mqtt_ca_file = Some(ca_file);
+        s.topic_prefix = topic_prefix;
+    })
+    .await;
+    app.register(json!([
+        { "id": "TLS-1", "family": "esp32", "model": "esp32s3" },
+        { "id": "TLS-2", "family": "esp32", "model": "esp32s3" },
+    ]))
+    .await;
+
+    // TLS-1 listens on its own command topic, and tries TLS-2's.
+    let (client, mut events) = device_client(port, &ca, "TLS-1", "device-secret");
+    let (tx, mut commands) = mpsc::unbounded_channel::<(String, Value)>();
+    let subscriber = client.clone();
+    let own = format!("{prefix}/TLS-1/update/command");
+    let other = format!("{prefix}/TLS-2/update/command");
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        let mut acks = 0;
+        while let Ok(event) = events.poll().await {
+            match event {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    for topic in [&own, &other] {
+                        subscriber
+                            .subscribe(topic.clone(), QoS::AtLeastOnce)
+                            .await
+                            .unwrap();
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    acks += 1;
+                    if acks == 2 {
+                        let _ = subscribed_tx.take().map(|tx| tx.send(()));
+                    }
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    let _ = tx.send((p.topic.clone(), serde_json::from_slice(&p.payload).unwrap()));
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(20), subscribed)
+        .await
+        .expect("the device subscribes")
+        .unwrap();
+
+    let firmware = app.upload_esp32("9.9.0").await;
+    let job = create(
+        &app,
+        &json!({
+            "firmware_id": firmware["id"],
+            "targets": { "devices": ["TLS-1", "TLS-2"] },
+            "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } },
+        }),
+    )
+    .await;
+    let (topic, command) = tokio::time::timeout(Duration::from_secs(30), commands.recv())
+        .await
+        .expect("the host's command reaches the device over TLS")
+        .unwrap();
+    assert_eq!(topic, format!("{prefix}/TLS-1/update/command"));
+    let execution = command["execution_id"].as_i64().unwrap();
+    let publish = |device: &str, state: &str, execution: i64| {
+        let (client, topic) = (client.clone(), format!("{prefix}/{device}/update/status"));
+        let body = json!({ "message_id": format!("{execution}-{state}"), "state": state, "execution_id": execution });
+        async move {
+            client
+                .publish(
+                    topic,
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&body).unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // TLS-1 also claims TLS-2's update done, on TLS-2's topic: the broker
+    // drops it.
+    let page: Value = app
+        .get(&format!("/api/v1/jobs/{job}/executions"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other_execution = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["device_id"] == "TLS-2")
+        .and_then(|e| e["id"].as_i64())
+        .unwrap();
+    publish("TLS-2", "done", other_execution).await;
+    publish("TLS-1", "init", execution).await;
+    publish("TLS-1", "done", execution).await;
+
+    let started = std::time::Instant::now();
+    let counts = loop {
+        let view: Value = app
+            .get(&format!("/api/v1/jobs/{job}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if view["counts"]["done"] == 1 {
+            break view["counts"].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(counts["dispatched"], 1, "TLS-2 still waits: {counts}");
+    // TLS-2's command never reached TLS-1, nor its forged status the host.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view: Value = app
+        .get(&format!("/api/v1/jobs/{job}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["counts"]["done"], 1, "{view}");
+    while let Ok((topic, _)) = commands.try_recv() {
+        assert!(!topic.contains("TLS-2"), "TLS-1 read {topic}");
+    }
+}

@@ -151,6 +151,7 @@ impl Simulator {
         }
         let by_id: HashMap<String, SimDevice> =
             devices.iter().map(|d| (d.id.clone(), d.clone())).collect();
+        crate::mqtt::tls_provider();
         let client_id = format!("rollway-sim-{}", uuid::Uuid::new_v4().simple());
         let mut mqtt = MqttOptions::parse_url(format!(
             "{}{}client_id={client_id}",
