@@ -286,7 +286,8 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-pub(crate) fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)

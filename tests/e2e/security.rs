@@ -848,3 +848,53 @@ async fn mqtt_over_tls_with_credentials_and_acls() {
         assert!(!topic.contains("TLS-2"), "TLS-1 read {topic}");
     }
 }
+
+#[tokio::test]
+async fn postgres_over_tls_only() {
+    let dir = crate::helpers::temp_dir("pg-tls");
+    let postgres = rollway::up::PrivatePostgres::start(&dir).unwrap();
+    postgres.ensure_database().await.unwrap();
+    let url = secrecy::ExposeSecret::expose_secret(&postgres.database_url()).to_owned();
+    let data = dir.join("postgres");
+    certificates(&dir);
+    for (from, to) in [("broker.crt", "server.crt"), ("broker.key", "server.key")] {
+        std::fs::copy(dir.join(from), data.join(to)).unwrap();
+        run(&data, "chmod", &["600", to]);
+        if rollway::settings::is_root() {
+            run(&data, "chown", &["postgres:postgres", to]);
+        }
+    }
+    // TLS on, and every TCP connection must use it.
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    for statement in [
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "ALTER SYSTEM SET ssl = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::query(statement).execute(&mut admin).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let plain =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{url}?sslmode=disable")).await;
+    assert!(plain.is_err(), "a connection without TLS was accepted");
+
+    let ca = dir.join("ca.crt");
+    let tls_url = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let app = spawn_app_with(move |s| s.database_url = Some(tls_url.into())).await;
+    app.register(json!([{ "id": "PGTLS-1", "family": "esp32", "model": "esp32s3" }]))
+        .await;
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(encrypted);
+}
