@@ -225,6 +225,16 @@ async fn invalid_registrations_name_their_fields() {
         .post_json("/api/v1/devices", &Value::Array(too_many))
         .await;
     assert_problem(too_many, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    // A JSON body above the API's 16 MiB limit is refused before parsing.
+    let huge = format!("[\"{}\"]", "x".repeat(17 * 1024 * 1024));
+    let huge = app
+        .request(Method::POST, "/api/v1/devices")
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(huge, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
 
     // Nothing of the refused requests was stored.
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM devices")

@@ -232,6 +232,10 @@ async fn invalid_jobs_are_refused_and_store_nothing() {
             json!({ "firmware_id": firmware, "targets": { "devices": ["ESP-00"] }, "rollout": { "plugin": "rollout-percent", "config": [1] } }),
             "rollout.config",
         ),
+        (
+            json!({ "firmware_id": firmware, "targets": { "devices": ["ESP-00"] }, "rollout": { "plugin": "rollout-percent", "config": { "note": "x".repeat(70_000) } } }),
+            "rollout.config",
+        ),
     ];
     for (body, field) in cases {
         let response = app.post_json("/api/v1/jobs", &body).await;
@@ -246,6 +250,28 @@ async fn invalid_jobs_are_refused_and_store_nothing() {
             "expected an error on {field} for {body}: {problem}"
         );
     }
+    // JSON nested deeper than the parser's limit is refused as malformed.
+    let deep = format!(
+        "{{\"firmware_id\":\"{}\",\"targets\":{{\"devices\":[\"ESP-00\"]}},\"rollout\":{{\"plugin\":\"rollout-percent\",\"config\":{{\"a\":{}1{}}}}}}}",
+        firmware,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let response = app
+        .request(reqwest::Method::POST, "/api/v1/jobs")
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, StatusCode::BAD_REQUEST, "bad-request").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("recursion limit"),
+        "{problem}"
+    );
     let unknown = app
         .post_json(
             "/api/v1/jobs",

@@ -27,6 +27,8 @@ use crate::{audit, firmware};
 
 /// Most device ids one job may list explicitly (use a filter beyond that).
 pub const MAX_TARGET_IDS: usize = 100_000;
+/// Largest rollout configuration, as JSON text.
+pub const MAX_ROLLOUT_CONFIG_BYTES: usize = 64 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -219,6 +221,12 @@ async fn create_job(
     }
     if !rollout_config.is_object() {
         errors.push(FieldError::new("rollout.config", "must be a JSON object"));
+    } else if rollout_config.to_string().len() > MAX_ROLLOUT_CONFIG_BYTES {
+        // It goes to the plugin on every evaluation of the job.
+        errors.push(FieldError::new(
+            "rollout.config",
+            format!("must be at most {MAX_ROLLOUT_CONFIG_BYTES} bytes of JSON"),
+        ));
     }
     let device_timeout_secs = request.device_timeout_secs.unwrap_or(3600);
     if !(1..=604_800).contains(&device_timeout_secs) {
