@@ -107,6 +107,12 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_REPLICA_TIMEOUT", global = true)]
     pub replica_timeout: Option<u64>,
 
+    /// A file holding the ed25519 key that signs manifests (32 bytes, raw,
+    /// hex or base64). Without it the first start generates one; with it,
+    /// the key becomes the signing key (as a rotation) if it is new.
+    #[arg(long, env = "ROLLWAY_SIGNING_KEY_FILE", global = true)]
+    pub signing_key_file: Option<PathBuf>,
+
     /// A PEM file of the certificate authority that signed the MQTT
     /// broker's certificate (with an `mqtts://` MQTT_URL), when it is not
     /// one the system trusts.
@@ -150,6 +156,7 @@ pub struct Settings {
     pub manifest_ttl: Option<std::time::Duration>,
     pub auth_failure_limit: u32,
     pub mqtt_ca_file: Option<PathBuf>,
+    pub signing_key_file: Option<PathBuf>,
 }
 
 /// Where device statuses come from.
@@ -261,6 +268,7 @@ impl Settings {
                 .or(file.auth_failure_limit)
                 .unwrap_or(Self::DEFAULT_AUTH_FAILURE_LIMIT),
             mqtt_ca_file: args.mqtt_ca_file.clone().or(file.mqtt_ca_file),
+            signing_key_file: args.signing_key_file.clone().or(file.signing_key_file),
         })
     }
 }

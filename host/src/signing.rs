@@ -143,6 +143,70 @@ impl Keyring {
         })
     }
 
+    /// Like [`Keyring::load_or_create`], with the signing key given by the
+    /// operator (`ROLLWAY_SIGNING_KEY_FILE`): a key not known yet becomes
+    /// the signing key (endorsed by the one it replaces, as a rotation);
+    /// the signing key already is left alone; a key rotated away or
+    /// retired is refused, so a stale file cannot bring it back.
+    pub async fn load_with_file(pool: &PgPool, path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let text = std::fs::read(path)
+            .with_context(|| format!("reading ROLLWAY_SIGNING_KEY_FILE {}", path.display()))?;
+        let key = parse_key_file(&text)
+            .with_context(|| format!("ROLLWAY_SIGNING_KEY_FILE {}", path.display()))?;
+        let id = key_id(&key.verifying_key());
+        for _ in 0..3 {
+            let known: Option<(bool, bool)> = sqlx::query_as(
+                "SELECT active, retired_at IS NOT NULL FROM signing_keys WHERE id = $1",
+            )
+            .bind(&id)
+            .fetch_optional(pool)
+            .await?;
+            match known {
+                Some((true, _)) => return Self::load_or_create(pool).await,
+                Some((false, retired)) => anyhow::bail!(
+                    "ROLLWAY_SIGNING_KEY_FILE holds key {id}, which was {}; give the current key or none",
+                    if retired { "retired" } else { "rotated away" }
+                ),
+                None => {}
+            }
+            let mut tx = pool.begin().await?;
+            let has_active: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM signing_keys WHERE active)")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let imported = if has_active {
+                replace_active(&mut tx, key.clone()).await.map(|_| ())
+            } else {
+                let public = key.verifying_key();
+                sqlx::query(
+                    "INSERT INTO signing_keys (id, public_key, private_key) VALUES ($1, $2, $3)",
+                )
+                .bind(&id)
+                .bind(public.as_bytes().as_slice())
+                .bind(key.to_bytes().as_slice())
+                .execute(&mut *tx)
+                .await
+                .map(|_| ())
+                .map_err(KeyError::Db)
+            };
+            match imported {
+                Ok(()) => {
+                    tx.commit().await?;
+                    tracing::warn!(key_id = %id, "signing key imported from ROLLWAY_SIGNING_KEY_FILE");
+                    return Self::load_or_create(pool).await;
+                }
+                // Another replica imported or rotated at the same time: look again.
+                Err(KeyError::Raced) => continue,
+                Err(KeyError::Db(error)) if crate::db::constraint_violation(&error).is_some() => {
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        anyhow::bail!("could not import the signing key: the keys kept changing")
+    }
+
     fn snapshot(&self) -> Arc<Loaded> {
         match self.loaded.read() {
             Ok(guard) => guard.clone(),
@@ -194,39 +258,7 @@ impl Keyring {
     /// Makes a new key the signing key, endorsed by the current one.
     /// Returns the new key.
     pub async fn rotate(&self, conn: &mut sqlx::PgConnection) -> Result<PublicKey, KeyError> {
-        let current: Option<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT id, private_key FROM signing_keys WHERE active FOR UPDATE")
-                .fetch_optional(&mut *conn)
-                .await?;
-        let (old_id, old_private) = current.ok_or(KeyError::Raced)?;
-        let old = signing_key(&old_id, old_private)?;
-        let key = random_key();
-        let public = key.verifying_key();
-        let endorsement = old.sign(public.as_bytes()).to_bytes();
-        sqlx::query("UPDATE signing_keys SET active = false WHERE id = $1")
-            .bind(&old_id)
-            .execute(&mut *conn)
-            .await?;
-        let (id, created_at): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
-            "INSERT INTO signing_keys (id, public_key, private_key, endorsed_by, endorsement)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at",
-        )
-        .bind(key_id(&public))
-        .bind(public.as_bytes().as_slice())
-        .bind(key.to_bytes().as_slice())
-        .bind(&old_id)
-        .bind(endorsement.as_slice())
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(PublicKey {
-            id,
-            algorithm: "ed25519",
-            public_key: base64::engine::general_purpose::STANDARD.encode(public.as_bytes()),
-            active: true,
-            endorsed_by: Some(old_id),
-            endorsement: Some(base64::engine::general_purpose::STANDARD.encode(endorsement)),
-            created_at,
-        })
+        replace_active(conn, random_key()).await
     }
 
     /// Stops publishing and trusting a key that no longer signs.
@@ -249,6 +281,68 @@ impl Keyring {
             }
         }
     }
+}
+
+/// Makes `key` the signing key in `conn`'s transaction, endorsed by the
+/// key that signed until now.
+async fn replace_active(
+    conn: &mut sqlx::PgConnection,
+    key: SigningKey,
+) -> Result<PublicKey, KeyError> {
+    let current: Option<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT id, private_key FROM signing_keys WHERE active FOR UPDATE")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (old_id, old_private) = current.ok_or(KeyError::Raced)?;
+    let old = signing_key(&old_id, old_private)?;
+    let public = key.verifying_key();
+    let endorsement = old.sign(public.as_bytes()).to_bytes();
+    sqlx::query("UPDATE signing_keys SET active = false WHERE id = $1")
+        .bind(&old_id)
+        .execute(&mut *conn)
+        .await?;
+    let (id, created_at): (String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "INSERT INTO signing_keys (id, public_key, private_key, endorsed_by, endorsement)
+         VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at",
+    )
+    .bind(key_id(&public))
+    .bind(public.as_bytes().as_slice())
+    .bind(key.to_bytes().as_slice())
+    .bind(&old_id)
+    .bind(endorsement.as_slice())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(PublicKey {
+        id,
+        algorithm: "ed25519",
+        public_key: base64::engine::general_purpose::STANDARD.encode(public.as_bytes()),
+        active: true,
+        endorsed_by: Some(old_id),
+        endorsement: Some(base64::engine::general_purpose::STANDARD.encode(endorsement)),
+        created_at,
+    })
+}
+
+/// An ed25519 secret key file: its 32 raw bytes, or those bytes as hex or
+/// base64 text (e.g. `openssl rand -hex 32`).
+fn parse_key_file(content: &[u8]) -> anyhow::Result<SigningKey> {
+    // Text first: 32 random bytes are never all hex or base64 characters
+    // in practice, while a 32-character text could pass for raw bytes.
+    let text = std::str::from_utf8(content).ok().map(str::trim);
+    let decoded = text.and_then(|text| {
+        hex::decode(text)
+            .ok()
+            .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok())
+    });
+    let bytes = match decoded {
+        Some(bytes) => bytes,
+        None if content.len() == 32 => content.to_vec(),
+        None => anyhow::bail!("holds neither 32 raw bytes nor hex or base64 text"),
+    };
+    let secret: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("does not hold a 32-byte ed25519 secret key"))?;
+    Ok(SigningKey::from_bytes(&secret))
 }
 
 fn signing_key(id: &str, private: Vec<u8>) -> Result<SigningKey, KeyError> {
@@ -317,4 +411,25 @@ pub async fn public_keys(pool: &PgPool) -> Result<Vec<PublicKey>, sqlx::Error> {
             },
         )
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_hold_raw_hex_or_base64_secrets() {
+        let secret = [7u8; 32];
+        let expected = SigningKey::from_bytes(&secret).verifying_key();
+        let hex_text = format!("{}\n", hex::encode(secret));
+        let base64_text = base64::engine::general_purpose::STANDARD.encode(secret);
+        for content in [&secret[..], hex_text.as_bytes(), base64_text.as_bytes()] {
+            let key = parse_key_file(content).unwrap();
+            assert_eq!(key.verifying_key(), expected);
+        }
+        assert!(parse_key_file(b"too short").is_err());
+        assert!(parse_key_file(&[0xff; 31]).is_err());
+        assert!(parse_key_file(b"  \n").is_err());
+        assert!(parse_key_file(hex::encode([1u8; 16]).as_bytes()).is_err());
+    }
 }

@@ -70,9 +70,11 @@ impl Application {
         store.check().await?;
         let metrics = Metrics::new().context("registering metrics")?;
         let plugins = load_plugins(&settings, &pool, &store, &metrics).await?;
-        let keys = Keyring::load_or_create(&pool)
-            .await
-            .context("loading the manifest signing key")?;
+        let keys = match &settings.signing_key_file {
+            Some(path) => Keyring::load_with_file(&pool, path).await,
+            None => Keyring::load_or_create(&pool).await,
+        }
+        .context("loading the manifest signing key")?;
         let auth_failures = crate::auth::FailureLimiter::new(settings.auth_failure_limit);
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -119,6 +119,17 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GETs `path` with `token` and returns the JSON answer.
+    pub async fn json_as(&self, token: &str, path: &str) -> Value {
+        self.request_as(token, Method::GET, path)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.request(Method::POST, path)
             .json(body)

@@ -104,14 +104,7 @@ async fn plugin(app: &TestApp, name: &str) -> Value {
 async fn shipped_plugins_are_loaded() {
     let app = spawn_app().await;
     let viewer = app.token("viewer").await;
-    let list: Value = app
-        .request_as(&viewer, Method::GET, "/api/v1/plugins")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.json_as(&viewer, "/api/v1/plugins").await;
     let names: Vec<&str> = list
         .as_array()
         .unwrap()

@@ -898,3 +898,49 @@ async fn postgres_over_tls_only() {
             .unwrap();
     assert!(encrypted);
 }
+
+#[tokio::test]
+async fn an_operator_given_signing_key_is_imported_once() {
+    let dir = crate::helpers::temp_dir("keyfile");
+    let (first, second) = (dir.join("first.key"), dir.join("second.key"));
+    std::fs::write(&first, hex::encode([9u8; 32])).unwrap();
+    std::fs::write(&second, [0xfe; 32]).unwrap();
+    let id =
+        |seed: u8| rollway::signing::key_id(&SigningKey::from_bytes(&[seed; 32]).verifying_key());
+
+    let path = first.clone();
+    let app = spawn_app_with(move |s| s.signing_key_file = Some(path)).await;
+    let keys: Value = app.get("/api/v1/signing-keys").await.json().await.unwrap();
+    assert_eq!(keys["signing_key_id"], id(9), "{keys}");
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+
+    // A new key file on the next start: a rotation, endorsed by the first.
+    let (database_url, path) = (app.database_url.clone(), second.clone());
+    let next = spawn_app_with(move |s| {
+        s.database_url = Some(database_url.into());
+        s.bootstrap_token = None;
+        s.signing_key_file = Some(path);
+    })
+    .await;
+    let keys: Value = next.json_as(&app.admin_token, "/api/v1/signing-keys").await;
+    assert_eq!(keys["signing_key_id"], id(0xfe), "{keys}");
+    assert_eq!(keys["keys"][0]["endorsed_by"], id(9), "{keys}");
+
+    // The first file again is stale: the host refuses to start with it.
+    let mut settings = rollway::Settings::load(&rollway::settings::SettingsArgs {
+        database_url: Some(app.database_url.clone()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    settings.signing_key_file = Some(first);
+    let refused = rollway::Application::build(settings)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("rotated away"),
+        "{refused:#}"
+    );
+}

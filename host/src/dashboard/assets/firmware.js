@@ -43,7 +43,8 @@ export async function renderFirmware(ctx) {
   const { el: tableEl, tbody } = table({
     id: 'firmware-table', caption: 'Firmware images',
     columns: [
-      { label: 'Family' }, { label: 'Version' }, { label: 'Size', className: 'num' }, { label: 'SHA-256' },
+      { label: 'Family' }, { label: 'Version' }, { label: 'Size', className: 'num' },
+      { label: 'Security counter', className: 'num' }, { label: 'SHA-256' },
       { label: 'Metadata' }, { label: 'Uploaded' },
       ...(canUpload ? [{ label: 'Actions' }] : []),
     ],
@@ -73,6 +74,13 @@ export async function renderFirmware(ctx) {
       h('td', {}, f.family),
       h('td', { class: 'mono' }, f.version),
       h('td', { class: 'num', title: `${fmtNumber(f.size)} bytes` }, fmtBytes(f.size)),
+      h('td', { class: 'num' }, String(f.security_counter ?? 0),
+        f.downgrade_allowed_by
+          ? h('span', {
+            class: 'badge small tone-warn',
+            title: `Allowed as a downgrade by ${f.downgrade_allowed_by}: ${f.downgrade_reason ?? ''}`,
+          }, 'downgrade allowed')
+          : null),
       h('td', {}, h('code', { class: 'sha', title: f.sha256, tabindex: '0', 'aria-label': `SHA-256 ${f.sha256}` }, `${shortId(f.sha256, 12)}…`)),
       h('td', { class: 'meta-cell' }, metadataSummary(f.metadata)),
       h('td', {}, timeEl(f.created_at), h('span', { class: 'muted by' }, ` by ${f.created_by}`)),
@@ -162,6 +170,10 @@ function buildUploadForm(ctx, onUploaded) {
     id: 'fw-version', name: 'version', type: 'text', autocomplete: 'off', spellcheck: 'false',
     placeholder: 'read from the image', 'aria-describedby': 'fw-version-help',
   });
+  const counterInput = h('input', {
+    id: 'fw-counter', name: 'security_counter', type: 'number', min: '0', step: '1', inputmode: 'numeric',
+    placeholder: 'from the image, else 0', 'aria-describedby': 'fw-counter-help',
+  });
   const submit = h('button', { type: 'submit', id: 'fw-submit', class: 'button primary' }, 'Upload and validate');
   const progress = h('progress', { id: 'fw-progress', max: '100', value: '0', 'aria-label': 'Upload progress' });
   const progressText = h('span', { class: 'progress-text', id: 'fw-progress-text' }, '');
@@ -171,6 +183,7 @@ function buildUploadForm(ctx, onUploaded) {
     file: h('p', { class: 'field-error', id: 'fw-file-error', hidden: true }),
     family: h('p', { class: 'field-error', id: 'fw-family-error', hidden: true }),
     version: h('p', { class: 'field-error', id: 'fw-version-error', hidden: true }),
+    security_counter: h('p', { class: 'field-error', id: 'fw-counter-error', hidden: true }),
   };
 
   const form = h('form', { id: 'firmware-upload', class: 'form-grid', novalidate: true },
@@ -188,6 +201,12 @@ function buildUploadForm(ctx, onUploaded) {
       versionInput,
       h('p', { class: 'help', id: 'fw-version-help' }, 'Leave empty to record the version the image carries.'),
       fieldErrors.version),
+    h('div', { class: 'field' },
+      h('label', { for: 'fw-counter' }, 'Security counter (optional)'),
+      counterInput,
+      h('p', { class: 'help', id: 'fw-counter-help' },
+        'Anti-rollback: devices refuse images below the counter they run. Raise it with a release that fixes a vulnerability.'),
+      fieldErrors.security_counter),
     h('div', { class: 'actions span-all' }, submit, progressWrap),
   );
 
@@ -199,7 +218,7 @@ function buildUploadForm(ctx, onUploaded) {
 
   function setFieldError(name, message) {
     const box = fieldErrors[name];
-    const input = { file: fileInput, family: familySelect, version: versionInput }[name];
+    const input = { file: fileInput, family: familySelect, version: versionInput, security_counter: counterInput }[name];
     if (message) {
       box.textContent = message;
       box.hidden = false;
@@ -234,6 +253,7 @@ function buildUploadForm(ctx, onUploaded) {
     const file = fileInput.files?.[0];
     const family = familySelect.value;
     const version = versionInput.value.trim();
+    const securityCounter = counterInput.value.trim();
     setFieldError('file', file ? null : 'Choose an image file.');
     setFieldError('family', family ? null : 'Choose the device family the image is for.');
     setFieldError('version', null);
@@ -265,7 +285,7 @@ function buildUploadForm(ctx, onUploaded) {
     setChildren(result, h('p', { class: 'loading', role: 'status' }, `Uploading ${file.name}…`));
     try {
       const firmware = await upload('/firmware', file, {
-        query: { family, version: version || undefined },
+        query: { family, version: version || undefined, security_counter: securityCounter || undefined },
         onProgress: (loaded, total) => {
           progress.max = total || 1;
           progress.value = Math.min(loaded, total || 1);
@@ -282,7 +302,8 @@ function buildUploadForm(ctx, onUploaded) {
           h('span', { class: 'muted' }, ` (${fmtBytes(firmware.size)})`)),
         h('h3', {}, 'Extracted metadata'),
         h('dl', { class: 'deflist', id: 'fw-metadata' },
-          [['Version', firmware.version], ...metadataPairs(firmware.metadata), ['SHA-256', firmware.sha256]]
+          [['Version', firmware.version], ['Security counter', String(firmware.security_counter)],
+            ...metadataPairs(firmware.metadata), ['SHA-256', firmware.sha256]]
             .map(([k, v]) => [h('dt', {}, k), h('dd', { class: k === 'SHA-256' ? 'mono wrap' : null }, v)]))));
       form.reset();
       familySelect.value = family;
@@ -293,6 +314,7 @@ function buildUploadForm(ctx, onUploaded) {
       const problem = err instanceof ApiError ? err.problem : null;
       for (const e of problem?.errors ?? []) {
         if (e.field === 'version') setFieldError('version', e.message);
+        if (e.field === 'security_counter') setFieldError('security_counter', e.message);
         if (e.field === 'family') setFieldError('family', e.message);
       }
       let context = 'Upload failed';
