@@ -1,3 +1,7 @@
+-- Upgrading: stop every replica of an earlier version before this runs.
+-- Their manifests carry no security counter (format 1), which devices
+-- that check counters refuse, and they would not reload rotated keys.
+
 -- Anti-rollback and key rotation.
 
 -- A firmware's security counter: a device refuses a manifest whose counter
