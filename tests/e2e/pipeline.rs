@@ -17,6 +17,18 @@ pub fn mqtt_url() -> String {
     std::env::var("MQTT_URL").expect("MQTT_URL is not set; run the tests through scripts/test.sh")
 }
 
+/// Options of a test's own client (named `{role}-…`) of the test broker.
+pub fn test_client_options(role: &str) -> MqttOptions {
+    let url = url::Url::parse(&mqtt_url()).unwrap();
+    let mut options = MqttOptions::new(
+        format!("{role}-{}", Uuid::new_v4().simple()),
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(1883),
+    );
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    options
+}
+
 /// A host with MQTT on a topic prefix of its own.
 pub async fn spawn_pipeline() -> (TestApp, String) {
     let prefix = format!("t{}", Uuid::new_v4().simple());
@@ -274,14 +286,7 @@ async fn spoofed_and_malformed_statuses_change_nothing() {
         assert!(started.elapsed() < Duration::from_secs(20), "{view}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let url = url::Url::parse(&mqtt_url()).unwrap();
-    let mut options = MqttOptions::new(
-        format!("attacker-{}", Uuid::new_v4().simple()),
-        url.host_str().unwrap_or("127.0.0.1"),
-        url.port().unwrap_or(1883),
-    );
-    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let (client, mut eventloop) = AsyncClient::new(test_client_options("attacker"), 100);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let send = |device: &str, body: Vec<u8>| {
         let client = client.clone();
@@ -435,14 +440,7 @@ fn start_bridge(prefix: &str, brokers: &str, kafka_topic: &str) -> tokio::task::
         .set("acks", "all")
         .create()
         .unwrap();
-    let url = url::Url::parse(&mqtt_url()).unwrap();
-    let mut options = MqttOptions::new(
-        format!("bridge-{}", Uuid::new_v4().simple()),
-        url.host_str().unwrap_or("127.0.0.1"),
-        url.port().unwrap_or(1883),
-    );
-    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let (client, mut eventloop) = AsyncClient::new(test_client_options("bridge"), 10_000);
     let filter = format!("{prefix}/+/update/status");
     let kafka_topic = kafka_topic.to_owned();
     tokio::spawn(async move {

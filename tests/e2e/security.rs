@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, assert_problem, spawn_app_with};
-use crate::pipeline::{mqtt_url, spawn_pipeline, wait_for};
+use crate::pipeline::{mqtt_url, spawn_pipeline, test_client_options, wait_for};
 
 /// Sits between the host's topics and the devices': statuses pass
 /// unchanged, commands come to the test, which delivers what it likes.
@@ -31,14 +31,7 @@ struct Mitm {
 impl Mitm {
     async fn start(host_prefix: &str) -> Self {
         let device_prefix = format!("m{}", Uuid::new_v4().simple());
-        let url = url::Url::parse(&mqtt_url()).unwrap();
-        let mut options = MqttOptions::new(
-            format!("mitm-{}", Uuid::new_v4().simple()),
-            url.host_str().unwrap_or("127.0.0.1"),
-            url.port().unwrap_or(1883),
-        );
-        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let (client, mut eventloop) = AsyncClient::new(test_client_options("mitm"), 1000);
         let (tx, commands) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (host, device) = (host_prefix.to_owned(), device_prefix.clone());
@@ -365,6 +358,10 @@ async fn rollbacks_are_refused_unless_an_admin_allows_the_downgrade() {
 
     // Going back is refused at job creation, for operators and admins alike.
     let back = upload_with_counter(&app, "8.1.0", 6).await;
+    let allow = format!(
+        "/api/v1/firmware/{}/allow-downgrade",
+        back["id"].as_str().unwrap()
+    );
     let refused = app
         .post_json("/api/v1/jobs", &one_batch_job(&back, "back"))
         .await;
@@ -378,38 +375,20 @@ async fn rollbacks_are_refused_unless_an_admin_allows_the_downgrade() {
     );
     let operator = app.token("operator").await;
     let denied = app
-        .request_as(
-            &operator,
-            Method::POST,
-            &format!(
-                "/api/v1/firmware/{}/allow-downgrade",
-                back["id"].as_str().unwrap()
-            ),
-        )
+        .request_as(&operator, Method::POST, &allow)
         .json(&json!({ "reason": "trust me" }))
         .send()
         .await
         .unwrap();
     assert_problem(denied, StatusCode::FORBIDDEN, "forbidden").await;
-    let no_reason = app
-        .post_json(
-            &format!(
-                "/api/v1/firmware/{}/allow-downgrade",
-                back["id"].as_str().unwrap()
-            ),
-            &json!({ "reason": "  " }),
-        )
-        .await;
+    let no_reason = app.post_json(&allow, &json!({ "reason": "  " })).await;
     assert_problem(no_reason, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
 
     // An admin allows it, with a reason; the manifest then says so and the
     // device accepts it.
     let allowed = app
         .post_json(
-            &format!(
-                "/api/v1/firmware/{}/allow-downgrade",
-                back["id"].as_str().unwrap()
-            ),
+            &allow,
             &json!({ "reason": "8.2 drains the battery on rev B boards" }),
         )
         .await;
