@@ -20,7 +20,11 @@ if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked --version 0.13.2 >&2
 fi
 export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR=${ROLLWAY_FUZZ_TARGET_DIR:-$ROLLWAY_CACHE/fuzz-target}
+# One build directory per checkout: the fuzz crate and the plugins it links
+# are path dependencies, and two checkouts sharing one directory end up
+# linking one's plugin SDK against the other's.
+checkout=$(pwd -P | sha256sum | cut -c1-12)
+export CARGO_TARGET_DIR=${ROLLWAY_FUZZ_TARGET_DIR:-$ROLLWAY_CACHE/fuzz-target/$checkout}
 
 targets=(status esp32_image stm32_image jetson_image)
 seconds=${ROLLWAY_FUZZ_SECONDS:-60}
