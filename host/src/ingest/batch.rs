@@ -66,6 +66,7 @@ struct Row {
     dispatched_at: Option<DateTime<Utc>>,
     firmware_id: String,
     firmware_version: String,
+    security_counter: i64,
 }
 
 /// An execution as the batch changes it.
@@ -155,7 +156,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT e.id, e.job_id, e.device_id, e.status, e.version, e.attempts, j.max_retries,
                 e.progress, e.last_error, e.dispatched_at, j.firmware_id::text AS firmware_id,
-                f.version AS firmware_version
+                f.version AS firmware_version, f.security_counter
          FROM executions e JOIN jobs j ON j.id = e.job_id JOIN firmware f ON f.id = j.firmware_id
          WHERE e.id = ANY($1) OR (e.device_id = ANY($2) AND e.status = ANY($3))
          ORDER BY e.device_id, e.id
@@ -188,7 +189,8 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
 
     let mut log = LogRows::default();
     let mut events = EventRows::default();
-    let mut installed: HashMap<String, String> = HashMap::new();
+    // Device → the version and security counter it now runs.
+    let mut installed: HashMap<String, (String, i64)> = HashMap::new();
     let now_ms = Utc::now().timestamp_millis();
     for item in work {
         let report = &item.report;
@@ -210,7 +212,11 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
         if outcome == Outcome::Applied {
             applied.jobs.insert(execution.row.job_id);
             if state_of(report) == ExecutionStatus::Done {
-                installed.insert(device.to_owned(), execution.row.firmware_version.clone());
+                let row = &execution.row;
+                installed.insert(
+                    device.to_owned(),
+                    (row.firmware_version.clone(), row.security_counter),
+                );
                 if let Some(dispatched) = execution.row.dispatched_at {
                     let took = (Utc::now() - dispatched).num_milliseconds().max(0);
                     applied.durations.push(took as f64 / 1000.0);
@@ -232,17 +238,17 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     log.insert(tx).await?;
     events.insert(tx).await?;
     if !installed.is_empty() {
-        let (ids, versions): (Vec<String>, Vec<String>) = installed.into_iter().unzip();
+        let (ids, (versions, counters)): (Vec<String>, (Vec<String>, Vec<i64>)) =
+            installed.into_iter().unzip();
         sqlx::query(
-            "UPDATE devices d SET firmware_version = u.version, last_seen = now(),
-                    security_counter = coalesce(
-                        (SELECT f.security_counter FROM firmware f
-                         WHERE f.family = d.family AND f.version = u.version),
-                        d.security_counter)
-             FROM unnest($1::text[], $2::text[]) AS u(id, version) WHERE d.id = u.id",
+            "UPDATE devices d SET firmware_version = u.version, security_counter = u.counter,
+                    last_seen = now()
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, version, counter)
+             WHERE d.id = u.id",
         )
         .bind(&ids)
         .bind(&versions)
+        .bind(&counters)
         .execute(&mut *tx)
         .await?;
     }
