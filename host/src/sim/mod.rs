@@ -179,6 +179,7 @@ impl Simulator {
             http,
             keys: Mutex::new(keys),
             counters: Mutex::new(HashMap::new()),
+            key_fetch: Mutex::new(None),
             client: client.clone(),
             truth: truth.clone(),
             devices: by_id,
@@ -384,6 +385,14 @@ fn extend_trust(trusted: &mut HashMap<String, VerifyingKey>, published: &[Publis
     }
 }
 
+/// A request for the published keys that several devices may await.
+type KeyFetch = futures::future::Shared<
+    futures::future::BoxFuture<'static, Result<Arc<Vec<Published>>, String>>,
+>;
+
+/// How long devices reuse a look at the published keys.
+const KEY_FETCH_REUSE: Duration = Duration::from_secs(2);
+
 struct Shared {
     options: SimOptions,
     http: reqwest::Client,
@@ -392,6 +401,10 @@ struct Shared {
     /// Each device's installed security counter, once it changed from
     /// `options.security_counter`.
     counters: Mutex<HashMap<String, i64>>,
+    /// The latest look at the published keys and when it started: devices
+    /// meeting an unknown key at once (after a rotation, or a flood of
+    /// forged commands) share one request.
+    key_fetch: Mutex<Option<(std::time::Instant, KeyFetch)>>,
     client: AsyncClient,
     truth: Truth,
     devices: HashMap<String, SimDevice>,
@@ -550,15 +563,42 @@ impl Shared {
         if let Some(key) = known(&self.keys) {
             return Ok(key);
         }
-        match published_keys(&self.http, &self.options.api).await {
+        match self.key_fetch().await {
             Ok(published) => {
                 if let Ok(mut trusted) = self.keys.lock() {
                     extend_trust(&mut trusted, &published);
                 }
             }
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "simulator: fetching keys"),
+            Err(error) => tracing::warn!(error, "simulator: fetching keys"),
         }
         known(&self.keys).ok_or_else(|| format!("manifest signed with untrusted key '{id}'"))
+    }
+
+    /// The published keys, from a request started at most
+    /// `KEY_FETCH_REUSE` ago or a new one. The lock only guards the
+    /// handle, never the request.
+    fn key_fetch(&self) -> KeyFetch {
+        use futures::FutureExt as _;
+        let mut slot = match self.key_fetch.lock() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((started, fetch)) = slot.as_ref()
+            && started.elapsed() < KEY_FETCH_REUSE
+        {
+            return fetch.clone();
+        }
+        let (http, api) = (self.http.clone(), self.options.api.clone());
+        let fetch = async move {
+            published_keys(&http, &api)
+                .await
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"))
+        }
+        .boxed()
+        .shared();
+        *slot = Some((std::time::Instant::now(), fetch.clone()));
+        fetch
     }
 
     /// A device's checks of a command's manifest, in order: signature by a
