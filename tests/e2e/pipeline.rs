@@ -64,6 +64,19 @@ pub async fn create_job(app: &TestApp, firmware: &Value, rollout: Value) -> Stri
 
 /// Polls a job until it reaches one of `statuses`.
 pub async fn wait_for(app: &TestApp, job: &str, statuses: &[&str], timeout: Duration) -> Value {
+    wait_until(app, job, timeout, |view| {
+        statuses.contains(&view["status"].as_str().unwrap_or_default())
+    })
+    .await
+}
+
+/// Polls a job's view until `reached` says so, and returns that view.
+pub async fn wait_until(
+    app: &TestApp,
+    job: &str,
+    timeout: Duration,
+    reached: impl Fn(&Value) -> bool,
+) -> Value {
     let started = Instant::now();
     loop {
         let view: Value = app
@@ -72,7 +85,7 @@ pub async fn wait_for(app: &TestApp, job: &str, statuses: &[&str], timeout: Dura
             .json()
             .await
             .unwrap();
-        if statuses.contains(&view["status"].as_str().unwrap_or_default()) {
+        if reached(&view) {
             return view;
         }
         assert!(
@@ -272,20 +285,10 @@ async fn spoofed_and_malformed_statuses_change_nothing() {
     let job: Value = job.json().await.unwrap();
     let job = job["id"].as_str().unwrap().to_owned();
     // No simulator: the executions stay dispatched, waiting for statuses.
-    let started = Instant::now();
-    loop {
-        let view: Value = app
-            .get(&format!("/api/v1/jobs/{job}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if view["counts"]["dispatched"] == 2 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&app, &job, Duration::from_secs(20), |view| {
+        view["counts"]["dispatched"] == 2
+    })
+    .await;
     let (client, mut eventloop) = AsyncClient::new(test_client_options("attacker"), 100);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let send = |device: &str, body: Vec<u8>| {

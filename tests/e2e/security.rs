@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, assert_problem, spawn_app_with};
-use crate::pipeline::{mqtt_url, spawn_pipeline, test_client_options, wait_for};
+use crate::pipeline::{
+    mqtt_url, sim_options, spawn_pipeline, test_client_options, wait_for, wait_until,
+};
 
 /// Sits between the host's topics and the devices': statuses pass
 /// unchanged, commands come to the test, which delivers what it likes.
@@ -122,11 +124,9 @@ impl Mitm {
 
     fn sim_options(&self, app: &TestApp, prefix: &str, devices: u32) -> SimOptions {
         SimOptions {
-            families: vec!["esp32".into()],
-            topic_prefix: self.device_prefix.clone(),
             id_prefix: prefix.to_owned(),
             interruptions: 0.0,
-            ..SimOptions::new(&app.base, &app.admin_token, &mqtt_url(), devices)
+            ..sim_options(app, &self.device_prefix, devices, &["esp32"])
         }
     }
 }
@@ -323,11 +323,9 @@ async fn rollbacks_are_refused_unless_an_admin_allows_the_downgrade() {
     // The device was flashed at the workshop with counter 5; the host does
     // not know it.
     let sim = Simulator::start(SimOptions {
-        families: vec!["esp32".into()],
-        topic_prefix: prefix.clone(),
         id_prefix: "RB-".into(),
         security_counter: 5,
-        ..SimOptions::new(&app.base, &app.admin_token, &mqtt_url(), 1)
+        ..sim_options(&app, &prefix, 1, &["esp32"])
     })
     .await
     .unwrap();
@@ -427,10 +425,8 @@ async fn rollbacks_are_refused_unless_an_admin_allows_the_downgrade() {
 async fn a_rotated_key_is_trusted_through_its_endorsement() {
     let (app, prefix) = spawn_pipeline().await;
     let sim = Simulator::start(SimOptions {
-        families: vec!["esp32".into()],
-        topic_prefix: prefix.clone(),
         id_prefix: "KR-".into(),
-        ..SimOptions::new(&app.base, &app.admin_token, &mqtt_url(), 1)
+        ..sim_options(&app, &prefix, 1, &["esp32"])
     })
     .await
     .unwrap();
@@ -799,20 +795,11 @@ async fn mqtt_over_tls_with_credentials_and_acls() {
     publish("TLS-1", "init", execution).await;
     publish("TLS-1", "done", execution).await;
 
-    let started = std::time::Instant::now();
-    let counts = loop {
-        let view: Value = app
-            .get(&format!("/api/v1/jobs/{job}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if view["counts"]["done"] == 1 {
-            break view["counts"].clone();
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{view}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let view = wait_until(&app, &job, Duration::from_secs(30), |view| {
+        view["counts"]["done"] == 1
+    })
+    .await;
+    let counts = &view["counts"];
     assert_eq!(counts["dispatched"], 1, "TLS-2 still waits: {counts}");
     // TLS-2's command never reached TLS-1, nor its forged status the host.
     tokio::time::sleep(Duration::from_millis(500)).await;
