@@ -84,6 +84,7 @@ fn load(prefix: &str, targets: &[Target], lanes: usize) -> Load {
                 "progress": progress,
                 "error": null,
                 "execution_id": target.execution,
+                "attempt": 1,
                 "ts": ts,
             });
             out[d % lanes].push(Message {
@@ -963,12 +964,13 @@ async fn naive_apply(
     let Some(family) = family else {
         return Ok("unknown_device".into());
     };
-    let Ok(report) = registry.parse_status(&family, "{}", device, &publish.payload) else {
+    let Ok(parsed) = registry.parse_status(&family, "{}", device, &publish.payload) else {
         return Ok("malformed".into());
     };
     loop {
         let mut tx = conn.begin().await?;
-        match rollway::ingest::apply(&mut tx, device, &report, metrics).await {
+        match rollway::ingest::apply(&mut tx, device, &parsed.report, parsed.attempt, metrics).await
+        {
             Ok((outcome, _job)) => {
                 tx.commit().await?;
                 return Ok(outcome.label().to_owned());

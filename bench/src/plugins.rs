@@ -57,6 +57,7 @@ fn payload() -> Vec<u8> {
         "progress": 50,
         "error": null,
         "execution_id": 48213,
+        "attempt": 1,
         "ts": 1_764_000_123_456u64,
     }))
     .unwrap_or_default()
@@ -201,7 +202,8 @@ fn measure(sizes: &Sizes) -> anyhow::Result<Results> {
     }
     let parsed: StatusReport = registry
         .parse_status("esp32", "{}", DEVICE, &payload)
-        .map_err(|e| anyhow!("parse-status: {e}"))?;
+        .map_err(|e| anyhow!("parse-status: {e}"))?
+        .report;
     let status = native_parse(DEVICE, &payload).map_err(|e| anyhow!("native parse: {e}"))?;
     if parsed.message_id != status.message_id
         || parsed.device_id != status.device_id

@@ -286,9 +286,6 @@ async fn a_replica_finishes_the_rollout_of_one_killed_for_good() {
     let mut options = sim_options(&app_a, &cluster, 900);
     options.fail_rate = 0.1;
     let sim = Simulator::start(options).await.unwrap();
-    // No retries: statuses carry no attempt number, and with two replicas
-    // sharing the subscription a late status of one attempt could be
-    // applied to the next (see ARCHITECTURE.md).
     let job = start_job(&app_a, 60, 0).await;
     let total = 900;
 

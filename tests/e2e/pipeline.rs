@@ -569,3 +569,215 @@ async fn resuming_a_rollout_paused_job_releases_the_next_batch() {
     assert_eq!(done["status_reason"], "0 updated, 10 failed");
     sim.stop().await;
 }
+
+/// A device the test drives by hand over the broker: the commands it
+/// receives, and the statuses it is told to send.
+struct ManualDevice {
+    client: AsyncClient,
+    status_topic: String,
+    commands: tokio::sync::mpsc::UnboundedReceiver<Value>,
+}
+
+impl ManualDevice {
+    /// Connects and subscribes to the device's command topic; returns once
+    /// the broker acknowledged the subscription.
+    async fn connect(prefix: &str, device: &str) -> Self {
+        let (client, mut eventloop) = AsyncClient::new(test_client_options("device"), 100);
+        let (commands_tx, commands) = tokio::sync::mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+        let filter = format!("{prefix}/{device}/update/command");
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        tokio::spawn(async move {
+            let mut subscribed_tx = Some(subscribed_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let command = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if commands_tx.send(command).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed)
+            .await
+            .expect("the broker acknowledged no subscription")
+            .unwrap();
+        Self {
+            client,
+            status_topic: format!("{prefix}/{device}/update/status"),
+            commands,
+        }
+    }
+
+    async fn next_command(&mut self, timeout: Duration) -> Value {
+        tokio::time::timeout(timeout, self.commands.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no command within {timeout:?}"))
+            .unwrap()
+    }
+
+    /// Reports `init` and `done` for (execution, attempt), with message ids
+    /// `{ids}-init` and `{ids}-done`, and waits for the one-device job to
+    /// complete.
+    async fn finish(&self, app: &TestApp, job: &str, execution: &Value, attempt: u32, ids: &str) {
+        for state in ["init", "done"] {
+            self.report(
+                json!({ "message_id": format!("{ids}-{state}"), "state": state,
+                                "execution_id": execution, "attempt": attempt }),
+            )
+            .await;
+        }
+        let view = wait_for(app, job, &["completed", "failed"], Duration::from_secs(30)).await;
+        assert_eq!(view["counts"]["done"], 1, "{view}");
+    }
+
+    async fn report(&self, status: Value) {
+        self.client
+            .publish(
+                self.status_topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&status).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the host counted `n` statuses with the result `result`.
+async fn wait_results(app: &TestApp, result: &str, n: f64) {
+    let started = Instant::now();
+    while metric(app, "status_messages_total", &[("result", result)]).await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fewer than {n} statuses {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn one_device_job(app: &TestApp, firmware: &Value, device: &str, extra: Value) -> String {
+    let mut body = json!({ "firmware_id": firmware["id"], "targets": { "devices": [device] },
+                           "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    let response = app.post_json("/api/v1/jobs", &body).await;
+    let status = response.status();
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    job["id"].as_str().unwrap().to_owned()
+}
+
+/// The message ids of the statuses applied to the device's executions, in
+/// the order they were applied.
+async fn applied_messages(app: &TestApp, device: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT l.message_id FROM execution_status_log l JOIN executions e ON e.id = l.execution_id
+         WHERE e.device_id = $1 AND l.message_id IS NOT NULL ORDER BY l.id",
+    )
+    .bind(device)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn late_statuses_of_an_earlier_attempt_are_refused() {
+    let (app, prefix) = spawn_pipeline().await;
+    app.register(json!([{ "id": "VIN-R", "family": "esp32", "model": "esp32s3" }]))
+        .await;
+    let fw = app.upload_esp32("7.0.0").await;
+    let mut device = ManualDevice::connect(&prefix, "VIN-R").await;
+    let job = one_device_job(
+        &app,
+        &fw,
+        "VIN-R",
+        json!({ "device_timeout_secs": 2, "max_retries": 1 }),
+    )
+    .await;
+
+    let first = device.next_command(Duration::from_secs(20)).await;
+    assert_eq!(first["attempt"], 1, "{first}");
+    let execution = first["execution_id"].clone();
+    device
+        .report(json!({ "message_id": "a1-init", "state": "init", "execution_id": execution, "attempt": 1 }))
+        .await;
+    // The device goes quiet: the timeout dispatches the second attempt.
+    let second = device.next_command(Duration::from_secs(30)).await;
+    assert_eq!(
+        (&second["execution_id"], &second["attempt"]),
+        (&execution, &json!(2)),
+        "{second}"
+    );
+    // The first attempt's `done` arrives late, and so does a status of an
+    // attempt that was never sent: neither finishes the execution.
+    device
+        .report(json!({ "message_id": "a1-done", "state": "done", "execution_id": execution, "attempt": 1 }))
+        .await;
+    device
+        .report(json!({ "message_id": "a3-done", "state": "done", "execution_id": execution, "attempt": 3 }))
+        .await;
+    wait_results(&app, "stale_attempt", 2.0).await;
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM executions WHERE device_id = 'VIN-R'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("dispatched", 2));
+
+    // The second attempt's own statuses finish it.
+    device.finish(&app, &job, &execution, 2, "a2").await;
+    assert_eq!(
+        applied_messages(&app, "VIN-R").await,
+        ["a1-init", "a2-init", "a2-done"]
+    );
+}
+
+#[tokio::test]
+async fn device_plugins_of_wit_0_1_0_still_update_their_devices() {
+    let (app, prefix) = spawn_pipeline().await;
+    let uploaded =
+        crate::plugins::upload_plugin(&app, crate::plugins::fixture("legacy_device_plugin.wasm"))
+            .await;
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
+    let legacy = crate::plugins::plugin(&app, "device-legacy").await;
+    assert_eq!(
+        (&legacy["wit_version"], &legacy["reports_attempts"]),
+        (&json!("0.1.0"), &json!(false)),
+        "{legacy}"
+    );
+    app.register(json!([{ "id": "OLD-1", "family": "legacy" }]))
+        .await;
+    let fw = app
+        .upload("legacy", "2.0.0", b"an image of the legacy family".to_vec())
+        .await;
+    let mut device = ManualDevice::connect(&prefix, "OLD-1").await;
+    let job = one_device_job(&app, &fw, "OLD-1", json!({})).await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    assert_eq!(command["attempt"], 1, "{command}");
+    // A plugin of 0.1.0 names no attempt: its statuses apply to the
+    // current one, whatever the payload says.
+    device
+        .finish(&app, &job, &command["execution_id"], 9, "o")
+        .await;
+    assert_eq!(applied_messages(&app, "OLD-1").await, ["o-init", "o-done"]);
+    assert_eq!(
+        metric(
+            &app,
+            "status_messages_total",
+            &[("result", "stale_attempt")]
+        )
+        .await,
+        0.0
+    );
+}

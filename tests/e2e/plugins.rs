@@ -46,6 +46,8 @@ fn fixtures() -> PathBuf {
                     "template-rollout",
                     "-p",
                     "template-device",
+                    "-p",
+                    "legacy-device-plugin",
                     "--target-dir",
                 ])
                 .arg(&target)
@@ -70,7 +72,7 @@ pub fn fixture(file: &str) -> Vec<u8> {
     std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("reading fixture {file}: {e}"))
 }
 
-async fn upload_plugin(app: &TestApp, bytes: Vec<u8>) -> reqwest::Response {
+pub async fn upload_plugin(app: &TestApp, bytes: Vec<u8>) -> reqwest::Response {
     app.post_bytes("/api/v1/plugins", bytes).await
 }
 
@@ -90,7 +92,7 @@ async fn assert_upload_refused(
     );
 }
 
-async fn plugin(app: &TestApp, name: &str) -> Value {
+pub async fn plugin(app: &TestApp, name: &str) -> Value {
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
     list.as_array()
         .unwrap()
@@ -121,7 +123,9 @@ async fn shipped_plugins_are_loaded() {
         ]
     );
     for p in list.as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.0", "{p}");
+        assert_eq!(p["wit_version"], "0.1.1", "{p}");
+        // Every shipped device plugin's statuses name their attempt.
+        assert_eq!(p["reports_attempts"], p["kind"] == "device", "{p}");
         assert_eq!(p["state"], "enabled");
         assert_eq!(p["source"], "builtin");
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
@@ -720,21 +724,23 @@ fn device_plugins_build_commands_and_parse_statuses() {
     assert_eq!(payload["ab"]["target_slot"], "inactive");
 
     // Statuses: a gateway may name its child; garbage is refused.
-    let report = registry
+    let parsed = registry
         .parse_status(
             "stm32",
             "{}",
             "JET-9",
-            br#"{"message_id":"m-1","state":"flashing","device_id":"DEV-1","execution_id":77}"#,
+            br#"{"message_id":"m-1","state":"flashing","device_id":"DEV-1","execution_id":77,"attempt":3}"#,
         )
         .unwrap();
+    let report = &parsed.report;
     assert_eq!(
         (
             report.device_id.as_str(),
             report.state.as_str(),
-            report.execution_id
+            report.execution_id,
+            parsed.attempt
         ),
-        ("DEV-1", "flashing", Some(77))
+        ("DEV-1", "flashing", Some(77), Some(3))
     );
     for garbage in [
         &b"{"[..],

@@ -19,7 +19,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Outcome, state_of};
+use super::{Outcome, stale_attempt, state_of};
 use crate::domain::ExecutionStatus;
 use crate::plugins::StatusReport;
 
@@ -30,6 +30,8 @@ pub(super) struct Parsed {
     /// The device named by the topic (the sender).
     pub topic_device: String,
     pub report: StatusReport,
+    /// The attempt the status answers, when the device said.
+    pub attempt: Option<u32>,
 }
 
 /// What the batch did, for the caller to report after the commit.
@@ -208,7 +210,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             applied.outcomes.push((item.index, Outcome::NoExecution));
             continue;
         };
-        let outcome = fold(execution, report, &mut log, &mut events);
+        let outcome = fold(execution, report, item.attempt, &mut log, &mut events);
         if outcome == Outcome::Applied {
             applied.jobs.insert(execution.row.job_id);
             if state_of(report) == ExecutionStatus::Done {
@@ -260,10 +262,14 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
 fn fold(
     execution: &mut Execution,
     report: &StatusReport,
+    attempt: Option<u32>,
     log: &mut LogRows,
     events: &mut EventRows,
 ) -> Outcome {
     let row = &mut execution.row;
+    if let Some(stale) = stale_attempt(row.id, attempt, row.attempts) {
+        return stale;
+    }
     if let Some(firmware) = &report.firmware_id
         && *firmware != row.firmware_id
     {

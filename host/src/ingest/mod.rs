@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::domain::ExecutionStatus;
 use crate::metrics::Metrics;
 use crate::mqtt::{Incoming, MqttLink};
-use crate::plugins::{PluginError, PluginRegistry, StatusReport};
+use crate::plugins::{ParsedStatus, PluginError, PluginRegistry, StatusReport};
 
 /// Largest status payload accepted.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -59,6 +59,9 @@ pub enum Outcome {
     UnknownDevice,
     NoExecution,
     Spoofed(String),
+    /// A status of an attempt other than the execution's current one: a
+    /// late status of a timed-out or failed attempt.
+    Stale(String),
 }
 
 impl Outcome {
@@ -73,6 +76,7 @@ impl Outcome {
             Outcome::UnknownDevice => "unknown_device",
             Outcome::NoExecution => "no_execution",
             Outcome::Spoofed(_) => "spoofed",
+            Outcome::Stale(_) => "stale_attempt",
         }
     }
 }
@@ -247,10 +251,10 @@ impl Ingest {
         // The sort is stable: one device's statuses keep their order.
         let mut parsed = parsed;
         parsed.sort_by(|a, b| {
-            let key = |(_, device, report): &(usize, String, Result<StatusReport, PluginError>)| {
+            let key = |(_, device, report): &(usize, String, Result<ParsedStatus, PluginError>)| {
                 report
                     .as_ref()
-                    .map(|r| r.device_id.clone())
+                    .map(|r| r.report.device_id.clone())
                     .unwrap_or_else(|_| device.clone())
             };
             key(a).cmp(&key(b))
@@ -259,10 +263,11 @@ impl Ingest {
         let mut items = Vec::with_capacity(parsed.len());
         for (index, topic_device, report) in parsed {
             match report {
-                Ok(report) => items.push(batch::Parsed {
+                Ok(ParsedStatus { report, attempt }) => items.push(batch::Parsed {
                     index,
                     topic_device,
                     report,
+                    attempt,
                 }),
                 Err(PluginError::Refused { reason, .. }) => {
                     outcomes[index] = Some(Outcome::Malformed(reason));
@@ -348,8 +353,14 @@ impl Ingest {
         let mut touched = HashSet::new();
         for item in items {
             let mut one = sqlx::Connection::begin(&mut *tx).await?;
-            let outcome = match apply(&mut one, &item.topic_device, &item.report, &self.metrics)
-                .await
+            let outcome = match apply(
+                &mut one,
+                &item.topic_device,
+                &item.report,
+                item.attempt,
+                &self.metrics,
+            )
+            .await
             {
                 Ok((outcome, job)) => {
                     one.commit().await?;
@@ -400,11 +411,24 @@ fn state_of(report: &StatusReport) -> ExecutionStatus {
     }
 }
 
-/// Applies one parsed status in the caller's transaction.
+/// Why a status of `attempt` does not apply to an execution at
+/// `current`: it answers another dispatch than the one in flight.
+pub(crate) fn stale_attempt(execution: i64, attempt: Option<u32>, current: i32) -> Option<Outcome> {
+    let attempt = attempt?;
+    (i64::from(attempt) != i64::from(current)).then(|| {
+        Outcome::Stale(format!(
+            "status of attempt {attempt}, execution {execution} is at attempt {current}"
+        ))
+    })
+}
+
+/// Applies one parsed status in the caller's transaction. `attempt` is the
+/// attempt the status answers, when the device said.
 pub async fn apply(
     tx: &mut PgConnection,
     topic_device: &str,
     report: &StatusReport,
+    attempt: Option<u32>,
     metrics: &Metrics,
 ) -> Result<(Outcome, Option<Uuid>), sqlx::Error> {
     let device = report.device_id.as_str();
@@ -460,6 +484,9 @@ pub async fn apply(
         };
         let from = ExecutionStatus::parse(&current.status)
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if let Some(stale) = stale_attempt(current.id, attempt, current.attempts) {
+            return Ok((stale, None));
+        }
         if let Some(firmware) = &report.firmware_id {
             let matches: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND firmware_id::text = $2)",

@@ -35,14 +35,20 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
     println!("description: {}", plugin.description);
     println!(
         "world:       rollway:plugin/{}@{}",
-        if plugin.kind == PluginKind::Rollout {
-            "rollout-strategy"
-        } else {
-            "device-protocol"
+        match (plugin.kind, plugin.view().reports_attempts) {
+            (PluginKind::Rollout, _) => "rollout-strategy",
+            (PluginKind::Device, true) => "device-protocol-attempts",
+            (PluginKind::Device, false) => "device-protocol",
         },
         plugin.wit_version
     );
     println!("sha256:      {}", plugin.sha256);
+    if plugin.kind == PluginKind::Device && !plugin.view().reports_attempts {
+        println!(
+            "note:        statuses do not name their attempt; build against the world \
+             device-protocol-attempts (WIT 0.1.1) so that late statuses of earlier attempts are refused"
+        );
+    }
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match kind {
@@ -213,7 +219,7 @@ fn check_device(
     for (state, payload) in [
         (
             "downloading",
-            r#"{"message_id":"check-1","state":"downloading","progress":50,"execution_id":1}"#,
+            r#"{"message_id":"check-1","state":"downloading","progress":50,"execution_id":1,"attempt":1}"#,
         ),
         (
             "done",
@@ -225,10 +231,18 @@ fn check_device(
         ),
     ] {
         match registry.parse_status(family, &options.config, "SAMPLE-1", payload.as_bytes()) {
-            Ok(report) if report.state.as_str() == state && report.device_id == "SAMPLE-1" => {
-                println!("parse-status {state}: ok (message {})", report.message_id);
+            Ok(super::ParsedStatus { report, attempt })
+                if report.state.as_str() == state && report.device_id == "SAMPLE-1" =>
+            {
+                let attempt = attempt
+                    .map(|a| format!(", attempt {a}"))
+                    .unwrap_or_default();
+                println!(
+                    "parse-status {state}: ok (message {}{attempt})",
+                    report.message_id
+                );
             }
-            Ok(report) => anyhow::bail!(
+            Ok(super::ParsedStatus { report, .. }) => anyhow::bail!(
                 "parse-status read a standard '{state}' status as '{}' for device {}",
                 report.state.as_str(),
                 report.device_id

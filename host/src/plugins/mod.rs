@@ -21,7 +21,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use wasmtime::Store;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex};
 
 use bindings::device::exports::rollway::plugin::device as dev;
 use bindings::device::{DeviceProtocol, DeviceProtocolPre};
@@ -38,7 +38,20 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 1);
+
+/// The optional export of device plugins since 0.1.1 (`attempts`), found
+/// by semver-compatible lookup.
+const ATTEMPTS_INTERFACE: &str = "rollway:plugin/attempts@0.1.1";
+
+/// A status as its family's plugin parsed it.
+#[derive(Debug, Clone)]
+pub struct ParsedStatus {
+    pub report: StatusReport,
+    /// The attempt the status answers, from plugins exporting `attempts`
+    /// whose device said.
+    pub attempt: Option<u32>,
+}
 
 /// The plugins Rollway ships, built from `plugins/` by `build.rs`.
 pub const BUILT_IN: [(&str, &[u8]); 4] = [
@@ -132,6 +145,8 @@ pub struct Plugin {
     /// Device families (device plugins).
     pub families: Vec<String>,
     pre: Pre,
+    /// `attempts.parse-status-attempt`, when the device plugin exports it.
+    parse_status_attempt: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -150,6 +165,10 @@ pub struct PluginView {
     pub sha256: String,
     pub source: PluginSource,
     pub families: Vec<String>,
+    /// Whether the plugin's statuses name their attempt (a device plugin
+    /// exporting `attempts`, WIT 0.1.1): the host then refuses late
+    /// statuses of earlier attempts.
+    pub reports_attempts: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -169,6 +188,7 @@ impl Plugin {
             sha256: self.sha256.clone(),
             source: self.source.clone(),
             families: self.families.clone(),
+            reports_attempts: self.parse_status_attempt.is_some(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -377,6 +397,14 @@ impl PluginRegistry {
                 .map(Pre::Device),
         }
         .map_err(|e| PluginError::Invalid(format!("the component cannot be linked: {e:#}")))?;
+        let parse_status_attempt = match kind {
+            PluginKind::Device => component
+                .get_export_index(None, ATTEMPTS_INTERFACE)
+                .and_then(|attempts| {
+                    component.get_export_index(Some(&attempts), "parse-status-attempt")
+                }),
+            PluginKind::Rollout => None,
+        };
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -387,6 +415,7 @@ impl PluginRegistry {
             source,
             families: Vec::new(),
             pre,
+            parse_status_attempt,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -608,6 +637,16 @@ impl PluginRegistry {
         })
     }
 
+    fn device_pre(plugin: &Plugin) -> Result<&DeviceProtocolPre<State>, PluginError> {
+        match &plugin.pre {
+            Pre::Device(pre) => Ok(pre),
+            Pre::Rollout(_) => Err(PluginError::Invalid(format!(
+                "'{}' is not a device plugin",
+                plugin.name
+            ))),
+        }
+    }
+
     fn device_call<R>(
         &self,
         plugin: &Plugin,
@@ -615,21 +654,27 @@ impl PluginRegistry {
         timeout: Option<Duration>,
         body: impl FnOnce(&mut Store<State>, &DeviceProtocol) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let Pre::Device(pre) = &plugin.pre else {
-            return Err(PluginError::Invalid(format!(
-                "'{}' is not a device plugin",
-                plugin.name
-            )));
-        };
-        self.guarded(
-            plugin,
-            function,
-            timeout.unwrap_or(self.limits.call_timeout),
-            |store| {
-                let instance = pre.instantiate(&mut *store)?;
-                body(store, &instance)
-            },
-        )
+        let pre = Self::device_pre(plugin)?;
+        let timeout = timeout.unwrap_or(self.limits.call_timeout);
+        self.guarded(plugin, function, timeout, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            body(store, &instance)
+        })
+    }
+
+    /// As [`Self::device_call`], on the bare instance: for the exports a
+    /// plugin may lack, which the generated bindings do not cover.
+    fn device_instance_call<R>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        body: impl FnOnce(&mut Store<State>, &wasmtime::component::Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let pre = Self::device_pre(plugin)?;
+        self.guarded(plugin, function, self.limits.call_timeout, |store| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            body(store, &instance)
+        })
     }
 
     fn refused(plugin: &Plugin, reason: String) -> PluginError {
@@ -806,20 +851,42 @@ impl PluginRegistry {
         Ok(command)
     }
 
-    /// Parses a status payload with its family's plugin.
+    /// Parses a status payload with its family's plugin: with
+    /// `attempts.parse-status-attempt` when the plugin exports it (0.1.1),
+    /// else with `device.parse-status`.
     pub fn parse_status(
         &self,
         family: &str,
         config: &str,
         topic_device_id: &str,
         payload: &[u8],
-    ) -> Result<StatusReport, PluginError> {
+    ) -> Result<ParsedStatus, PluginError> {
         let plugin = self.device_plugin(family)?;
-        self.device_call(&plugin, "parse-status", None, |store, i| {
-            i.rollway_plugin_device()
-                .call_parse_status(store, config, topic_device_id, payload)
-        })?
-        .map_err(|reason| Self::refused(&plugin, reason))
+        let parsed = match &plugin.parse_status_attempt {
+            Some(index) => {
+                self.device_instance_call(&plugin, "parse-status", |store, instance| {
+                    type Answer = Result<(StatusReport, Option<u32>), String>;
+                    let function = instance
+                        .get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
+                    let (answer,) =
+                        function.call(&mut *store, (config, topic_device_id, payload))?;
+                    Ok(answer)
+                })?
+            }
+            None => self
+                .device_call(&plugin, "parse-status", None, |store, i| {
+                    i.rollway_plugin_device().call_parse_status(
+                        store,
+                        config,
+                        topic_device_id,
+                        payload,
+                    )
+                })?
+                .map(|report| (report, None)),
+        };
+        parsed
+            .map(|(report, attempt)| ParsedStatus { report, attempt })
+            .map_err(|reason| Self::refused(&plugin, reason))
     }
 }
 

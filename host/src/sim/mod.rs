@@ -435,13 +435,18 @@ impl Shared {
             sequence: 0,
         };
         // A device acts on a command once: a repeat (a redelivery, or a
-        // server that could not tell whether the command left) is ignored.
+        // server that could not tell whether the command left) is ignored,
+        // and so is a late command of an attempt older than the latest of
+        // the same execution. A newer attempt supersedes one under way.
         let fresh = self
             .commands
             .lock()
-            .map(|mut commands| {
-                commands.insert(device.id.clone(), (execution_id, attempt))
-                    != Some((execution_id, attempt))
+            .map(|mut commands| match commands.get(&device.id) {
+                Some(&(latest, seen)) if latest == execution_id && attempt <= seen => false,
+                _ => {
+                    commands.insert(device.id.clone(), (execution_id, attempt));
+                    true
+                }
             })
             .unwrap_or(true);
         if !fresh {
@@ -449,6 +454,15 @@ impl Shared {
         }
         self.truth.update(&device.id, |t| t.commands += 1);
         self.act(&device, &command, &mut reporter, first).await;
+    }
+
+    /// Whether (execution, attempt) is still the device's latest command;
+    /// a superseded attempt stops reporting and changes nothing.
+    fn is_current(&self, device: &str, execution_id: Option<u64>, attempt: u64) -> bool {
+        self.commands
+            .lock()
+            .map(|commands| commands.get(device) == Some(&(execution_id, attempt)))
+            .unwrap_or(true)
     }
 
     /// Carries out a new command.
@@ -459,36 +473,42 @@ impl Shared {
         reporter: &mut Reporter<'_>,
         first: bool,
     ) {
+        // A superseded attempt's last status is not sent, and its outcome
+        // is not the device's truth: the newer attempt's will be.
         if first && rand::rng().random_bool(self.options.silent.clamp(0.0, 1.0)) {
             // Lost in a quarry: says init, then nothing.
-            reporter.send("init", None, None).await;
-            self.truth.update(&device.id, |t| t.state = "silent".into());
+            if reporter.send("init", None, None).await {
+                self.truth.update(&device.id, |t| t.state = "silent".into());
+            }
             return;
         }
         if first && rand::rng().random_bool(self.options.fail_first.clamp(0.0, 1.0)) {
             let reason = "transient failure on the first attempt (simulated)";
-            reporter.send("error", None, Some(reason)).await;
-            self.truth.update(&device.id, |t| {
-                t.state = "error".into();
-                t.reason = Some(reason.into());
-            });
+            if reporter.send("error", None, Some(reason)).await {
+                self.truth.update(&device.id, |t| {
+                    t.state = "error".into();
+                    t.reason = Some(reason.into());
+                });
+            }
             return;
         }
         match self.update(device, command, reporter).await {
             Ok(version) => {
-                reporter.send("done", None, None).await;
-                self.truth.update(&device.id, |t| {
-                    t.state = "done".into();
-                    t.version = Some(version);
-                    t.reason = None;
-                });
+                if reporter.send("done", None, None).await {
+                    self.truth.update(&device.id, |t| {
+                        t.state = "done".into();
+                        t.version = Some(version);
+                        t.reason = None;
+                    });
+                }
             }
             Err(reason) => {
-                reporter.send("error", None, Some(&reason)).await;
-                self.truth.update(&device.id, |t| {
-                    t.state = "error".into();
-                    t.reason = Some(reason);
-                });
+                if reporter.send("error", None, Some(&reason)).await {
+                    self.truth.update(&device.id, |t| {
+                        t.state = "error".into();
+                        t.reason = Some(reason);
+                    });
+                }
             }
         }
     }
@@ -747,11 +767,19 @@ struct Reporter<'a> {
 }
 
 impl Reporter<'_> {
-    async fn send(&mut self, state: &str, progress: Option<u8>, error: Option<&str>) {
+    /// Sends a status of this attempt; false, sending nothing, once a newer
+    /// attempt superseded it.
+    async fn send(&mut self, state: &str, progress: Option<u8>, error: Option<&str>) -> bool {
         self.sequence += 1;
         let options = &self.shared.options;
         if !options.step.is_zero() {
             tokio::time::sleep(options.step).await;
+        }
+        if !self
+            .shared
+            .is_current(&self.device.id, self.execution_id, self.attempt)
+        {
+            return false;
         }
         let via = self.device.gateway.as_deref().unwrap_or(&self.device.id);
         let topic = format!("{}/{via}/update/status", options.topic_prefix);
@@ -762,6 +790,7 @@ impl Reporter<'_> {
             "progress": progress,
             "error": error,
             "execution_id": self.execution_id,
+            "attempt": self.attempt,
             "ts": chrono::Utc::now().timestamp_millis(),
         });
         let payload = serde_json::to_vec(&message).unwrap_or_default();
@@ -780,6 +809,7 @@ impl Reporter<'_> {
                 tracing::warn!(%error, "simulator: publishing a status");
             }
         }
+        true
     }
 }
 

@@ -6,7 +6,7 @@
 //! project name, IDF version and secure version. Refuses to build a
 //! command for a device whose chip differs from the image's.
 
-wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
+wit_bindgen::generate!({ world: "device-protocol-attempts", path: "../../wit" });
 
 use rollway_plugin_sdk::command::Request;
 use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};

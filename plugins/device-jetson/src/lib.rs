@@ -9,7 +9,7 @@
 //! to install into its inactive A/B slot and fall back when the new slot
 //! fails to boot.
 
-wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
+wit_bindgen::generate!({ world: "device-protocol-attempts", path: "../../wit" });
 
 use std::io::Read;
 

@@ -6,7 +6,7 @@
 //! their commands go to the gateway's topic with relay instructions and a
 //! chunk size suited to the bus.
 
-wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
+wit_bindgen::generate!({ world: "device-protocol-attempts", path: "../../wit" });
 
 use rollway_plugin_sdk::command::Request;
 use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};

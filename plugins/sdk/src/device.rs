@@ -81,7 +81,9 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 }
 
 /// Exports a [`DeviceFamily`] as the plugin's component. Invoke it at the
-/// crate root after `wit_bindgen::generate!({ world: "device-protocol", .. })`.
+/// crate root after
+/// `wit_bindgen::generate!({ world: "device-protocol-attempts", .. })`: the
+/// component exports `device` and `attempts` (statuses name their attempt).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -157,6 +159,25 @@ macro_rules! device_plugin {
                     &payload,
                 )
                 .map(to_report)
+            }
+        }
+
+        impl exports::rollway::plugin::attempts::Guest for RollwayDeviceGuest {
+            fn parse_status_attempt(
+                config: String,
+                topic_device_id: String,
+                payload: Vec<u8>,
+            ) -> Result<(exports::rollway::plugin::device::StatusReport, Option<u32>), String> {
+                let config = $crate::device::load_config::<$family>(&config)?;
+                <$family as $crate::device::DeviceFamily>::parse_status(
+                    &config,
+                    &topic_device_id,
+                    &payload,
+                )
+                .map(|status| {
+                    let attempt = status.attempt;
+                    (to_report(status), attempt)
+                })
             }
         }
 

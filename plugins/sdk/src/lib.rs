@@ -41,7 +41,8 @@ pub fn targets_match(target: Option<&str>, model: Option<&str>) -> bool {
 }
 
 /// Defines, in a device plugin crate, conversions between this crate's
-/// types and the bindings generated for the `device-protocol` world:
+/// types and the bindings generated for the `device-protocol-attempts`
+/// world:
 /// `to_report(status::Status) -> StatusReport` and
 /// `to_request(&CommandRequest) -> command::Request`.
 #[macro_export]

@@ -5,8 +5,12 @@
 //! {"message_id": "m-17", "state": "downloading", "progress": 42,
 //!  "execution_id": 1234, "firmware_id": "…", "job_id": "…",
 //!  "error": null, "version": "1.4.0", "ts": 1764000000000,
-//!  "device_id": "VIN123"}
+//!  "device_id": "VIN123", "attempt": 2}
 //! ```
+//!
+//! `attempt` echoes the command's `attempt`: the host refuses a status of
+//! an attempt other than the execution's current one (a late status of a
+//! timed-out attempt, say).
 //!
 //! `device_id` defaults to the topic's device (a gateway names its child);
 //! `status` is accepted for `state`.
@@ -40,6 +44,8 @@ pub struct Status {
     pub firmware_id: Option<String>,
     pub installed_version: Option<String>,
     pub sent_at: Option<u64>,
+    /// The attempt of the command this status answers.
+    pub attempt: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -56,6 +62,7 @@ struct Wire {
     firmware_id: Option<String>,
     version: Option<String>,
     ts: Option<u64>,
+    attempt: Option<u32>,
 }
 
 fn short(field: &str, value: &Option<String>, max: usize) -> Result<(), String> {
@@ -103,6 +110,7 @@ pub fn parse_json(topic_device_id: &str, payload: &[u8]) -> Result<Status, Strin
         firmware_id: wire.firmware_id,
         installed_version: wire.version,
         sent_at: wire.ts,
+        attempt: wire.attempt,
     })
 }
 
@@ -121,6 +129,13 @@ mod tests {
         assert_eq!(s.state, State::Downloading);
         assert_eq!(s.progress, Some(42));
         assert_eq!(s.execution_id, Some(7));
+        assert_eq!(s.attempt, None);
+        let retried = parse_json(
+            "VIN1",
+            br#"{"message_id":"m3","state":"init","execution_id":7,"attempt":2}"#,
+        )
+        .unwrap();
+        assert_eq!(retried.attempt, Some(2));
         let e = parse_json(
             "GW",
             br#"{"message_id":"m2","state":"error","device_id":"MCU"}"#,
@@ -139,6 +154,7 @@ mod tests {
             br#"{"message_id":"m","state":"exploded"}"#,
             br#"{"message_id":"m","state":"downloading","progress":101}"#,
             br#"{"message_id":"m","state":"done","extra":1}"#,
+            br#"{"message_id":"m","state":"done","attempt":-1}"#,
         ] {
             assert!(
                 parse_json("D", bad).is_err(),

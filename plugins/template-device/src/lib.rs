@@ -2,7 +2,7 @@
 //! images start with the 8-byte header `ACMEFW01` followed by a 16-byte,
 //! NUL-padded version. Copy this crate to add your own family.
 
-wit_bindgen::generate!({ world: "device-protocol", path: "../../wit" });
+wit_bindgen::generate!({ world: "device-protocol-attempts", path: "../../wit" });
 
 use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};
 
