@@ -376,6 +376,16 @@ async fn hostile_plugins_are_contained() {
     )
     .await;
     assert_eq!(healthy.status(), StatusCode::CREATED);
+    // Cancelled at once: the evaluations of a running job would succeed
+    // between the failures counted in a row below.
+    let healthy: Value = healthy.json().await.unwrap();
+    let cancelled = app
+        .act(&format!(
+            "/api/v1/jobs/{}/cancel",
+            healthy["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
 
     for (mode, expect) in [
         ("loop", "budget"),
