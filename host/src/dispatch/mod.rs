@@ -275,7 +275,7 @@ impl Dispatcher {
                  SELECT id, 'dispatched', 'attempt ' || attempts FROM claimed
              ), events AS (
                  INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-                 SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                 SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
                         jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
                                            'from', 'queued', 'to', 'dispatched', 'attempt', attempts)
                  FROM claimed
@@ -388,7 +388,7 @@ impl Dispatcher {
                  SELECT id, 'error', $2 FROM changed
              ), events AS (
                  INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-                 SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                 SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
                         jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
                                            'from', 'dispatched', 'to', 'error', 'reason', $2::text)
                  FROM changed

@@ -646,7 +646,7 @@ pub async fn cancel_executions(
              SELECT id, 'cancelled', $2 FROM changed
          ), events AS (
              INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-             SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+             SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
                     jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
                                        'from', previous, 'to', 'cancelled', 'reason', $2::text)
              FROM changed

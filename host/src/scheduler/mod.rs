@@ -306,7 +306,7 @@ impl Scheduler {
                  SELECT id, current, 'the device did not finish in time' FROM changed
              ), events AS (
                  INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-                 SELECT gen_random_uuid(), 'device', device_id, 'execution.status.changed',
+                 SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
                         jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
                                            'from', previous, 'to', current, 'reason', 'timeout')
                  FROM changed
