@@ -35,7 +35,7 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
     println!("description: {}", plugin.description);
     println!(
         "world:       rollway:plugin/{}@{}",
-        match (plugin.kind, plugin.view().reports_attempts) {
+        match (plugin.kind, plugin.reports_attempts()) {
             (PluginKind::Rollout, _) => "rollout-strategy",
             (PluginKind::Device, true) => "device-protocol-attempts",
             (PluginKind::Device, false) => "device-protocol",
@@ -43,7 +43,7 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
         plugin.wit_version
     );
     println!("sha256:      {}", plugin.sha256);
-    if plugin.kind == PluginKind::Device && !plugin.view().reports_attempts {
+    if plugin.kind == PluginKind::Device && !plugin.reports_attempts() {
         println!(
             "note:        statuses do not name their attempt; build against the world \
              device-protocol-attempts (WIT 0.1.1) so that late statuses of earlier attempts are refused"

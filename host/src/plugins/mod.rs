@@ -188,12 +188,17 @@ impl Plugin {
             sha256: self.sha256.clone(),
             source: self.source.clone(),
             families: self.families.clone(),
-            reports_attempts: self.parse_status_attempt.is_some(),
+            reports_attempts: self.reports_attempts(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether the device plugin exports `attempts` (WIT 0.1.1).
+    pub fn reports_attempts(&self) -> bool {
+        self.parse_status_attempt.is_some()
     }
 
     fn reason(&self) -> Option<String> {

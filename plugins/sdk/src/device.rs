@@ -152,13 +152,12 @@ macro_rules! device_plugin {
                 topic_device_id: String,
                 payload: Vec<u8>,
             ) -> Result<exports::rollway::plugin::device::StatusReport, String> {
-                let config = $crate::device::load_config::<$family>(&config)?;
-                <$family as $crate::device::DeviceFamily>::parse_status(
-                    &config,
-                    &topic_device_id,
-                    &payload,
+                <RollwayDeviceGuest as exports::rollway::plugin::attempts::Guest>::parse_status_attempt(
+                    config,
+                    topic_device_id,
+                    payload,
                 )
-                .map(to_report)
+                .map(|(report, _attempt)| report)
             }
         }
 
