@@ -1086,14 +1086,18 @@ async fn pgbench(env: &Env, sizes: &Sizes) -> anyhow::Result<Pgbench> {
              progress smallint, last_error text, created_at timestamptz NOT NULL DEFAULT now(),
              updated_at timestamptz NOT NULL DEFAULT now(), dispatched_at timestamptz,
              finished_at timestamptz, version bigint NOT NULL DEFAULT 0, dispatched_by text,
-             resend boolean NOT NULL DEFAULT false);
-         CREATE UNIQUE INDEX ON bench_exec (device_id)
-             WHERE status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting');
-         CREATE INDEX ON bench_exec (job_id, status);
-         CREATE INDEX ON bench_exec (job_id, batch_group, status);
+             resend boolean NOT NULL DEFAULT false,
+             stage text NOT NULL GENERATED ALWAYS AS (
+                 CASE WHEN status = 'queued' THEN 'queued'
+                      WHEN status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')
+                      THEN 'in_flight' ELSE 'finished' END) STORED)
+             WITH (fillfactor = 80);
+         CREATE UNIQUE INDEX ON bench_exec (device_id) WHERE stage = 'in_flight';
+         CREATE INDEX ON bench_exec (job_id, batch_group);
          CREATE INDEX ON bench_exec (device_id, id);
-         CREATE INDEX ON bench_exec (dispatched_at)
-             WHERE status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting');
+         CREATE INDEX ON bench_exec (job_id, batch_group, id) WHERE stage = 'queued';
+         CREATE INDEX ON bench_exec (dispatched_at) WHERE stage = 'in_flight';
+         CREATE INDEX ON bench_exec (id) WHERE resend;
          INSERT INTO bench_exec (id, job_id, device_id, batch_group, status, dispatched_at)
              SELECT i, '00000000-0000-0000-0000-000000000001', 'BENCH-' || lpad(i::text, 7, '0'),
                     0, 'dispatched', now()

@@ -232,7 +232,7 @@ impl Dispatcher {
                    WHERE j.status = 'running') r
              CROSS JOIN LATERAL (
                  SELECT q.id FROM executions q
-                 WHERE q.job_id = r.job_id AND q.batch_group = r.batch_group AND q.status = 'queued'
+                 WHERE q.job_id = r.job_id AND q.batch_group = r.batch_group AND q.stage = 'queued'
                  ORDER BY q.id LIMIT $1
              ) w",
         )
@@ -251,12 +251,12 @@ impl Dispatcher {
         let fresh: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH candidates AS (
                  SELECT e.id, e.device_id, (e.id = ANY($3)) AS urgent FROM executions e
-                 WHERE (e.id = ANY($3) OR e.id = ANY($4)) AND e.status = 'queued'
+                 WHERE (e.id = ANY($3) OR e.id = ANY($4)) AND e.stage = 'queued'
                    -- A probe of the in-flight index per candidate. (As NOT
                    -- EXISTS, the planner could compare every candidate with
                    -- every execution in flight on a fresh table.)
                    AND (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
-                        AND x.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')
+                        AND x.stage = 'in_flight'
                         LIMIT 1) IS NULL
                  ORDER BY 3 DESC, e.id LIMIT $1
                  FOR UPDATE OF e SKIP LOCKED

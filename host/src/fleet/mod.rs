@@ -340,7 +340,7 @@ pub async fn delete(conn: &mut PgConnection, id: &str) -> Result<(), DeleteError
     let busy: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM executions e JOIN jobs j ON j.id = e.job_id
                         WHERE e.device_id = $1
-                          AND e.status NOT IN ('done', 'error', 'timed_out', 'cancelled')
+                          AND e.stage <> 'finished'
                           AND j.status IN ('scheduled', 'running', 'paused'))",
     )
     .bind(id)

@@ -80,8 +80,6 @@ struct Execution {
     changed: bool,
 }
 
-const IN_FLIGHT: [&str; 5] = ["dispatched", "init", "downloading", "flashing", "rebooting"];
-
 pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<Applied, BatchError> {
     let mut applied = Applied::default();
 
@@ -160,13 +158,12 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
                 e.progress, e.last_error, e.dispatched_at, j.firmware_id::text AS firmware_id,
                 f.version AS firmware_version, f.security_counter
          FROM executions e JOIN jobs j ON j.id = e.job_id JOIN firmware f ON f.id = j.firmware_id
-         WHERE e.id = ANY($1) OR (e.device_id = ANY($2) AND e.status = ANY($3))
+         WHERE e.id = ANY($1) OR (e.device_id = ANY($2) AND e.stage = 'in_flight')
          ORDER BY e.device_id, e.id
          FOR UPDATE OF e",
     )
     .bind(&named)
     .bind(&devices)
-    .bind(&IN_FLIGHT[..])
     .fetch_all(&mut *tx)
     .await?;
     let mut executions: HashMap<i64, Execution> = HashMap::with_capacity(rows.len());
@@ -174,7 +171,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     for row in rows {
         let status =
             ExecutionStatus::parse(&row.status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if IN_FLIGHT.contains(&row.status.as_str()) {
+        if status.is_in_flight() {
             in_flight.insert(row.device_id.clone(), row.id);
         }
         executions.insert(
@@ -205,7 +202,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             .and_then(|id| executions.get_mut(&id))
             .filter(|e| e.row.device_id == device)
             // Without an id, only an execution still in flight matches.
-            .filter(|e| report.execution_id.is_some() || IN_FLIGHT.contains(&e.status.as_str()));
+            .filter(|e| report.execution_id.is_some() || e.status.is_in_flight());
         let Some(execution) = execution else {
             applied.outcomes.push((item.index, Outcome::NoExecution));
             continue;

@@ -473,7 +473,7 @@ pub async fn apply(
                 "SELECT e.id, e.job_id, e.status, e.version, e.attempts, j.max_retries, e.progress, e.dispatched_at
                  FROM executions e JOIN jobs j ON j.id = e.job_id
                  WHERE e.device_id = $1
-                   AND e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')",
+                   AND e.stage = 'in_flight'",
             )
             .bind(device)
             .fetch_optional(&mut *tx)

@@ -632,7 +632,7 @@ pub async fn cancel_executions(
     let count: i64 = sqlx::query_scalar(
         "WITH old AS (
              SELECT id, status FROM executions
-             WHERE job_id = $1 AND status NOT IN ('done', 'error', 'timed_out', 'cancelled')
+             WHERE job_id = $1 AND stage <> 'finished'
              ORDER BY device_id -- the order status ingestion locks them in
              FOR UPDATE
          ), changed AS (

@@ -120,7 +120,7 @@ impl Scheduler {
         config: serde_json::Value,
     ) -> anyhow::Result<()> {
         let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM executions WHERE job_id = $1 AND status = 'queued'",
+            "SELECT count(*) FROM executions WHERE job_id = $1 AND stage = 'queued'",
         )
         .bind(job_id)
         .fetch_one(&mut *tx)
@@ -284,7 +284,7 @@ impl Scheduler {
         let changed: Vec<(Uuid, String)> = sqlx::query_as(
             "WITH old AS (
                  SELECT e.id, e.status, e.attempts, j.max_retries FROM executions e JOIN jobs j ON j.id = e.job_id
-                 WHERE e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')
+                 WHERE e.stage = 'in_flight'
                    -- An index range first: older than the shortest timeout of
                    -- any active job; then each job's own timeout.
                    AND e.dispatched_at < now() - make_interval(secs => (
@@ -362,7 +362,7 @@ async fn assign_batches(
     sqlx::query(
         "WITH ordered AS (
              SELECT id, row_number() OVER (ORDER BY md5($1::text || device_id), id) AS rn
-             FROM executions WHERE job_id = $1 AND status = 'queued'
+             FROM executions WHERE job_id = $1 AND stage = 'queued'
          )
          UPDATE executions e
          -- The number of cumulative bounds below the row's rank (the
@@ -458,7 +458,7 @@ async fn snapshot(
     let rows: Vec<BatchRow> = sqlx::query_as(
         "SELECT b.batch_group, b.size, b.started_at,
                 count(*) FILTER (WHERE e.status = 'queued') AS pending,
-                count(*) FILTER (WHERE e.status IN ('dispatched', 'init', 'downloading', 'flashing', 'rebooting')) AS in_flight,
+                count(*) FILTER (WHERE e.stage = 'in_flight') AS in_flight,
                 count(*) FILTER (WHERE e.status = 'done') AS done,
                 count(*) FILTER (WHERE e.status = 'error') AS error,
                 count(*) FILTER (WHERE e.status = 'timed_out') AS timed_out,
