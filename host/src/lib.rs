@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod relay;
 pub mod replicas;
+pub mod retention;
 pub mod scheduler;
 pub mod settings;
 pub mod signing;

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub api_errors_total: IntCounterVec,
     pub firmware_bytes_uploaded_total: IntCounter,
+    pub retention_deleted_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -139,6 +140,11 @@ impl Metrics {
             firmware_bytes_uploaded_total: counter(
                 "firmware_bytes_uploaded_total",
                 "Bytes of firmware images received",
+            )?,
+            retention_deleted_total: counter_vec(
+                "retention_deleted_total",
+                "Rows deleted after the retention window, by table",
+                &["table"],
             )?,
             registry,
         })

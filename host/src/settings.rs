@@ -129,6 +129,12 @@ pub struct SettingsArgs {
     /// before it is refused with 429 for the rest of the minute (0: no limit).
     #[arg(long, env = "ROLLWAY_AUTH_FAILURE_LIMIT", global = true)]
     pub auth_failure_limit: Option<u32>,
+
+    /// Seconds a processed status message id (the duplicate guard) and an
+    /// outbox event already sent to Kafka are kept before they are
+    /// deleted. Default: 30 days.
+    #[arg(long, env = "ROLLWAY_RETENTION", global = true)]
+    pub retention: Option<u64>,
 }
 
 /// Resolved settings of one host process.
@@ -157,6 +163,7 @@ pub struct Settings {
     pub auth_failure_limit: u32,
     pub mqtt_ca_file: Option<PathBuf>,
     pub signing_key_file: Option<PathBuf>,
+    pub retention: std::time::Duration,
 }
 
 /// Where device statuses come from.
@@ -269,6 +276,10 @@ impl Settings {
                 .unwrap_or(Self::DEFAULT_AUTH_FAILURE_LIMIT),
             mqtt_ca_file: args.mqtt_ca_file.clone().or(file.mqtt_ca_file),
             signing_key_file: args.signing_key_file.clone().or(file.signing_key_file),
+            retention: match args.retention.or(file.retention).unwrap_or(30 * 24 * 3600) {
+                n if n >= 1 => std::time::Duration::from_secs(n),
+                _ => bail!("ROLLWAY_RETENTION must be at least 1 second"),
+            },
         })
     }
 }

@@ -155,6 +155,12 @@ impl Application {
             evaluate_wakeup: evaluate_wakeup.clone(),
         };
         handles.push(tokio::spawn(scheduler.run(token.clone())));
+        let retention = crate::retention::Retention {
+            pool: state.pool.clone(),
+            metrics: state.metrics.clone(),
+            keep: settings.retention,
+        };
+        handles.push(tokio::spawn(retention.run(token.clone())));
         let kafka = match &settings.kafka_brokers {
             Some(brokers) => Some(Arc::new(crate::relay::Kafka::connect(brokers)?)),
             None => {

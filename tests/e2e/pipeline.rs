@@ -31,11 +31,19 @@ pub fn test_client_options(role: &str) -> MqttOptions {
 
 /// A host with MQTT on a topic prefix of its own.
 pub async fn spawn_pipeline() -> (TestApp, String) {
+    spawn_pipeline_with(|_| {}).await
+}
+
+/// Like `spawn_pipeline`, letting the test adjust the settings first.
+pub async fn spawn_pipeline_with(
+    configure: impl FnOnce(&mut rollway::Settings),
+) -> (TestApp, String) {
     let prefix = format!("t{}", Uuid::new_v4().simple());
     let topic_prefix = prefix.clone();
     let app = spawn_app_with(move |s| {
         s.mqtt_url = Some(mqtt_url().into());
         s.topic_prefix = topic_prefix;
+        configure(s);
     })
     .await;
     (app, prefix)
@@ -780,4 +788,68 @@ async fn device_plugins_of_wit_0_1_0_still_update_their_devices() {
         .await,
         0.0
     );
+}
+
+#[tokio::test]
+async fn expired_duplicate_guards_and_sent_events_are_deleted_and_repeats_still_refused() {
+    let (app, prefix) = spawn_pipeline_with(|s| s.retention = Duration::from_secs(2)).await;
+    app.register(json!([{ "id": "VIN-K", "family": "esp32", "model": "esp32s3" }]))
+        .await;
+    let fw = app.upload_esp32("7.1.0").await;
+    let mut device = ManualDevice::connect(&prefix, "VIN-K").await;
+    let job = one_device_job(&app, &fw, "VIN-K", json!({})).await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    let execution = command["execution_id"].clone();
+    device.finish(&app, &job, &execution, 1, "k").await;
+
+    // Past the retention window, the message ids and the sent events go.
+    let started = Instant::now();
+    loop {
+        let (ids, events): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM processed_messages WHERE message_id LIKE 'VIN-K/%'),
+                    (SELECT count(*) FROM event_outbox)",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if ids == 0 && events == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{ids} message ids and {events} events left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deleted = |table: &'static str| {
+        let app = &app;
+        async move { metric(app, "retention_deleted_total", &[("table", table)]).await }
+    };
+    assert!(deleted("processed_messages").await >= 2.0);
+    assert!(deleted("event_outbox").await >= 3.0);
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT version FROM executions WHERE device_id = 'VIN-K'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let before = version().await;
+
+    // A repeat that comes later than that is no longer known by its id;
+    // the state machine refuses it all the same.
+    let refused = metric(&app, "status_messages_total", &[("result", "rejected")]).await;
+    for state in ["init", "done"] {
+        device
+            .report(json!({ "message_id": format!("k-{state}"), "state": state,
+                            "execution_id": execution, "attempt": 1 }))
+            .await;
+    }
+    wait_results(&app, "rejected", refused + 2.0).await;
+    assert_eq!(applied_messages(&app, "VIN-K").await, ["k-init", "k-done"]);
+    assert_eq!(version().await, before);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM event_outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "a refused repeat wrote an event");
 }
