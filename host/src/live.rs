@@ -106,7 +106,7 @@ async fn forward(pool: &PgPool, sender: &Sender, seqs: &[i64]) -> Result<(), sql
     }
     let events: Vec<Envelope> = sqlx::query_as(
         "SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
-         FROM event_outbox WHERE seq = ANY($1) ORDER BY seq",
+         FROM event_outbox WHERE seq = ANY($1) AND sent_at IS NOT NULL ORDER BY seq",
     )
     .bind(seqs)
     .fetch_all(pool)

@@ -70,11 +70,12 @@ impl Retention {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        // Through the BRIN index on sent_at over sent rows.
         let events = sqlx::query(
             "DELETE FROM event_outbox WHERE id = ANY(ARRAY(
                  SELECT id FROM event_outbox
                  WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
-                 ORDER BY sent_at LIMIT $2))",
+                 LIMIT $2))",
         )
         .bind(keep_secs)
         .bind(CHUNK)
