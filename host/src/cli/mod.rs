@@ -520,6 +520,7 @@ mod tests {
             version: None,
             reason: None,
             commands,
+            last_status: None,
         };
         let truth: BTreeMap<String, crate::sim::DeviceTruth> = [
             ("A", device("idle", 0)),

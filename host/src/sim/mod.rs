@@ -94,6 +94,11 @@ pub struct DeviceTruth {
     pub reason: Option<String>,
     /// Commands acted on (a repeat of the same command is not counted).
     pub commands: u32,
+    /// The id of the last status the device published, and when (Unix
+    /// milliseconds): what a test needs to tell a status the network lost
+    /// from one the host mishandled.
+    #[serde(default)]
+    pub last_status: Option<(String, i64)>,
 }
 
 #[derive(Clone, Default)]
@@ -145,6 +150,7 @@ impl Simulator {
                         version: None,
                         reason: None,
                         commands: 0,
+                        last_status: None,
                     },
                 );
             }
@@ -783,15 +789,23 @@ impl Reporter<'_> {
         }
         let via = self.device.gateway.as_deref().unwrap_or(&self.device.id);
         let topic = format!("{}/{via}/update/status", options.topic_prefix);
+        let message_id = format!(
+            "{}-{}-{}-{}",
+            self.execution_id.unwrap_or(0),
+            self.attempt,
+            self.sequence,
+            state
+        );
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let message = json!({
-            "message_id": format!("{}-{}-{}-{}", self.execution_id.unwrap_or(0), self.attempt, self.sequence, state),
+            "message_id": message_id,
             "device_id": self.device.id,
             "state": state,
             "progress": progress,
             "error": error,
             "execution_id": self.execution_id,
             "attempt": self.attempt,
-            "ts": chrono::Utc::now().timestamp_millis(),
+            "ts": now_ms,
         });
         let payload = serde_json::to_vec(&message).unwrap_or_default();
         let times = if rand::rng().random_bool(options.duplicates.clamp(0.0, 1.0)) {
@@ -809,6 +823,9 @@ impl Reporter<'_> {
                 tracing::warn!(%error, "simulator: publishing a status");
             }
         }
+        self.shared.truth.update(&self.device.id, |t| {
+            t.last_status = Some((message_id, now_ms));
+        });
         true
     }
 }
