@@ -15,6 +15,7 @@ pub async fn connect(url: &SecretString, pool_size: u32) -> anyhow::Result<PgPoo
         .expose_secret()
         .parse()
         .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let options = without_jit(options);
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(10))
@@ -22,6 +23,18 @@ pub async fn connect(url: &SecretString, pool_size: u32) -> anyhow::Result<PgPoo
         .await
         .context("connecting to PostgreSQL")?;
     Ok(pool)
+}
+
+/// Turns PostgreSQL's JIT compilation off for Rollway's sessions, unless
+/// the URL's `options` say otherwise. Rollway's statements are short; the
+/// planner's estimates for its set-based statements over large tables
+/// pass `jit_above_cost` nonetheless, and compiling them cost a quarter of
+/// PostgreSQL's CPU time while dispatching (BENCHMARKS.md, item 21).
+pub fn without_jit(options: PgConnectOptions) -> PgConnectOptions {
+    if options.get_options().is_some_and(|o| o.contains("jit")) {
+        return options;
+    }
+    options.options([("jit", "off")])
 }
 
 /// The advisory lock that keeps the set of devices still while a job's
