@@ -49,6 +49,9 @@ struct Args {
     /// Devices of the naive ingestion baseline (five statuses each).
     #[arg(long, value_name = "N")]
     naive_devices: Option<u32>,
+    /// Timed calls of each plugin function (longer runs for a profiler).
+    #[arg(long, value_name = "N")]
+    plugin_calls: Option<usize>,
 }
 
 /// Sizes and settings of one run.
@@ -99,7 +102,7 @@ impl Sizes {
             pgbench_secs: pick(10, 3),
             dispatch_devices: pick(100_000, 2_000),
             job_devices: pick(1_000_000, 20_000),
-            plugin_calls: if full { 20_000 } else { 500 },
+            plugin_calls: args.plugin_calls.unwrap_or(if full { 20_000 } else { 500 }),
             plugin_warmup: if full { 1_000 } else { 50 },
             e2e_devices: pick(10_000, 300),
         }
