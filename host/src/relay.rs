@@ -11,7 +11,7 @@
 //! consumers deduplicate by the event id.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -29,10 +29,10 @@ use crate::metrics::Metrics;
 const BATCH: i64 = 500;
 const LEASE: &str = "outbox";
 const LEASE_SECS: f64 = 15.0;
-/// How often `outbox_pending_total` is counted. Counting walks the unsent
-/// index and the dead entries the relay's own updates leave in it: after
-/// every round, that cost PostgreSQL 50 ms a round under a backlog, the
-/// largest single cost of status ingestion (BENCHMARKS.md, item 22).
+/// How often `outbox_pending_total` is counted. Counting reads the whole
+/// backlog: after every round, that cost PostgreSQL 50 ms a round under a
+/// backlog, the largest single cost of status ingestion (BENCHMARKS.md,
+/// item 22).
 const PENDING_EVERY: Duration = Duration::from_secs(2);
 
 /// An event as published: the JSON envelope.
@@ -63,6 +63,28 @@ pub struct Relay {
     pub max_attempts: i32,
     pub wakeup: Arc<Notify>,
     pub holder: String,
+    /// Where this replica's relay reads from; see [`Floor`].
+    pub floor: Arc<Mutex<Floor>>,
+}
+
+/// Every event below `seq` is sent, dead-lettered, or failed and waiting
+/// for its retry (found through `event_outbox_retry_idx`, `attempts > 0`).
+/// The relay reads unsent events from there in `seq` order, so the cost of
+/// a round does not grow with the events already sent.
+///
+/// Sequence numbers are taken by concurrent transactions and become
+/// visible in commit order, not in number order, so the floor may only
+/// pass a number once no running transaction can still commit it. Every
+/// transaction takes its transaction id before a sequence number (the
+/// column's default, `rollway_outbox_seq()`); so once the oldest running
+/// transaction is younger than every transaction that was running when
+/// the sequence stood at `last`, each number up to `last` is committed or
+/// never will be. `horizon` is such a `last` waiting for that moment, with
+/// the `xmax` of a snapshot taken after reading it.
+#[derive(Debug, Default)]
+pub struct Floor {
+    seq: i64,
+    horizon: Option<(i64, u64)>,
 }
 
 /// The relay's Kafka producer, replaced when it fails fatally (an
@@ -156,12 +178,9 @@ impl Relay {
                     due
                 };
                 if due {
-                    let pending: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM event_outbox WHERE sent_at IS NULL",
-                    )
-                    .fetch_one(&self.pool)
-                    .await?;
-                    self.metrics.outbox_pending_total.set(pending);
+                    self.metrics
+                        .outbox_pending_total
+                        .set(pending(&self.pool).await?);
                 }
                 Ok(count)
             },
@@ -169,35 +188,110 @@ impl Relay {
         .await;
     }
 
-    /// Takes or renews the relay lease; false when another host holds it.
-    async fn lead(&self) -> Result<bool, sqlx::Error> {
-        let holder: Option<String> = sqlx::query_scalar(
-            "INSERT INTO relay_leases (name, holder, until) VALUES ($1, $2, now() + make_interval(secs => $3))
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+    fn floor(&self) -> std::sync::MutexGuard<'_, Floor> {
+        self.floor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes or renews the relay lease, recording this relay's floor;
+    /// returns the floor to read from (the higher of this relay's and the
+    /// one recorded), or `None` when another host holds the lease.
+    async fn lead(&self) -> Result<Option<i64>, sqlx::Error> {
+        let mine = self.floor().seq;
+        let floor: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO relay_leases (name, holder, until, floor_seq)
+             VALUES ($1, $2, now() + make_interval(secs => $3), $4)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until,
+                 floor_seq = greatest(relay_leases.floor_seq, excluded.floor_seq)
              WHERE relay_leases.until < now() OR relay_leases.holder = excluded.holder
-             RETURNING holder",
+             RETURNING floor_seq",
         )
         .bind(LEASE)
         .bind(&self.holder)
         .bind(LEASE_SECS)
+        .bind(mine)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(holder.is_some())
+        Ok(floor.map(|recorded| {
+            let mut floor = self.floor();
+            floor.seq = floor.seq.max(recorded);
+            floor.seq
+        }))
+    }
+
+    /// Raises the floor past the sequence numbers that have settled (see
+    /// [`Floor`]), and takes the next horizon to wait for.
+    async fn raise_floor(&self) -> Result<(), sqlx::Error> {
+        // Read before the snapshot below: every transaction that took one
+        // of these numbers had its transaction id by now.
+        let last: i64 =
+            sqlx::query_scalar("SELECT coalesce(pg_sequence_last_value('event_outbox_seq'), 0)")
+                .fetch_one(&self.pool)
+                .await?;
+        let (xmin, xmax): (String, String) = sqlx::query_as(
+            "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let parse = |x: &str| {
+            x.parse::<u64>()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        };
+        let (xmin, xmax) = (parse(&xmin)?, parse(&xmax)?);
+        let (floor, horizon) = {
+            let floor = self.floor();
+            (floor.seq, floor.horizon)
+        };
+        match horizon {
+            Some((settled, until)) if xmin >= until => {
+                // Numbers up to `settled` are final: the floor goes to the
+                // first one still unsent that is not waiting for a retry.
+                let next: i64 = sqlx::query_scalar(
+                    "SELECT coalesce((SELECT seq FROM event_outbox
+                                      WHERE seq >= $1 AND seq <= $2 AND sent_at IS NULL AND attempts = 0
+                                      ORDER BY seq LIMIT 1), $2 + 1)",
+                )
+                .bind(floor)
+                .bind(settled)
+                .persistent(false)
+                .fetch_one(&self.pool)
+                .await?;
+                let mut state = self.floor();
+                state.seq = state.seq.max(next);
+                state.horizon = Some((last, xmax));
+            }
+            Some(_) => {}
+            None => self.floor().horizon = Some((last, xmax)),
+        }
+        Ok(())
     }
 
     /// Publishes one round of due events; returns how many were read.
     pub async fn round(&self) -> anyhow::Result<usize> {
-        if !self.lead().await? {
+        let Some(floor) = self.lead().await? else {
             return Ok(0);
-        }
+        };
+        // From the floor, and the failed ones below it due for a retry.
+        // Each part stops at BATCH rows in seq order: as one sorted union,
+        // the planner read the whole backlog and sorted it every round.
+        // Planned for the floor at hand, not prepared once: a generic plan
+        // cannot tell how close the floor is to the newest events.
         let events: Vec<Envelope> = sqlx::query_as(
-            "SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
-             FROM event_outbox WHERE sent_at IS NULL AND next_attempt_at <= now()
+            "(SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
+              FROM event_outbox WHERE seq >= $2 AND sent_at IS NULL AND next_attempt_at <= now()
+              ORDER BY seq LIMIT $1)
+             UNION ALL
+             (SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
+              FROM event_outbox WHERE seq < $2 AND attempts > 0 AND sent_at IS NULL
+                AND next_attempt_at <= now()
+              ORDER BY seq LIMIT $1)
              ORDER BY seq LIMIT $1",
         )
         .bind(BATCH)
+        .bind(floor)
+        .persistent(false)
         .fetch_all(&self.pool)
         .await?;
+        self.raise_floor().await?;
         let count = events.len();
         if count == 0 {
             return Ok(0);
@@ -330,6 +424,21 @@ impl Relay {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Events not sent yet: from the recorded floor, and the failed ones below
+/// it waiting for a retry.
+pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH f AS (SELECT coalesce((SELECT floor_seq FROM relay_leases WHERE name = $1), 0) AS seq)
+         SELECT (SELECT count(*) FROM event_outbox, f WHERE event_outbox.seq >= f.seq AND sent_at IS NULL)
+              + (SELECT count(*) FROM event_outbox, f
+                 WHERE event_outbox.seq < f.seq AND attempts > 0 AND sent_at IS NULL)",
+    )
+    .bind(LEASE)
+    .persistent(false)
+    .fetch_one(pool)
+    .await
 }
 
 /// Errors after which an idempotent producer cannot send again: the broker

@@ -70,11 +70,13 @@ impl Retention {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        // Through the BRIN index on sent_at over sent rows.
+        // Through the BRIN index on occurred_at (an event is sent after it
+        // occurred); unsent events stay, however old.
         let events = sqlx::query(
             "DELETE FROM event_outbox WHERE id = ANY(ARRAY(
                  SELECT id FROM event_outbox
-                 WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
+                 WHERE occurred_at < now() - make_interval(secs => $1)
+                   AND sent_at < now() - make_interval(secs => $1)
                  LIMIT $2))",
         )
         .bind(keep_secs)

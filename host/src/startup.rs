@@ -178,6 +178,7 @@ impl Application {
             max_attempts: settings.outbox_max_attempts,
             wakeup: Arc::new(Notify::new()),
             holder: settings.instance_id.clone(),
+            floor: Default::default(),
         };
         handles.push(tokio::spawn(relay.run(token.clone())));
         handles.push(tokio::spawn(crate::live::run(

@@ -264,3 +264,76 @@ async fn failing_events_are_dead_lettered_and_can_be_replayed() {
         .collect();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test]
+async fn an_event_committed_after_later_ones_is_still_relayed() {
+    let topic = format!("events-{}", Uuid::new_v4().simple());
+    rollway::ingest::kafka::ensure_topic(&brokers(), &topic, 1)
+        .await
+        .unwrap();
+    let app = spawn_with_topic(&topic, 10).await;
+    // A transaction takes a sequence number and stays open while later
+    // events are written, committed and relayed.
+    let late_id = Uuid::now_v7();
+    let mut held = app.pool.begin().await.unwrap();
+    let late_seq: i64 = sqlx::query_scalar(
+        "INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+         VALUES ($1, 'test', 'late', 'test.late', '{}') RETURNING seq",
+    )
+    .bind(late_id)
+    .fetch_one(&mut *held)
+    .await
+    .unwrap();
+    make_events(&app).await;
+    let started = Instant::now();
+    loop {
+        let (later, unsent): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE sent_at IS NULL) FROM event_outbox WHERE seq > $1",
+        )
+        .bind(late_seq)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        if later >= 5 && unsent == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{unsent} of {later} later events unsent"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The later events left, but the relay's floor waits for the open
+    // transaction's number.
+    let floor: i64 = sqlx::query_scalar("SELECT floor_seq FROM relay_leases WHERE name = 'outbox'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        floor <= late_seq,
+        "floor {floor} passed open seq {late_seq}"
+    );
+    held.commit().await.unwrap();
+    wait_all_sent(&app, Duration::from_secs(30)).await;
+    let expected = outbox_ids(&app).await;
+    assert!(expected.contains(&late_id.to_string()));
+    let envelopes = consume(&topic, &expected).await;
+    assert!(envelopes.iter().any(|e| e["id"] == late_id.to_string()));
+    // Once settled, the floor passes it.
+    let started = Instant::now();
+    loop {
+        let floor: i64 =
+            sqlx::query_scalar("SELECT floor_seq FROM relay_leases WHERE name = 'outbox'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if floor > late_seq {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "floor stays at {floor}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
