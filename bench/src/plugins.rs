@@ -174,8 +174,13 @@ struct Results {
     evaluate_native: Timing,
     parse_wasm: Timing,
     parse_native: Timing,
+    /// `parse-statuses` of [`BATCH`] statuses a call, per status.
+    parse_batched: Timing,
     decision: String,
 }
+
+/// Statuses a batched call parses: an ingestion lane's batch.
+const BATCH: usize = 500;
 
 /// Runs on a blocking thread: plugin calls are synchronous, as the host
 /// makes them (`spawn_blocking`).
@@ -214,8 +219,35 @@ fn measure(sizes: &Sizes) -> anyhow::Result<Results> {
         bail!("parse-status differs between the plugin and the native logic");
     }
 
+    let batch: Vec<(&str, &[u8])> = vec![(DEVICE, payload.as_slice()); BATCH];
+    let batched = registry.parse_statuses("esp32", "{}", &batch);
+    if batched.len() != BATCH
+        || batched
+            .iter()
+            .any(|p| p.as_ref().map(|p| &p.report.message_id).ok() != Some(&status.message_id))
+    {
+        bail!("parse-statuses differs from parse-status");
+    }
+
     let (warmup, calls) = (sizes.plugin_warmup, sizes.plugin_calls);
+    let batches = (calls / BATCH).max(10);
+    let mut parse_batched = time(warmup / BATCH + 1, batches, || {
+        let parsed = registry.parse_statuses("esp32", "{}", black_box(&batch));
+        match parsed.iter().find_map(|p| p.as_ref().err()) {
+            Some(error) => Err(anyhow!("parse-statuses: {error}")),
+            None => Ok(parsed),
+        }
+    })?;
+    for t in [
+        &mut parse_batched.mean,
+        &mut parse_batched.p50,
+        &mut parse_batched.p99,
+    ] {
+        *t /= BATCH as f64;
+    }
+    parse_batched.calls *= BATCH;
     Ok(Results {
+        parse_batched,
         evaluate_wasm: time(warmup, calls, || {
             registry.evaluate("rollout-percent", black_box(CONFIG), black_box(&snapshot))
         })?,
@@ -259,10 +291,17 @@ pub async fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
             "decision": results.decision, "config": CONFIG,
         }),
     );
+    eprintln!(
+        "   parse-statuses, {BATCH} a call: plugin mean {:.2} µs a status",
+        results.parse_batched.mean
+    );
     report.detail(
         name,
         "parse_status",
-        json!({ "plugin": results.parse_wasm.json(), "native": results.parse_native.json() }),
+        json!({
+            "plugin": results.parse_wasm.json(), "native": results.parse_native.json(),
+            "plugin_batched": { "statuses_per_call": BATCH, "per_status": results.parse_batched.json() },
+        }),
     );
     for (label, wasm, native, target) in [
         (
@@ -287,5 +326,14 @@ pub async fn run(sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
             met: Some(wasm.mean < target),
         });
     }
+    // How ingestion calls it: one instance for a lane's batch.
+    report.push(Row {
+        benchmark: format!("plugins: esp32 parse-statuses, {BATCH} a call"),
+        figure: format!("{:.2} µs a status", results.parse_batched.mean),
+        baseline: format!("native {:.2} µs", results.parse_native.mean),
+        ratio: report::ratio(results.parse_batched.mean, results.parse_native.mean).0,
+        target: "—".into(),
+        met: None,
+    });
     Ok(())
 }

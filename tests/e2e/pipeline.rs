@@ -760,8 +760,12 @@ async fn device_plugins_of_wit_0_1_0_still_update_their_devices() {
     assert_eq!(uploaded.status(), StatusCode::CREATED);
     let legacy = crate::plugins::plugin(&app, "device-legacy").await;
     assert_eq!(
-        (&legacy["wit_version"], &legacy["reports_attempts"]),
-        (&json!("0.1.0"), &json!(false)),
+        (
+            &legacy["wit_version"],
+            &legacy["reports_attempts"],
+            &legacy["takes_batches"]
+        ),
+        (&json!("0.1.0"), &json!(false), &json!(false)),
         "{legacy}"
     );
     app.register(json!([{ "id": "OLD-1", "family": "legacy" }]))

@@ -12,7 +12,7 @@ use rollway::metrics::Metrics;
 use rollway::plugins::runtime::Limits;
 use rollway::plugins::{
     BatchCounts, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginError, PluginRegistry,
-    Snapshot,
+    PluginSource, Snapshot,
 };
 
 use crate::helpers::{TestApp, assert_problem, metric, spawn_app};
@@ -48,6 +48,8 @@ fn fixtures() -> PathBuf {
                     "template-device",
                     "-p",
                     "legacy-device-plugin",
+                    "-p",
+                    "poison-device-plugin",
                     "--target-dir",
                 ])
                 .arg(&target)
@@ -123,9 +125,11 @@ async fn shipped_plugins_are_loaded() {
         ]
     );
     for p in list.as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.1", "{p}");
-        // Every shipped device plugin's statuses name their attempt.
+        assert_eq!(p["wit_version"], "0.1.2", "{p}");
+        // Every shipped device plugin's statuses name their attempt, and
+        // each takes statuses and commands in batches.
         assert_eq!(p["reports_attempts"], p["kind"] == "device", "{p}");
+        assert_eq!(p["takes_batches"], p["kind"] == "device", "{p}");
         assert_eq!(p["state"], "enabled");
         assert_eq!(p["source"], "builtin");
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
@@ -766,6 +770,71 @@ fn device_plugins_build_commands_and_parse_statuses() {
         registry.parse_status("avr", "{}", "DEV-1", b"{}"),
         Err(PluginError::NoFamily(_))
     ));
+}
+
+#[test]
+fn batches_take_one_instance_and_a_poisonous_item_fails_alone() {
+    let registry = PluginRegistry::new(Metrics::new().unwrap(), Limits::default()).unwrap();
+    let plugin = registry
+        .load(
+            &fixture("poison_device_plugin.wasm"),
+            PluginSource::Uploaded,
+        )
+        .unwrap();
+    assert!(plugin.takes_batches());
+    registry.admit(plugin).unwrap();
+    let view = || registry.get("device-poison").unwrap().view();
+    let status = |n: u32, state: &str| {
+        format!(r#"{{"message_id":"m{n}","device_id":"DEV-{n}","state":"{state}","attempt":1}}"#)
+            .into_bytes()
+    };
+    let (one, two, poison) = (
+        status(1, "init"),
+        status(2, "done"),
+        b"{\"device_id\":\"DEV-3\",\"state\":\"poison\"}".to_vec(),
+    );
+
+    // Healthy statuses: one call, one fresh instance, for the whole batch.
+    let calls = view().calls;
+    let parsed = registry.parse_statuses("poison", "{}", &[("DEV-1", &one), ("DEV-2", &two)]);
+    assert_eq!(view().calls, calls + 1);
+    let parsed: Vec<_> = parsed.into_iter().map(Result::unwrap).collect();
+    assert_eq!(parsed[0].report.device_id, "DEV-1");
+    assert_eq!(parsed[1].report.message_id, "m2");
+    assert_eq!(parsed[1].attempt, Some(1));
+
+    // One poisonous status traps the batch; parsed again one by one, it
+    // fails alone and the others are answered, in order.
+    let parsed = registry.parse_statuses(
+        "poison",
+        "{}",
+        &[("DEV-1", &one), ("DEV-3", &poison), ("DEV-2", &two)],
+    );
+    assert_eq!(parsed.len(), 3);
+    assert_eq!(parsed[0].as_ref().unwrap().report.device_id, "DEV-1");
+    assert!(
+        matches!(&parsed[1], Err(PluginError::Failed { .. })),
+        "{:?}",
+        parsed[1]
+    );
+    assert_eq!(parsed[2].as_ref().unwrap().report.device_id, "DEV-2");
+    assert_eq!(view().traps, 2, "the batch and the poisonous status");
+
+    // Commands likewise.
+    let mut poisoned = command_request("poison", None, None, None);
+    poisoned.device.id = "DEV-POISON".into();
+    let healthy = command_request("poison", None, None, None);
+    let calls = view().calls;
+    let built = registry.build_commands("poison", "{}", &[healthy.clone(), healthy.clone()]);
+    assert_eq!(view().calls, calls + 1);
+    assert!(built.iter().all(Result::is_ok));
+    let built = registry.build_commands("poison", "{}", &[healthy.clone(), poisoned, healthy]);
+    assert_eq!(built[0].as_ref().unwrap().topic, "DEV-1/update/command");
+    assert!(matches!(&built[1], Err(PluginError::Failed { .. })));
+    assert!(built[2].is_ok());
+    assert_eq!(view().traps, 4);
+    // Failures in a row never reached the limit: healthy calls came between.
+    assert_eq!(view().state, "enabled");
 }
 
 #[test]

@@ -119,13 +119,20 @@ impl Dispatcher {
         }
         let plugins = self.plugins.clone();
         let built = tokio::task::spawn_blocking(move || {
-            requests
-                .into_iter()
-                .map(|(family, request)| {
-                    let command = plugins.build_command(&family, "{}", &request);
-                    (request.execution_id, command)
-                })
-                .collect::<Vec<_>>()
+            // Each family's commands in one call of its plugin (one instance
+            // per round when the plugin takes batches).
+            let mut by_family: HashMap<String, Vec<CommandRequest>> = HashMap::new();
+            for (family, request) in requests {
+                by_family.entry(family).or_default().push(request);
+            }
+            let mut built = Vec::new();
+            for (family, requests) in by_family {
+                let commands = plugins.build_commands(&family, "{}", &requests);
+                built.extend(requests.iter().map(|r| r.execution_id).zip(commands));
+            }
+            // Published in the order claimed.
+            built.sort_unstable_by_key(|(execution_id, _)| *execution_id);
+            built
         })
         .await?;
         for (execution_id, command) in built {

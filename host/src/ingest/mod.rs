@@ -238,12 +238,30 @@ impl Ingest {
         let started = std::time::Instant::now();
         let plugins = self.plugins.clone();
         let parsed = tokio::task::spawn_blocking(move || {
-            work.into_iter()
-                .map(|(i, family, device, payload)| {
-                    let report = plugins.parse_status(&family, "{}", &device, &payload);
-                    (i, device, report)
-                })
-                .collect::<Vec<_>>()
+            // Each family's statuses in one call of its plugin (one instance
+            // per batch when the plugin takes batches).
+            let mut by_family: HashMap<String, Vec<(usize, String, bytes::Bytes)>> = HashMap::new();
+            for (i, family, device, payload) in work {
+                by_family
+                    .entry(family)
+                    .or_default()
+                    .push((i, device, payload));
+            }
+            let mut parsed = Vec::new();
+            for (family, statuses) in by_family {
+                let items: Vec<(&str, &[u8])> = statuses
+                    .iter()
+                    .map(|(_, device, payload)| (device.as_str(), payload.as_ref()))
+                    .collect();
+                let reports = plugins.parse_statuses(&family, "{}", &items);
+                parsed.extend(
+                    statuses
+                        .into_iter()
+                        .zip(reports)
+                        .map(|((i, device, _), report)| (i, device, report)),
+                );
+            }
+            parsed
         })
         .await?;
         // Rows are locked in device order, the same in every batch, so that

@@ -49,6 +49,12 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
              device-protocol-attempts (WIT 0.1.1) so that late statuses of earlier attempts are refused"
         );
     }
+    if plugin.kind == PluginKind::Device && plugin.reports_attempts() && !plugin.takes_batches() {
+        println!(
+            "note:        one status or command per call; build against WIT 0.1.2, whose \
+             device-protocol-attempts world exports batch, for a fresh instance per batch instead"
+        );
+    }
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match kind {

@@ -38,11 +38,17 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 1);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
 const ATTEMPTS_INTERFACE: &str = "rollway:plugin/attempts@0.1.1";
+/// The optional export of device plugins since 0.1.2 (`batch`).
+const BATCH_INTERFACE: &str = "rollway:plugin/batch@0.1.2";
+/// Most items in one batched plugin call, and most status payload bytes:
+/// a batch shares the call's memory budget.
+const BATCH_ITEMS: usize = 512;
+const BATCH_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 
 /// A status as its family's plugin parsed it.
 #[derive(Debug, Clone)]
@@ -108,7 +114,7 @@ pub enum PluginSource {
     Uploaded,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PluginError {
     #[error("no {kind} plugin named '{name}'")]
     NotFound { kind: &'static str, name: String },
@@ -147,6 +153,9 @@ pub struct Plugin {
     pre: Pre,
     /// `attempts.parse-status-attempt`, when the device plugin exports it.
     parse_status_attempt: Option<ComponentExportIndex>,
+    /// `batch.parse-statuses` and `batch.build-commands` (0.1.2).
+    parse_statuses: Option<ComponentExportIndex>,
+    build_commands: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -169,6 +178,10 @@ pub struct PluginView {
     /// exporting `attempts`, WIT 0.1.1): the host then refuses late
     /// statuses of earlier attempts.
     pub reports_attempts: bool,
+    /// Whether the device plugin takes many statuses and commands per call
+    /// (exporting `batch`, WIT 0.1.2): the host then parses an ingestion
+    /// batch and builds a dispatch round in one instance.
+    pub takes_batches: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -189,6 +202,7 @@ impl Plugin {
             source: self.source.clone(),
             families: self.families.clone(),
             reports_attempts: self.reports_attempts(),
+            takes_batches: self.takes_batches(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -199,6 +213,11 @@ impl Plugin {
     /// Whether the device plugin exports `attempts` (WIT 0.1.1).
     pub fn reports_attempts(&self) -> bool {
         self.parse_status_attempt.is_some()
+    }
+
+    /// Whether the device plugin exports `batch` (WIT 0.1.2).
+    pub fn takes_batches(&self) -> bool {
+        self.parse_statuses.is_some() && self.build_commands.is_some()
     }
 
     fn reason(&self) -> Option<String> {
@@ -402,14 +421,15 @@ impl PluginRegistry {
                 .map(Pre::Device),
         }
         .map_err(|e| PluginError::Invalid(format!("the component cannot be linked: {e:#}")))?;
-        let parse_status_attempt = match kind {
+        let export = |interface: &str, function: &str| match kind {
             PluginKind::Device => component
-                .get_export_index(None, ATTEMPTS_INTERFACE)
-                .and_then(|attempts| {
-                    component.get_export_index(Some(&attempts), "parse-status-attempt")
-                }),
+                .get_export_index(None, interface)
+                .and_then(|index| component.get_export_index(Some(&index), function)),
             PluginKind::Rollout => None,
         };
+        let parse_status_attempt = export(ATTEMPTS_INTERFACE, "parse-status-attempt");
+        let parse_statuses = export(BATCH_INTERFACE, "parse-statuses");
+        let build_commands = export(BATCH_INTERFACE, "build-commands");
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -421,6 +441,8 @@ impl PluginRegistry {
             families: Vec::new(),
             pre,
             parse_status_attempt,
+            parse_statuses,
+            build_commands,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -820,13 +842,105 @@ impl PluginRegistry {
                     .call_build_command(store, config, request)
             })?
             .map_err(|reason| Self::refused(&plugin, reason))?;
+        Self::checked_command(&plugin, request, command)
+    }
+
+    /// Builds the commands of many devices of `family`: in one instance per
+    /// batch when the plugin exports `batch`, else one by one. A batch that
+    /// fails is built again one by one, so that one poisonous request fails
+    /// alone. One answer per request, in order.
+    pub fn build_commands(
+        &self,
+        family: &str,
+        config: &str,
+        requests: &[CommandRequest],
+    ) -> Vec<Result<Command, PluginError>> {
+        let plugin = match self.device_plugin(family) {
+            Ok(plugin) => plugin,
+            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let one_by_one = |requests: &[CommandRequest]| -> Vec<Result<Command, PluginError>> {
+            requests
+                .iter()
+                .map(|request| self.build_command(family, config, request))
+                .collect()
+        };
+        let Some(index) = &plugin.build_commands else {
+            return one_by_one(requests);
+        };
+        self.in_batches(
+            &plugin,
+            "build-commands",
+            index,
+            config,
+            requests.chunks(BATCH_ITEMS).collect(),
+            one_by_one,
+            |request, answer: Result<Command, String>| {
+                answer
+                    .map_err(|reason| Self::refused(&plugin, reason))
+                    .and_then(|command| Self::checked_command(&plugin, request, command))
+            },
+        )
+    }
+
+    /// Calls the `batch` function at `index` once per chunk of `items`,
+    /// turning each item's answer into a result with `answer`. A chunk
+    /// whose call fails, or answers another number of items than it was
+    /// given, is handed to `one_by_one`.
+    #[allow(clippy::too_many_arguments)]
+    fn in_batches<'a, I, A, R>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        index: &ComponentExportIndex,
+        config: &str,
+        chunks: Vec<&'a [I]>,
+        one_by_one: impl Fn(&'a [I]) -> Vec<Result<R, PluginError>>,
+        answer: impl Fn(&I, A) -> Result<R, PluginError>,
+    ) -> Vec<Result<R, PluginError>>
+    where
+        I: wasmtime::component::Lower,
+        A: wasmtime::component::Lift + Send + Sync + 'static,
+    {
+        let mut answers = Vec::new();
+        for chunk in chunks {
+            let batch = self.device_instance_call(plugin, function, |store, instance| {
+                let function =
+                    instance.get_typed_func::<(&str, &[I]), (Vec<A>,)>(&mut *store, index)?;
+                let (answers,) = function.call(&mut *store, (config, chunk))?;
+                Ok(answers)
+            });
+            match batch {
+                Ok(batch) if batch.len() == chunk.len() => {
+                    answers.extend(chunk.iter().zip(batch).map(|(item, a)| answer(item, a)));
+                }
+                Ok(batch) => {
+                    tracing::warn!(
+                        plugin = %plugin.name, function, asked = chunk.len(), answered = batch.len(),
+                        "a batch call answered another number of items; calling item by item"
+                    );
+                    answers.extend(one_by_one(chunk));
+                }
+                Err(_) => answers.extend(one_by_one(chunk)),
+            }
+        }
+        answers
+    }
+
+    /// Checks a command a plugin built: its topic names the device or its
+    /// gateway, its size and QoS are in bounds.
+    fn checked_command(
+        plugin: &Plugin,
+        request: &CommandRequest,
+        command: Command,
+    ) -> Result<Command, PluginError> {
         let topic_ok = !command.topic.is_empty()
             && command.topic.len() <= 256
             && !command.topic.starts_with('/')
             && !command.topic.contains(['+', '#', '\0']);
         if !topic_ok {
             return Err(Self::nonsense(
-                &plugin,
+                plugin,
                 format!(
                     "build-command returned an invalid topic {:?}",
                     command.topic
@@ -840,7 +954,7 @@ impl PluginRegistry {
         let first = command.topic.split('/').next();
         if !own.contains(&first) {
             return Err(Self::nonsense(
-                &plugin,
+                plugin,
                 format!(
                     "build-command addressed {:?}, which is neither the device nor its gateway",
                     command.topic
@@ -849,7 +963,7 @@ impl PluginRegistry {
         }
         if command.payload.len() > MAX_COMMAND_BYTES || command.qos > 2 {
             return Err(Self::nonsense(
-                &plugin,
+                plugin,
                 "build-command returned an oversized payload or a QoS above 2".into(),
             ));
         }
@@ -893,6 +1007,68 @@ impl PluginRegistry {
             .map(|(report, attempt)| ParsedStatus { report, attempt })
             .map_err(|reason| Self::refused(&plugin, reason))
     }
+
+    /// Parses many status payloads of `family`, each `(topic device id,
+    /// payload)`: in one instance per batch when the plugin exports
+    /// `batch`, else one by one. A batch that fails is parsed again one by
+    /// one, so that one poisonous payload fails alone. One answer per
+    /// status, in order.
+    pub fn parse_statuses(
+        &self,
+        family: &str,
+        config: &str,
+        statuses: &[(&str, &[u8])],
+    ) -> Vec<Result<ParsedStatus, PluginError>> {
+        let plugin = match self.device_plugin(family) {
+            Ok(plugin) => plugin,
+            Err(error) => return statuses.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let one_by_one = |statuses: &[(&str, &[u8])]| -> Vec<Result<ParsedStatus, PluginError>> {
+            statuses
+                .iter()
+                .map(|(device, payload)| self.parse_status(family, config, device, payload))
+                .collect()
+        };
+        let Some(index) = &plugin.parse_statuses else {
+            return one_by_one(statuses);
+        };
+        type Answer = Result<(StatusReport, Option<u32>), String>;
+        self.in_batches(
+            &plugin,
+            "parse-statuses",
+            index,
+            config,
+            batches(statuses, |(_, payload)| payload.len()),
+            one_by_one,
+            |_, answer: Answer| {
+                answer
+                    .map(|(report, attempt)| ParsedStatus { report, attempt })
+                    .map_err(|reason| Self::refused(&plugin, reason))
+            },
+        )
+    }
+}
+
+/// Splits `items` into runs of at most [`BATCH_ITEMS`] items and
+/// [`BATCH_PAYLOAD_BYTES`] bytes (as `bytes` counts them; one larger item
+/// is a run of its own).
+fn batches<T>(items: &[T], bytes: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (i, item) in items.iter().enumerate() {
+        let n = bytes(item);
+        if i > start && (i - start == BATCH_ITEMS || size + n > BATCH_PAYLOAD_BYTES) {
+            runs.push(&items[start..i]);
+            start = i;
+            size = 0;
+        }
+        size += n;
+    }
+    if start < items.len() {
+        runs.push(&items[start..]);
+    }
+    runs
 }
 
 impl dev::StatusState {
@@ -905,5 +1081,33 @@ impl dev::StatusState {
             dev::StatusState::Done => "done",
             dev::StatusState::Error => "error",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_items_and_bytes() {
+        let small = vec![10usize; 1200];
+        let runs = batches(&small, |n| *n);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [BATCH_ITEMS, BATCH_ITEMS, 1200 - 2 * BATCH_ITEMS]
+        );
+        let large = vec![
+            BATCH_PAYLOAD_BYTES / 2,
+            BATCH_PAYLOAD_BYTES / 2,
+            1,
+            BATCH_PAYLOAD_BYTES * 2,
+            1,
+        ];
+        let runs = batches(&large, |n| *n);
+        assert_eq!(
+            runs.iter().map(|r| r.len()).collect::<Vec<_>>(),
+            [2, 1, 1, 1]
+        );
+        assert!(batches(&Vec::<usize>::new(), |n| *n).is_empty());
     }
 }

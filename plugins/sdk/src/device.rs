@@ -83,7 +83,9 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 /// Exports a [`DeviceFamily`] as the plugin's component. Invoke it at the
 /// crate root after
 /// `wit_bindgen::generate!({ world: "device-protocol-attempts", .. })`: the
-/// component exports `device` and `attempts` (statuses name their attempt).
+/// component exports `device`, `attempts` (statuses name their attempt)
+/// and `batch` (many statuses or commands in one call, each parsed or
+/// built as alone, the configuration read once).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -136,15 +138,7 @@ macro_rules! device_plugin {
                 request: exports::rollway::plugin::device::CommandRequest,
             ) -> Result<exports::rollway::plugin::device::Command, String> {
                 let config = $crate::device::load_config::<$family>(&config)?;
-                let out = <$family as $crate::device::DeviceFamily>::build_command(
-                    &config,
-                    &to_request(&request),
-                )?;
-                Ok(exports::rollway::plugin::device::Command {
-                    topic: out.topic,
-                    payload: out.payload,
-                    qos: out.qos,
-                })
+                rollway_build_one(&config, &request)
             }
 
             fn parse_status(
@@ -161,6 +155,32 @@ macro_rules! device_plugin {
             }
         }
 
+        /// One status, parsed with a configuration already read.
+        fn rollway_parse_one(
+            config: &<$family as $crate::device::DeviceFamily>::Config,
+            topic_device_id: &str,
+            payload: &[u8],
+        ) -> Result<(exports::rollway::plugin::device::StatusReport, Option<u32>), String> {
+            <$family as $crate::device::DeviceFamily>::parse_status(config, topic_device_id, payload)
+                .map(|status| {
+                    let attempt = status.attempt;
+                    (to_report(status), attempt)
+                })
+        }
+
+        /// One command, built with a configuration already read.
+        fn rollway_build_one(
+            config: &<$family as $crate::device::DeviceFamily>::Config,
+            request: &exports::rollway::plugin::device::CommandRequest,
+        ) -> Result<exports::rollway::plugin::device::Command, String> {
+            <$family as $crate::device::DeviceFamily>::build_command(config, &to_request(request))
+                .map(|out| exports::rollway::plugin::device::Command {
+                    topic: out.topic,
+                    payload: out.payload,
+                    qos: out.qos,
+                })
+        }
+
         impl exports::rollway::plugin::attempts::Guest for RollwayDeviceGuest {
             fn parse_status_attempt(
                 config: String,
@@ -168,15 +188,37 @@ macro_rules! device_plugin {
                 payload: Vec<u8>,
             ) -> Result<(exports::rollway::plugin::device::StatusReport, Option<u32>), String> {
                 let config = $crate::device::load_config::<$family>(&config)?;
-                <$family as $crate::device::DeviceFamily>::parse_status(
-                    &config,
-                    &topic_device_id,
-                    &payload,
-                )
-                .map(|status| {
-                    let attempt = status.attempt;
-                    (to_report(status), attempt)
-                })
+                rollway_parse_one(&config, &topic_device_id, &payload)
+            }
+        }
+
+        impl exports::rollway::plugin::batch::Guest for RollwayDeviceGuest {
+            fn parse_statuses(
+                config: String,
+                statuses: Vec<(String, Vec<u8>)>,
+            ) -> Vec<Result<(exports::rollway::plugin::device::StatusReport, Option<u32>), String>> {
+                match $crate::device::load_config::<$family>(&config) {
+                    Ok(config) => statuses
+                        .iter()
+                        .map(|(topic_device_id, payload)| {
+                            rollway_parse_one(&config, topic_device_id, payload)
+                        })
+                        .collect(),
+                    Err(reason) => statuses.iter().map(|_| Err(reason.clone())).collect(),
+                }
+            }
+
+            fn build_commands(
+                config: String,
+                requests: Vec<exports::rollway::plugin::device::CommandRequest>,
+            ) -> Vec<Result<exports::rollway::plugin::device::Command, String>> {
+                match $crate::device::load_config::<$family>(&config) {
+                    Ok(config) => requests
+                        .iter()
+                        .map(|request| rollway_build_one(&config, request))
+                        .collect(),
+                    Err(reason) => requests.iter().map(|_| Err(reason.clone())).collect(),
+                }
             }
         }
 
