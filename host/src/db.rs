@@ -83,3 +83,28 @@ pub enum ViolationKind {
     ForeignKey,
     Check,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_of(url: &str) -> String {
+        let options: PgConnectOptions = url.parse().unwrap();
+        without_jit(options).get_options().unwrap_or("").to_owned()
+    }
+
+    #[test]
+    fn jit_is_off_unless_the_url_says_otherwise() {
+        assert!(options_of("postgres://rollway@db/rollway").contains("jit=off"));
+        let kept = options_of("postgres://rollway@db/rollway?options=-c%20jit%3Don");
+        assert!(
+            kept.contains("jit=on") && !kept.contains("jit=off"),
+            "{kept}"
+        );
+        let other = options_of("postgres://rollway@db/rollway?options=-c%20work_mem%3D64MB");
+        assert!(
+            other.contains("work_mem=64MB") && other.contains("jit=off"),
+            "{other}"
+        );
+    }
+}
