@@ -17,12 +17,14 @@ use crate::report::{self, Report, Row};
 #[derive(Default)]
 struct Seen {
     per_topic: HashMap<String, u32>,
+    first_us: Option<i64>,
     last_us: i64,
     sample: Option<Vec<u8>>,
 }
 
 fn on_command(seen: &mut Seen, publish: rumqttc::Publish) {
     seen.last_us = mqtt::now_us();
+    seen.first_us.get_or_insert(seen.last_us);
     if seen.sample.is_none() {
         seen.sample = Some(publish.payload.to_vec());
     }
@@ -84,6 +86,7 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             Some(86_400),
         ))
         .await?;
+    let answered_us = mqtt::now_us();
     mqtt::wait_count(
         "commands received",
         &subscriber.received,
@@ -108,6 +111,13 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
     }
     let window_s = ((seen.last_us - created_us) as f64 / 1e6).max(1e-6);
     let rate = expected as f64 / window_s;
+    // Where the window goes: the job's creation (its executions, planned),
+    // the scheduler's start and the batch's release, then the stream of
+    // commands.
+    let answered_s = (answered_us - created_us) as f64 / 1e6;
+    let first_s = (seen.first_us.unwrap_or(seen.last_us) - created_us) as f64 / 1e6;
+    let streaming_s = (window_s - first_s).max(1e-6);
+    let streaming_rate = (expected - 1) as f64 / streaming_s;
     let sample = seen
         .sample
         .clone()
@@ -117,6 +127,13 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         report::seconds(window_s),
         report::per_second(rate),
         sample.len()
+    );
+    eprintln!(
+        "   job created in {}, first command at {}, then {} for {}",
+        report::seconds(answered_s),
+        report::seconds(first_s),
+        report::per_second(streaming_rate),
+        report::seconds(streaming_s)
     );
     pool.close().await;
     host.stop().await?;
@@ -181,6 +198,8 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         json!({
             "commands": expected, "window_s": window_s, "commands_per_s": rate,
             "payload_bytes": sample.len(), "seed_s": seeded.as_secs_f64(),
+            "job_created_s": answered_s, "first_command_s": first_s,
+            "after_first_command_per_s": streaming_rate,
         }),
     );
     report.detail(
