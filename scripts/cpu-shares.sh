@@ -21,7 +21,7 @@ tick_ms=$((1000 / $(getconf CLK_TCK)))
 sample() {
     local pg=0 host=0 broker=0 bench=0 other=0 comm rest stat
     for stat in /proc/[0-9]*/stat; do
-        read -r rest <"$stat" 2>/dev/null || continue
+        read -r rest 2>/dev/null <"$stat" || continue
         comm=${rest#*(}
         comm=${comm%%)*}
         rest=${rest##*) }

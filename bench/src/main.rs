@@ -91,7 +91,7 @@ impl Sizes {
         let pick = |full_size: u32, quick_size: u32| if full { full_size } else { quick_size };
         Self {
             full,
-            ingest_devices: args.ingest_devices.unwrap_or(pick(160_000, 2_000)),
+            ingest_devices: args.ingest_devices.unwrap_or(pick(200_000, 2_000)),
             latency_devices: pick(30_000, 500),
             latency_load: 0.7,
             latency_secs: if full { 15.0 } else { 3.0 },
