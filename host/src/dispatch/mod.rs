@@ -121,18 +121,24 @@ impl Dispatcher {
         let built = tokio::task::spawn_blocking(move || {
             // Each family's commands in one call of its plugin (one instance
             // per round when the plugin takes batches).
-            let mut by_family: HashMap<String, Vec<CommandRequest>> = HashMap::new();
-            for (family, request) in requests {
-                by_family.entry(family).or_default().push(request);
-            }
-            let mut built = Vec::new();
-            for (family, requests) in by_family {
-                let commands = plugins.build_commands(&family, "{}", &requests);
-                built.extend(requests.iter().map(|r| r.execution_id).zip(commands));
+            let mut by_family: HashMap<String, (Vec<usize>, Vec<CommandRequest>)> = HashMap::new();
+            let count = requests.len();
+            for (position, (family, request)) in requests.into_iter().enumerate() {
+                let (positions, requests) = by_family.entry(family).or_default();
+                positions.push(position);
+                requests.push(request);
             }
             // Published in the order claimed.
-            built.sort_unstable_by_key(|(execution_id, _)| *execution_id);
-            built
+            let mut built: Vec<Option<_>> = (0..count).map(|_| None).collect();
+            for (family, (positions, requests)) in by_family {
+                let commands = plugins.build_commands(&family, "{}", &requests);
+                for ((position, request), command) in
+                    positions.into_iter().zip(&requests).zip(commands)
+                {
+                    built[position] = Some((request.execution_id, command));
+                }
+            }
+            built.into_iter().flatten().collect::<Vec<_>>()
         })
         .await?;
         for (execution_id, command) in built {
