@@ -11,7 +11,7 @@
 //! consumers deduplicate by the event id.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -160,7 +160,7 @@ fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let wakeup = self.wakeup.clone();
-        let counted_at: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        let counted_at: Mutex<Option<Instant>> = Mutex::new(None);
         crate::worker::run_rounds(
             "relaying the outbox",
             Duration::from_millis(250),
@@ -188,7 +188,7 @@ impl Relay {
         .await;
     }
 
-    fn floor(&self) -> std::sync::MutexGuard<'_, Floor> {
+    fn floor(&self) -> MutexGuard<'_, Floor> {
         self.floor.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -265,6 +265,14 @@ async fn failing_events_are_dead_lettered_and_can_be_replayed() {
     assert_eq!(ids, expected);
 }
 
+/// The relay's recorded floor: every event below it is settled.
+async fn floor_seq(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT floor_seq FROM relay_leases WHERE name = 'outbox'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_event_committed_after_later_ones_is_still_relayed() {
     let topic = format!("events-{}", Uuid::new_v4().simple());
@@ -305,10 +313,7 @@ async fn an_event_committed_after_later_ones_is_still_relayed() {
     }
     // The later events left, but the relay's floor waits for the open
     // transaction's number.
-    let floor: i64 = sqlx::query_scalar("SELECT floor_seq FROM relay_leases WHERE name = 'outbox'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let floor = floor_seq(&app).await;
     assert!(
         floor <= late_seq,
         "floor {floor} passed open seq {late_seq}"
@@ -322,11 +327,7 @@ async fn an_event_committed_after_later_ones_is_still_relayed() {
     // Once settled, the floor passes it.
     let started = Instant::now();
     loop {
-        let floor: i64 =
-            sqlx::query_scalar("SELECT floor_seq FROM relay_leases WHERE name = 'outbox'")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
+        let floor = floor_seq(&app).await;
         if floor > late_seq {
             break;
         }

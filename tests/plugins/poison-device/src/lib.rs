@@ -7,7 +7,7 @@
 wit_bindgen::generate!({ world: "device-protocol-attempts", path: "../../../wit" });
 
 use rollway_plugin_sdk::command::Request;
-use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts, Outgoing};
+use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};
 use rollway_plugin_sdk::status::Status;
 
 struct Poison;
@@ -23,15 +23,15 @@ impl DeviceFamily for Poison {
         Ok(ImageFacts::default())
     }
 
-    fn build_command(_config: &Self::Config, request: &Request) -> Result<Outgoing, String> {
+    // The SDK builds the standard command around these fields.
+    fn command_fields(
+        _config: &Self::Config,
+        request: &Request,
+    ) -> Result<serde_json::Value, String> {
         if request.device_id.contains("POISON") {
             panic!("a poisoned device");
         }
-        Ok(Outgoing {
-            topic: request.topic(),
-            payload: request.payload(serde_json::json!({})),
-            qos: 1,
-        })
+        Ok(serde_json::json!({}))
     }
 
     fn parse_status(
