@@ -91,11 +91,13 @@ ensure_postgres() {
 }
 
 ensure_mosquitto() {
-    # Our own broker, not a system one on 1883: the tests need queues and
-    # in-flight windows far above Mosquitto's defaults (which drop QoS 1
-    # messages past 1000 queued), and persistence for restart tests. The
-    # in-flight window bounds a subscriber's rate (window / commit latency,
-    # since the host acks after its commit): the benchmarks need it wide.
+    # Our own broker, not a system one on 1883, set up as
+    # docs/BROKER-ACL.md ("Limits and queues") recommends: a packet limit,
+    # queues and in-flight windows far above Mosquitto's defaults (which
+    # drop QoS 1 messages past 1000 queued), and persistence for restart
+    # tests. The in-flight window bounds a subscriber's rate (window /
+    # commit latency, since the host acks after its commit): the
+    # benchmarks need it wide.
     if [ -n "${MQTT_URL:-}" ]; then return 0; fi
     local port=18830
     export MQTT_URL="mqtt://127.0.0.1:$port"

@@ -23,6 +23,11 @@ psql "$ROLLWAY_TEST_DATABASE_URL" -tAc \
 log="$ROLLWAY_CACHE/last-test.log"
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+# The REST API fuzzed from its OpenAPI document by schemathesis, every
+# check on, for ROLLWAY_API_FUZZ_SECONDS (180) against a running host.
+if [ "$status" = 0 ] && [ $# = 0 ]; then
+    bash scripts/api-fuzz.sh 2>&1 | tee -a "$log" || status=$?
+fi
 # The fuzz smoke run (SECURITY.md): CI sets ROLLWAY_FUZZ_SECONDS; each
 # target runs that long from its corpus.
 if [ "$status" = 0 ] && [ "${ROLLWAY_FUZZ_SECONDS:-0}" -gt 0 ] && [ $# = 0 ]; then

@@ -24,6 +24,8 @@ pub struct Principal {
     pub token_id: Uuid,
     pub name: String,
     pub role: Role,
+    /// When the token stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl Principal {
@@ -49,21 +51,34 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
 /// Resolves a bearer secret to its principal, if the token exists, is not
 /// revoked and has not expired.
 pub async fn authenticate(pool: &PgPool, secret: &str) -> Result<Option<Principal>, sqlx::Error> {
-    let row: Option<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT id, name, role FROM api_tokens
+    let row: Option<(Uuid, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, name, role, expires_at FROM api_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL
            AND (expires_at IS NULL OR expires_at > now())",
     )
     .bind(hash_secret(secret))
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|(token_id, name, role)| {
+    Ok(row.and_then(|(token_id, name, role, expires_at)| {
         Some(Principal {
             token_id,
             name,
             role: Role::parse(&role).ok()?,
+            expires_at,
         })
     }))
+}
+
+/// Whether a token still works: not revoked and not expired. Long-lived
+/// responses (the event stream) ask again while they run.
+pub async fn still_valid(pool: &PgPool, token_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL
+                          AND (expires_at IS NULL OR expires_at > now()))",
+    )
+    .bind(token_id)
+    .fetch_one(pool)
+    .await
 }
 
 /// A token as listed (never with its secret).

@@ -18,9 +18,11 @@ pub struct Metrics {
     pub outbox_pending_total: IntGauge,
     pub outbox_errors_total: IntCounter,
     pub mqtt_sessions_adopted: IntGauge,
+    pub mqtt_broker_messages_dropped: IntGauge,
     pub live_stream_clients: IntGauge,
     pub event_processing_lag_seconds: Histogram,
     pub status_messages_total: IntCounterVec,
+    pub status_batch_fallbacks_total: IntCounter,
     pub plugin_calls_total: IntCounterVec,
     pub plugin_traps_total: IntCounterVec,
     pub http_requests_total: IntCounterVec,
@@ -66,6 +68,11 @@ impl Metrics {
             "MQTT sessions of silent replicas this replica serves",
         )?;
         registry.register(Box::new(mqtt_sessions_adopted.clone()))?;
+        let mqtt_broker_messages_dropped = IntGauge::new(
+            "mqtt_broker_messages_dropped",
+            "Messages the MQTT broker says it dropped since it started (queue and in-flight limits; Mosquitto's $SYS/broker/publish/messages/dropped)",
+        )?;
+        registry.register(Box::new(mqtt_broker_messages_dropped.clone()))?;
         let http_request_duration_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "http_request_duration_seconds",
@@ -100,6 +107,7 @@ impl Metrics {
             outbox_pending_total,
             live_stream_clients,
             mqtt_sessions_adopted,
+            mqtt_broker_messages_dropped,
             outbox_errors_total: counter(
                 "outbox_errors_total",
                 "Failures to publish outbox events",
@@ -113,8 +121,12 @@ impl Metrics {
             )?,
             status_messages_total: counter_vec(
                 "status_messages_total",
-                "Device status messages received, by result",
-                &["result"],
+                "Device status messages received, by result and, for those not applied, the reason",
+                &["result", "reason"],
+            )?,
+            status_batch_fallbacks_total: counter(
+                "status_batch_fallbacks_total",
+                "Status batches the database refused as a whole and that were applied again message by message",
             )?,
             plugin_calls_total: counter_vec(
                 "plugin_calls_total",

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,6 +19,56 @@ use crate::metrics::Metrics;
 
 /// QoS 0 messages held for a consumer that is behind, at most.
 const MAX_HELD_QOS0: usize = 10_000;
+
+/// The largest packet MQTT can express (a remaining length of 268,435,455
+/// bytes plus the fixed header). The host's client accepts anything the
+/// broker forwards: a packet over the client's limit would fail the whole
+/// connection, and the broker would redeliver the unacked message on every
+/// reconnection, so one device could stop ingestion and dispatch for good.
+/// Oversized statuses are refused (and acked) by ingestion instead; the
+/// broker's own `max_packet_size` (docs/BROKER-ACL.md) is what bounds the
+/// memory one message can take.
+pub const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
+
+/// Where Mosquitto publishes how many messages it dropped (queue and
+/// in-flight limits) since it started; retained, and sent again on change.
+/// With `ROLLWAY_MQTT_DROPPED_TOPIC` set to it, the host mirrors the count
+/// in `mqtt_broker_messages_dropped`, so that loss the broker causes is
+/// visible beside Rollway's own metrics. Off by default: some brokers
+/// (rumqttd, EMQX with `deny_action = disconnect`) drop a client that
+/// subscribes to a `$SYS` topic it may not read.
+pub const MOSQUITTO_DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
+
+/// Largest packet the host publishes (commands are checked far below it).
+const MAX_OUTGOING_PACKET: usize = 256 * 1024;
+
+/// Whether the host's MQTT connection is up, for `/readyz`.
+#[derive(Clone, Debug)]
+pub struct LinkState(Arc<AtomicU8>);
+
+impl LinkState {
+    const NOT_CONFIGURED: u8 = 0;
+    const DOWN: u8 = 1;
+    const UP: u8 = 2;
+
+    /// No broker is configured: nothing to wait for.
+    pub fn not_configured() -> Self {
+        Self(Arc::new(AtomicU8::new(Self::NOT_CONFIGURED)))
+    }
+
+    fn set(&self, up: bool) {
+        self.0
+            .store(if up { Self::UP } else { Self::DOWN }, Ordering::Release);
+    }
+
+    /// `None` without a broker; else whether the connection is up.
+    pub fn connected(&self) -> Option<bool> {
+        match self.0.load(Ordering::Acquire) {
+            Self::NOT_CONFIGURED => None,
+            state => Some(state == Self::UP),
+        }
+    }
+}
 
 /// Chooses the process's TLS crypto provider (ring), once. Rustls cannot
 /// pick one itself when the dependency tree enables two, and MQTT over
@@ -66,7 +116,7 @@ pub fn options(url: &str, client_id: &str, ca: Option<&[u8]>) -> anyhow::Result<
         .set_clean_session(false)
         .set_manual_acks(true)
         .set_inflight(200)
-        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
         .set_request_channel_capacity(10_000);
     Ok(options)
 }
@@ -79,6 +129,8 @@ pub struct MqttLink {
     generation: Arc<AtomicU64>,
     /// Committed messages on their way to the acker (`ack_in_order`).
     acks: mpsc::UnboundedSender<Committed>,
+    /// Up or down, as the event loop last saw it.
+    state: LinkState,
 }
 
 /// A received message and the connection it came on.
@@ -158,14 +210,18 @@ pub fn spawn(
     subscriptions: Vec<String>,
     incoming: Option<mpsc::Sender<Incoming>>,
     metrics: Metrics,
+    state: LinkState,
+    dropped_topic: Option<String>,
     shutdown: CancellationToken,
 ) -> MqttLink {
     let (client, eventloop) = AsyncClient::new(options, 10_000);
     let (acks, committed) = mpsc::unbounded_channel();
+    state.set(false);
     let link = MqttLink {
         client,
         generation: Arc::new(AtomicU64::new(0)),
         acks,
+        state,
     };
     tokio::spawn(ack_in_order(
         link.client.clone(),
@@ -178,6 +234,7 @@ pub fn spawn(
         subscriptions,
         incoming,
         metrics,
+        dropped_topic,
         shutdown,
     ));
     link
@@ -189,6 +246,7 @@ async fn drive(
     subscriptions: Vec<String>,
     incoming: Option<mpsc::Sender<Incoming>>,
     metrics: Metrics,
+    dropped_topic: Option<String>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -238,6 +296,7 @@ async fn drive(
                     );
                 }
                 link.generation.fetch_add(1, Ordering::AcqRel);
+                link.state.set(true);
                 order = 0;
                 backoff = Duration::from_millis(200);
                 for topic in &subscriptions {
@@ -246,9 +305,31 @@ async fn drive(
                         tracing::error!(%error, topic, "subscribing");
                     }
                 }
+                if let Some(topic) = &dropped_topic
+                    && let Err(error) = link.client.try_subscribe(topic, QoS::AtMostOnce)
+                {
+                    tracing::warn!(%error, "subscribing to the broker's dropped-message count");
+                }
                 tracing::info!("MQTT connected");
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if dropped_topic.as_deref() == Some(publish.topic.as_str()) {
+                    if let Some(dropped) = std::str::from_utf8(&publish.payload)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<i64>().ok())
+                    {
+                        let before = metrics.mqtt_broker_messages_dropped.get();
+                        metrics.mqtt_broker_messages_dropped.set(dropped);
+                        if dropped > before {
+                            tracing::warn!(
+                                dropped,
+                                since = before,
+                                "the MQTT broker reports dropped messages (queue or in-flight limits); see docs/BROKER-ACL.md"
+                            );
+                        }
+                    }
+                    continue;
+                }
                 if incoming.is_none() {
                     continue;
                 }
@@ -256,7 +337,7 @@ async fn drive(
                 if qos0 && held_qos0 >= MAX_HELD_QOS0 {
                     metrics
                         .status_messages_total
-                        .with_label_values(&["dropped_qos0"])
+                        .with_label_values(&["dropped_qos0", "held_queue_full"])
                         .inc();
                     continue;
                 }
@@ -273,6 +354,7 @@ async fn drive(
             }
             Ok(_) => {}
             Err(error) => {
+                link.state.set(false);
                 metrics
                     .dispatcher_mqtt_errors_total
                     .with_label_values(&["connection"])
@@ -286,5 +368,6 @@ async fn drive(
             }
         }
     }
+    link.state.set(false);
     let _ = link.client.try_disconnect();
 }

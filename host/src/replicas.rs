@@ -232,6 +232,9 @@ impl Replicas {
             vec![adopter.subscription.clone()],
             Some(tx),
             self.metrics.clone(),
+            // Not this replica's own link: not part of its readiness.
+            mqtt::LinkState::not_configured(),
+            None,
             token.clone(),
         );
         tokio::spawn(adopter.ingest.clone().run_mqtt(rx, link, token));

@@ -135,6 +135,23 @@ pub struct SettingsArgs {
     /// deleted. Default: 30 days.
     #[arg(long, env = "ROLLWAY_RETENTION", global = true)]
     pub retention: Option<u64>,
+
+    /// The broker's topic counting the messages it dropped, mirrored in
+    /// `mqtt_broker_messages_dropped`: `$SYS/broker/publish/messages/dropped`
+    /// on Mosquitto (docs/BROKER-ACL.md). Unset: not watched.
+    #[arg(long, env = "ROLLWAY_MQTT_DROPPED_TOPIC", global = true)]
+    pub mqtt_dropped_topic: Option<String>,
+
+    /// Seconds a client has to send a request's headers before its
+    /// connection is closed (slow or half-open clients).
+    #[arg(long, env = "ROLLWAY_HTTP_HEADER_TIMEOUT", global = true)]
+    pub http_header_timeout: Option<u64>,
+
+    /// Seconds a request body may stall (no bytes) before the request is
+    /// answered 408 and its connection closed. Uploads of any size go on
+    /// for as long as bytes keep coming.
+    #[arg(long, env = "ROLLWAY_HTTP_BODY_TIMEOUT", global = true)]
+    pub http_body_timeout: Option<u64>,
 }
 
 /// Resolved settings of one host process.
@@ -164,6 +181,9 @@ pub struct Settings {
     pub mqtt_ca_file: Option<PathBuf>,
     pub signing_key_file: Option<PathBuf>,
     pub retention: std::time::Duration,
+    pub http_header_timeout: std::time::Duration,
+    pub http_body_timeout: std::time::Duration,
+    pub mqtt_dropped_topic: Option<String>,
 }
 
 /// Where device statuses come from.
@@ -279,6 +299,23 @@ impl Settings {
             retention: match args.retention.or(file.retention).unwrap_or(30 * 24 * 3600) {
                 n if n >= 1 => std::time::Duration::from_secs(n),
                 _ => bail!("ROLLWAY_RETENTION must be at least 1 second"),
+            },
+            mqtt_dropped_topic: pick(&args.mqtt_dropped_topic, &file.mqtt_dropped_topic),
+            http_header_timeout: match args
+                .http_header_timeout
+                .or(file.http_header_timeout)
+                .unwrap_or(10)
+            {
+                n if n >= 1 => std::time::Duration::from_secs(n),
+                _ => bail!("ROLLWAY_HTTP_HEADER_TIMEOUT must be at least 1 second"),
+            },
+            http_body_timeout: match args
+                .http_body_timeout
+                .or(file.http_body_timeout)
+                .unwrap_or(30)
+            {
+                n if n >= 1 => std::time::Duration::from_secs(n),
+                _ => bail!("ROLLWAY_HTTP_BODY_TIMEOUT must be at least 1 second"),
             },
         })
     }

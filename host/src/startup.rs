@@ -94,6 +94,7 @@ impl Application {
                 events: crate::live::channel(),
                 auth_failures,
                 scheduler_wakeup: Arc::new(Notify::new()),
+                mqtt: mqtt::LinkState::not_configured(),
             },
         })
     }
@@ -119,13 +120,11 @@ impl Application {
         let workers = CancellationToken::new();
         let handles = self.start_workers(&workers)?;
         let router = api::router(self.state.clone());
-        let served = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP");
+        let timeouts = Timeouts {
+            header: self.state.settings.http_header_timeout,
+            body: self.state.settings.http_body_timeout,
+        };
+        let served = serve(self.listener, router, timeouts, shutdown).await;
         workers.cancel();
         for handle in handles {
             if tokio::time::timeout(Duration::from_secs(10), handle)
@@ -223,6 +222,8 @@ impl Application {
             subscriptions,
             from_mqtt.then_some(incoming_tx),
             state.metrics.clone(),
+            state.mqtt.clone(),
+            settings.mqtt_dropped_topic.clone(),
             token.clone(),
         );
         let public_url = settings
@@ -256,6 +257,7 @@ impl Application {
             topic_prefix: settings.topic_prefix.clone(),
             evaluate_wakeup,
             dispatch_wakeup,
+            refusals: Default::default(),
         };
         if from_mqtt {
             replicas.adopter = Some(Adopter {
@@ -292,6 +294,87 @@ impl Application {
         handles.push(tokio::spawn(replicas.run(token.clone())));
         Ok(handles)
     }
+}
+
+/// How long a client may take to send a request.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// For all the headers of a request.
+    header: Duration,
+    /// Without any byte of the body arriving.
+    body: Duration,
+}
+
+/// Longest a graceful shutdown waits for open requests (event streams
+/// never end by themselves).
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `router` until `shutdown` resolves, then lets open requests
+/// finish (at most [`DRAIN`]). Unlike `axum::serve`, it bounds how long a
+/// client may take to send its headers and how long its body may stall: a
+/// slow or half-open client otherwise holds a connection for ever.
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, address) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: wait a little rather than spin.
+                    tracing::warn!(%error, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(address));
+                let request = request.map(|body| {
+                    axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+                        timeouts.body,
+                        body,
+                    ))
+                });
+                router.clone().oneshot(request)
+            });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %address, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!("closing the HTTP connections still open after {DRAIN:?}");
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -13,6 +13,7 @@ mod faults;
 mod firmware;
 mod health;
 mod helpers;
+mod hostile;
 mod images;
 mod jobs;
 mod live;

@@ -43,6 +43,7 @@ pub async fn spawn_pipeline_with(
     let app = spawn_app_with(move |s| {
         s.mqtt_url = Some(mqtt_url().into());
         s.topic_prefix = topic_prefix;
+        s.mqtt_dropped_topic = Some(rollway::mqtt::MOSQUITTO_DROPPED_TOPIC.into());
         configure(s);
     })
     .await;
@@ -580,8 +581,8 @@ async fn resuming_a_rollout_paused_job_releases_the_next_batch() {
 
 /// A device the test drives by hand over the broker: the commands it
 /// receives, and the statuses it is told to send.
-struct ManualDevice {
-    client: AsyncClient,
+pub struct ManualDevice {
+    pub client: AsyncClient,
     status_topic: String,
     commands: tokio::sync::mpsc::UnboundedReceiver<Value>,
 }
@@ -589,8 +590,13 @@ struct ManualDevice {
 impl ManualDevice {
     /// Connects and subscribes to the device's command topic; returns once
     /// the broker acknowledged the subscription.
-    async fn connect(prefix: &str, device: &str) -> Self {
-        let (client, mut eventloop) = AsyncClient::new(test_client_options("device"), 100);
+    pub async fn connect(prefix: &str, device: &str) -> Self {
+        Self::connect_with(test_client_options("device"), prefix, device).await
+    }
+
+    /// Like `connect`, with client options of the test's own (another broker).
+    pub async fn connect_with(options: MqttOptions, prefix: &str, device: &str) -> Self {
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (commands_tx, commands) = tokio::sync::mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let filter = format!("{prefix}/{device}/update/command");
@@ -626,7 +632,7 @@ impl ManualDevice {
         }
     }
 
-    async fn next_command(&mut self, timeout: Duration) -> Value {
+    pub async fn next_command(&mut self, timeout: Duration) -> Value {
         tokio::time::timeout(timeout, self.commands.recv())
             .await
             .unwrap_or_else(|_| panic!("no command within {timeout:?}"))
@@ -636,7 +642,14 @@ impl ManualDevice {
     /// Reports `init` and `done` for (execution, attempt), with message ids
     /// `{ids}-init` and `{ids}-done`, and waits for the one-device job to
     /// complete.
-    async fn finish(&self, app: &TestApp, job: &str, execution: &Value, attempt: u32, ids: &str) {
+    pub async fn finish(
+        &self,
+        app: &TestApp,
+        job: &str,
+        execution: &Value,
+        attempt: u32,
+        ids: &str,
+    ) {
         for state in ["init", "done"] {
             self.report(
                 json!({ "message_id": format!("{ids}-{state}"), "state": state,
@@ -648,7 +661,7 @@ impl ManualDevice {
         assert_eq!(view["counts"]["done"], 1, "{view}");
     }
 
-    async fn report(&self, status: Value) {
+    pub async fn report(&self, status: Value) {
         self.client
             .publish(
                 self.status_topic.clone(),
@@ -662,7 +675,7 @@ impl ManualDevice {
 }
 
 /// Waits until the host counted `n` statuses with the result `result`.
-async fn wait_results(app: &TestApp, result: &str, n: f64) {
+pub async fn wait_results(app: &TestApp, result: &str, n: f64) {
     let started = Instant::now();
     while metric(app, "status_messages_total", &[("result", result)]).await < n {
         assert!(
@@ -673,7 +686,7 @@ async fn wait_results(app: &TestApp, result: &str, n: f64) {
     }
 }
 
-async fn one_device_job(app: &TestApp, firmware: &Value, device: &str, extra: Value) -> String {
+pub async fn one_device_job(app: &TestApp, firmware: &Value, device: &str, extra: Value) -> String {
     let mut body = json!({ "firmware_id": firmware["id"], "targets": { "devices": [device] },
                            "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } });
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {

@@ -275,6 +275,10 @@ impl Cluster {
             ("ROLLWAY_INSTANCE_ID", instance.to_owned()),
             ("ROLLWAY_DB_POOL_SIZE", "12".to_owned()),
             ("MQTT_URL", self.mqtt_url.clone()),
+            (
+                "ROLLWAY_MQTT_DROPPED_TOPIC",
+                rollway::mqtt::MOSQUITTO_DROPPED_TOPIC.to_owned(),
+            ),
             ("RUST_LOG", "info".to_owned()),
         ];
         for (key, value) in env {

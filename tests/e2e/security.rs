@@ -654,7 +654,8 @@ async fn mqtt_over_tls_with_credentials_and_acls() {
     std::fs::write(
         dir.join("acl"),
         format!(
-            "user rollway-host\ntopic write {prefix}/+/update/command\ntopic read {prefix}/+/update/status\n\n\
+            "user rollway-host\ntopic write {prefix}/+/update/command\ntopic read {prefix}/+/update/status\n\
+             topic read $SYS/broker/publish/messages/dropped\n\n\
              pattern read {prefix}/%u/update/command\npattern write {prefix}/%u/update/status\n"
         ),
     )

@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
 use crate::audit;
-use crate::domain::{DeviceId, Role, Tags};
+use crate::domain::{DeviceId, Tags};
 use crate::fleet::{
     self, DeleteError, Device, DeviceFilter, DeviceView, FleetError, FleetSummary, NewDevice,
     UpsertCounts,
@@ -39,13 +39,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(
     get, path = "/fleet/summary", tag = "devices",
     responses((status = 200, body = FleetSummary), (status = 401, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
-async fn fleet_summary(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<axum::Json<FleetSummary>> {
-    caller.require(Role::Viewer, "read devices")?;
+async fn fleet_summary(State(state): State<AppState>) -> ApiResult<axum::Json<FleetSummary>> {
     Ok(axum::Json(fleet::summary(&state.pool).await?))
 }
 
@@ -53,8 +49,10 @@ async fn fleet_summary(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceExecutionsQuery {
-    cursor: Option<String>,
+    /// `next_cursor` of the previous page (an execution id).
+    cursor: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -63,20 +61,15 @@ pub struct DeviceExecutionsQuery {
     get, path = "/devices/{id}/executions", tag = "devices",
     params(("id" = String, Path, description = "Device id"), DeviceExecutionsQuery),
     responses((status = 200, body = Page<Execution>), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn device_executions(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<DeviceExecutionsQuery>,
 ) -> ApiResult<axum::Json<Page<Execution>>> {
-    caller.require(Role::Viewer, "read devices")?;
     let limit = pagination::limit(query.limit)?;
-    let before = pagination::decode(query.cursor.as_deref())?
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    let before = query.cursor;
     if fleet::get(&state.pool, &id).await?.is_none() {
         return Err(ApiError::NotFound(format!("device '{id}'")));
     }
@@ -91,17 +84,55 @@ async fn device_executions(
 #[serde(deny_unknown_fields)]
 pub struct DeviceInput {
     /// VIN, serial number or board id: letters, digits, `-_.:`.
-    #[schema(example = "VIN123")]
+    #[schema(
+        example = "VIN123",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._:-]+$"
+    )]
     pub id: String,
-    /// Device family: `esp32`, `stm32` or `jetson`.
-    #[schema(example = "esp32")]
+    /// Device family: `esp32`, `stm32`, `jetson`, or one a plugin adds
+    /// (`GET /api/v1/plugins`).
+    #[schema(
+        example = "esp32",
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[a-z][a-z0-9-]*$"
+    )]
     pub family: String,
     /// Chip or board model, e.g. `esp32s3`, `stm32f407`, `orin-nx`.
+    #[schema(min_length = 1, max_length = 64)]
     pub model: Option<String>,
     /// The gateway device this one is reached through.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     pub gateway_id: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = super::schema::tags)]
     pub tags: BTreeMap<String, String>,
+}
+
+/// One device, or an array of 1 to 10,000 (the body of a registration).
+pub struct DeviceRegistration;
+
+impl utoipa::PartialSchema for DeviceRegistration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        super::schema::one_or_many::<DeviceInput>(MAX_BULK)
+    }
+}
+
+impl ToSchema for DeviceRegistration {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            DeviceInput::name().into_owned(),
+            <DeviceInput as utoipa::PartialSchema>::schema(),
+        ));
+        DeviceInput::schemas(schemas);
+    }
 }
 
 fn parse_input(
@@ -134,7 +165,7 @@ fn parse_input(
         None => None,
     };
     if let Some(model) = &input.model
-        && (model.is_empty() || model.len() > 64)
+        && (model.is_empty() || model.chars().count() > 64)
     {
         errors.push(FieldError::new(
             format!("{prefix}model"),
@@ -156,20 +187,20 @@ fn parse_input(
 /// Register or update one device (an object) or many (an array).
 #[utoipa::path(
     post, path = "/devices", tag = "devices",
-    request_body(content = Vec<DeviceInput>, description = "One device object, or an array of up to 10,000"),
+    request_body(content = DeviceRegistration, description = "One device object, or an array of up to 10,000"),
     responses(
         (status = 201, description = "One device registered", body = Device),
         (status = 200, description = "One device updated, or a batch registered", body = UpsertCounts),
         (status = 422, description = "Invalid device", body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn register_devices(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(body): ApiJson<Value>,
 ) -> ApiResult<Response> {
-    let principal = caller.require(Role::Operator, "register devices")?;
+    let principal = &caller.0;
     let single = !body.is_array();
     let raw: Vec<Value> = match body {
         Value::Array(items) => items,
@@ -295,8 +326,11 @@ pub struct ListDevicesQuery {
     tags: Option<String>,
     /// Devices whose id starts with this text.
     q: Option<String>,
+    /// `next_cursor` of the previous page (a device id).
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -305,16 +339,18 @@ pub struct ListDevicesQuery {
     get, path = "/devices", tag = "devices",
     params(ListDevicesQuery),
     responses((status = 200, body = Page<DeviceView>), (status = 422, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn list_devices(
     State(state): State<AppState>,
-    caller: Caller,
     ApiQuery(query): ApiQuery<ListDevicesQuery>,
 ) -> ApiResult<axum::Json<Page<DeviceView>>> {
-    caller.require(Role::Viewer, "list devices")?;
     let limit = pagination::limit(query.limit)?;
-    let after = pagination::decode(query.cursor.as_deref())?;
+    let after = query
+        .cursor
+        .map(|c| DeviceId::parse(&c).map(|_| c))
+        .transpose()
+        .map_err(|e| ApiError::validation("cursor", e.0))?;
     let mut tags = BTreeMap::new();
     for pair in query
         .tags
@@ -346,14 +382,12 @@ async fn list_devices(
     get, path = "/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id")),
     responses((status = 200, body = DeviceView), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn get_device(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<axum::Json<DeviceView>> {
-    caller.require(Role::Viewer, "read devices")?;
     fleet::get(&state.pool, &id)
         .await?
         .map(axum::Json)
@@ -365,10 +399,11 @@ async fn get_device(
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
     /// Replaces all tags.
+    #[schema(schema_with = super::schema::tags)]
     tags: Option<BTreeMap<String, String>>,
     /// Replaces the model; `null` clears it.
     #[serde(default, deserialize_with = "present_or_null")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     model: Option<Option<String>>,
 }
 
@@ -378,7 +413,7 @@ pub struct DevicePatch {
     params(("id" = String, Path, description = "Device id")),
     request_body = DevicePatch,
     responses((status = 200, body = Device), (status = 404, body = super::error::Problem), (status = 422, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn update_device(
     State(state): State<AppState>,
@@ -386,14 +421,14 @@ async fn update_device(
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<DevicePatch>,
 ) -> ApiResult<axum::Json<Device>> {
-    let principal = caller.require(Role::Operator, "update devices")?;
+    let principal = &caller.0;
     let tags = patch
         .tags
         .map(Tags::parse)
         .transpose()
         .map_err(|e| ApiError::validation("tags", e.0))?;
     if let Some(Some(model)) = &patch.model
-        && (model.is_empty() || model.len() > 64)
+        && (model.is_empty() || model.chars().count() > 64)
     {
         return Err(ApiError::validation(
             "model",
@@ -427,14 +462,14 @@ async fn update_device(
     delete, path = "/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id")),
     responses((status = 204), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn delete_device(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
-    let principal = caller.require(Role::Operator, "delete devices")?;
+    let principal = &caller.0;
     let mut tx = state.pool.begin().await?;
     fleet::delete(&mut tx, &id).await.map_err(|e| match e {
         DeleteError::NotFound => ApiError::NotFound(format!("device '{id}'")),

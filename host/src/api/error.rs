@@ -49,11 +49,13 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("missing or invalid bearer token")]
     Unauthenticated,
+    #[error("the request body stalled; send it without pauses")]
+    RequestTimeout,
     #[error("role {have} may not {action}; {need} or higher is required")]
     Forbidden {
         have: crate::domain::Role,
         need: crate::domain::Role,
-        action: &'static str,
+        action: String,
     },
     #[error("{0} not found")]
     NotFound(String),
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::Validation(_) => "validation",
             ApiError::Unauthenticated => "unauthenticated",
+            ApiError::RequestTimeout => "request-timeout",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
@@ -112,6 +115,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InvalidTransition(_) | ApiError::Rollback(_) => {
@@ -132,6 +136,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "Malformed request",
             ApiError::Validation(_) => "Invalid input",
             ApiError::Unauthenticated => "Authentication required",
+            ApiError::RequestTimeout => "Request timeout",
             ApiError::Forbidden { .. } => "Not allowed",
             ApiError::NotFound(_) => "Not found",
             ApiError::Conflict(_) => "Conflict",

@@ -21,7 +21,6 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, Caller};
-use crate::domain::Role;
 use crate::live::{self, Live};
 use crate::relay::Envelope;
 
@@ -39,8 +38,30 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct StreamQuery {
     /// Only the events of this job: its own and its executions' changes.
     job_id: Option<Uuid>,
-    /// Only events of this aggregate type: `job`, `device`, `firmware`, `plugin`.
-    aggregate_type: Option<String>,
+    /// Only events of this aggregate type.
+    #[param(inline)]
+    aggregate_type: Option<AggregateType>,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AggregateType {
+    Job,
+    Device,
+    Firmware,
+    Plugin,
+}
+
+impl AggregateType {
+    fn as_str(self) -> &'static str {
+        match self {
+            AggregateType::Job => "job",
+            AggregateType::Device => "device",
+            AggregateType::Firmware => "firmware",
+            AggregateType::Plugin => "plugin",
+        }
+    }
 }
 
 struct Filter {
@@ -57,6 +78,36 @@ impl Filter {
                 .aggregate_type
                 .as_deref()
                 .is_none_or(|t| event.aggregate_type == t)
+    }
+}
+
+/// How often an open stream checks that its token still works.
+const TOKEN_CHECK: Duration = Duration::from_secs(2);
+
+/// An open stream: its subscription, filter and caller.
+struct Open {
+    receiver: tokio::sync::broadcast::Receiver<Live>,
+    filter: Arc<Filter>,
+    replayed: HashSet<i64>,
+    _guard: ClientGuard,
+    pool: sqlx::PgPool,
+    token_id: Uuid,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    check: tokio::time::Interval,
+    closed: bool,
+}
+
+impl Open {
+    /// Whether the caller's token is still neither revoked nor expired. A
+    /// database that does not answer keeps the stream open: the next
+    /// check asks again.
+    async fn token_works(&self) -> bool {
+        if self.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            return false;
+        }
+        crate::auth::still_valid(&self.pool, self.token_id)
+            .await
+            .unwrap_or(true)
     }
 }
 
@@ -89,7 +140,8 @@ fn resync() -> Event {
 /// `Last-Event-ID` first gets the events it missed (up to 1000). An event
 /// named `resync` means events may have been missed: reload state from the
 /// REST API. A comment is sent every 15 s to keep proxies from closing the
-/// connection.
+/// connection. The stream ends, after an event named `closed`, within
+/// two seconds of its token being revoked or expiring.
 #[utoipa::path(
     get, path = "/events/stream", tag = "events",
     params(
@@ -101,7 +153,7 @@ fn resync() -> Event {
         (status = 401, body = super::error::Problem),
         (status = 422, body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn stream_events(
     State(state): State<AppState>,
@@ -109,7 +161,6 @@ async fn stream_events(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<StreamQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    caller.require(Role::Viewer, "read events")?;
     let last_seen = headers
         .get("last-event-id")
         .map(|v| {
@@ -119,17 +170,9 @@ async fn stream_events(
                 .ok_or_else(|| ApiError::validation("Last-Event-ID", "must be an event seq"))
         })
         .transpose()?;
-    if let Some(t) = &query.aggregate_type
-        && !["job", "device", "firmware", "plugin"].contains(&t.as_str())
-    {
-        return Err(ApiError::validation(
-            "aggregate_type",
-            "must be job, device, firmware or plugin",
-        ));
-    }
     let filter = Arc::new(Filter {
         job_id: query.job_id.map(|id| id.to_string()),
-        aggregate_type: query.aggregate_type,
+        aggregate_type: query.aggregate_type.map(|t| t.as_str().to_owned()),
     });
     // Subscribe before reading what was missed, so nothing falls between.
     let receiver = state.events.subscribe();
@@ -150,25 +193,48 @@ async fn stream_events(
         }
     }
     state.metrics.live_stream_clients.inc();
-    let guard = ClientGuard(state.metrics.live_stream_clients.clone());
-    let live = stream::unfold(
-        (receiver, filter, replayed, guard),
-        |(mut receiver, filter, replayed, guard)| async move {
-            loop {
-                let event = match receiver.recv().await {
+    let mut check = tokio::time::interval(TOKEN_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let open = Open {
+        receiver,
+        filter,
+        replayed,
+        _guard: ClientGuard(state.metrics.live_stream_clients.clone()),
+        pool: state.pool.clone(),
+        token_id: caller.0.token_id,
+        expires_at: caller.0.expires_at,
+        check,
+        closed: false,
+    };
+    let live = stream::unfold(open, |mut open| async move {
+        if open.closed {
+            return None;
+        }
+        loop {
+            let event = tokio::select! {
+                received = open.receiver.recv() => match received {
                     Ok(Live::Event(event)) => {
-                        if replayed.contains(&event.seq) || !filter.accepts(&event) {
+                        if open.replayed.contains(&event.seq) || !open.filter.accepts(&event) {
                             continue;
                         }
                         sse_event(&event)
                     }
                     Ok(Live::Resync) | Err(RecvError::Lagged(_)) => resync(),
                     Err(RecvError::Closed) => return None,
-                };
-                return Some((event, (receiver, filter, replayed, guard)));
-            }
-        },
-    );
+                },
+                _ = open.check.tick() => {
+                    if open.token_works().await {
+                        continue;
+                    }
+                    open.closed = true;
+                    Event::default()
+                        .event("closed")
+                        .data(r#"{"reason":"the token was revoked or has expired"}"#)
+                }
+            };
+            return Some((event, open));
+        }
+    });
     let events = stream::iter(first).chain(live).map(Ok);
     Ok(Sse::new(events).keep_alive(
         KeepAlive::new()

@@ -1,21 +1,137 @@
 //! Extractors whose rejections are problem documents, and the caller's
 //! identity.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts};
-use axum::http::header;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
 
-use super::AppState;
 use super::error::ApiError;
-use crate::auth::{self, Principal};
-use crate::domain::Role;
+use crate::auth::Principal;
 
-/// `axum::Json` with problem-document rejections.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body with problem-document rejections: 415 without a
+/// JSON content type, 413 past the body limit, 400 for malformed JSON,
+/// 422 for well-formed JSON of the wrong shape and for any string (or
+/// object key) holding a NUL character, which PostgreSQL cannot store.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::Unsupported(
+                "expected Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge {
+                        limit: super::JSON_BODY_LIMIT as u64,
+                    }
+                } else if body_timed_out(&rejection) {
+                    ApiError::RequestTimeout
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        if let Some(field) = nul_in_json(&bytes) {
+            return Err(ApiError::validation(
+                field,
+                "must not contain a NUL character",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            // Well-formed JSON (within the nesting limit) that does not fit
+            // is invalid input, not a malformed request, whatever serde
+            // calls it.
+            Err(JsonRejection::JsonSyntaxError(error))
+                if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() =>
+            {
+                Err(ApiError::validation("body", error.body_text()))
+            }
+            Err(rejection) => Err(rejection.into()),
+        }
+    }
+}
+
+/// Whether reading a body failed because it stalled past
+/// `ROLLWAY_HTTP_BODY_TIMEOUT`.
+pub fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// `application/json` or any `application/…+json`, with parameters.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// The path of the first string or key holding a NUL character, if any.
+/// JSON can only carry one as the escape `\u0000`, so bodies without that
+/// sequence are not parsed twice.
+fn nul_in_json(bytes: &[u8]) -> Option<String> {
+    const ESCAPE: &[u8] = b"\\u0000";
+    if !bytes.windows(ESCAPE.len()).any(|w| w == ESCAPE) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    fn walk(value: &serde_json::Value, path: &mut String) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            serde_json::Value::Object(map) => map.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\u0000"));
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(&value, &mut path).then(|| if path.is_empty() { "body".into() } else { path })
+}
 
 /// `axum::extract::Query` with problem-document rejections.
 #[derive(FromRequestParts)]
@@ -27,59 +143,57 @@ pub struct ApiQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// The authenticated caller of an `/api/v1` route.
+/// The authenticated caller of an `/api/v1` route, as `access::authorize`
+/// found it (that middleware also checked the operation's role).
 pub struct Caller(pub Principal);
 
-impl Caller {
-    /// Refuses the call unless the caller's role is at least `need`.
-    pub fn require(&self, need: Role, action: &'static str) -> Result<&Principal, ApiError> {
-        if self.0.role >= need {
-            Ok(&self.0)
-        } else {
-            Err(ApiError::Forbidden {
-                have: self.0.role,
-                need,
-                action,
-            })
-        }
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or(ApiError::Unauthenticated)
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let secret = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|secret| !secret.is_empty() && secret.len() <= 256);
-        let address = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip());
-        if let Some(wait) = address.and_then(|a| state.auth_failures.refused(a)) {
-            return Err(ApiError::TooManyRequests {
-                retry_after: wait.as_secs().max(1),
-            });
-        }
-        // A request without a token is not a guess; a wrong token is.
-        let secret = secret.ok_or(ApiError::Unauthenticated)?;
-        match auth::authenticate(&state.pool, secret).await? {
-            Some(principal) => Ok(Caller(principal)),
-            None => {
-                if let Some(address) = address {
-                    state.auth_failures.failed(address);
-                    tracing::info!(%address, "authentication failed");
-                }
-                Err(ApiError::Unauthenticated)
-            }
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        assert_eq!(nul_in_json(br#"{"a":"b"}"#), None);
+        // An escaped backslash followed by u0000 is text, not a NUL.
+        assert_eq!(nul_in_json(br#"{"a":"\\u0000"}"#), None);
+        assert_eq!(nul_in_json(br#""x\u0000""#).as_deref(), Some("body"));
+        assert_eq!(
+            nul_in_json(br#"{"tags":{"site":"n\u0000"}}"#).as_deref(),
+            Some("tags.site")
+        );
+        assert_eq!(
+            nul_in_json(br#"[{"id":"a"},{"id":"\u0000"}]"#).as_deref(),
+            Some("[1].id")
+        );
+        assert!(nul_in_json(br#"{"tags":{"\u0000":"v"}}"#).is_some());
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let mut headers = HeaderMap::new();
+        for (value, json) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/merge-patch+json", true),
+            ("text/json", false),
+            ("application/octet-stream", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            assert_eq!(json_content_type(&headers), json, "{value}");
         }
     }
 }

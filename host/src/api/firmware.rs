@@ -22,7 +22,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
-use crate::domain::{Family, FirmwareDigest, FirmwareVersion, Role};
+use crate::domain::{Family, FirmwareDigest, FirmwareVersion};
 use crate::firmware::range::{self, RangeRequest};
 use crate::firmware::store::FirmwareStore;
 use crate::firmware::{self, DeleteError, Firmware};
@@ -44,10 +44,21 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// Device family the image is for.
-    #[param(example = "esp32")]
+    #[param(
+        example = "esp32",
+        min_length = 1,
+        max_length = 32,
+        pattern = "^[a-z][a-z0-9-]*$"
+    )]
     family: String,
-    /// Version of the image.
-    #[param(example = "1.4.0")]
+    /// Version of the image (default: the one the device plugin reads
+    /// from it).
+    #[param(
+        example = "1.4.0",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9._+-]+$"
+    )]
     version: Option<String>,
     /// Anti-rollback security counter of the image (default: the one the
     /// device plugin read from the image, else 0). Devices refuse an image
@@ -68,7 +79,7 @@ pub struct UploadQuery {
         (status = 413, description = "Image above ROLLWAY_MAX_FIRMWARE_BYTES", body = super::error::Problem),
         (status = 422, body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn upload_firmware(
     State(state): State<AppState>,
@@ -77,7 +88,7 @@ async fn upload_firmware(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let principal = caller.require(Role::Operator, "upload firmware")?;
+    let principal = &caller.0;
     let family = super::known_family(&state, &query.family)
         .map_err(|e| ApiError::validation("family", e))?;
     let given_version = query
@@ -300,6 +311,9 @@ async fn receive_image(
             Ok(chunk) => chunk,
             Err(error) => {
                 upload.abort().await;
+                if super::extract::body_timed_out(&error) {
+                    return Err(ApiError::RequestTimeout);
+                }
                 return Err(ApiError::BadRequest(format!("upload interrupted: {error}")));
             }
         };
@@ -334,7 +348,10 @@ pub struct ListFirmwareQuery {
     family: Option<String>,
     /// Only this exact version.
     version: Option<String>,
-    cursor: Option<String>,
+    /// `next_cursor` of the previous page (a firmware id).
+    cursor: Option<Uuid>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -343,19 +360,14 @@ pub struct ListFirmwareQuery {
     get, path = "/firmware", tag = "firmware",
     params(ListFirmwareQuery),
     responses((status = 200, body = Page<Firmware>)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn list_firmware(
     State(state): State<AppState>,
-    caller: Caller,
     ApiQuery(query): ApiQuery<ListFirmwareQuery>,
 ) -> ApiResult<axum::Json<Page<Firmware>>> {
-    caller.require(Role::Viewer, "list firmware")?;
     let limit = pagination::limit(query.limit)?;
-    let before = pagination::decode(query.cursor.as_deref())?
-        .map(|c| Uuid::parse_str(&c))
-        .transpose()
-        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    let before = query.cursor;
     let rows = firmware::list(
         &state.pool,
         query.family.as_deref(),
@@ -380,14 +392,12 @@ async fn find(state: &AppState, id: Uuid) -> ApiResult<Firmware> {
     get, path = "/firmware/{id}", tag = "firmware",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = Firmware), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn get_firmware(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<axum::Json<Firmware>> {
-    caller.require(Role::Viewer, "read firmware")?;
     Ok(axum::Json(find(&state, id).await?))
 }
 
@@ -395,8 +405,14 @@ async fn get_firmware(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowDowngrade {
-    /// Recorded with the approval and in the audit log.
-    #[schema(example = "3.1 bricks the CAN transceiver on rev B boards; back to 3.0")]
+    /// Recorded with the approval and in the audit log: 1 to 1000
+    /// characters, not only spaces.
+    #[schema(
+        example = "3.1 bricks the CAN transceiver on rev B boards; back to 3.0",
+        min_length = 1,
+        max_length = 1000,
+        pattern = "^[^\\x00]*[^\\x00\\s][^\\x00]*$"
+    )]
     pub reason: String,
 }
 
@@ -413,7 +429,7 @@ pub struct AllowDowngrade {
         (status = 404, body = super::error::Problem),
         (status = 422, body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn allow_downgrade(
     State(state): State<AppState>,
@@ -421,9 +437,9 @@ async fn allow_downgrade(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(request): ApiJson<AllowDowngrade>,
 ) -> ApiResult<axum::Json<Firmware>> {
-    let principal = caller.require(Role::Admin, "allow a firmware downgrade")?;
+    let principal = &caller.0;
     let reason = request.reason.trim();
-    if reason.is_empty() || reason.len() > 1000 {
+    if reason.is_empty() || request.reason.chars().count() > 1000 {
         return Err(ApiError::validation(
             "reason",
             "must say why, in 1 to 1000 characters",
@@ -448,14 +464,14 @@ async fn allow_downgrade(
         (status = 403, body = super::error::Problem),
         (status = 404, body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn forbid_downgrade(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<axum::Json<Firmware>> {
-    let principal = caller.require(Role::Admin, "withdraw a firmware downgrade")?;
+    let principal = &caller.0;
     let mut tx = state.pool.begin().await?;
     let record = firmware::forbid_downgrade(&mut tx, id)
         .await?
@@ -507,14 +523,14 @@ async fn record_downgrade_change(
     delete, path = "/firmware/{id}", tag = "firmware",
     params(("id" = Uuid, Path)),
     responses((status = 204), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn delete_firmware(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let principal = caller.require(Role::Operator, "delete firmware")?;
+    let principal = &caller.0;
     let mut tx = state.pool.begin().await?;
     let (record, unreferenced) = firmware::delete(&mut tx, id).await.map_err(|e| match e {
         DeleteError::NotFound => ApiError::NotFound(format!("firmware {id}")),
@@ -566,7 +582,7 @@ async fn delete_firmware(
         (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 304), (status = 404, body = super::error::Problem), (status = 416, body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]), ("download_token" = []))
 )]
 async fn download_firmware(
     State(state): State<AppState>,
@@ -581,7 +597,9 @@ async fn download_firmware(
         .as_deref()
         .is_some_and(|t| crate::dispatch::manifest::verify_download_token(&state.keys, id, t));
     if !by_token {
-        caller?.require(Role::Viewer, "download firmware")?;
+        // Without a download token, the bearer token (checked by
+        // `access::authorize` when present) is required.
+        caller?;
     }
     let record = find(&state, id).await?;
     serve_image(&state.store, &record, &headers).await
@@ -660,6 +678,7 @@ pub async fn serve_image(
 #[serde(deny_unknown_fields)]
 pub struct UrlQuery {
     /// Lifetime of a presigned URL in seconds, 1 to 604800 (default 3600).
+    #[param(minimum = 1, maximum = 604_800)]
     ttl_secs: Option<u64>,
 }
 
@@ -679,15 +698,13 @@ pub struct DownloadUrl {
     get, path = "/firmware/{id}/url", tag = "firmware",
     params(("id" = Uuid, Path), UrlQuery),
     responses((status = 200, body = DownloadUrl), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn firmware_url(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<UrlQuery>,
 ) -> ApiResult<axum::Json<DownloadUrl>> {
-    caller.require(Role::Viewer, "download firmware")?;
     let ttl = query.ttl_secs.unwrap_or(3600);
     if !(1..=604_800).contains(&ttl) {
         return Err(ApiError::validation(

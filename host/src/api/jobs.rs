@@ -17,7 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
-use crate::domain::{DeviceId, ExecutionStatus, JobStatus, Role};
+use crate::domain::{DeviceId, ExecutionStatus, JobStatus};
 use crate::jobs::{
     self, CreateError, Execution, Job, JobAction, JobCounts, JobKind, NewJob, StatusLogEntry,
     TargetFilter, Targets, TransitionError,
@@ -44,8 +44,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Targets: exactly one of `devices` or `filter`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1, max_properties = 1)]
 pub struct TargetsInput {
-    /// Device ids (up to 100,000).
+    /// Device ids (1 to 100,000, each once).
+    #[schema(schema_with = super::schema::device_ids)]
     devices: Option<Vec<String>>,
     filter: Option<FilterInput>,
 }
@@ -55,10 +57,14 @@ pub struct TargetsInput {
 #[serde(deny_unknown_fields)]
 pub struct FilterInput {
     /// Must be the firmware's family when given.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z][a-z0-9-]*$")]
     family: Option<String>,
+    #[schema(min_length = 1, max_length = 64)]
     model: Option<String>,
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     gateway_id: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = super::schema::tags)]
     tags: BTreeMap<String, String>,
 }
 
@@ -66,7 +72,12 @@ pub struct FilterInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutInput {
-    #[schema(example = "rollout-percent")]
+    #[schema(
+        example = "rollout-percent",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[a-z0-9-]+$"
+    )]
     plugin: String,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -76,18 +87,24 @@ pub struct RolloutInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJobRequest {
-    /// A label for operators.
+    /// A label for operators, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
     firmware_id: Uuid,
     targets: TargetsInput,
     /// `now` (default), `emergency` (now, ahead of everything), or an RFC 3339 time.
-    #[schema(example = "now")]
+    #[schema(
+        example = "now",
+        pattern = "^(now|emergency|\\d{4}-\\d{2}-\\d{2}[Tt ]\\d{2}:\\d{2}:\\d{2}(\\.\\d+)?([Zz]|[+-]\\d{2}:\\d{2}))$"
+    )]
     start: Option<String>,
     /// Defaults to `rollout-percent` with its default configuration.
     rollout: Option<RolloutInput>,
     /// How long a device may take once dispatched (default 3600 s).
+    #[schema(minimum = 1, maximum = 604_800)]
     device_timeout_secs: Option<i32>,
     /// Re-dispatches after an error or timeout (0 to 10, default 0).
+    #[schema(minimum = 0, maximum = 10)]
     max_retries: Option<i32>,
 }
 
@@ -129,14 +146,14 @@ fn parse_start(raw: Option<&str>, now: DateTime<Utc>) -> Result<(JobKind, DateTi
         (status = 409, description = "The job would lower the security counter of targeted devices (a rollback) and no admin allowed this firmware as a downgrade", body = super::error::Problem),
         (status = 422, description = "Invalid job, unknown firmware or devices, no target", body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(request): ApiJson<CreateJobRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<JobView>)> {
-    let principal = caller.require(Role::Operator, "create jobs")?;
+    let principal = &caller.0;
     let mut errors = Vec::new();
     let firmware = firmware::get(&state.pool, request.firmware_id).await?;
     if firmware.is_none() {
@@ -147,11 +164,12 @@ async fn create_job(
         .map(|f| f.family.clone())
         .unwrap_or_default();
 
+    let devices = request.targets.devices;
     let targets_json = json!({
-        "devices": request.targets.devices,
+        "devices": devices,
         "filter": request.targets.filter,
     });
-    let targets = match (request.targets.devices, request.targets.filter) {
+    let targets = match (devices, request.targets.filter) {
         (Some(ids), None) => {
             if ids.is_empty() || ids.len() > MAX_TARGET_IDS {
                 errors.push(FieldError::new(
@@ -240,7 +258,7 @@ async fn create_job(
         errors.push(FieldError::new("max_retries", "must be between 0 and 10"));
     }
     if let Some(name) = &request.name
-        && (name.is_empty() || name.len() > 200)
+        && (name.is_empty() || name.chars().count() > 200)
     {
         errors.push(FieldError::new("name", "must be 1 to 200 characters long"));
     }
@@ -328,8 +346,12 @@ async fn create_job(
 #[serde(deny_unknown_fields)]
 pub struct ListJobsQuery {
     /// Only jobs in this status.
-    status: Option<String>,
-    cursor: Option<String>,
+    #[param(inline)]
+    status: Option<JobStatus>,
+    /// `next_cursor` of the previous page (a job id).
+    cursor: Option<Uuid>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -338,25 +360,15 @@ pub struct ListJobsQuery {
     get, path = "/jobs", tag = "jobs",
     params(ListJobsQuery),
     responses((status = 200, body = Page<Job>), (status = 422, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn list_jobs(
     State(state): State<AppState>,
-    caller: Caller,
     ApiQuery(query): ApiQuery<ListJobsQuery>,
 ) -> ApiResult<axum::Json<Page<Job>>> {
-    caller.require(Role::Viewer, "list jobs")?;
     let limit = pagination::limit(query.limit)?;
-    let status = query
-        .status
-        .as_deref()
-        .map(JobStatus::parse)
-        .transpose()
-        .map_err(|e| ApiError::validation("status", e.0))?;
-    let before = pagination::decode(query.cursor.as_deref())?
-        .map(|c| Uuid::parse_str(&c))
-        .transpose()
-        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    let status = query.status;
+    let before = query.cursor;
     let rows = jobs::list(&state.pool, status, before, limit + 1).await?;
     Ok(axum::Json(Page::from_rows(rows, limit, |j| {
         j.id.to_string()
@@ -376,14 +388,12 @@ async fn view(state: &AppState, id: Uuid) -> ApiResult<JobView> {
     get, path = "/jobs/{id}", tag = "jobs",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = JobView), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn get_job(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<axum::Json<JobView>> {
-    caller.require(Role::Viewer, "read jobs")?;
     Ok(axum::Json(view(&state, id).await?))
 }
 
@@ -391,9 +401,14 @@ async fn get_job(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListExecutionsQuery {
-    status: Option<String>,
+    /// Only executions in this status.
+    #[param(inline)]
+    status: Option<ExecutionStatus>,
     batch_group: Option<i32>,
-    cursor: Option<String>,
+    /// `next_cursor` of the previous page (an execution id).
+    cursor: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -402,26 +417,16 @@ pub struct ListExecutionsQuery {
     get, path = "/jobs/{id}/executions", tag = "jobs",
     params(("id" = Uuid, Path), ListExecutionsQuery),
     responses((status = 200, body = Page<Execution>), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn list_executions(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
     ApiQuery(query): ApiQuery<ListExecutionsQuery>,
 ) -> ApiResult<axum::Json<Page<Execution>>> {
-    caller.require(Role::Viewer, "read jobs")?;
     let limit = pagination::limit(query.limit)?;
-    let status = query
-        .status
-        .as_deref()
-        .map(ExecutionStatus::parse)
-        .transpose()
-        .map_err(|e| ApiError::validation("status", e.0))?;
-    let after = pagination::decode(query.cursor.as_deref())?
-        .map(|c| c.parse::<i64>())
-        .transpose()
-        .map_err(|_| ApiError::validation("cursor", "is not a cursor this API returned"))?;
+    let status = query.status;
+    let after = query.cursor;
     if jobs::get(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound(format!("job {id}")));
     }
@@ -438,7 +443,7 @@ async fn act(
     id: Uuid,
     action: JobAction,
 ) -> ApiResult<axum::Json<JobView>> {
-    let principal = caller.require(Role::Operator, "steer jobs")?;
+    let principal = &caller.0;
     jobs::apply_action(&state.pool, id, action, &principal.actor())
         .await
         .map_err(|e| match e {
@@ -458,7 +463,7 @@ async fn act(
     post, path = "/jobs/{id}/pause", tag = "jobs",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = JobView), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn pause_job(
     State(state): State<AppState>,
@@ -473,7 +478,7 @@ async fn pause_job(
     post, path = "/jobs/{id}/resume", tag = "jobs",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = JobView), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn resume_job(
     State(state): State<AppState>,
@@ -488,7 +493,7 @@ async fn resume_job(
     post, path = "/jobs/{id}/cancel", tag = "jobs",
     params(("id" = Uuid, Path)),
     responses((status = 200, body = JobView), (status = 404, body = super::error::Problem), (status = 409, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["operator"]))
 )]
 async fn cancel_job(
     State(state): State<AppState>,
@@ -511,14 +516,12 @@ pub struct ExecutionView {
     get, path = "/executions/{id}", tag = "jobs",
     params(("id" = i64, Path)),
     responses((status = 200, body = ExecutionView), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
 async fn get_execution(
     State(state): State<AppState>,
-    caller: Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<axum::Json<ExecutionView>> {
-    caller.require(Role::Viewer, "read jobs")?;
     let execution = jobs::get_execution(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("execution {id}")))?;

@@ -2,6 +2,7 @@
 //! the OpenAPI document. Handlers validate input, call the domain modules
 //! and map their errors; they never talk to MQTT or Kafka.
 
+mod access;
 mod admin;
 mod dashboard;
 mod devices;
@@ -10,8 +11,10 @@ mod events;
 mod extract;
 mod firmware;
 mod jobs;
+mod openapi;
 mod pagination;
 mod plugins;
+mod schema;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +56,8 @@ pub struct AppState {
     pub auth_failures: crate::auth::FailureLimiter,
     /// Wakes this replica's scheduler (a job was created or steered).
     pub scheduler_wakeup: Arc<tokio::sync::Notify>,
+    /// This replica's MQTT connection, up or down.
+    pub mqtt: crate::mqtt::LinkState,
 }
 
 #[derive(OpenApi)]
@@ -80,8 +85,24 @@ impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            access::BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API token (`rw_…`); each operation names the least role it needs: viewer, operator or admin",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            access::DOWNLOAD_TOKEN,
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Query(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "token",
+                    "A device's download token, from its update command",
+                ),
+            )),
         );
     }
 }
@@ -102,10 +123,19 @@ pub fn router(state: AppState) -> Router {
         .into_iter()
         .map(|(path, item)| (format!("/api/v1{path}"), item))
         .collect();
+    let mut openapi = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
+    openapi::complete(&mut openapi);
+    let policy = access::Policy::from_openapi(&openapi);
     let openapi = Arc::new(openapi);
+    let api = api
+        .route_layer(middleware::from_fn_with_state(
+            (state.clone(), policy),
+            access::authorize,
+        ))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
 
     Router::new()
-        .nest("/api/v1", api.layer(DefaultBodyLimit::max(JSON_BODY_LIMIT)))
+        .nest("/api/v1", api)
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -126,7 +156,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers.
+/// Ready when the database answers and, when a broker is configured, the
+/// MQTT connection is up (without it no command leaves and no status is
+/// applied).
 async fn readyz(State(state): State<AppState>) -> Response {
     let check = tokio::time::timeout(
         Duration::from_secs(2),
@@ -134,14 +166,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     )
     .await;
     match check {
-        Ok(Ok(_)) => Json(json!({ "status": "ready", "database": "ok" })).into_response(),
+        Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             tracing::warn!(%error, "readiness: database check failed");
-            ApiError::Unavailable("database is not reachable".into()).into_response()
+            return ApiError::Unavailable("database is not reachable".into()).into_response();
         }
         Err(_) => {
-            ApiError::Unavailable("database did not answer within 2 s".into()).into_response()
+            return ApiError::Unavailable("database did not answer within 2 s".into())
+                .into_response();
         }
+    }
+    match state.mqtt.connected() {
+        Some(false) => ApiError::Unavailable("the MQTT connection is down".into()).into_response(),
+        connected => Json(json!({
+            "status": "ready",
+            "database": "ok",
+            "mqtt": if connected.is_some() { "ok" } else { "not configured" },
+        }))
+        .into_response(),
     }
 }
 

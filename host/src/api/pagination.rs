@@ -1,6 +1,8 @@
-//! Opaque cursors for keyset pagination.
+//! Keyset pagination: a page's `next_cursor` is the key of its last item
+//! (a device id, an execution id, a job id…), passed back as `cursor`.
+//! Each list documents its cursor's type, so a client can also start a
+//! page after any key it knows.
 
-use base64::Engine as _;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -23,32 +25,12 @@ impl<T> Page<T> {
     pub fn from_rows(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Self {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|last| encode(&key(last)))
-        } else {
-            None
-        };
+        let next_cursor = if more { rows.last().map(&key) } else { None };
         Page {
             items: rows,
             next_cursor,
         }
     }
-}
-
-pub fn encode(key: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
-}
-
-pub fn decode(cursor: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(cursor) = cursor else {
-        return Ok(None);
-    };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .map(Some)
-        .ok_or_else(|| ApiError::validation("cursor", "is not a cursor this API returned"))
 }
 
 /// The page size, checked against its bounds.

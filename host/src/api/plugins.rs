@@ -10,7 +10,6 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, Caller};
-use crate::domain::Role;
 use crate::plugins::{MAX_COMPONENT_BYTES, PluginError, PluginSource, PluginView, store};
 use crate::{audit, outbox};
 
@@ -25,13 +24,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(
     get, path = "/plugins", tag = "plugins",
     responses((status = 200, body = Vec<PluginView>)),
-    security(("bearer" = []))
+    security(("bearer" = ["viewer"]))
 )]
-async fn list_plugins(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> ApiResult<axum::Json<Vec<PluginView>>> {
-    caller.require(Role::Viewer, "list plugins")?;
+async fn list_plugins(State(state): State<AppState>) -> ApiResult<axum::Json<Vec<PluginView>>> {
     Ok(axum::Json(state.plugins.list()))
 }
 
@@ -39,20 +34,23 @@ async fn list_plugins(
 /// checked; a plugin of the same name is replaced.
 #[utoipa::path(
     post, path = "/plugins", tag = "plugins",
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content(
+        (Vec<u8> = "application/wasm"),
+        (Vec<u8> = "application/octet-stream"),
+    )),
     responses(
         (status = 201, body = PluginView),
         (status = 413, body = super::error::Problem),
         (status = 422, description = "Not a Rollway plugin, unsupported WIT version, or a family clash", body = super::error::Problem),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn upload_plugin(
     State(state): State<AppState>,
     caller: Caller,
     body: Body,
 ) -> ApiResult<(StatusCode, axum::Json<PluginView>)> {
-    let principal = caller.require(Role::Admin, "manage plugins")?;
+    let principal = &caller.0;
     let bytes = axum::body::to_bytes(body, MAX_COMPONENT_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge {
@@ -128,7 +126,7 @@ async fn set_state(
     name: &str,
     enabled: bool,
 ) -> ApiResult<axum::Json<PluginView>> {
-    let principal = caller.require(Role::Admin, "manage plugins")?;
+    let principal = &caller.0;
     if state.plugins.get(name).is_none() {
         return Err(ApiError::NotFound(format!("plugin '{name}'")));
     }
@@ -179,7 +177,7 @@ async fn set_state(
     post, path = "/plugins/{name}/enable", tag = "plugins",
     params(("name" = String, Path)),
     responses((status = 200, body = PluginView), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn enable_plugin(
     State(state): State<AppState>,
@@ -194,7 +192,7 @@ async fn enable_plugin(
     post, path = "/plugins/{name}/disable", tag = "plugins",
     params(("name" = String, Path)),
     responses((status = 200, body = PluginView), (status = 404, body = super::error::Problem)),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 async fn disable_plugin(
     State(state): State<AppState>,

@@ -140,20 +140,27 @@ pub struct Tags(std::collections::BTreeMap<String, String>);
 
 impl Tags {
     pub const MAX_TAGS: usize = 32;
+    /// Longest key, in characters.
+    pub const MAX_KEY: usize = 64;
+    /// Longest value, in characters.
+    pub const MAX_VALUE: usize = 256;
 
     pub fn parse(map: std::collections::BTreeMap<String, String>) -> Result<Self, ParseError> {
         if map.len() > Self::MAX_TAGS {
             return Err(ParseError(format!("at most {} tags", Self::MAX_TAGS)));
         }
         for (key, value) in &map {
-            if key.is_empty() || key.len() > 64 {
+            let length = key.chars().count();
+            if length == 0 || length > Self::MAX_KEY {
                 return Err(ParseError(format!(
-                    "tag key '{key}' must be 1 to 64 characters"
+                    "tag key '{key}' must be 1 to {} characters",
+                    Self::MAX_KEY
                 )));
             }
-            if value.len() > 256 {
+            if value.chars().count() > Self::MAX_VALUE {
                 return Err(ParseError(format!(
-                    "tag '{key}' value exceeds 256 characters"
+                    "tag '{key}' value exceeds {} characters",
+                    Self::MAX_VALUE
                 )));
             }
         }

@@ -19,7 +19,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Outcome, stale_attempt, state_of};
+use super::{Outcome, Refusal, stale_attempt, state_of};
 use crate::domain::ExecutionStatus;
 use crate::plugins::StatusReport;
 
@@ -107,7 +107,10 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
         if device != item.topic_device
             && gateways.get(device).and_then(Option::as_deref) != Some(item.topic_device.as_str())
         {
-            let outcome = Outcome::Spoofed(format!("{} reported for {device}", item.topic_device));
+            let outcome = Outcome::refused(
+                Refusal::Spoofed,
+                format!("{} reported for {device}", item.topic_device),
+            );
             applied.outcomes.push((item.index, outcome));
         } else {
             candidates.push(item);
@@ -204,7 +207,10 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             // Without an id, only an execution still in flight matches.
             .filter(|e| report.execution_id.is_some() || e.status.is_in_flight());
         let Some(execution) = execution else {
-            applied.outcomes.push((item.index, Outcome::NoExecution));
+            applied.outcomes.push((
+                item.index,
+                Outcome::refused(Refusal::NoExecution, "no execution matches"),
+            ));
             continue;
         };
         let outcome = fold(execution, report, item.attempt, &mut log, &mut events);
@@ -270,21 +276,24 @@ fn fold(
     if let Some(firmware) = &report.firmware_id
         && *firmware != row.firmware_id
     {
-        return Outcome::Rejected(format!(
-            "firmware {firmware} is not the one of execution {}",
-            row.id
-        ));
+        return Outcome::refused(
+            Refusal::WrongFirmware,
+            format!("firmware {firmware} is not the one of execution {}", row.id),
+        );
     }
     let from = execution.status;
     if from == ExecutionStatus::Queued {
-        return Outcome::Rejected(format!(
-            "execution {} is not dispatched (a late status of an earlier attempt?)",
-            row.id
-        ));
+        return Outcome::refused(
+            Refusal::NotDispatched,
+            format!(
+                "execution {} is not dispatched (a late status of an earlier attempt?)",
+                row.id
+            ),
+        );
     }
     let next = state_of(report);
     if let Err(reason) = from.check_transition(next) {
-        return Outcome::Rejected(reason);
+        return Outcome::refused(Refusal::StateMachine, reason);
     }
     let progress = report.progress.map(i16::from);
     if from == next {

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::ExecutionStatus;
+use crate::domain::{DeviceId, ExecutionStatus};
 use crate::metrics::Metrics;
 use crate::mqtt::{Incoming, MqttLink};
 use crate::plugins::{ParsedStatus, PluginError, PluginRegistry, StatusReport};
@@ -47,36 +47,108 @@ fn lane_of(topic: &str) -> usize {
     (hasher.finish() % LANES as u64) as usize
 }
 
-/// What became of one message (the `result` label of `status_messages_total`).
+/// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Applied,
     Progress,
     Duplicate,
-    Rejected(String),
-    Malformed(String),
-    Oversized,
-    UnknownDevice,
-    NoExecution,
-    Spoofed(String),
-    /// A status of an attempt other than the execution's current one: a
-    /// late status of a timed-out or failed attempt.
-    Stale(String),
+    /// Not applied, for this cause, with a detail for the log.
+    Refused(Refusal, String),
 }
 
 impl Outcome {
+    pub(crate) fn refused(cause: Refusal, detail: impl Into<String>) -> Self {
+        Outcome::Refused(cause, detail.into())
+    }
+
+    /// The `result` label of `status_messages_total`.
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
             Outcome::Progress => "progress",
             Outcome::Duplicate => "duplicate",
-            Outcome::Rejected(_) => "rejected",
-            Outcome::Malformed(_) => "malformed",
-            Outcome::Oversized => "oversized",
-            Outcome::UnknownDevice => "unknown_device",
-            Outcome::NoExecution => "no_execution",
-            Outcome::Spoofed(_) => "spoofed",
-            Outcome::Stale(_) => "stale_attempt",
+            Outcome::Refused(cause, _) => cause.result(),
+        }
+    }
+
+    /// The `reason` label of `status_messages_total`: empty unless refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Outcome::Refused(cause, _) => cause.reason(),
+            _ => "",
+        }
+    }
+}
+
+/// Why a status message was not applied. Each cause has its own `reason`
+/// label and belongs to one `result` of `status_messages_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Refusal {
+    /// The topic is not `{prefix}/{device}/update/status` with a valid id.
+    BadTopic,
+    /// The payload is larger than [`MAX_PAYLOAD`].
+    Oversized,
+    /// The plugin refused a payload that is not even JSON.
+    BadJson,
+    /// The plugin refused the payload (a field missing or of the wrong type).
+    Schema,
+    /// A field the plugin returned breaks the host's rules (a NUL or a
+    /// control character, an id of the wrong syntax, an overlong text).
+    BadText,
+    /// The plugin trapped, ran out of time, or is disabled.
+    PluginFailed,
+    UnknownDevice,
+    /// A device reported for a device that is not behind it.
+    Spoofed,
+    NoExecution,
+    /// A status of an attempt other than the execution's current one: a
+    /// late status of a timed-out or failed attempt.
+    StaleAttempt,
+    /// A status for an execution that is queued, not dispatched.
+    NotDispatched,
+    /// The state machine refuses the move (backwards, or out of a final state).
+    StateMachine,
+    /// The status names another firmware than the execution's job.
+    WrongFirmware,
+    /// The execution kept changing under a concurrent writer.
+    Conflict,
+    /// The database refused the write.
+    Database,
+}
+
+impl Refusal {
+    pub fn result(self) -> &'static str {
+        use Refusal::*;
+        match self {
+            BadTopic | BadJson | Schema | BadText | PluginFailed => "malformed",
+            Oversized => "oversized",
+            UnknownDevice => "unknown_device",
+            Spoofed => "spoofed",
+            NoExecution => "no_execution",
+            StaleAttempt => "stale_attempt",
+            NotDispatched | StateMachine | WrongFirmware | Conflict | Database => "rejected",
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        use Refusal::*;
+        match self {
+            BadTopic => "bad_topic",
+            Oversized => "size",
+            BadJson => "bad_json",
+            Schema => "schema",
+            BadText => "bad_text",
+            PluginFailed => "plugin_failed",
+            UnknownDevice => "unknown_device",
+            Spoofed => "topic_mismatch",
+            NoExecution => "no_execution",
+            StaleAttempt => "stale_attempt",
+            NotDispatched => "not_dispatched",
+            StateMachine => "state_machine",
+            WrongFirmware => "wrong_firmware",
+            Conflict => "conflict",
+            Database => "database",
         }
     }
 }
@@ -96,6 +168,7 @@ pub struct Ingest {
     pub topic_prefix: String,
     pub evaluate_wakeup: Arc<Notify>,
     pub dispatch_wakeup: Arc<Notify>,
+    pub refusals: RefusalLog,
 }
 
 impl Ingest {
@@ -205,12 +278,19 @@ impl Ingest {
         for (i, message) in batch.iter().enumerate() {
             let device = self.topic_device(&message.topic);
             if device.is_none() {
-                outcomes[i] = Some(Outcome::Malformed(format!(
-                    "unexpected topic {:?}",
-                    message.topic
-                )));
+                outcomes[i] = Some(Outcome::refused(
+                    Refusal::BadTopic,
+                    format!("unexpected topic {:?}", message.topic),
+                ));
             } else if message.payload.len() > MAX_PAYLOAD {
-                outcomes[i] = Some(Outcome::Oversized);
+                outcomes[i] = Some(Outcome::refused(
+                    Refusal::Oversized,
+                    format!(
+                        "{} bytes on {:?}, at most {MAX_PAYLOAD} are read",
+                        message.payload.len(),
+                        message.topic
+                    ),
+                ));
             }
             topic_devices.push(device.unwrap_or_default());
         }
@@ -230,9 +310,14 @@ impl Ingest {
             }
             match devices.get(&topic_devices[i]) {
                 Some(family) => {
-                    work.push((i, family.clone(), topic_devices[i].clone(), message.payload))
+                    work.push((i, family.clone(), topic_devices[i].clone(), message.payload));
                 }
-                None => outcomes[i] = Some(Outcome::UnknownDevice),
+                None => {
+                    outcomes[i] = Some(Outcome::refused(
+                        Refusal::UnknownDevice,
+                        format!("no device {:?} is registered", topic_devices[i]),
+                    ))
+                }
             }
         }
         let started = std::time::Instant::now();
@@ -258,7 +343,7 @@ impl Ingest {
                     statuses
                         .into_iter()
                         .zip(reports)
-                        .map(|((i, device, _), report)| (i, device, report)),
+                        .map(|((i, device, payload), report)| (i, device, report, payload)),
                 );
             }
             parsed
@@ -269,28 +354,43 @@ impl Ingest {
         // The sort is stable: one device's statuses keep their order.
         let mut parsed = parsed;
         parsed.sort_by(|a, b| {
-            let key = |(_, device, report): &(usize, String, Result<ParsedStatus, PluginError>)| {
+            let key = |device: &String, report: &Result<ParsedStatus, PluginError>| {
                 report
                     .as_ref()
                     .map(|r| r.report.device_id.clone())
                     .unwrap_or_else(|_| device.clone())
             };
-            key(a).cmp(&key(b))
+            key(&a.1, &a.2).cmp(&key(&b.1, &b.2))
         });
 
         let mut items = Vec::with_capacity(parsed.len());
-        for (index, topic_device, report) in parsed {
+        for (index, topic_device, report, payload) in parsed {
             match report {
-                Ok(ParsedStatus { report, attempt }) => items.push(batch::Parsed {
-                    index,
-                    topic_device,
-                    report,
-                    attempt,
-                }),
+                Ok(ParsedStatus { report, attempt }) => match check_report(&report) {
+                    Ok(()) => items.push(batch::Parsed {
+                        index,
+                        topic_device,
+                        report,
+                        attempt,
+                    }),
+                    Err(detail) => {
+                        outcomes[index] = Some(Outcome::refused(Refusal::BadText, detail));
+                    }
+                },
                 Err(PluginError::Refused { reason, .. }) => {
-                    outcomes[index] = Some(Outcome::Malformed(reason));
+                    // JSON the plugin did not accept, or not JSON at all.
+                    let cause = if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok()
+                    {
+                        Refusal::Schema
+                    } else {
+                        Refusal::BadJson
+                    };
+                    outcomes[index] = Some(Outcome::refused(cause, reason));
                 }
-                Err(other) => outcomes[index] = Some(Outcome::Malformed(other.to_string())),
+                Err(other) => {
+                    outcomes[index] =
+                        Some(Outcome::refused(Refusal::PluginFailed, other.to_string()));
+                }
             }
         }
 
@@ -322,6 +422,7 @@ impl Ingest {
             Err(error) => {
                 tx.rollback().await?;
                 tracing::warn!(%error, "applying a batch of statuses failed; applying them one by one");
+                self.metrics.status_batch_fallbacks_total.inc();
                 self.apply_one_by_one(&items, &mut outcomes).await?
             }
         };
@@ -343,18 +444,15 @@ impl Ingest {
 
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Malformed("lost".into())))
+            .map(|o| o.unwrap_or(Outcome::refused(Refusal::PluginFailed, "no answer")))
             .collect();
         for outcome in &outcomes {
             self.metrics
                 .status_messages_total
-                .with_label_values(&[outcome.label()])
+                .with_label_values(&[outcome.label(), outcome.reason()])
                 .inc();
-            match outcome {
-                Outcome::Applied | Outcome::Progress | Outcome::Duplicate => {}
-                other => {
-                    tracing::info!(result = other.label(), detail = ?other, "status not applied")
-                }
+            if let Outcome::Refused(cause, detail) = outcome {
+                self.refusals.record(*cause, detail);
             }
         }
         Ok(outcomes)
@@ -389,7 +487,7 @@ impl Ingest {
                 Err(error) => {
                     one.rollback().await?;
                     tracing::error!(%error, device = item.topic_device, "applying a status failed");
-                    Outcome::Rejected("the status could not be applied".into())
+                    Outcome::refused(Refusal::Database, error.to_string())
                 }
             };
             outcomes[item.index] = Some(outcome);
@@ -401,7 +499,108 @@ impl Ingest {
     fn topic_device(&self, topic: &str) -> Option<String> {
         let rest = topic.strip_prefix(&self.topic_prefix)?.strip_prefix('/')?;
         let device = rest.strip_suffix("/update/status")?;
-        (!device.is_empty() && !device.contains('/')).then(|| device.to_owned())
+        DeviceId::parse(device).ok().map(|_| device.to_owned())
+    }
+}
+
+/// Longest message id a status may carry.
+const MAX_MESSAGE_ID: usize = 200;
+/// Longest text field (error, ids, version) a status may carry.
+const MAX_TEXT: usize = 4096;
+
+/// Checks what a plugin parsed against the host's own rules before any of
+/// it reaches the database: ids of the right syntax, no NUL (PostgreSQL
+/// refuses it in text and JSON) and no other control character in ids,
+/// bounded texts. A plugin's answer is never trusted as is.
+fn check_report(report: &StatusReport) -> Result<(), String> {
+    DeviceId::parse(&report.device_id)
+        .map_err(|e| format!("device id {:?}: {e}", report.device_id))?;
+    let id = &report.message_id;
+    if id.is_empty() || id.len() > MAX_MESSAGE_ID || id.chars().any(char::is_control) {
+        return Err(format!(
+            "message id must be 1 to {MAX_MESSAGE_ID} bytes without control characters"
+        ));
+    }
+    let texts = [
+        ("error", report.error.as_deref()),
+        ("job id", report.job_id.as_deref()),
+        ("firmware id", report.firmware_id.as_deref()),
+        ("installed version", report.installed_version.as_deref()),
+    ];
+    for (name, text) in texts {
+        let Some(text) = text else { continue };
+        if text.len() > MAX_TEXT {
+            return Err(format!("{name} is longer than {MAX_TEXT} bytes"));
+        }
+        if text.contains('\0') {
+            return Err(format!("{name} contains a NUL character"));
+        }
+    }
+    if report.execution_id.is_some_and(|id| id > i64::MAX as u64) {
+        return Err("execution id is out of range".into());
+    }
+    Ok(())
+}
+
+/// Refused statuses in the log: the first of each cause at once, then at
+/// most one line per cause and [`RefusalLog::EVERY`] with how many there
+/// were, so that a flood of bad messages cannot flood the log. Every one
+/// is counted in `status_messages_total{result, reason}` and logged at
+/// debug level.
+#[derive(Clone, Default)]
+pub struct RefusalLog {
+    causes: Arc<std::sync::Mutex<HashMap<Refusal, CauseLog>>>,
+}
+
+/// One cause's refusals since its last log line.
+#[derive(Default)]
+struct CauseLog {
+    count: u64,
+    example: String,
+    last_line: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn record(&self, cause: Refusal, detail: &str) {
+        tracing::debug!(
+            result = cause.result(),
+            reason = cause.reason(),
+            detail,
+            "status refused"
+        );
+        let line = {
+            let Ok(mut causes) = self.causes.lock() else {
+                return;
+            };
+            let entry = causes.entry(cause).or_default();
+            entry.count += 1;
+            if entry.count == 1 {
+                entry.example = detail.chars().take(300).collect();
+            }
+            if entry
+                .last_line
+                .is_none_or(|last| last.elapsed() >= Self::EVERY)
+            {
+                entry.last_line = Some(std::time::Instant::now());
+                Some((
+                    std::mem::take(&mut entry.count),
+                    std::mem::take(&mut entry.example),
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some((count, example)) = line {
+            tracing::warn!(
+                result = cause.result(),
+                reason = cause.reason(),
+                count,
+                example,
+                "status messages refused"
+            );
+        }
     }
 }
 
@@ -434,9 +633,10 @@ fn state_of(report: &StatusReport) -> ExecutionStatus {
 pub(crate) fn stale_attempt(execution: i64, attempt: Option<u32>, current: i32) -> Option<Outcome> {
     let attempt = attempt?;
     (i64::from(attempt) != i64::from(current)).then(|| {
-        Outcome::Stale(format!(
-            "status of attempt {attempt}, execution {execution} is at attempt {current}"
-        ))
+        Outcome::refused(
+            Refusal::StaleAttempt,
+            format!("status of attempt {attempt}, execution {execution} is at attempt {current}"),
+        )
     })
 }
 
@@ -460,7 +660,10 @@ pub async fn apply(
         .await?;
         if !child {
             return Ok((
-                Outcome::Spoofed(format!("{topic_device} reported for {device}")),
+                Outcome::refused(
+                    Refusal::Spoofed,
+                    format!("{topic_device} reported for {device}"),
+                ),
                 None,
             ));
         }
@@ -498,7 +701,10 @@ pub async fn apply(
             .await?,
         };
         let Some(current) = current else {
-            return Ok((Outcome::NoExecution, None));
+            return Ok((
+                Outcome::refused(Refusal::NoExecution, "no execution matches"),
+                None,
+            ));
         };
         let from = ExecutionStatus::parse(&current.status)
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -515,25 +721,31 @@ pub async fn apply(
             .await?;
             if !matches {
                 return Ok((
-                    Outcome::Rejected(format!(
-                        "firmware {firmware} is not the one of execution {}",
-                        current.id
-                    )),
+                    Outcome::refused(
+                        Refusal::WrongFirmware,
+                        format!(
+                            "firmware {firmware} is not the one of execution {}",
+                            current.id
+                        ),
+                    ),
                     None,
                 ));
             }
         }
         if from == ExecutionStatus::Queued {
             return Ok((
-                Outcome::Rejected(format!(
-                    "execution {} is not dispatched (a late status of an earlier attempt?)",
-                    current.id
-                )),
+                Outcome::refused(
+                    Refusal::NotDispatched,
+                    format!(
+                        "execution {} is not dispatched (a late status of an earlier attempt?)",
+                        current.id
+                    ),
+                ),
                 None,
             ));
         }
         if let Err(reason) = from.check_transition(next) {
-            return Ok((Outcome::Rejected(reason), None));
+            return Ok((Outcome::refused(Refusal::StateMachine, reason), None));
         }
         let progress = report.progress.map(i16::from);
         if from == next {
@@ -625,7 +837,10 @@ pub async fn apply(
         return Ok((Outcome::Applied, Some(current.job_id)));
     }
     Ok((
-        Outcome::Rejected("the execution kept changing concurrently".into()),
+        Outcome::refused(
+            Refusal::Conflict,
+            "the execution kept changing concurrently",
+        ),
         None,
     ))
 }

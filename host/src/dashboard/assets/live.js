@@ -235,6 +235,9 @@ export class LiveStream {
       this.emit({ type: 'resync', reason: 'server' });
       return;
     }
+    // The token was revoked or expired: the server ends the stream, and
+    // the reconnection's 401 asks for a new token.
+    if (message.event === 'closed') return;
     let envelope = null;
     try {
       envelope = JSON.parse(message.data);

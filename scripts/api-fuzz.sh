@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fuzzes Rollway's REST API from its own OpenAPI document with schemathesis
+# (PyPI), every check on, the stateful phase included, against a running
+# `rollway up` (private PostgreSQL, embedded MQTT broker, demo firmware and
+# a simulated fleet, so that operations meet real data). Any failure fails
+# the run; the report is kept in ROLLWAY_CACHE/artifacts/api-fuzz.
+#
+#   scripts/api-fuzz.sh               ROLLWAY_API_FUZZ_SECONDS (180) of fuzzing
+#   ROLLWAY_BIN=path/to/rollway scripts/api-fuzz.sh
+#
+# tests/api/schemathesis.toml lists what the document cannot state (an
+# image's contents, references to records that must exist) and why.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROLLWAY_CACHE=${ROLLWAY_CACHE:-/var/cache/rollway}
+SCHEMATHESIS_VERSION=4.32.5
+venv=$ROLLWAY_CACHE/schemathesis
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "api-fuzz: installing schemathesis $SCHEMATHESIS_VERSION (once)" >&2
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2
+fi
+
+binary=${ROLLWAY_BIN:-${CARGO_TARGET_DIR:-$ROLLWAY_CACHE/target}/debug/rollway}
+[ -x "$binary" ] || { echo "api-fuzz: no rollway binary at $binary (build it first)" >&2; exit 2; }
+
+data=$(mktemp -d /tmp/rollway-api-fuzz.XXXXXX)
+chmod 755 "$data"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+token="rw_apifuzz_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+report=$ROLLWAY_CACHE/artifacts/api-fuzz
+rm -rf "$report" && mkdir -p "$report"
+
+host_pid=""
+stop() {
+    if [ -n "$host_pid" ]; then
+        kill -INT "$host_pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$host_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$host_pid" 2>/dev/null || true
+    fi
+    cp "$data/host.log" "$report/host.log" 2>/dev/null || true
+    rm -rf "$data"
+}
+trap stop EXIT
+
+# Failed authentications are part of the run (ignored_auth): no lockout.
+ROLLWAY_DATA_DIR=$data ROLLWAY_LISTEN=127.0.0.1:$port ROLLWAY_BOOTSTRAP_TOKEN=$token \
+    ROLLWAY_AUTH_FAILURE_LIMIT=0 ROLLWAY_LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn,rumqttd=off} \
+    setsid "$binary" up --simulate 20 >"$data/host.log" 2>&1 &
+host_pid=$!
+for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    kill -0 "$host_pid" 2>/dev/null || { cat "$data/host.log" >&2; exit 1; }
+    sleep 0.1
+done
+
+echo "api-fuzz: schemathesis against http://127.0.0.1:$port for ${ROLLWAY_API_FUZZ_SECONDS:-180}s" >&2
+status=0
+"$venv/bin/schemathesis" --config-file tests/api/schemathesis.toml run \
+    "http://127.0.0.1:$port/api/v1/openapi.json" \
+    --url "http://127.0.0.1:$port" \
+    -H "Authorization: Bearer $token" \
+    --checks all \
+    --phases examples,coverage,fuzzing,stateful \
+    --max-time "${ROLLWAY_API_FUZZ_SECONDS:-180}" \
+    --workers 2 \
+    --request-timeout 20 \
+    --report junit,ndjson --report-dir "$report" \
+    --seed "${ROLLWAY_API_FUZZ_SEED:-$RANDOM}" \
+    >"$report/run.txt" 2>&1 || status=$?
+tail -40 "$report/run.txt"
+# A server error the checks did not see is still a failure.
+if grep '"level":"ERROR"' "$data/host.log" | grep -q '"target":"rollway'; then
+    echo "api-fuzz: the host logged errors:" >&2
+    grep '"level":"ERROR"' "$data/host.log" | grep '"target":"rollway' | head -20 >&2
+    status=1
+fi
+echo "api-fuzz: report in $report" >&2
+exit "$status"
