@@ -410,3 +410,103 @@ async fn a_replica_finishes_the_rollout_of_one_killed_for_good() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Runs of the kill test in one `cargo test` (`ROLLWAY_KILL_RUNS`); CI runs
+/// 5, which catches a failure of one run in three with 87% odds, and
+/// `scripts/kill-test.sh` runs more.
+fn kill_runs() -> u32 {
+    std::env::var("ROLLWAY_KILL_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Three SIGKILLs of the host while 200 devices download a 1 MiB image
+/// from it and report. A download the kill cuts mid-body resumes with
+/// `Range` once the host is back; nothing fails for it: every device ends
+/// `done` and says so itself.
+#[tokio::test]
+async fn a_rollout_survives_three_host_kills() {
+    for run in 1..=kill_runs() {
+        let started = Instant::now();
+        let cuts = kill_run(run).await;
+        eprintln!(
+            "kill test run {run}/{}: completed in {:.0?}, {cuts} downloads cut and resumed",
+            kill_runs(),
+            started.elapsed()
+        );
+    }
+}
+
+/// One run of the kill test; returns how many downloads a kill cut.
+async fn kill_run(run: u32) -> u32 {
+    let cluster = Cluster::new(crate::pipeline::mqtt_url(), None).await;
+    let name = format!("kill-{run}-{}", uuid::Uuid::new_v4().simple());
+    let mut host = cluster.host(&name, &[]);
+    start_host(&mut host).await;
+    let app = cluster.client(&host).await;
+    let total = 200;
+    let options = SimOptions {
+        families: vec!["esp32".into()],
+        interruptions: 0.0,
+        step: Duration::from_millis(50),
+        topic_prefix: cluster.topic_prefix.clone(),
+        id_prefix: format!("K{run}-"),
+        ..SimOptions::new(&app.base, &app.admin_token, &cluster.mqtt_url, total as u32)
+    };
+    let sim = Simulator::start(options).await.unwrap();
+    let image = crate::images::esp32(crate::images::ESP32S3, "9.0.0", 1024 * 1024);
+    let firmware = app.upload("esp32", "9.0.0", image).await;
+    let body = json!({
+        "firmware_id": firmware["id"],
+        "targets": { "filter": { "tags": { "fleet": "simulated" } } },
+        "rollout": { "plugin": "rollout-percent", "config": { "batches": [10, 50, 100], "success_threshold": 90, "failure_threshold": 5 } },
+        "device_timeout_secs": 300,
+        "max_retries": 0,
+    });
+    let response = app.post_json("/api/v1/jobs", &body).await;
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    let job = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut rng = rand::rng();
+    for at_least in [1, total / 4, total / 2] {
+        wait_finished(&app.pool, at_least, Duration::from_secs(180)).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..800))).await;
+        host.kill();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+        start_host(&mut host).await;
+    }
+    let status = wait_job_finished(&app.pool, &job, Duration::from_secs(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let truth = sim.truth.snapshot();
+    sim.stop().await;
+    let outcomes: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT device_id, status, last_error FROM executions ORDER BY device_id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let unfinished: Vec<_> = outcomes.iter().filter(|(_, s, _)| s != "done").collect();
+    assert!(
+        unfinished.is_empty(),
+        "run {run}: job {status}; not done: {unfinished:?}; host log {}",
+        host.log_path().display()
+    );
+    assert_eq!(status, "completed");
+    for (device, _, _) in &outcomes {
+        assert_eq!(
+            truth[device].state, "done",
+            "run {run}: {device} says {:?}",
+            truth[device]
+        );
+    }
+    let cuts = truth.values().map(|t| t.resumed_downloads).sum();
+    host.stop().await;
+    cuts
+}

@@ -520,7 +520,7 @@ mod tests {
             version: None,
             reason: None,
             commands,
-            last_status: None,
+            ..Default::default()
         };
         let truth: BTreeMap<String, crate::sim::DeviceTruth> = [
             ("A", device("idle", 0)),

@@ -86,7 +86,7 @@ impl SimOptions {
 }
 
 /// A device's final state as the simulator saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceTruth {
     /// `done`, `error`, or `idle` when no update was asked.
     pub state: String,
@@ -99,6 +99,10 @@ pub struct DeviceTruth {
     /// from one the host mishandled.
     #[serde(default)]
     pub last_status: Option<(String, i64)>,
+    /// Downloads cut before the end (a reset connection, a host restart,
+    /// a body that ended early) and resumed with `Range`.
+    #[serde(default)]
+    pub resumed_downloads: u32,
 }
 
 #[derive(Clone, Default)]
@@ -136,7 +140,11 @@ pub struct Simulator {
 impl Simulator {
     /// Registers the fleet and connects it. Returns once subscribed.
     pub async fn start(options: SimOptions) -> anyhow::Result<Self> {
-        let http = reqwest::Client::new();
+        // A link that goes quiet is a cut link: the download resumes.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(30))
+            .build()?;
         let devices = fleet(&options);
         register(&http, &options, &devices).await?;
         let keys = fetch_keys(&http, &options.api).await?;
@@ -147,10 +155,7 @@ impl Simulator {
                     d.id.clone(),
                     DeviceTruth {
                         state: "idle".into(),
-                        version: None,
-                        reason: None,
-                        commands: 0,
-                        last_status: None,
+                        ..DeviceTruth::default()
                     },
                 );
             }
@@ -676,6 +681,12 @@ impl Shared {
         Ok(manifest)
     }
 
+    /// Downloads an image of `size` bytes as a device on a poor link does:
+    /// whatever cuts a transfer (a reset connection, a host restart, a body
+    /// that ends early, a server error), it resumes with `Range` from the
+    /// bytes it has until it holds the signed size, giving up only after
+    /// [`DOWNLOAD_PATIENCE`] without progress. `interrupted` cuts the first
+    /// transfer half-way on purpose.
     async fn download(
         &self,
         url: &str,
@@ -683,84 +694,128 @@ impl Shared {
         interrupted: bool,
         reporter: &mut Reporter<'_>,
     ) -> Result<Vec<u8>, String> {
-        // Like a real device, retry a failed request for half a minute (the
-        // server may be restarting).
-        let get = |range: Option<String>| async move {
-            let mut delay = Duration::from_millis(200);
-            let mut attempt = 0;
-            loop {
-                let mut request = self.http.get(url);
-                if let Some(range) = &range {
-                    request = request.header("range", range.clone());
-                }
-                let result = request.send().await;
-                let retry = match &result {
-                    Ok(r) => r.status().is_server_error(),
-                    Err(_) => true,
-                };
-                attempt += 1;
-                if !retry || attempt >= 10 {
-                    return result;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(4));
-            }
-        };
         reporter.send("downloading", Some(0), None).await;
         let mut bytes = Vec::with_capacity(size as usize);
-        if interrupted && size > 1 {
-            // The connection drops half-way; the device resumes from there.
-            let half = size / 2;
-            let first = get(Some(format!("bytes=0-{}", half - 1)))
-                .await
-                .map_err(|e| format!("download failed: {e}"))?;
-            if first.status().as_u16() != 206 {
-                return Err(format!("resumable download refused: {}", first.status()));
+        let mut cut_at = (interrupted && size > 1).then_some(size / 2);
+        let mut halfway_reported = false;
+        let mut delay = Duration::from_millis(200);
+        let mut last_progress = std::time::Instant::now();
+        let mut last_error = String::new();
+        // Whether the transfer is failing since its last progress: one cut
+        // counts once, however many tries the resumption takes.
+        let mut failing = false;
+        while (bytes.len() as u64) < size {
+            let from = bytes.len() as u64;
+            let mut request = self.http.get(url);
+            if from > 0 {
+                request = request.header("range", format!("bytes={from}-"));
             }
-            read_capped(first, &mut bytes, half).await?;
-            reporter.send("downloading", Some(50), None).await;
-            let rest = get(Some(format!("bytes={}-", bytes.len())))
-                .await
-                .map_err(|e| format!("download failed: {e}"))?;
-            if rest.status().as_u16() != 206 {
-                return Err(format!("resuming the download failed: {}", rest.status()));
+            let read = match request.send().await {
+                Ok(response) if from > 0 && response.status().as_u16() == 206 => {
+                    read_capped(response, &mut bytes, size, cut_at.take()).await
+                }
+                Ok(response) if response.status().as_u16() == 200 => {
+                    // A fresh start (or a server that ignored the range).
+                    bytes.clear();
+                    read_capped(response, &mut bytes, size, cut_at.take()).await
+                }
+                Ok(response)
+                    if response.status().is_server_error() || response.status().as_u16() == 429 =>
+                {
+                    Err(Cut::Transient(format!(
+                        "server answered {}",
+                        response.status()
+                    )))
+                }
+                Ok(response) => {
+                    return Err(format!("download failed: {}", response.status()));
+                }
+                Err(error) => Err(Cut::Transient(error.to_string())),
+            };
+            if bytes.len() as u64 > from {
+                last_progress = std::time::Instant::now();
+                delay = Duration::from_millis(200);
+                failing = false;
             }
-            read_capped(rest, &mut bytes, size).await?;
-        } else {
-            let whole = get(None)
-                .await
-                .map_err(|e| format!("download failed: {e}"))?;
-            if !whole.status().is_success() {
-                return Err(format!("download failed: {}", whole.status()));
+            if !halfway_reported && bytes.len() as u64 >= size / 2 && bytes.len() as u64 != size {
+                halfway_reported = true;
+                reporter.send("downloading", Some(50), None).await;
             }
-            read_capped(whole, &mut bytes, size).await?;
+            match read {
+                Ok(()) => {}
+                Err(Cut::Fatal(reason)) => return Err(reason),
+                Err(Cut::Transient(reason)) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        self.truth
+                            .update(&reporter.device.id, |t| t.resumed_downloads += 1);
+                    }
+                    if last_progress.elapsed() > DOWNLOAD_PATIENCE {
+                        return Err(format!(
+                            "download failed: no progress for {DOWNLOAD_PATIENCE:?} ({reason})"
+                        ));
+                    }
+                    if reason != last_error {
+                        tracing::debug!(
+                            url,
+                            reason,
+                            have = bytes.len(),
+                            "simulator: download cut; resuming"
+                        );
+                        last_error = reason;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(4));
+                }
+            }
         }
         reporter.send("downloading", Some(100), None).await;
         Ok(bytes)
     }
 }
 
+/// How long a simulated device keeps trying to resume a download that
+/// makes no progress (a real one would go on until its manifest expires).
+const DOWNLOAD_PATIENCE: Duration = Duration::from_secs(180);
+
+/// Why a transfer stopped before the end.
+enum Cut {
+    /// The link or the server failed: resume.
+    Transient(String),
+    /// The server sent more than the signed size: stop for good.
+    Fatal(String),
+}
+
 /// Appends a response body to `bytes`, reading no further than `cap` bytes
 /// in all: a server sending endless data is cut off (Uptane's endless-data
-/// attack), whatever its headers say.
+/// attack), whatever its headers say. With `cut_at`, the transfer breaks
+/// off there (a simulated link loss). A body that ends early is not an
+/// error here: the caller resumes from what it has.
 async fn read_capped(
     mut response: reqwest::Response,
     bytes: &mut Vec<u8>,
     cap: u64,
-) -> Result<(), String> {
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("download failed: {e}"))?
-    {
+    cut_at: Option<u64>,
+) -> Result<(), Cut> {
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(Cut::Transient(format!("body cut: {error}"))),
+        };
         if (bytes.len() + chunk.len()) as u64 > cap {
-            return Err(format!(
+            return Err(Cut::Fatal(format!(
                 "download exceeds the manifest's size ({cap} bytes); stopped reading"
-            ));
+            )));
+        }
+        if let Some(at) = cut_at
+            && (bytes.len() + chunk.len()) as u64 >= at
+        {
+            let keep = (at as usize).saturating_sub(bytes.len());
+            bytes.extend_from_slice(&chunk[..keep]);
+            return Err(Cut::Transient("connection dropped (simulated)".into()));
         }
         bytes.extend_from_slice(&chunk);
     }
-    Ok(())
 }
 
 /// Sends one device's statuses, as the device or through its gateway.
