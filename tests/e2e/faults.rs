@@ -427,6 +427,7 @@ fn kill_runs() -> u32 {
 /// `done` and says so itself.
 #[tokio::test]
 async fn a_rollout_survives_three_host_kills() {
+    let mut all_cuts = 0;
     for run in 1..=kill_runs() {
         let started = Instant::now();
         let cuts = kill_run(run).await;
@@ -435,6 +436,30 @@ async fn a_rollout_survives_three_host_kills() {
             kill_runs(),
             started.elapsed()
         );
+        all_cuts += cuts;
+    }
+    assert!(
+        all_cuts > 0,
+        "no kill cut a download: the test proved nothing"
+    );
+}
+
+/// Waits until some device is downloading (it said so and is not at
+/// 100%), so that a kill then cuts transfers.
+async fn wait_downloading(pool: &PgPool, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let downloading: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM executions
+                            WHERE status = 'downloading' AND coalesce(progress, 0) < 100)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or(false);
+        if downloading || started.elapsed() > timeout {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -478,7 +503,8 @@ async fn kill_run(run: u32) -> u32 {
     let mut rng = rand::rng();
     for at_least in [1, total / 4, total / 2] {
         wait_finished(&app.pool, at_least, Duration::from_secs(180)).await;
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..800))).await;
+        wait_downloading(&app.pool, Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
         host.kill();
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
         start_host(&mut host).await;

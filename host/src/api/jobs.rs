@@ -19,14 +19,12 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
 use crate::domain::{DeviceId, ExecutionStatus, JobStatus};
 use crate::jobs::{
-    self, CreateError, Execution, Job, JobAction, JobCounts, JobKind, NewJob, StatusLogEntry,
-    TargetFilter, Targets, TransitionError,
+    self, CreateError, Execution, Job, JobAction, JobCounts, JobKind, MAX_TARGET_IDS, NewJob,
+    StatusLogEntry, TargetFilter, Targets, TransitionError,
 };
 use crate::plugins::PluginError;
 use crate::{audit, firmware};
 
-/// Most device ids one job may list explicitly (use a filter beyond that).
-pub const MAX_TARGET_IDS: usize = 100_000;
 /// Largest rollout configuration, as JSON text.
 pub const MAX_ROLLOUT_CONFIG_BYTES: usize = 64 * 1024;
 

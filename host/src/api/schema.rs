@@ -46,7 +46,7 @@ pub fn device_ids() -> RefOr<Schema> {
     ArrayBuilder::new()
         .items(device_id())
         .min_items(Some(1))
-        .max_items(Some(super::jobs::MAX_TARGET_IDS))
+        .max_items(Some(crate::jobs::MAX_TARGET_IDS))
         .unique_items(true)
         .into()
 }

@@ -95,6 +95,9 @@ pub struct Job {
     pub version: i64,
 }
 
+/// Most device ids one job may list explicitly (use a filter beyond that).
+pub const MAX_TARGET_IDS: usize = 100_000;
+
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
      rollout_plugin, rollout_config, device_timeout_secs, max_retries, created_by, created_at, \
      updated_at, started_at, finished_at, version";
