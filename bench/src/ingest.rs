@@ -879,9 +879,9 @@ async fn naive_run(env: &Env, sizes: &Sizes) -> anyhow::Result<NaiveRun> {
 
 /// A first version of ingestion: one subscriber with manual acks; for each
 /// message, in order: look up the device's family, parse with its plugin,
-/// apply with the host's own per-message logic (`rollway::ingest::apply`:
-/// dedupe, state machine, optimistic update, log row, outbox event) in a
-/// transaction of its own, commit, ack.
+/// apply with the host's own logic for one message
+/// (`rollway::ingest::apply_one`: dedupe, state machine, update, log row,
+/// outbox event) in a transaction of its own, commit, ack.
 struct Naive {
     link: mqtt::Link<mpsc::UnboundedSender<Publish>>,
     worker: JoinHandle<anyhow::Result<HashMap<String, u64>>>,
@@ -977,9 +977,8 @@ async fn naive_apply(
     };
     loop {
         let mut tx = conn.begin().await?;
-        match rollway::ingest::apply(&mut tx, device, &parsed.report, parsed.attempt, metrics).await
-        {
-            Ok((outcome, _job)) => {
+        match rollway::ingest::apply_one(&mut tx, device, parsed.clone()).await {
+            Ok(outcome) => {
                 tx.commit().await?;
                 return Ok(outcome.label().to_owned());
             }

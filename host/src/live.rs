@@ -21,10 +21,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::Envelope;
-
-/// The `NOTIFY` channel the relay announces sent events on.
-pub const CHANNEL: &str = "rollway_events";
+use crate::outbox::{self, CHANNEL, Envelope};
 
 /// What a local subscriber receives.
 #[derive(Debug, Clone)]
@@ -104,37 +101,10 @@ async fn forward(pool: &PgPool, sender: &Sender, seqs: &[i64]) -> Result<(), sql
     if seqs.is_empty() || sender.receiver_count() == 0 {
         return Ok(());
     }
-    let events: Vec<Envelope> = sqlx::query_as(
-        "SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
-         FROM event_outbox WHERE seq = ANY($1) AND sent_at IS NOT NULL ORDER BY seq",
-    )
-    .bind(seqs)
-    .fetch_all(pool)
-    .await?;
-    for event in events {
+    for event in outbox::sent_by_seq(pool, seqs).await? {
         let _ = sender.send(Live::Event(Arc::new(event)));
     }
     Ok(())
-}
-
-/// Sent events after `after` (a client's `Last-Event-ID`), oldest first, at
-/// most `limit`: what a reconnecting client missed.
-pub async fn replay(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Envelope>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts
-         FROM event_outbox WHERE seq > $1 AND sent_at IS NOT NULL ORDER BY seq LIMIT $2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// Whether an event concerns the job: the job's own events and the status
-/// changes of its executions.
-pub fn concerns_job(event: &Envelope, job_id: &str) -> bool {
-    (event.aggregate_type == "job" && event.aggregate_id == job_id)
-        || event.payload.0.get("job_id").and_then(|v| v.as_str()) == Some(job_id)
 }
 
 #[cfg(test)]

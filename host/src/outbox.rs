@@ -1,32 +1,247 @@
 //! The transactional outbox: every state change writes its event here in the
 //! same transaction as the change, so that no change is published without
 //! having happened and none that happened goes unpublished.
+//!
+//! This module owns the events as consumers see them (docs/EVENTS.md): the
+//! kinds ([`EventType`]), the envelope the relay publishes ([`Envelope`]),
+//! the channel on which sent events are announced to every replica
+//! ([`CHANNEL`]), the reads of sent events, and the dead letter table.
+//! `relay.rs` moves events from here to Kafka; `live.rs` to stream clients.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// The version of every payload's shape, in the payload's `schema` field.
+/// A consumer reading a higher number than it knows should expect new
+/// fields; a field's meaning never changes within one number.
+pub const SCHEMA: u32 = 1;
+
+/// The `NOTIFY` channel on which the relay announces the `seq`s it marked
+/// sent, in the statement that marks them.
+pub const CHANNEL: &str = "rollway_events";
+
+/// What an event is about; its id is the envelope's `aggregate_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Aggregate {
+    Job,
+    /// A device, with its executions.
+    Device,
+    Firmware,
+    Plugin,
+}
+
+impl Aggregate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregate::Job => "job",
+            Aggregate::Device => "device",
+            Aggregate::Firmware => "firmware",
+            Aggregate::Plugin => "plugin",
+        }
+    }
+}
+
+/// Every kind of event Rollway publishes. docs/EVENTS.md documents each
+/// with its payload; a test holds the two together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    JobCreated,
+    JobStatusChanged,
+    JobBatchStarted,
+    JobRolloutDecision,
+    ExecutionStatusChanged,
+    FirmwareUploaded,
+    FirmwareDowngradeChanged,
+    FirmwareDeleted,
+    PluginUploaded,
+    PluginStateChanged,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 10] = [
+        EventType::JobCreated,
+        EventType::JobStatusChanged,
+        EventType::JobBatchStarted,
+        EventType::JobRolloutDecision,
+        EventType::ExecutionStatusChanged,
+        EventType::FirmwareUploaded,
+        EventType::FirmwareDowngradeChanged,
+        EventType::FirmwareDeleted,
+        EventType::PluginUploaded,
+        EventType::PluginStateChanged,
+    ];
+
+    /// The envelope's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::JobCreated => "job.created",
+            EventType::JobStatusChanged => "job.status.changed",
+            EventType::JobBatchStarted => "job.batch.started",
+            EventType::JobRolloutDecision => "job.rollout.decision",
+            EventType::ExecutionStatusChanged => "execution.status.changed",
+            EventType::FirmwareUploaded => "firmware.uploaded",
+            EventType::FirmwareDowngradeChanged => "firmware.downgrade.changed",
+            EventType::FirmwareDeleted => "firmware.deleted",
+            EventType::PluginUploaded => "plugin.uploaded",
+            EventType::PluginStateChanged => "plugin.state.changed",
+        }
+    }
+
+    /// The aggregate events of this kind belong to.
+    pub fn aggregate(self) -> Aggregate {
+        match self {
+            EventType::JobCreated
+            | EventType::JobStatusChanged
+            | EventType::JobBatchStarted
+            | EventType::JobRolloutDecision => Aggregate::Job,
+            EventType::ExecutionStatusChanged => Aggregate::Device,
+            EventType::FirmwareUploaded
+            | EventType::FirmwareDowngradeChanged
+            | EventType::FirmwareDeleted => Aggregate::Firmware,
+            EventType::PluginUploaded | EventType::PluginStateChanged => Aggregate::Plugin,
+        }
+    }
+}
 
 /// One event as it will be published.
 pub struct Event<'a> {
-    pub aggregate_type: &'a str,
+    pub kind: EventType,
     pub aggregate_id: &'a str,
-    /// Dotted name, e.g. `job.created`, `execution.status.changed`.
-    pub event_type: &'a str,
+    /// The payload's fields; [`enqueue`] adds `schema`.
     pub payload: Value,
 }
 
+/// Writes an event in the caller's transaction.
 pub async fn enqueue(conn: &mut PgConnection, event: Event<'_>) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::now_v7();
+    let mut payload = event.payload;
+    if let Value::Object(fields) = &mut payload {
+        fields.insert("schema".into(), SCHEMA.into());
+    }
     sqlx::query(
         "INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
-    .bind(event.aggregate_type)
+    .bind(event.kind.aggregate().as_str())
     .bind(event.aggregate_id)
-    .bind(event.event_type)
-    .bind(event.payload)
+    .bind(event.kind.as_str())
+    .bind(payload)
     .execute(conn)
     .await?;
     Ok(id)
+}
+
+/// An event as published: the JSON envelope.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Envelope {
+    pub id: Uuid,
+    /// Publication order.
+    pub seq: i64,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "event_type")]
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    #[serde(skip)]
+    pub attempts: i32,
+}
+
+impl Envelope {
+    /// Whether the event concerns the job: the job's own events and the
+    /// status changes of its executions.
+    pub fn concerns_job(&self, job_id: &str) -> bool {
+        (self.aggregate_type == Aggregate::Job.as_str() && self.aggregate_id == job_id)
+            || self.payload.0.get("job_id").and_then(|v| v.as_str()) == Some(job_id)
+    }
+}
+
+const ENVELOPE_COLUMNS: &str =
+    "id, seq, event_type, aggregate_type, aggregate_id, occurred_at, payload, attempts";
+
+/// The sent events among `seqs`, in `seq` order: what an announcement on
+/// [`CHANNEL`] names.
+pub async fn sent_by_seq(pool: &PgPool, seqs: &[i64]) -> Result<Vec<Envelope>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM event_outbox
+         WHERE seq = ANY($1) AND sent_at IS NOT NULL ORDER BY seq"
+    )))
+    .bind(seqs)
+    .fetch_all(pool)
+    .await
+}
+
+/// Sent events after `after` (a client's `Last-Event-ID`), oldest first, at
+/// most `limit`: what a reconnecting client missed.
+pub async fn sent_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Envelope>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENVELOPE_COLUMNS} FROM event_outbox
+         WHERE seq > $1 AND sent_at IS NOT NULL ORDER BY seq LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// A dead-lettered event.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    #[schema(value_type = Object)]
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    pub occurred_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub last_error: String,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// The dead letters, newest first.
+pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error, failed_at
+         FROM event_dead_letter ORDER BY failed_at DESC, id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Moves an event that failed too often to the dead letter table.
+pub async fn bury(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH dead AS (DELETE FROM event_outbox WHERE id = $1 RETURNING *)
+         INSERT INTO event_dead_letter (id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error)
+         SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error FROM dead",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts a dead-lettered event back into the outbox; false when unknown.
+pub async fn replay(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "WITH dead AS (DELETE FROM event_dead_letter WHERE id = $1 RETURNING *)
+         INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload, occurred_at)
+         SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at FROM dead",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(moved == 1)
 }

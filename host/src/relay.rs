@@ -14,16 +14,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::outbox::{self, Envelope};
 
 /// Events read per round.
 const BATCH: i64 = 500;
@@ -34,23 +33,6 @@ const LEASE_SECS: f64 = 15.0;
 /// backlog, the largest single cost of status ingestion (BENCHMARKS.md,
 /// item 22).
 const PENDING_EVERY: Duration = Duration::from_secs(2);
-
-/// An event as published: the JSON envelope.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Envelope {
-    pub id: Uuid,
-    /// Publication order.
-    pub seq: i64,
-    #[serde(rename = "type")]
-    #[sqlx(rename = "event_type")]
-    pub event_type: String,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub occurred_at: DateTime<Utc>,
-    pub payload: sqlx::types::Json<serde_json::Value>,
-    #[serde(skip)]
-    pub attempts: i32,
-}
 
 #[derive(Clone)]
 pub struct Relay {
@@ -366,7 +348,7 @@ impl Relay {
              SELECT pg_notify($2, string_agg(seq::text, ',' ORDER BY seq)) FROM marked HAVING count(*) > 0",
         )
         .bind(&ids)
-        .bind(crate::live::CHANNEL)
+        .bind(outbox::CHANNEL)
         .execute(&self.pool)
         .await?;
         // A broker outage, or a producer that failed fatally, is nobody's
@@ -415,14 +397,7 @@ impl Relay {
         .fetch_optional(&mut *tx)
         .await?;
         if attempts.is_some_and(|n| n >= self.max_attempts) {
-            sqlx::query(
-                "WITH dead AS (DELETE FROM event_outbox WHERE id = $1 RETURNING *)
-                 INSERT INTO event_dead_letter (id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error)
-                 SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error FROM dead",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            outbox::bury(&mut tx, id).await?;
             tracing::error!(event_id = %id, attempts, "event moved to the dead letter table");
         }
         tx.commit().await?;
@@ -491,43 +466,4 @@ async fn broker_reachable(producer: &FutureProducer) -> bool {
     })
     .await
     .unwrap_or(false)
-}
-
-/// A dead-lettered event.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct DeadLetter {
-    pub id: Uuid,
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub event_type: String,
-    #[schema(value_type = Object)]
-    pub payload: sqlx::types::Json<serde_json::Value>,
-    pub occurred_at: DateTime<Utc>,
-    pub attempts: i32,
-    pub last_error: String,
-    pub failed_at: DateTime<Utc>,
-}
-
-pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error, failed_at
-         FROM event_dead_letter ORDER BY failed_at DESC, id LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// Puts a dead-lettered event back into the outbox; false when unknown.
-pub async fn replay(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    let moved = sqlx::query(
-        "WITH dead AS (DELETE FROM event_dead_letter WHERE id = $1 RETURNING *)
-         INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload, occurred_at)
-         SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at FROM dead",
-    )
-    .bind(id)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(moved == 1)
 }

@@ -383,14 +383,14 @@ async fn retire_signing_key(
 /// Events that failed to publish too often, newest first.
 #[utoipa::path(
     get, path = "/events/dead-letter", tag = "admin",
-    responses((status = 200, body = Vec<crate::relay::DeadLetter>), (status = 403, body = super::error::Problem)),
+    responses((status = 200, body = Vec<crate::outbox::DeadLetter>), (status = 403, body = super::error::Problem)),
     security(("bearer" = ["admin"]))
 )]
 async fn list_dead_letters(
     State(state): State<AppState>,
-) -> ApiResult<axum::Json<Vec<crate::relay::DeadLetter>>> {
+) -> ApiResult<axum::Json<Vec<crate::outbox::DeadLetter>>> {
     Ok(axum::Json(
-        crate::relay::dead_letters(&state.pool, 1000).await?,
+        crate::outbox::dead_letters(&state.pool, 1000).await?,
     ))
 }
 
@@ -408,7 +408,7 @@ async fn replay_dead_letter(
 ) -> ApiResult<StatusCode> {
     let principal = &caller.0;
     let mut tx = state.pool.begin().await?;
-    if !crate::relay::replay(&mut tx, id).await? {
+    if !crate::outbox::replay(&mut tx, id).await? {
         return Err(ApiError::NotFound(format!("dead-lettered event {id}")));
     }
     audit::record(

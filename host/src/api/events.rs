@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, Caller};
-use crate::live::{self, Live};
-use crate::relay::Envelope;
+use crate::live::Live;
+use crate::outbox::{self, Envelope};
 
 /// Most missed events sent again to a reconnecting client; past that it is
 /// told to reload instead.
@@ -73,7 +73,7 @@ impl Filter {
     fn accepts(&self, event: &Envelope) -> bool {
         self.job_id
             .as_deref()
-            .is_none_or(|job| live::concerns_job(event, job))
+            .is_none_or(|job| event.concerns_job(job))
             && self
                 .aggregate_type
                 .as_deref()
@@ -179,7 +179,7 @@ async fn stream_events(
     let mut first = Vec::new();
     let mut replayed = HashSet::new();
     if let Some(after) = last_seen {
-        let mut missed = live::replay(&state.pool, after, REPLAY_LIMIT + 1).await?;
+        let mut missed = outbox::sent_after(&state.pool, after, REPLAY_LIMIT + 1).await?;
         let overflow = missed.len() as i64 > REPLAY_LIMIT;
         missed.truncate(REPLAY_LIMIT as usize);
         for event in &missed {

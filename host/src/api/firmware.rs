@@ -165,9 +165,8 @@ async fn upload_firmware(
     outbox::enqueue(
         &mut tx,
         outbox::Event {
-            aggregate_type: "firmware",
+            kind: crate::outbox::EventType::FirmwareUploaded,
             aggregate_id: &record.id.to_string(),
-            event_type: "firmware.uploaded",
             payload: event.clone(),
         },
     )
@@ -495,9 +494,8 @@ async fn record_downgrade_change(
     outbox::enqueue(
         tx,
         outbox::Event {
-            aggregate_type: "firmware",
+            kind: crate::outbox::EventType::FirmwareDowngradeChanged,
             aggregate_id: &record.id.to_string(),
-            event_type: "firmware.downgrade.changed",
             payload: details.clone(),
         },
     )
@@ -542,9 +540,8 @@ async fn delete_firmware(
     outbox::enqueue(
         &mut tx,
         outbox::Event {
-            aggregate_type: "firmware",
+            kind: crate::outbox::EventType::FirmwareDeleted,
             aggregate_id: &id.to_string(),
-            event_type: "firmware.deleted",
             payload: details.clone(),
         },
     )

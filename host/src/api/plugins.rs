@@ -99,9 +99,8 @@ async fn upload_plugin(
     outbox::enqueue(
         &mut tx,
         outbox::Event {
-            aggregate_type: "plugin",
+            kind: crate::outbox::EventType::PluginUploaded,
             aggregate_id: &admitted.name,
-            event_type: "plugin.uploaded",
             payload: details.clone(),
         },
     )
@@ -144,9 +143,8 @@ async fn set_state(
     outbox::enqueue(
         &mut tx,
         outbox::Event {
-            aggregate_type: "plugin",
+            kind: crate::outbox::EventType::PluginStateChanged,
             aggregate_id: name,
-            event_type: "plugin.state.changed",
             payload: details.clone(),
         },
     )

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::firmware::store::FirmwareStore;
+use crate::jobs::executions;
 use crate::metrics::Metrics;
 use crate::mqtt::MqttLink;
 use crate::plugins::{CommandRequest, DeviceInfo, FirmwareRef, PluginError, PluginRegistry};
@@ -33,18 +34,22 @@ use manifest::Manifest;
 const CLAIM: i64 = 500;
 /// Publish attempts before an execution fails.
 const PUBLISH_ATTEMPTS: u32 = 5;
-/// What a command needs, for the executions in a `claimed` CTE.
-const CLAIMED_DETAILS: &str =
-    "SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
-            g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
-            f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs,
-            f.security_counter, (f.downgrade_allowed_at IS NOT NULL) AS downgrade_allowed
-     FROM claimed c
-     JOIN devices d ON d.id = c.device_id
-     LEFT JOIN devices g ON g.id = d.gateway_id
-     JOIN jobs j ON j.id = c.job_id
-     JOIN firmware f ON f.id = j.firmware_id
-     ORDER BY c.id";
+/// What a command needs, for the claimed executions in `claimed` (a
+/// relation of `id, job_id, device_id, attempts`).
+fn claimed_details(claimed: &str) -> String {
+    format!(
+        "SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
+                g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
+                f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs,
+                f.security_counter, (f.downgrade_allowed_at IS NOT NULL) AS downgrade_allowed
+         FROM {claimed} c
+         JOIN devices d ON d.id = c.device_id
+         LEFT JOIN devices g ON g.id = d.gateway_id
+         JOIN jobs j ON j.id = c.job_id
+         JOIN firmware f ON f.id = j.firmware_id
+         ORDER BY c.id"
+    )
+}
 
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -221,7 +226,8 @@ impl Dispatcher {
                  FROM picked p WHERE e.id = p.id
                  RETURNING e.id, e.job_id, e.device_id, e.attempts
              )
-             {CLAIMED_DETAILS}"
+             {details}",
+            details = claimed_details("claimed")
         )))
         .bind(CLAIM)
         .bind(&self.instance_id)
@@ -242,15 +248,15 @@ impl Dispatcher {
         // has nothing in flight, one per device, emergency jobs first; a
         // device busy with another job waits for a later round. Rows
         // another worker holds are skipped.
-        let fresh: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH released AS (
+        let sql = executions::statement(
+            "released AS (
                  SELECT b.job_id, b.batch_group, (j.kind = 'emergency') AS urgent
                  FROM jobs j JOIN job_batches b ON b.job_id = j.id AND b.started_at IS NOT NULL
                  WHERE j.status = 'running'
              ), candidates AS (
-                 SELECT q.id, q.device_id, r.urgent
+                 SELECT q.id, q.job_id, q.device_id, r.urgent
                  FROM released r CROSS JOIN LATERAL (
-                     SELECT e.id, e.device_id FROM executions e
+                     SELECT e.id, e.job_id, e.device_id FROM executions e
                      WHERE e.job_id = r.job_id AND e.batch_group = r.batch_group
                        AND e.stage = 'queued'
                        -- A probe of the in-flight index per candidate. (As
@@ -265,31 +271,21 @@ impl Dispatcher {
                  ) q
                  ORDER BY r.urgent DESC, q.id LIMIT $1
              ), one_per_device AS (
-                 SELECT DISTINCT ON (device_id) id FROM candidates ORDER BY device_id, urgent DESC, id
-             ), claimed AS (
-                 UPDATE executions e
-                 SET status = 'dispatched', attempts = e.attempts + 1, dispatched_at = now(),
-                     dispatched_by = $2, updated_at = now(), progress = NULL, version = e.version + 1
+                 SELECT DISTINCT ON (device_id) id, job_id
+                 FROM candidates ORDER BY device_id, urgent DESC, id
+             ), moves AS (
+                 SELECT c.id, 'queued' AS previous, 'dispatched' AS next, NULL::text AS reason,
+                        'dispatch' AS cause, $2::text AS dispatcher
                  FROM one_per_device c
-                 WHERE e.id = c.id
-                   AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id AND j.status = 'running')
-                 RETURNING e.id, e.job_id, e.device_id, e.attempts
-             ), logged AS (
-                 INSERT INTO execution_status_log (execution_id, status, message)
-                 SELECT id, 'dispatched', 'attempt ' || attempts FROM claimed
-             ), events AS (
-                 INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-                 SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
-                        jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
-                                           'from', 'queued', 'to', 'dispatched', 'attempt', attempts)
-                 FROM claimed
-             )
-             {CLAIMED_DETAILS}"
-        )))
-        .bind(room)
-        .bind(&self.instance_id)
-        .fetch_all(&self.pool)
-        .await?;
+                 WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.job_id AND j.status = 'running')
+             )",
+            &claimed_details("(SELECT id, job_id, device_id, attempt AS attempts FROM changed)"),
+        );
+        let fresh: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(room)
+            .bind(&self.instance_id)
+            .fetch_all(&self.pool)
+            .await?;
         claimed.extend(fresh);
         Ok(claimed)
     }
@@ -379,30 +375,22 @@ impl Dispatcher {
             .inc();
         tracing::warn!(execution_id, reason, detail, "command not sent");
         let message = format!("dispatch failed: {detail}");
-        let job: Option<(Uuid,)> = sqlx::query_as(
-            "WITH changed AS (
-                 UPDATE executions SET status = 'error', last_error = $2, finished_at = now(),
-                        updated_at = now(), version = version + 1
-                 WHERE id = $1 AND status = 'dispatched'
-                 RETURNING id, job_id, device_id
-             ), logged AS (
-                 INSERT INTO execution_status_log (execution_id, status, message)
-                 SELECT id, 'error', $2 FROM changed
-             ), events AS (
-                 INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-                 SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
-                        jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
-                                           'from', 'dispatched', 'to', 'error', 'reason', $2::text)
-                 FROM changed
-             )
-             SELECT job_id FROM changed",
-        )
-        .bind(execution_id)
-        .bind(&message)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql = executions::statement(
+            "moves AS (
+                 SELECT id, status AS previous, 'error' AS next, $2::text AS reason,
+                        'dispatch_failed' AS cause, NULL::text AS dispatcher
+                 FROM executions WHERE id = $1 AND status = 'dispatched'
+                 FOR UPDATE
+             )",
+            "SELECT job_id FROM changed",
+        );
+        let job: Option<(Uuid,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(execution_id)
+            .bind(&message)
+            .fetch_optional(&self.pool)
+            .await?;
         if let Some((job_id,)) = job {
-            crate::scheduler::touch_jobs(&self.pool, &[job_id]).await?;
+            crate::jobs::touch_jobs(&self.pool, &[job_id]).await?;
         }
         Ok(())
     }

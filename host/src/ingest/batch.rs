@@ -1,26 +1,25 @@
-//! Applying a whole batch of parsed statuses with a few set-based
-//! statements instead of several round trips per message.
-//!
-//! The rules are those of the per-message [`super::apply`]: a spoofed report
-//! is refused, a message id is applied once (`processed_messages`), a status
-//! is matched to its execution, checked against the firmware and the state
-//! machine, and written with its log row and outbox event. Here the batch's
-//! executions are read once and locked (`FOR UPDATE`, in device order, the
-//! order every batch and job action uses), the messages are folded over
-//! them in memory in their arrival order, and the results are written with
-//! one statement per table. Because the rows are locked, the version checks
-//! of the final update cannot fail; if they do anyway, the batch reports a
-//! conflict and the caller applies it message by message.
+//! Applying parsed statuses with a few set-based statements instead of
+//! several round trips per message: a spoofed report is refused, a message
+//! id is applied once (`processed_messages`), each status is matched to its
+//! execution, and [`decide`](super::decide::decide) says what it does. The
+//! batch's executions are read once and locked (`FOR UPDATE`, in device
+//! order, the order every batch and job action uses), the messages are
+//! folded over them in memory in their arrival order, and the moves are
+//! written by `jobs::executions::record` in one statement. Because the rows
+//! are locked, its version checks cannot fail; if they do anyway, the batch
+//! reports a conflict. A batch of one message is how the slow path applies
+//! each message on its own.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Outcome, Refusal, stale_attempt, state_of};
+use super::decide::{self, Decision};
+use super::{Outcome, Refusal, state_of};
 use crate::domain::ExecutionStatus;
+use crate::jobs::executions::{self, Cause, Move};
 use crate::plugins::StatusReport;
 
 /// A status the family plugin parsed, with where it came from.
@@ -74,9 +73,8 @@ struct Row {
 /// An execution as the batch changes it.
 struct Execution {
     row: Row,
-    status: ExecutionStatus,
-    loaded_version: i64,
-    finished: bool,
+    current: decide::Current,
+    last_error: Option<String>,
     changed: bool,
 }
 
@@ -177,20 +175,26 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
         if status.is_in_flight() {
             in_flight.insert(row.device_id.clone(), row.id);
         }
+        let current = decide::Current {
+            id: row.id,
+            status,
+            attempts: row.attempts,
+            max_retries: row.max_retries,
+            firmware_id: row.firmware_id.clone(),
+            progress: row.progress,
+        };
         executions.insert(
             row.id,
             Execution {
-                status,
-                loaded_version: row.version,
-                finished: status.is_terminal(),
+                last_error: row.last_error.clone(),
+                current,
                 changed: false,
                 row,
             },
         );
     }
 
-    let mut log = LogRows::default();
-    let mut events = EventRows::default();
+    let mut moves: Vec<Move> = Vec::new();
     // Device → the version and security counter it now runs.
     let mut installed: HashMap<String, (String, i64)> = HashMap::new();
     let now_ms = Utc::now().timestamp_millis();
@@ -205,7 +209,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             .and_then(|id| executions.get_mut(&id))
             .filter(|e| e.row.device_id == device)
             // Without an id, only an execution still in flight matches.
-            .filter(|e| report.execution_id.is_some() || e.status.is_in_flight());
+            .filter(|e| report.execution_id.is_some() || e.current.status.is_in_flight());
         let Some(execution) = execution else {
             applied.outcomes.push((
                 item.index,
@@ -213,7 +217,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             ));
             continue;
         };
-        let outcome = fold(execution, report, item.attempt, &mut log, &mut events);
+        let outcome = fold(execution, report, item.attempt, &mut moves);
         if outcome == Outcome::Applied {
             applied.jobs.insert(execution.row.job_id);
             if state_of(report) == ExecutionStatus::Done {
@@ -239,9 +243,21 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
         applied.outcomes.push((item.index, outcome));
     }
 
-    write_executions(tx, executions.values().filter(|e| e.changed)).await?;
-    log.insert(tx).await?;
-    events.insert(tx).await?;
+    let rows: Vec<executions::Row> = executions
+        .values()
+        .filter(|e| e.changed)
+        .map(|e| executions::Row {
+            id: e.row.id,
+            loaded_version: e.row.version,
+            status: e.current.status,
+            progress: e.current.progress,
+            last_error: e.last_error.clone(),
+        })
+        .collect();
+    let updated = executions::record(tx, &rows, &moves).await?;
+    if updated != rows.len() as u64 {
+        return Err(BatchError::Conflict(rows.len() as u64 - updated));
+    }
     if !installed.is_empty() {
         let (ids, (versions, counters)): (Vec<String>, (Vec<String>, Vec<i64>)) =
             installed.into_iter().unzip();
@@ -260,209 +276,49 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     Ok(applied)
 }
 
-/// Applies one status to its execution in memory: the rules of
-/// [`super::apply`] without the round trips.
+/// Applies one status to its execution in memory, collecting its move.
 fn fold(
     execution: &mut Execution,
     report: &StatusReport,
     attempt: Option<u32>,
-    log: &mut LogRows,
-    events: &mut EventRows,
+    moves: &mut Vec<Move>,
 ) -> Outcome {
-    let row = &mut execution.row;
-    if let Some(stale) = stale_attempt(row.id, attempt, row.attempts) {
-        return stale;
-    }
-    if let Some(firmware) = &report.firmware_id
-        && *firmware != row.firmware_id
-    {
-        return Outcome::refused(
-            Refusal::WrongFirmware,
-            format!("firmware {firmware} is not the one of execution {}", row.id),
-        );
-    }
-    let from = execution.status;
-    if from == ExecutionStatus::Queued {
-        return Outcome::refused(
-            Refusal::NotDispatched,
-            format!(
-                "execution {} is not dispatched (a late status of an earlier attempt?)",
-                row.id
-            ),
-        );
-    }
-    let next = state_of(report);
-    if let Err(reason) = from.check_transition(next) {
-        return Outcome::refused(Refusal::StateMachine, reason);
-    }
-    let progress = report.progress.map(i16::from);
-    if from == next {
-        // More progress in the same state: no state change, no event.
-        if progress.is_some() && progress != row.progress {
-            row.progress = progress;
-            row.version += 1;
-            execution.changed = true;
-        }
-        return Outcome::Progress;
-    }
-    // An error with retries left sends the execution back to the queue.
-    let retry = next == ExecutionStatus::Error && row.attempts <= row.max_retries;
-    let stored = if retry { ExecutionStatus::Queued } else { next };
-    let message = match (&report.error, retry) {
-        (Some(e), true) => Some(format!("{e} (will retry)")),
-        (e, _) => e.clone(),
+    let reported = decide::Reported {
+        state: state_of(report),
+        attempt,
+        firmware_id: report.firmware_id.as_deref(),
+        progress: report.progress.map(i16::from),
+        error: report.error.as_deref(),
     };
-    row.progress = progress.or(if stored == ExecutionStatus::Done {
-        Some(100)
-    } else {
-        row.progress
-    });
-    if message.is_some() {
-        row.last_error.clone_from(&message);
-    }
-    row.version += 1;
-    execution.status = stored;
-    execution.finished = stored.is_terminal();
-    execution.changed = true;
-    log.push(row.id, next, progress, message.clone(), &report.message_id);
-    events.push(
-        &row.device_id,
-        json!({
-            "execution_id": row.id, "job_id": row.job_id, "device_id": row.device_id,
-            "from": from.as_str(), "to": stored.as_str(), "reported": next.as_str(),
-            "reason": message, "message_id": report.message_id,
-        }),
-    );
-    Outcome::Applied
-}
-
-async fn write_executions<'a>(
-    tx: &mut PgConnection,
-    changed: impl Iterator<Item = &'a Execution>,
-) -> Result<(), BatchError> {
-    let mut ids = Vec::new();
-    let mut statuses = Vec::new();
-    let mut progress = Vec::new();
-    let mut errors = Vec::new();
-    let mut finished = Vec::new();
-    let mut loaded = Vec::new();
-    let mut versions = Vec::new();
-    for e in changed {
-        ids.push(e.row.id);
-        statuses.push(e.status.as_str());
-        progress.push(e.row.progress);
-        errors.push(e.row.last_error.as_deref());
-        finished.push(e.finished);
-        loaded.push(e.loaded_version);
-        versions.push(e.row.version);
-    }
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let updated = sqlx::query(
-        "UPDATE executions e SET status = u.status, progress = u.progress, last_error = u.last_error,
-                finished_at = CASE WHEN u.finished THEN now() ELSE NULL END,
-                updated_at = now(), version = u.version
-         FROM unnest($1::bigint[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::bigint[], $7::bigint[])
-              AS u(id, status, progress, last_error, finished, loaded, version)
-         WHERE e.id = u.id AND e.version = u.loaded",
-    )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&progress)
-    .bind(&errors)
-    .bind(&finished)
-    .bind(&loaded)
-    .bind(&versions)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let expected = ids.len() as u64;
-    if updated != expected {
-        return Err(BatchError::Conflict(expected - updated));
-    }
-    Ok(())
-}
-
-/// `execution_status_log` rows, written in one statement in batch order.
-#[derive(Default)]
-struct LogRows {
-    executions: Vec<i64>,
-    statuses: Vec<&'static str>,
-    progress: Vec<Option<i16>>,
-    messages: Vec<Option<String>>,
-    message_ids: Vec<String>,
-}
-
-impl LogRows {
-    fn push(
-        &mut self,
-        execution: i64,
-        status: ExecutionStatus,
-        progress: Option<i16>,
-        message: Option<String>,
-        message_id: &str,
-    ) {
-        self.executions.push(execution);
-        self.statuses.push(status.as_str());
-        self.progress.push(progress);
-        self.messages.push(message);
-        self.message_ids.push(message_id.to_owned());
-    }
-
-    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if self.executions.is_empty() {
-            return Ok(());
+    let decision = decide::decide(&execution.current, &reported);
+    let from = execution.current.status;
+    execution.current.apply(&decision);
+    match decision {
+        Decision::Refuse(cause, detail) => Outcome::Refused(cause, detail),
+        Decision::Progress(progress) => {
+            execution.changed |= progress.is_some();
+            Outcome::Progress
         }
-        sqlx::query(
-            "INSERT INTO execution_status_log (execution_id, status, progress, message, message_id)
-             SELECT u.execution_id, u.status, u.progress, u.message, u.message_id
-             FROM unnest($1::bigint[], $2::text[], $3::int2[], $4::text[], $5::text[])
-                  WITH ORDINALITY AS u(execution_id, status, progress, message, message_id, n)
-             ORDER BY u.n",
-        )
-        .bind(&self.executions)
-        .bind(&self.statuses)
-        .bind(&self.progress)
-        .bind(&self.messages)
-        .bind(&self.message_ids)
-        .execute(tx)
-        .await?;
-        Ok(())
-    }
-}
-
-/// `execution.status.changed` outbox events, written in one statement in
-/// batch order (so their `seq` follows the order they happened in).
-#[derive(Default)]
-struct EventRows {
-    ids: Vec<Uuid>,
-    devices: Vec<String>,
-    payloads: Vec<serde_json::Value>,
-}
-
-impl EventRows {
-    fn push(&mut self, device: &str, payload: serde_json::Value) {
-        self.ids.push(Uuid::now_v7());
-        self.devices.push(device.to_owned());
-        self.payloads.push(payload);
-    }
-
-    async fn insert(&self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if self.ids.is_empty() {
-            return Ok(());
+        Decision::Move { to, reason, .. } => {
+            execution.changed = true;
+            if reason.is_some() {
+                execution.last_error.clone_from(&reason);
+            }
+            let row = &execution.row;
+            moves.push(Move {
+                execution_id: row.id,
+                job_id: row.job_id,
+                device_id: row.device_id.clone(),
+                attempt: row.attempts,
+                from,
+                to,
+                reported: Some(reported.state),
+                reason,
+                message_id: Some(report.message_id.clone()),
+                progress: reported.progress,
+                cause: Cause::Device,
+            });
+            Outcome::Applied
         }
-        sqlx::query(
-            "INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-             SELECT u.id, 'device', u.device, 'execution.status.changed', u.payload
-             FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(id, device, payload, n)
-             ORDER BY u.n",
-        )
-        .bind(&self.ids)
-        .bind(&self.devices)
-        .bind(&self.payloads)
-        .execute(tx)
-        .await?;
-        Ok(())
     }
 }

@@ -4,21 +4,20 @@
 //! Each message is parsed by its family's plugin, checked against its topic
 //! (a device reports only for itself, a gateway for its children), matched
 //! to the device's execution, deduplicated by message id, checked against the
-//! state machine and applied with its log row and outbox event. A batch of
-//! messages is applied in one transaction with a few set-based statements
-//! (`batch.rs`); should that fail for anything but a deadlock, the batch is
-//! applied again message by message ([`apply`], optimistic locking, a
-//! savepoint each). Acks go out only after the commit.
+//! state machine (`decide.rs`) and applied with its log row and outbox event
+//! (`jobs::executions`). A batch of messages is applied in one transaction
+//! with a few set-based statements (`batch.rs`); should that fail for
+//! anything but a deadlock, the batch is applied again message by message,
+//! the same way, a savepoint each. Acks go out only after the commit.
 
 mod batch;
+mod decide;
 pub mod kafka;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -399,19 +398,10 @@ impl Ingest {
         let touched = match batch::apply(&mut tx, &items).await {
             Ok(applied) => {
                 tx.commit().await?;
+                self.observe(&applied);
                 for (index, outcome) in applied.outcomes {
                     outcomes[index] = Some(outcome);
                 }
-                for took in applied.durations {
-                    self.metrics.download_duration_seconds.observe(took);
-                }
-                for lag in applied.lags {
-                    self.metrics.event_processing_lag_seconds.observe(lag);
-                }
-                self.metrics
-                    .update_errors_total
-                    .with_label_values(&["device"])
-                    .inc_by(applied.device_errors);
                 applied.jobs
             }
             Err(batch::BatchError::Db(error)) if crate::db::is_transient(&error) => {
@@ -437,7 +427,7 @@ impl Ingest {
         );
         let jobs: Vec<Uuid> = touched.into_iter().collect();
         if !jobs.is_empty() {
-            crate::scheduler::touch_jobs(&self.pool, &jobs).await?;
+            crate::jobs::touch_jobs(&self.pool, &jobs).await?;
             self.evaluate_wakeup.notify_one();
             self.dispatch_wakeup.notify_one();
         }
@@ -469,37 +459,76 @@ impl Ingest {
         let mut touched = HashSet::new();
         for item in items {
             let mut one = sqlx::Connection::begin(&mut *tx).await?;
-            let outcome = match apply(
-                &mut one,
-                &item.topic_device,
-                &item.report,
-                item.attempt,
-                &self.metrics,
-            )
-            .await
-            {
-                Ok((outcome, job)) => {
+            match batch::apply(&mut one, std::slice::from_ref(item)).await {
+                Ok(applied) => {
                     one.commit().await?;
-                    touched.extend(job);
-                    outcome
+                    self.observe(&applied);
+                    touched.extend(applied.jobs);
+                    for (index, outcome) in applied.outcomes {
+                        outcomes[index] = Some(outcome);
+                    }
                 }
-                Err(error) if crate::db::is_transient(&error) => return Err(error.into()),
+                Err(batch::BatchError::Db(error)) if crate::db::is_transient(&error) => {
+                    return Err(error.into());
+                }
                 Err(error) => {
                     one.rollback().await?;
                     tracing::error!(%error, device = item.topic_device, "applying a status failed");
-                    Outcome::refused(Refusal::Database, error.to_string())
+                    let cause = match error {
+                        batch::BatchError::Conflict(_) => Refusal::Conflict,
+                        batch::BatchError::Db(_) => Refusal::Database,
+                    };
+                    outcomes[item.index] = Some(Outcome::refused(cause, error.to_string()));
                 }
-            };
-            outcomes[item.index] = Some(outcome);
+            }
         }
         tx.commit().await?;
         Ok(touched)
+    }
+
+    /// Records what an applied batch measured.
+    fn observe(&self, applied: &batch::Applied) {
+        for took in &applied.durations {
+            self.metrics.download_duration_seconds.observe(*took);
+        }
+        for lag in &applied.lags {
+            self.metrics.event_processing_lag_seconds.observe(*lag);
+        }
+        self.metrics
+            .update_errors_total
+            .with_label_values(&["device"])
+            .inc_by(applied.device_errors);
     }
 
     fn topic_device(&self, topic: &str) -> Option<String> {
         let rest = topic.strip_prefix(&self.topic_prefix)?.strip_prefix('/')?;
         let device = rest.strip_suffix("/update/status")?;
         DeviceId::parse(device).ok().map(|_| device.to_owned())
+    }
+}
+
+/// Applies one parsed status in the caller's transaction, as the slow
+/// path does (benchmarks compare a per-message design with it).
+pub async fn apply_one(
+    conn: &mut PgConnection,
+    topic_device: &str,
+    parsed: ParsedStatus,
+) -> Result<Outcome, sqlx::Error> {
+    let item = batch::Parsed {
+        index: 0,
+        topic_device: topic_device.to_owned(),
+        report: parsed.report,
+        attempt: parsed.attempt,
+    };
+    match batch::apply(conn, std::slice::from_ref(&item)).await {
+        Ok(applied) => Ok(applied.outcomes.into_iter().next().map_or_else(
+            || Outcome::refused(Refusal::Conflict, "no outcome"),
+            |(_, o)| o,
+        )),
+        Err(batch::BatchError::Db(error)) => Err(error),
+        Err(error @ batch::BatchError::Conflict(_)) => {
+            Ok(Outcome::refused(Refusal::Conflict, error.to_string()))
+        }
     }
 }
 
@@ -604,18 +633,6 @@ impl RefusalLog {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct Current {
-    id: i64,
-    job_id: Uuid,
-    status: String,
-    version: i64,
-    attempts: i32,
-    max_retries: i32,
-    progress: Option<i16>,
-    dispatched_at: Option<chrono::DateTime<Utc>>,
-}
-
 fn state_of(report: &StatusReport) -> ExecutionStatus {
     use crate::plugins::StatusState as S;
     match report.state {
@@ -626,221 +643,4 @@ fn state_of(report: &StatusReport) -> ExecutionStatus {
         S::Done => ExecutionStatus::Done,
         S::Error => ExecutionStatus::Error,
     }
-}
-
-/// Why a status of `attempt` does not apply to an execution at
-/// `current`: it answers another dispatch than the one in flight.
-pub(crate) fn stale_attempt(execution: i64, attempt: Option<u32>, current: i32) -> Option<Outcome> {
-    let attempt = attempt?;
-    (i64::from(attempt) != i64::from(current)).then(|| {
-        Outcome::refused(
-            Refusal::StaleAttempt,
-            format!("status of attempt {attempt}, execution {execution} is at attempt {current}"),
-        )
-    })
-}
-
-/// Applies one parsed status in the caller's transaction. `attempt` is the
-/// attempt the status answers, when the device said.
-pub async fn apply(
-    tx: &mut PgConnection,
-    topic_device: &str,
-    report: &StatusReport,
-    attempt: Option<u32>,
-    metrics: &Metrics,
-) -> Result<(Outcome, Option<Uuid>), sqlx::Error> {
-    let device = report.device_id.as_str();
-    if device != topic_device {
-        let child: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1 AND gateway_id = $2)",
-        )
-        .bind(device)
-        .bind(topic_device)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !child {
-            return Ok((
-                Outcome::refused(
-                    Refusal::Spoofed,
-                    format!("{topic_device} reported for {device}"),
-                ),
-                None,
-            ));
-        }
-    }
-    let fresh = sqlx::query(
-        "INSERT INTO processed_messages (message_id) VALUES ($1) ON CONFLICT DO NOTHING",
-    )
-    .bind(format!("{device}/{}", report.message_id))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !fresh {
-        return Ok((Outcome::Duplicate, None));
-    }
-    let next = state_of(report);
-    for _ in 0..5 {
-        let current: Option<Current> = match report.execution_id {
-            Some(id) => sqlx::query_as(
-                "SELECT e.id, e.job_id, e.status, e.version, e.attempts, j.max_retries, e.progress, e.dispatched_at
-                 FROM executions e JOIN jobs j ON j.id = e.job_id WHERE e.id = $1 AND e.device_id = $2",
-            )
-            .bind(id as i64)
-            .bind(device)
-            .fetch_optional(&mut *tx)
-            .await?,
-            None => sqlx::query_as(
-                "SELECT e.id, e.job_id, e.status, e.version, e.attempts, j.max_retries, e.progress, e.dispatched_at
-                 FROM executions e JOIN jobs j ON j.id = e.job_id
-                 WHERE e.device_id = $1
-                   AND e.stage = 'in_flight'",
-            )
-            .bind(device)
-            .fetch_optional(&mut *tx)
-            .await?,
-        };
-        let Some(current) = current else {
-            return Ok((
-                Outcome::refused(Refusal::NoExecution, "no execution matches"),
-                None,
-            ));
-        };
-        let from = ExecutionStatus::parse(&current.status)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if let Some(stale) = stale_attempt(current.id, attempt, current.attempts) {
-            return Ok((stale, None));
-        }
-        if let Some(firmware) = &report.firmware_id {
-            let matches: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND firmware_id::text = $2)",
-            )
-            .bind(current.job_id)
-            .bind(firmware)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !matches {
-                return Ok((
-                    Outcome::refused(
-                        Refusal::WrongFirmware,
-                        format!(
-                            "firmware {firmware} is not the one of execution {}",
-                            current.id
-                        ),
-                    ),
-                    None,
-                ));
-            }
-        }
-        if from == ExecutionStatus::Queued {
-            return Ok((
-                Outcome::refused(
-                    Refusal::NotDispatched,
-                    format!(
-                        "execution {} is not dispatched (a late status of an earlier attempt?)",
-                        current.id
-                    ),
-                ),
-                None,
-            ));
-        }
-        if let Err(reason) = from.check_transition(next) {
-            return Ok((Outcome::refused(Refusal::StateMachine, reason), None));
-        }
-        let progress = report.progress.map(i16::from);
-        if from == next {
-            // More progress in the same state: no state change, no event.
-            if progress.is_some() && progress != current.progress {
-                sqlx::query("UPDATE executions SET progress = $3, updated_at = now(), version = version + 1 WHERE id = $1 AND version = $2")
-                    .bind(current.id)
-                    .bind(current.version)
-                    .bind(progress)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            return Ok((Outcome::Progress, None));
-        }
-        // An error with retries left sends the execution back to the queue.
-        let retry = next == ExecutionStatus::Error && current.attempts <= current.max_retries;
-        let stored = if retry { ExecutionStatus::Queued } else { next };
-        let message = match (&report.error, retry) {
-            (Some(e), true) => Some(format!("{e} (will retry)")),
-            (e, _) => e.clone(),
-        };
-        let updated = sqlx::query(
-            "UPDATE executions SET status = $3, progress = coalesce($4, CASE WHEN $3 = 'done' THEN 100 ELSE progress END),
-                    last_error = coalesce($5, last_error),
-                    finished_at = CASE WHEN $6 THEN now() ELSE NULL END,
-                    updated_at = now(), version = version + 1
-             WHERE id = $1 AND version = $2",
-        )
-        .bind(current.id)
-        .bind(current.version)
-        .bind(stored.as_str())
-        .bind(progress)
-        .bind(&message)
-        .bind(stored.is_terminal())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            continue; // changed concurrently: read again
-        }
-        sqlx::query("INSERT INTO execution_status_log (execution_id, status, progress, message, message_id) VALUES ($1, $2, $3, $4, $5)")
-            .bind(current.id)
-            .bind(next.as_str())
-            .bind(progress)
-            .bind(&message)
-            .bind(&report.message_id)
-            .execute(&mut *tx)
-            .await?;
-        crate::outbox::enqueue(
-            tx,
-            crate::outbox::Event {
-                aggregate_type: "device",
-                aggregate_id: device,
-                event_type: "execution.status.changed",
-                payload: json!({
-                    "execution_id": current.id, "job_id": current.job_id, "device_id": device,
-                    "from": from.as_str(), "to": stored.as_str(), "reported": next.as_str(),
-                    "reason": message, "message_id": report.message_id,
-                }),
-            },
-        )
-        .await?;
-        if next == ExecutionStatus::Done {
-            sqlx::query(
-                "UPDATE devices d SET firmware_version = f.version, security_counter = f.security_counter,
-                        last_seen = now()
-                 FROM jobs j JOIN firmware f ON f.id = j.firmware_id
-                 WHERE d.id = $1 AND j.id = $2",
-            )
-            .bind(device)
-            .bind(current.job_id)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(dispatched) = current.dispatched_at {
-                let took = (Utc::now() - dispatched).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics.download_duration_seconds.observe(took);
-            }
-        }
-        if next == ExecutionStatus::Error {
-            metrics
-                .update_errors_total
-                .with_label_values(&["device"])
-                .inc();
-        }
-        if let Some(sent) = report.sent_at {
-            let lag = (Utc::now().timestamp_millis() - sent as i64).max(0) as f64 / 1000.0;
-            metrics.event_processing_lag_seconds.observe(lag);
-        }
-        return Ok((Outcome::Applied, Some(current.job_id)));
-    }
-    Ok((
-        Outcome::refused(
-            Refusal::Conflict,
-            "the execution kept changing concurrently",
-        ),
-        None,
-    ))
 }

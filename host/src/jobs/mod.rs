@@ -1,5 +1,8 @@
 //! Update jobs: a firmware, the devices it targets, when it starts and how it
-//! rolls out. Creating a job creates one execution per targeted device.
+//! rolls out. Creating a job creates one execution per targeted device;
+//! `executions.rs` writes every change of an execution's status.
+
+pub mod executions;
 
 use std::collections::BTreeMap;
 
@@ -294,9 +297,8 @@ where
     outbox::enqueue(
         conn,
         outbox::Event {
-            aggregate_type: "job",
+            kind: crate::outbox::EventType::JobCreated,
             aggregate_id: &id.to_string(),
-            event_type: "job.created",
             payload: json!({
                 "job_id": id, "firmware_id": new.firmware_id, "kind": new.kind.as_str(),
                 "start_at": new.start_at, "status": "scheduled", "executions": total,
@@ -583,7 +585,7 @@ async fn try_action(
         return Ok(None);
     };
     let cancelled = if action == JobAction::Cancel {
-        cancel_executions(&mut tx, id, "job cancelled").await?
+        executions::cancel_all(&mut tx, id, "job cancelled").await?
     } else {
         0
     };
@@ -601,17 +603,16 @@ async fn try_action(
         .fetch_optional(&mut *tx)
         .await?;
     }
-    outbox::enqueue(
+    status_changed(
         &mut tx,
-        outbox::Event {
-            aggregate_type: "job",
-            aggregate_id: &id.to_string(),
-            event_type: "job.status.changed",
-            payload: json!({
-                "job_id": id, "from": status.as_str(), "to": next.as_str(),
-                "reason": job.status_reason, "executions_cancelled": cancelled,
-                "batch_released": released,
-            }),
+        StatusChange {
+            job_id: id,
+            from: status,
+            to: next,
+            reason: job.status_reason.as_deref(),
+            by: ChangedBy::Operator,
+            executions_cancelled: (action == JobAction::Cancel).then_some(cancelled),
+            batch_released: released,
         },
     )
     .await?;
@@ -628,50 +629,138 @@ async fn try_action(
     Ok(Some(job))
 }
 
+/// Who changed a job's status: the event's `by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangedBy {
+    /// An operator's action (the reason names the token).
+    Operator,
+    /// The rollout strategy's decision.
+    Rollout,
+    /// The scheduler starting it, or failing to.
+    Scheduler,
+}
+
+impl ChangedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangedBy::Operator => "operator",
+            ChangedBy::Rollout => "rollout",
+            ChangedBy::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// A job's status change, as the one `job.status.changed` event says it.
+pub struct StatusChange<'a> {
+    pub job_id: Uuid,
+    pub from: JobStatus,
+    pub to: JobStatus,
+    pub reason: Option<&'a str>,
+    pub by: ChangedBy,
+    /// Executions the change cancelled, for a job cancelled or aborted.
+    pub executions_cancelled: Option<i64>,
+    /// The batch a resume released, when it did.
+    pub batch_released: Option<i32>,
+}
+
+/// Writes a job's `job.status.changed` event in the caller's transaction.
+async fn status_changed(
+    conn: &mut PgConnection,
+    change: StatusChange<'_>,
+) -> Result<(), sqlx::Error> {
+    outbox::enqueue(
+        conn,
+        outbox::Event {
+            kind: outbox::EventType::JobStatusChanged,
+            aggregate_id: &change.job_id.to_string(),
+            payload: json!({
+                "job_id": change.job_id, "from": change.from.as_str(), "to": change.to.as_str(),
+                "reason": change.reason, "by": change.by.as_str(),
+                "executions_cancelled": change.executions_cancelled,
+                "batch_released": change.batch_released,
+            }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves a job from `change.from` to `change.to` (if it is still at
+/// `from`) with its event: the scheduler's and the rollout engine's
+/// changes.
+pub async fn set_status(
+    tx: &mut PgConnection,
+    change: StatusChange<'_>,
+) -> Result<(), sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE jobs SET status = $3, status_reason = coalesce($4, status_reason), version = version + 1,
+                updated_at = now(),
+                started_at = CASE WHEN $3 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() ELSE finished_at END,
+                next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END,
+                paused_by = CASE WHEN $3 = 'paused' THEN 'rollout' ELSE NULL END
+         WHERE id = $1 AND status = $2",
+    )
+    .bind(change.job_id)
+    .bind(change.from.as_str())
+    .bind(change.to.as_str())
+    .bind(change.reason)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        status_changed(tx, change).await?;
+    }
+    Ok(())
+}
+
+/// Schedules a job's next evaluation `after` from now, no sooner than
+/// `gap`, and records `gap` for [`touch_jobs`].
+pub async fn next_evaluation(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    after: std::time::Duration,
+    gap: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET next_evaluation_at = now() + make_interval(secs => $2),
+                evaluation_gap_ms = $3
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(after.max(gap).as_secs_f64())
+    .bind(gap.as_millis().min(i32::MAX as u128) as i32)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Asks for a prompt evaluation of running jobs whose executions changed.
+pub async fn touch_jobs<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    jobs: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    // Brought forward to the job's evaluation gap ahead, not to now:
+    // statuses arrive in a stream, and counting a large job's executions
+    // takes a while (hundreds of milliseconds at 150,000), so a job is
+    // evaluated at most once a gap however fast its statuses come.
+    sqlx::query(
+        "UPDATE jobs SET next_evaluation_at = now() + make_interval(secs => evaluation_gap_ms / 1000.0)
+         WHERE id = ANY($1) AND status = 'running'
+           AND next_evaluation_at > now() + make_interval(secs => evaluation_gap_ms / 1000.0)",
+    )
+    .bind(jobs)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 fn past_tense(action: JobAction) -> &'static str {
     match action {
         JobAction::Pause => "paused",
         JobAction::Resume => "resumed",
         JobAction::Cancel => "cancelled",
     }
-}
-
-/// Cancels every unfinished execution of a job in one statement, writing a
-/// status-log row and an `execution.status.changed` event for each.
-pub async fn cancel_executions(
-    conn: &mut PgConnection,
-    job_id: Uuid,
-    reason: &str,
-) -> Result<i64, sqlx::Error> {
-    let count: i64 = sqlx::query_scalar(
-        "WITH old AS (
-             SELECT id, status FROM executions
-             WHERE job_id = $1 AND stage <> 'finished'
-             ORDER BY device_id -- the order status ingestion locks them in
-             FOR UPDATE
-         ), changed AS (
-             UPDATE executions e
-             SET status = 'cancelled', last_error = $2, finished_at = now(), updated_at = now(),
-                 version = e.version + 1
-             FROM old WHERE e.id = old.id
-             RETURNING e.id, e.device_id, e.job_id, old.status AS previous
-         ), logged AS (
-             INSERT INTO execution_status_log (execution_id, status, message)
-             SELECT id, 'cancelled', $2 FROM changed
-         ), events AS (
-             INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-             SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
-                    jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
-                                       'from', previous, 'to', 'cancelled', 'reason', $2::text)
-             FROM changed
-         )
-         SELECT count(*) FROM changed",
-    )
-    .bind(job_id)
-    .bind(reason)
-    .fetch_one(conn)
-    .await?;
-    Ok(count)
 }
 
 /// One device's update within a job.

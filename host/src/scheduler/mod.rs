@@ -21,7 +21,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::jobs::cancel_executions;
+use crate::domain::JobStatus;
+use crate::jobs::executions::{self, cancel_all};
+use crate::jobs::{ChangedBy, StatusChange, next_evaluation, set_status};
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::plugins::{BatchCounts, Decision, PluginRegistry, Snapshot};
@@ -96,7 +98,19 @@ impl Scheduler {
                     .await?;
             match planned {
                 Some(devices) => {
-                    set_status(&mut tx, job_id, "scheduled", "running", None).await?;
+                    set_status(
+                        &mut tx,
+                        StatusChange {
+                            job_id,
+                            from: JobStatus::Scheduled,
+                            to: JobStatus::Running,
+                            reason: None,
+                            by: ChangedBy::Scheduler,
+                            executions_cancelled: None,
+                            batch_released: None,
+                        },
+                    )
+                    .await?;
                     tracing::info!(%job_id, devices, "job started");
                 }
                 None => {
@@ -134,13 +148,37 @@ impl Scheduler {
         match plan {
             Ok(sizes) => {
                 assign_batches(tx, job_id, &sizes).await?;
-                set_status(tx, job_id, "scheduled", "running", None).await?;
+                set_status(
+                    tx,
+                    StatusChange {
+                        job_id,
+                        from: JobStatus::Scheduled,
+                        to: JobStatus::Running,
+                        reason: None,
+                        by: ChangedBy::Scheduler,
+                        executions_cancelled: None,
+                        batch_released: None,
+                    },
+                )
+                .await?;
                 tracing::info!(%job_id, batches = sizes.len(), devices = total, "job started");
             }
             Err(error) => {
                 let reason = format!("the rollout could not be planned: {error}");
-                cancel_executions(tx, job_id, &reason).await?;
-                set_status(tx, job_id, "scheduled", "failed", Some(&reason)).await?;
+                let cancelled = cancel_all(tx, job_id, &reason).await?;
+                set_status(
+                    tx,
+                    StatusChange {
+                        job_id,
+                        from: JobStatus::Scheduled,
+                        to: JobStatus::Failed,
+                        reason: Some(&reason),
+                        by: ChangedBy::Scheduler,
+                        executions_cancelled: Some(cancelled),
+                        batch_released: None,
+                    },
+                )
+                .await?;
                 tracing::warn!(%job_id, %reason, "job failed to start");
             }
         }
@@ -219,9 +257,8 @@ impl Scheduler {
                         outbox::enqueue(
                             tx,
                             outbox::Event {
-                                aggregate_type: "job",
+                                kind: crate::outbox::EventType::JobBatchStarted,
                                 aggregate_id: &job_id.to_string(),
-                                event_type: "job.batch.started",
                                 payload: json!({ "job_id": job_id, "batch_group": group }),
                             },
                         )
@@ -238,12 +275,37 @@ impl Scheduler {
                 next_evaluation(tx, job_id, after, gap).await?;
             }
             Decision::Pause(reason) => {
-                set_status(tx, job_id, "running", "paused", Some(&reason)).await?;
+                set_status(
+                    tx,
+                    StatusChange {
+                        job_id,
+                        from: JobStatus::Running,
+                        to: JobStatus::Paused,
+                        reason: Some(&reason),
+                        by: ChangedBy::Rollout,
+                        executions_cancelled: None,
+                        batch_released: None,
+                    },
+                )
+                .await?;
                 tracing::info!(%job_id, %reason, "rollout paused the job");
             }
             Decision::Abort(reason) => {
-                cancel_executions(tx, job_id, &format!("rollout aborted: {reason}")).await?;
-                set_status(tx, job_id, "running", "failed", Some(&reason)).await?;
+                let cancelled =
+                    cancel_all(tx, job_id, &format!("rollout aborted: {reason}")).await?;
+                set_status(
+                    tx,
+                    StatusChange {
+                        job_id,
+                        from: JobStatus::Running,
+                        to: JobStatus::Failed,
+                        reason: Some(&reason),
+                        by: ChangedBy::Rollout,
+                        executions_cancelled: Some(cancelled),
+                        batch_released: None,
+                    },
+                )
+                .await?;
                 tracing::warn!(%job_id, %reason, "rollout aborted the job");
             }
             Decision::Complete => {
@@ -263,7 +325,19 @@ impl Scheduler {
                         .map(|b| b.failed + b.timed_out)
                         .sum();
                     let reason = format!("{done} updated, {failed} failed");
-                    set_status(tx, job_id, "running", "completed", Some(&reason)).await?;
+                    set_status(
+                        tx,
+                        StatusChange {
+                            job_id,
+                            from: JobStatus::Running,
+                            to: JobStatus::Completed,
+                            reason: Some(&reason),
+                            by: ChangedBy::Rollout,
+                            executions_cancelled: None,
+                            batch_released: None,
+                        },
+                    )
+                    .await?;
                     tracing::info!(%job_id, done, failed, "job completed");
                 }
             }
@@ -271,9 +345,8 @@ impl Scheduler {
         outbox::enqueue(
             tx,
             outbox::Event {
-                aggregate_type: "job",
+                kind: crate::outbox::EventType::JobRolloutDecision,
                 aggregate_id: &job_id.to_string(),
-                event_type: "job.rollout.decision",
                 payload: json!({ "job_id": job_id, "decision": decision_json }),
             },
         )
@@ -284,9 +357,13 @@ impl Scheduler {
     /// Times out executions whose device has been silent past the job's
     /// device timeout; re-queues them while retries are left.
     pub async fn sweep_timeouts(&self) -> anyhow::Result<u64> {
-        let changed: Vec<(Uuid, String)> = sqlx::query_as(
-            "WITH old AS (
-                 SELECT e.id, e.status, e.attempts, j.max_retries FROM executions e JOIN jobs j ON j.id = e.job_id
+        let sql = executions::statement(
+            "moves AS (
+                 SELECT e.id, e.status AS previous,
+                        CASE WHEN e.attempts <= j.max_retries THEN 'queued' ELSE 'timed_out' END AS next,
+                        'the device did not finish in time' AS reason, 'timeout' AS cause,
+                        NULL::text AS dispatcher
+                 FROM executions e JOIN jobs j ON j.id = e.job_id
                  WHERE e.stage = 'in_flight'
                    -- An index range first: older than the shortest timeout of
                    -- any active job; then each job's own timeout.
@@ -296,28 +373,12 @@ impl Scheduler {
                    AND e.dispatched_at < now() - make_interval(secs => j.device_timeout_secs)
                  ORDER BY e.dispatched_at LIMIT 1000
                  FOR UPDATE OF e SKIP LOCKED
-             ), changed AS (
-                 UPDATE executions e
-                 SET status = CASE WHEN old.attempts <= old.max_retries THEN 'queued' ELSE 'timed_out' END,
-                     last_error = 'the device did not finish in time',
-                     finished_at = CASE WHEN old.attempts <= old.max_retries THEN NULL ELSE now() END,
-                     updated_at = now(), version = e.version + 1
-                 FROM old WHERE e.id = old.id
-                 RETURNING e.id, e.job_id, e.device_id, old.status AS previous, e.status AS current
-             ), logged AS (
-                 INSERT INTO execution_status_log (execution_id, status, message)
-                 SELECT id, current, 'the device did not finish in time' FROM changed
-             ), events AS (
-                 INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-                 SELECT rollway_uuid_v7(), 'device', device_id, 'execution.status.changed',
-                        jsonb_build_object('execution_id', id, 'job_id', job_id, 'device_id', device_id,
-                                           'from', previous, 'to', current, 'reason', 'timeout')
-                 FROM changed
-             )
-             SELECT job_id, current FROM changed",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             )",
+            "SELECT job_id, to_status FROM changed",
+        );
+        let changed: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
         if changed.is_empty() {
             return Ok(0);
         }
@@ -327,7 +388,7 @@ impl Scheduler {
             .with_label_values(&["timeout"])
             .inc_by(timed_out);
         let jobs: Vec<Uuid> = changed.iter().map(|(j, _)| *j).collect();
-        touch_jobs(&self.pool, &jobs).await?;
+        crate::jobs::touch_jobs(&self.pool, &jobs).await?;
         self.dispatch_wakeup.notify_waiters();
         Ok(changed.len() as u64)
     }
@@ -381,42 +442,6 @@ async fn assign_batches(
     crate::jobs::record_batches(tx, job_id, &sizes).await
 }
 
-/// Moves a job between statuses under its version, with its event.
-async fn set_status(
-    tx: &mut PgConnection,
-    job_id: Uuid,
-    from: &str,
-    to: &str,
-    reason: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET status = $3, status_reason = coalesce($4, status_reason), version = version + 1,
-                updated_at = now(),
-                started_at = CASE WHEN $3 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
-                finished_at = CASE WHEN $3 IN ('completed', 'failed', 'cancelled') THEN now() ELSE finished_at END,
-                next_evaluation_at = CASE WHEN $3 = 'running' THEN now() ELSE NULL END,
-                paused_by = CASE WHEN $3 = 'paused' THEN 'rollout' ELSE NULL END
-         WHERE id = $1 AND status = $2",
-    )
-    .bind(job_id)
-    .bind(from)
-    .bind(to)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    outbox::enqueue(
-        tx,
-        outbox::Event {
-            aggregate_type: "job",
-            aggregate_id: &job_id.to_string(),
-            event_type: "job.status.changed",
-            payload: json!({ "job_id": job_id, "from": from, "to": to, "reason": reason }),
-        },
-    )
-    .await?;
-    Ok(())
-}
-
 /// Evaluations of a job are at least this many times as far apart as
 /// reading its snapshot took, so that counting its executions takes at most
 /// a tenth of a database connection's time (231 ms a snapshot at 150,000
@@ -429,47 +454,6 @@ const MAX_EVALUATION_GAP: Duration = Duration::from_secs(30);
 /// `counting` to read.
 fn evaluation_gap(counting: Duration) -> Duration {
     (counting * EVALUATION_COST_SHARE).clamp(MIN_EVALUATION_GAP, MAX_EVALUATION_GAP)
-}
-
-/// Schedules the next evaluation `after` from now, no sooner than `gap`,
-/// and records `gap` for `touch_jobs`.
-async fn next_evaluation(
-    tx: &mut PgConnection,
-    job_id: Uuid,
-    after: Duration,
-    gap: Duration,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET next_evaluation_at = now() + make_interval(secs => $2),
-                evaluation_gap_ms = $3
-         WHERE id = $1",
-    )
-    .bind(job_id)
-    .bind(after.max(gap).as_secs_f64())
-    .bind(gap.as_millis().min(i32::MAX as u128) as i32)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// Asks for a prompt evaluation of running jobs whose executions changed.
-pub async fn touch_jobs<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    jobs: &[Uuid],
-) -> Result<(), sqlx::Error> {
-    // Brought forward to the job's evaluation gap ahead, not to now:
-    // statuses arrive in a stream, and counting a large job's executions
-    // takes a while (hundreds of milliseconds at 150,000), so a job is
-    // evaluated at most once a gap however fast its statuses come.
-    sqlx::query(
-        "UPDATE jobs SET next_evaluation_at = now() + make_interval(secs => evaluation_gap_ms / 1000.0)
-         WHERE id = ANY($1) AND status = 'running'
-           AND next_evaluation_at > now() + make_interval(secs => evaluation_gap_ms / 1000.0)",
-    )
-    .bind(jobs)
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
 /// The state of a job's batches for the rollout plugin.

@@ -1,0 +1,347 @@
+//! What one status report does to one execution: the rule, pure, in one
+//! place. Ingestion folds a device's statuses over its execution with it,
+//! whether a batch is applied in one transaction or message by message.
+//!
+//! In order: a status of another attempt than the execution's current one
+//! is stale; one naming another firmware than the job's is refused; an
+//! execution that is queued (not dispatched) takes no status; a terminal
+//! one takes none; a status never moves an execution backwards; the same
+//! state again only updates the progress; a failure with retries left
+//! sends the execution back to the queue.
+
+use super::Refusal;
+use crate::domain::ExecutionStatus;
+
+/// An execution as a status finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Current {
+    pub id: i64,
+    pub status: ExecutionStatus,
+    /// Dispatches so far: the current attempt's number.
+    pub attempts: i32,
+    pub max_retries: i32,
+    pub firmware_id: String,
+    pub progress: Option<i16>,
+}
+
+/// What a device says in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported<'a> {
+    pub state: ExecutionStatus,
+    /// The attempt the status answers, when the device says.
+    pub attempt: Option<u32>,
+    pub firmware_id: Option<&'a str>,
+    pub progress: Option<i16>,
+    pub error: Option<&'a str>,
+}
+
+/// What the status does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing: refused for this cause.
+    Refuse(Refusal, String),
+    /// The state it is in again: only the progress, when it changed
+    /// (no state change, no event).
+    Progress(Option<i16>),
+    /// A state change. `to` is what is stored: `queued` for a failure with
+    /// retries left (the reported state is the status's own).
+    Move {
+        to: ExecutionStatus,
+        reason: Option<String>,
+        progress: Option<i16>,
+    },
+}
+
+/// Decides what `status` does to `current`.
+pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
+    if let Some(attempt) = status.attempt
+        && i64::from(attempt) != i64::from(current.attempts)
+    {
+        return Decision::Refuse(
+            Refusal::StaleAttempt,
+            format!(
+                "status of attempt {attempt}, execution {} is at attempt {}",
+                current.id, current.attempts
+            ),
+        );
+    }
+    if let Some(firmware) = status.firmware_id
+        && firmware != current.firmware_id
+    {
+        return Decision::Refuse(
+            Refusal::WrongFirmware,
+            format!(
+                "firmware {firmware} is not the one of execution {}",
+                current.id
+            ),
+        );
+    }
+    let from = current.status;
+    if from == ExecutionStatus::Queued {
+        return Decision::Refuse(
+            Refusal::NotDispatched,
+            format!(
+                "execution {} is not dispatched (a late status of an earlier attempt?)",
+                current.id
+            ),
+        );
+    }
+    let next = status.state;
+    if let Err(reason) = from.check_transition(next) {
+        return Decision::Refuse(Refusal::StateMachine, reason);
+    }
+    if from == next {
+        let changed = status.progress.is_some() && status.progress != current.progress;
+        return Decision::Progress(if changed { status.progress } else { None });
+    }
+    let retry = next == ExecutionStatus::Error && current.attempts <= current.max_retries;
+    let to = if retry { ExecutionStatus::Queued } else { next };
+    let reason = match (status.error, retry) {
+        (Some(error), true) => Some(format!("{error} (will retry)")),
+        (error, _) => error.map(str::to_owned),
+    };
+    let progress = status.progress.or(if to == ExecutionStatus::Done {
+        Some(100)
+    } else {
+        current.progress
+    });
+    Decision::Move {
+        to,
+        reason,
+        progress,
+    }
+}
+
+impl Current {
+    /// The execution after `decision`.
+    pub fn apply(&mut self, decision: &Decision) {
+        match decision {
+            Decision::Refuse(..) => {}
+            Decision::Progress(progress) => {
+                if progress.is_some() {
+                    self.progress = *progress;
+                }
+            }
+            Decision::Move { to, progress, .. } => {
+                self.status = *to;
+                self.progress = *progress;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use ExecutionStatus as S;
+
+    fn current(status: ExecutionStatus, attempts: i32, max_retries: i32) -> Current {
+        Current {
+            id: 7,
+            status,
+            attempts,
+            max_retries,
+            firmware_id: "fw".into(),
+            progress: None,
+        }
+    }
+
+    fn reported(state: ExecutionStatus, attempt: Option<u32>) -> Reported<'static> {
+        Reported {
+            state,
+            attempt,
+            firmware_id: None,
+            progress: None,
+            error: None,
+        }
+    }
+
+    /// What each reported state does to each stored one, for a status of
+    /// the current attempt (or naming none): M moves, P only progresses,
+    /// N refused as not dispatched, S refused by the state machine.
+    const TABLE: [(ExecutionStatus, &str); 10] = [
+        //              init down flash reboot done error
+        (S::Queued, "N N N N N N"),
+        (S::Dispatched, "M M M M M M"),
+        (S::Init, "P M M M M M"),
+        (S::Downloading, "S P M M M M"),
+        (S::Flashing, "S S P M M M"),
+        (S::Rebooting, "S S S P M M"),
+        (S::Done, "S S S S S S"),
+        (S::Error, "S S S S S S"),
+        (S::TimedOut, "S S S S S S"),
+        (S::Cancelled, "S S S S S S"),
+    ];
+    const REPORTED: [ExecutionStatus; 6] = [
+        S::Init,
+        S::Downloading,
+        S::Flashing,
+        S::Rebooting,
+        S::Done,
+        S::Error,
+    ];
+
+    fn kind(decision: &Decision) -> &'static str {
+        match decision {
+            Decision::Move { .. } => "M",
+            Decision::Progress(_) => "P",
+            Decision::Refuse(Refusal::NotDispatched, _) => "N",
+            Decision::Refuse(Refusal::StateMachine, _) => "S",
+            Decision::Refuse(Refusal::StaleAttempt, _) => "stale",
+            Decision::Refuse(..) => "other",
+        }
+    }
+
+    #[test]
+    fn every_pair_of_states_and_attempts() {
+        for (stored, row) in TABLE {
+            let expected: Vec<&str> = row.split_whitespace().collect();
+            for (state, want) in REPORTED.into_iter().zip(expected) {
+                let execution = current(stored, 2, 0);
+                // The current attempt, or none named: the table.
+                for attempt in [None, Some(2)] {
+                    let got = decide(&execution, &reported(state, attempt));
+                    assert_eq!(
+                        kind(&got),
+                        want,
+                        "{stored} <- {state} ({attempt:?}): {got:?}"
+                    );
+                }
+                // An earlier or a later attempt: stale, whatever the states.
+                for attempt in [1, 3] {
+                    let got = decide(&execution, &reported(state, Some(attempt)));
+                    assert_eq!(
+                        kind(&got),
+                        "stale",
+                        "{stored} <- {state} (attempt {attempt})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn failures_with_retries_left_go_back_to_the_queue() {
+        let failing = Reported {
+            error: Some("flash failed"),
+            ..reported(S::Error, Some(1))
+        };
+        assert_eq!(
+            decide(&current(S::Flashing, 1, 1), &failing),
+            Decision::Move {
+                to: S::Queued,
+                reason: Some("flash failed (will retry)".into()),
+                progress: None
+            }
+        );
+        // The last attempt's failure is final.
+        let last = Reported {
+            attempt: Some(2),
+            ..failing
+        };
+        assert_eq!(
+            decide(&current(S::Flashing, 2, 1), &last),
+            Decision::Move {
+                to: S::Error,
+                reason: Some("flash failed".into()),
+                progress: None
+            }
+        );
+    }
+
+    #[test]
+    fn the_firmware_a_status_names_must_be_the_jobs() {
+        let other = Reported {
+            firmware_id: Some("other"),
+            ..reported(S::Done, None)
+        };
+        let got = decide(&current(S::Downloading, 1, 0), &other);
+        assert!(matches!(got, Decision::Refuse(Refusal::WrongFirmware, _)));
+        let same = Reported {
+            firmware_id: Some("fw"),
+            ..other
+        };
+        assert!(matches!(
+            decide(&current(S::Downloading, 1, 0), &same),
+            Decision::Move {
+                to: S::Done,
+                progress: Some(100),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn progress_in_the_same_state_is_kept_once() {
+        let mut execution = current(S::Downloading, 1, 0);
+        let status = Reported {
+            progress: Some(40),
+            ..reported(S::Downloading, None)
+        };
+        let first = decide(&execution, &status);
+        assert_eq!(first, Decision::Progress(Some(40)));
+        execution.apply(&first);
+        assert_eq!(decide(&execution, &status), Decision::Progress(None));
+    }
+
+    /// A device's statuses of one attempt, in the order it sends them.
+    fn sequence() -> impl Strategy<Value = Vec<Reported<'static>>> {
+        let ending = prop_oneof![Just(S::Done), Just(S::Error), Just(S::Rebooting)];
+        (
+            proptest::collection::vec(0..4usize, 0..6),
+            ending,
+            0..101i16,
+        )
+            .prop_map(|(steps, ending, progress)| {
+                let mut states: Vec<ExecutionStatus> =
+                    steps.into_iter().map(|i| REPORTED[i]).collect();
+                states.sort();
+                states.push(ending);
+                states
+                    .into_iter()
+                    .map(|state| Reported {
+                        progress: (state == S::Downloading).then_some(progress),
+                        error: (state == S::Error).then_some("failed"),
+                        ..reported(state, Some(1))
+                    })
+                    .collect()
+            })
+    }
+
+    fn fold(statuses: &[Reported<'_>], max_retries: i32) -> ExecutionStatus {
+        let mut execution = current(S::Dispatched, 1, max_retries);
+        for status in statuses {
+            let decision = decide(&execution, status);
+            execution.apply(&decision);
+        }
+        execution.status
+    }
+
+    proptest! {
+        /// Statuses arrive out of order and repeated (replicas share a
+        /// subscription, brokers redeliver): whatever the order, an
+        /// execution ends where the statuses in order take it.
+        #[test]
+        fn any_order_with_repeats_ends_where_the_order_does(
+            statuses in sequence(),
+            repeats in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+            order in any::<u64>(),
+            max_retries in 0..2i32,
+        ) {
+            let in_order = fold(&statuses, max_retries);
+            let mut shuffled = statuses.clone();
+            for index in &repeats {
+                shuffled.push(index.get(&statuses).clone());
+            }
+            // A permutation drawn from `order` (Fisher-Yates on a small LCG).
+            let mut seed = order;
+            for i in (1..shuffled.len()).rev() {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(fold(&shuffled, max_retries), in_order);
+        }
+    }
+}

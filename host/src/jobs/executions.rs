@@ -1,0 +1,271 @@
+//! Every change of an execution's status, written in one place.
+//!
+//! An execution moves when the dispatcher claims it (`queued` →
+//! `dispatched`), when its device reports (forward through `init`,
+//! `downloading`, `flashing`, `rebooting` to `done` or `error`), when its
+//! command cannot be sent (→ `error`), when its device stays silent (→
+//! `timed_out`, or back to `queued` while retries are left) and when its
+//! job is cancelled or aborted (→ `cancelled`). Callers choose which
+//! executions move and where to; this module writes each move: the
+//! execution row (its `version` bumped), a status-log row and one
+//! `execution.status.changed` event of one payload shape (docs/EVENTS.md),
+//! in the caller's statement or transaction.
+//!
+//! Two forms. Set-based moves chosen in SQL (a claim, a sweep, a cancel of a
+//! million executions) go through [`statement`]: the caller's CTE `moves`
+//! names the executions, this module's SQL moves them and records each.
+//! Moves computed in the host (status ingestion folds many statuses of one
+//! execution in a batch) go through [`record`].
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::ExecutionStatus;
+use crate::outbox::{Aggregate, EventType, SCHEMA};
+
+/// Why an execution moved: the event's `cause`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The dispatcher claimed it: an attempt begins.
+    Dispatch,
+    /// Its device reported.
+    Device,
+    /// Its command could not be built or published.
+    DispatchFailed,
+    /// Its device stayed silent past the job's timeout.
+    Timeout,
+    /// Its job was cancelled or aborted.
+    Cancel,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Dispatch => "dispatch",
+            Cause::Device => "device",
+            Cause::DispatchFailed => "dispatch_failed",
+            Cause::Timeout => "timeout",
+            Cause::Cancel => "cancel",
+        }
+    }
+}
+
+/// Writes the status-log rows and events of the moves in the CTE `moved`
+/// (columns `id, job_id, device_id, attempt, from_status, to_status,
+/// reported, reason, message_id, progress, cause, ord`), in `ord` order
+/// when `ordered` (one execution's moves must keep theirs).
+fn record_moved(ordered: bool) -> String {
+    let order = if ordered { "ORDER BY ord" } else { "" };
+    format!(
+        "logged AS (
+             INSERT INTO execution_status_log (execution_id, status, progress, message, message_id)
+             SELECT id, coalesce(reported, to_status), progress,
+                    coalesce(reason, CASE WHEN cause = 'dispatch' THEN 'attempt ' || attempt END),
+                    message_id
+             FROM moved {order}
+         ), events AS (
+             INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+             SELECT rollway_uuid_v7(), '{aggregate}', device_id, '{event}',
+                    jsonb_build_object('schema', {SCHEMA}, 'execution_id', id, 'job_id', job_id,
+                                       'device_id', device_id, 'attempt', attempt,
+                                       'from', from_status, 'to', to_status, 'reported', reported,
+                                       'reason', reason, 'message_id', message_id,
+                                       'progress', progress, 'cause', cause)
+             FROM moved {order}
+         )",
+        aggregate = Aggregate::Device.as_str(),
+        event = EventType::ExecutionStatusChanged.as_str(),
+    )
+}
+
+/// A statement that moves the executions a caller chooses. `choose` is SQL
+/// defining CTEs, the last named `moves`, with the columns `id` (an
+/// execution the caller has locked), `previous` (its status now), `next`,
+/// `reason` (text or NULL: its `last_error` and the log's message) and
+/// `cause` (a [`Cause`]), and `dispatcher` (the replica claiming, for a
+/// move to `dispatched`). The CTE `changed` then holds the moved executions (`id`,
+/// `job_id`, `device_id`, `attempt`, `to_status`, ...) for `select`, the
+/// statement's final query.
+pub fn statement(choose: &str, select: &str) -> String {
+    format!(
+        "WITH {choose},
+         changed AS (
+             UPDATE executions e
+             SET status = m.next,
+                 attempts = e.attempts + CASE WHEN m.next = 'dispatched' THEN 1 ELSE 0 END,
+                 dispatched_at = CASE WHEN m.next = 'dispatched' THEN now() ELSE e.dispatched_at END,
+                 dispatched_by = CASE WHEN m.next = 'dispatched' THEN m.dispatcher ELSE e.dispatched_by END,
+                 progress = CASE WHEN m.next = 'dispatched' THEN NULL ELSE e.progress END,
+                 last_error = coalesce(m.reason, e.last_error),
+                 finished_at = CASE WHEN m.next IN ('done', 'error', 'timed_out', 'cancelled')
+                                    THEN now() END,
+                 updated_at = now(), version = e.version + 1
+             FROM moves m WHERE e.id = m.id
+             RETURNING e.id, e.job_id, e.device_id, e.attempts AS attempt,
+                       m.previous AS from_status, e.status AS to_status, NULL::text AS reported,
+                       m.reason, NULL::text AS message_id, NULL::int2 AS progress, m.cause
+         ), moved AS (SELECT changed.*, 0 AS ord FROM changed),
+         {record}
+         {select}",
+        record = record_moved(false),
+    )
+}
+
+/// One move computed in the host.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub execution_id: i64,
+    pub job_id: Uuid,
+    pub device_id: String,
+    /// The attempt the execution is at.
+    pub attempt: i32,
+    pub from: ExecutionStatus,
+    /// What is stored.
+    pub to: ExecutionStatus,
+    /// What the device said, when a device moved it (an `error` with
+    /// retries left is stored as `queued`).
+    pub reported: Option<ExecutionStatus>,
+    pub reason: Option<String>,
+    pub message_id: Option<String>,
+    pub progress: Option<i16>,
+    pub cause: Cause,
+}
+
+/// An execution's row after the host's moves.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: i64,
+    /// The version read (and locked) before the moves.
+    pub loaded_version: i64,
+    pub status: ExecutionStatus,
+    pub progress: Option<i16>,
+    pub last_error: Option<String>,
+}
+
+/// Writes rows and their moves (a row may have several, in order, or none
+/// when only its progress changed) in one statement, in the caller's
+/// transaction. Returns how many rows were still at their loaded version
+/// and so updated: fewer than given means another writer got there first,
+/// and the caller rolls back.
+pub async fn record(
+    conn: &mut PgConnection,
+    rows: &[Row],
+    moves: &[Move],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() && moves.is_empty() {
+        return Ok(0);
+    }
+    let mut r = RowColumns::default();
+    for row in rows {
+        r.ids.push(row.id);
+        r.statuses.push(row.status.as_str());
+        r.progress.push(row.progress);
+        r.errors.push(row.last_error.as_deref());
+        r.finished.push(row.status.is_terminal());
+        r.loaded.push(row.loaded_version);
+    }
+    let mut m = MoveColumns::default();
+    for one in moves {
+        m.ids.push(one.execution_id);
+        m.jobs.push(one.job_id);
+        m.devices.push(one.device_id.as_str());
+        m.attempts.push(one.attempt);
+        m.from.push(one.from.as_str());
+        m.to.push(one.to.as_str());
+        m.reported.push(one.reported.map(ExecutionStatus::as_str));
+        m.reasons.push(one.reason.as_deref());
+        m.message_ids.push(one.message_id.as_deref());
+        m.progress.push(one.progress);
+        m.causes.push(one.cause.as_str());
+    }
+    let updated: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "WITH rows AS (
+             UPDATE executions e
+             SET status = u.status, progress = u.progress, last_error = u.last_error,
+                 finished_at = CASE WHEN u.finished THEN now() ELSE NULL END,
+                 updated_at = now(), version = u.loaded + 1
+             FROM unnest($1::bigint[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::bigint[])
+                  AS u(id, status, progress, last_error, finished, loaded)
+             WHERE e.id = u.id AND e.version = u.loaded
+             RETURNING e.id
+         ), moved AS (
+             SELECT * FROM unnest($7::bigint[], $8::uuid[], $9::text[], $10::int[], $11::text[],
+                                  $12::text[], $13::text[], $14::text[], $15::text[], $16::int2[],
+                                  $17::text[])
+                  WITH ORDINALITY AS m(id, job_id, device_id, attempt, from_status, to_status,
+                                       reported, reason, message_id, progress, cause, ord)
+         ),
+         {record}
+         SELECT count(*) FROM rows",
+        record = record_moved(true),
+    )))
+    .bind(&r.ids)
+    .bind(&r.statuses)
+    .bind(&r.progress)
+    .bind(&r.errors)
+    .bind(&r.finished)
+    .bind(&r.loaded)
+    .bind(&m.ids)
+    .bind(&m.jobs)
+    .bind(&m.devices)
+    .bind(&m.attempts)
+    .bind(&m.from)
+    .bind(&m.to)
+    .bind(&m.reported)
+    .bind(&m.reasons)
+    .bind(&m.message_ids)
+    .bind(&m.progress)
+    .bind(&m.causes)
+    .fetch_one(conn)
+    .await?;
+    Ok(updated as u64)
+}
+
+#[derive(Default)]
+struct RowColumns<'a> {
+    ids: Vec<i64>,
+    statuses: Vec<&'static str>,
+    progress: Vec<Option<i16>>,
+    errors: Vec<Option<&'a str>>,
+    finished: Vec<bool>,
+    loaded: Vec<i64>,
+}
+
+#[derive(Default)]
+struct MoveColumns<'a> {
+    ids: Vec<i64>,
+    jobs: Vec<Uuid>,
+    devices: Vec<&'a str>,
+    attempts: Vec<i32>,
+    from: Vec<&'static str>,
+    to: Vec<&'static str>,
+    reported: Vec<Option<&'static str>>,
+    reasons: Vec<Option<&'a str>>,
+    message_ids: Vec<Option<&'a str>>,
+    progress: Vec<Option<i16>>,
+    causes: Vec<&'static str>,
+}
+
+/// Cancels every unfinished execution of a job in one statement.
+pub async fn cancel_all(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    reason: &str,
+) -> Result<i64, sqlx::Error> {
+    let sql = statement(
+        "moves AS (
+             SELECT id, status AS previous, 'cancelled' AS next, $2::text AS reason,
+                    'cancel' AS cause, NULL::text AS dispatcher
+             FROM executions
+             WHERE job_id = $1 AND stage <> 'finished'
+             ORDER BY device_id -- the order status ingestion locks them in
+             FOR UPDATE
+         )",
+        "SELECT count(*) FROM changed",
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(reason)
+        .fetch_one(conn)
+        .await
+}
