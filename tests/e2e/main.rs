@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod dashboard;
 mod devices;
+mod events;
 mod faults;
 mod firmware;
 mod health;

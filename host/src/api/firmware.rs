@@ -487,7 +487,7 @@ async fn record_downgrade_change(
     allowed: bool,
 ) -> Result<(), sqlx::Error> {
     let details = json!({
-        "family": record.family, "version": record.version,
+        "firmware_id": record.id, "family": record.family, "version": record.version,
         "security_counter": record.security_counter, "reason": record.downgrade_reason,
         "downgrade_allowed": allowed,
     });
@@ -535,8 +535,10 @@ async fn delete_firmware(
         DeleteError::InUse(_) => ApiError::Conflict(e.to_string()),
         DeleteError::Db(db) => db.into(),
     })?;
-    let details =
-        json!({ "family": record.family, "version": record.version, "sha256": record.sha256 });
+    let details = json!({
+        "firmware_id": record.id, "family": record.family, "version": record.version,
+        "sha256": record.sha256,
+    });
     outbox::enqueue(
         &mut tx,
         outbox::Event {
