@@ -62,7 +62,8 @@ pub struct Relay {
 /// transaction is younger than every transaction that was running when
 /// the sequence stood at `last`, each number up to `last` is committed or
 /// never will be. `horizon` is such a `last` waiting for that moment, with
-/// the `xmax` of a snapshot taken after reading it.
+/// a transaction id taken after reading it: once no transaction older than
+/// that id runs, the numbers up to `last` are settled.
 #[derive(Debug, Default)]
 pub struct Floor {
     seq: i64,
@@ -209,8 +210,15 @@ impl Relay {
             sqlx::query_scalar("SELECT coalesce(pg_sequence_last_value('event_outbox_seq'), 0)")
                 .fetch_one(&self.pool)
                 .await?;
+        // The oldest running transaction, and a transaction id of our own:
+        // every id below it was assigned before this statement, so to every
+        // transaction that took one of the numbers up to `last`. (Not the
+        // snapshot's xmax: that is the newest *completed* id plus one, and a
+        // transaction that took its id after the last one completed is at
+        // or above it while it still runs; waiting for xmin to reach xmax
+        // let the floor pass such a transaction's number.)
         let (xmin, xmax): (String, String) = sqlx::query_as(
-            "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text FROM pg_current_snapshot() s",
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_current_xact_id()::text",
         )
         .fetch_one(&self.pool)
         .await?;
