@@ -1,8 +1,13 @@
 //! Rollway, an over-the-air firmware update server for vehicle fleets.
 //!
-//! The flow of an update reads top to bottom: `api` (operators) →
-//! `fleet`, `firmware`, `jobs` (the model) → `outbox` (events). See
-//! ARCHITECTURE.md for the map.
+//! An update flows: `api` (operators create firmware, devices and jobs) →
+//! `jobs` (executions planned by a rollout plugin) → `scheduler` (starts
+//! jobs, asks the rollout strategy, times out silent devices) → `dispatch`
+//! (commands with signed `manifest`s over `mqtt`) → device → `ingest`
+//! (statuses, `decide`d and written by `jobs::executions`) → `outbox` →
+//! `relay` (Kafka) and `live` (stream clients). `plugins` is the Wasm
+//! sandbox; `startup` wires a host together. See ARCHITECTURE.md for the
+//! map.
 
 pub mod api;
 pub mod audit;
@@ -18,6 +23,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod jobs;
 pub mod live;
+pub mod manifest;
 pub mod metrics;
 pub mod mqtt;
 pub mod outbox;

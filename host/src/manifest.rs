@@ -1,4 +1,6 @@
-//! The signed update manifest and download tokens.
+//! The signed update manifest and download tokens: what the dispatcher
+//! signs into every command, the firmware download endpoint checks, and a
+//! device agent (the simulator, docs/PROTOCOL.md) verifies.
 //!
 //! A manifest is a JSON object signed (ed25519) as the exact bytes sent; the
 //! device checks the signature with a key from `/api/v1/signing-keys`, then

@@ -1,4 +1,5 @@
-//! Prometheus metrics of one host process, with the names from SPEC.md.
+//! Prometheus metrics of one host process. The names are a contract with
+//! the operators' dashboards and alerts: keep them.
 //!
 //! Each `Application` owns its registry (tests run many in one process). The
 //! prometheus types are thread-safe: no mutex is ever put around them.

@@ -1,5 +1,5 @@
 //! Typed settings. Each value comes from, in order of precedence: a command
-//! line flag, its environment variable (names from SPEC.md), the optional
+//! line flag, its environment variable (README.md lists them), the optional
 //! TOML config file, and finally a default.
 
 use std::net::SocketAddr;

@@ -25,7 +25,7 @@ use crate::api::{self, AppState};
 use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
 use crate::plugins::runtime::Limits;
-use crate::plugins::{self, PluginRegistry};
+use crate::plugins::{self, PluginRegistry, Plugins};
 use crate::settings::{Settings, StatusSource};
 use crate::signing::Keyring;
 use crate::{auth, db};
@@ -410,7 +410,7 @@ async fn load_plugins(
     pool: &PgPool,
     store: &FirmwareStore,
     metrics: &Metrics,
-) -> anyhow::Result<Arc<PluginRegistry>> {
+) -> anyhow::Result<Plugins> {
     let metrics = metrics.clone();
     let dir = settings.plugins_dir.clone();
     let registry = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginRegistry> {
@@ -422,7 +422,7 @@ async fn load_plugins(
     })
     .await
     .context("loading plugins")??;
-    let registry = Arc::new(registry);
+    let registry = Plugins::new(Arc::new(registry));
     plugins::store::restore(&registry, pool, store).await?;
     Ok(registry)
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -217,18 +217,6 @@ async fn revoke_token(
     Ok(axum::Json(record.into()))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target_type: String,
-    pub target_id: String,
-    #[schema(value_type = Object)]
-    pub details: sqlx::types::Json<Value>,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -246,27 +234,21 @@ pub struct AuditQuery {
 #[utoipa::path(
     get, path = "/audit", tag = "admin",
     params(AuditQuery),
-    responses((status = 200, body = Page<AuditEntry>), (status = 403, body = super::error::Problem)),
+    responses((status = 200, body = Page<audit::Entry>), (status = 403, body = super::error::Problem)),
     security(("bearer" = ["admin"]))
 )]
 async fn list_audit(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
-) -> ApiResult<axum::Json<Page<AuditEntry>>> {
+) -> ApiResult<axum::Json<Page<audit::Entry>>> {
     let limit = pagination::limit(query.limit)?;
     let before = query.cursor;
-    let rows: Vec<AuditEntry> = sqlx::query_as(
-        "SELECT id, at, actor, action, target_type, target_id, details FROM audit_log
-         WHERE ($1::text IS NULL OR target_type = $1) AND ($2::text IS NULL OR target_id = $2)
-           AND ($3::bigint IS NULL OR id < $3)
-         ORDER BY id DESC LIMIT $4",
-    )
-    .bind(query.target_type)
-    .bind(query.target_id)
-    .bind(before)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await?;
+    let filter = audit::Filter {
+        target_type: query.target_type,
+        target_id: query.target_id,
+        before,
+    };
+    let rows = audit::list(&state.pool, &filter, limit + 1).await?;
     Ok(axum::Json(Page::from_rows(rows, limit, |e| {
         e.id.to_string()
     })))

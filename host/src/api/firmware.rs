@@ -7,12 +7,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,13 +19,11 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
-use crate::domain::{Family, FirmwareDigest, FirmwareVersion};
+use crate::domain::FirmwareVersion;
 use crate::firmware::range::{self, RangeRequest};
 use crate::firmware::store::FirmwareStore;
+use crate::firmware::upload::{self, Upload, UploadError};
 use crate::firmware::{self, DeleteError, Firmware};
-use crate::plugins::runtime::ImageSource;
-use crate::{audit, outbox};
-use std::sync::Arc;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -88,10 +83,9 @@ async fn upload_firmware(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let principal = &caller.0;
     let family = super::known_family(&state, &query.family)
         .map_err(|e| ApiError::validation("family", e))?;
-    let given_version = query
+    let version = query
         .version
         .as_deref()
         .map(FirmwareVersion::parse)
@@ -105,239 +99,37 @@ async fn upload_firmware(
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    if query.security_counter.is_some_and(|c| c < 0) {
-        return Err(ApiError::validation(
-            "security_counter",
-            "must be zero or more",
-        ));
-    }
-    if let Some(version) = &given_version {
-        ensure_new_version(&state, &family, version.as_str()).await?;
-    }
-
-    let id = Uuid::now_v7();
-    let (digest, size, temp_key) = receive_image(&state, body, &id.to_string(), limit).await?;
-    let checked = check_image(&state, &family, &temp_key, size, given_version).await;
-    let (version, metadata) = match checked {
-        Ok(checked) => checked,
-        Err(error) => {
-            if let Err(cleanup) = state.store.delete(&temp_key).await {
-                tracing::warn!(error = format!("{cleanup:#}"), key = %temp_key, "temporary upload left behind");
-            }
-            return Err(error);
-        }
-    };
-    let security_counter = match query.security_counter {
-        Some(counter) => counter,
-        None => image_security_counter(&metadata)?,
-    };
-    let storage_key = FirmwareStore::image_key(&digest);
-    state.store.promote(&temp_key, &storage_key).await?;
-
-    let record = Firmware {
-        id,
-        family: family.as_str().to_owned(),
-        version: version.clone(),
-        sha256: digest.as_str().to_owned(),
-        size: size as i64,
-        storage_key,
-        metadata: sqlx::types::Json(metadata),
-        security_counter,
-        downgrade_allowed_by: None,
-        downgrade_allowed_at: None,
-        downgrade_reason: None,
-        created_by: principal.actor(),
-        created_at: Utc::now(),
-    };
-    let mut tx = state.pool.begin().await?;
-    if let Err(error) = firmware::insert(&mut tx, &record).await {
-        return Err(match crate::db::constraint_violation(&error) {
-            Some((crate::db::ViolationKind::Unique, _)) => {
-                ApiError::Conflict(format!("{family} firmware {version} already exists"))
-            }
-            _ => error.into(),
-        });
-    }
-    let event = json!({
-        "firmware_id": record.id, "family": record.family, "version": record.version,
-        "sha256": record.sha256, "size": record.size, "security_counter": record.security_counter,
-    });
-    outbox::enqueue(
-        &mut tx,
-        outbox::Event {
-            kind: crate::outbox::EventType::FirmwareUploaded,
-            aggregate_id: &record.id.to_string(),
-            payload: event.clone(),
-        },
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        &principal.actor(),
-        "firmware.upload",
-        "firmware",
-        &record.id.to_string(),
-        event,
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(firmware_id = %record.id, family = %record.family, version = %record.version, size, sha256 = %record.sha256, "firmware uploaded");
-    Ok((StatusCode::CREATED, axum::Json(record)).into_response())
-}
-
-/// The security counter a device plugin read from the image (the detail
-/// `security_counter`), 0 when it read none.
-fn image_security_counter(metadata: &serde_json::Value) -> ApiResult<i64> {
-    match metadata["details"]["security_counter"].as_str() {
-        None => Ok(0),
-        Some(text) => text.trim().parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
-            ApiError::validation(
-                "security_counter",
-                format!("the image's security counter '{text}' is not a whole number of zero or more"),
-            )
-        }),
-    }
-}
-
-async fn ensure_new_version(state: &AppState, family: &Family, version: &str) -> ApiResult<()> {
-    if firmware::version_exists(&state.pool, family.as_str(), version).await? {
-        return Err(ApiError::Conflict(format!(
-            "{family} firmware {version} already exists"
-        )));
-    }
-    Ok(())
-}
-
-/// An image in the store, read by a device plugin from a blocking thread.
-struct StoredImage {
-    store: FirmwareStore,
-    key: String,
-    size: u64,
-    runtime: tokio::runtime::Handle,
-}
-
-impl ImageSource for StoredImage {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
-        if offset >= self.size {
-            return Ok(Vec::new());
-        }
-        let end = (offset + u64::from(len)).min(self.size);
-        self.runtime
-            .block_on(self.store.read_range(&self.key, offset..end))
-            .map(|bytes| bytes.to_vec())
-            .map_err(|e| format!("reading the image: {e:#}"))
-    }
-}
-
-/// Runs the family's `validate-image` on an uploaded image; returns the
-/// version to record and the metadata the plugin extracted.
-async fn check_image(
-    state: &AppState,
-    family: &Family,
-    key: &str,
-    size: u64,
-    given: Option<FirmwareVersion>,
-) -> ApiResult<(String, serde_json::Value)> {
-    if size == 0 {
-        return Err(ApiError::validation("body", "the firmware image is empty"));
-    }
-    let source: Arc<dyn ImageSource> = Arc::new(StoredImage {
-        store: state.store.clone(),
-        key: key.to_owned(),
-        size,
-        runtime: tokio::runtime::Handle::current(),
-    });
-    let registry = state.plugins.clone();
-    let fam = family.as_str().to_owned();
-    let info = tokio::task::spawn_blocking(move || registry.validate_image(&fam, "{}", source))
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("validating an image")))?
-        .map_err(|e| ApiError::from_plugin("body", e))?;
-    let version = match (given, &info.version) {
-        (Some(given), Some(found)) if given.as_str() != found => {
-            return Err(ApiError::validation(
-                "version",
-                format!(
-                    "'{}' was given but the image says '{found}'",
-                    given.as_str()
-                ),
-            ));
-        }
-        (Some(given), _) => given.as_str().to_owned(),
-        (None, Some(found)) => {
-            let parsed = FirmwareVersion::parse(found).map_err(|e| {
-                ApiError::validation("version", format!("the image's version '{found}' {}", e.0))
-            })?;
-            ensure_new_version(state, family, parsed.as_str()).await?;
-            parsed.as_str().to_owned()
-        }
-        (None, None) => {
-            return Err(ApiError::validation(
-                "version",
-                "is required: the image carries no version the plugin could read",
-            ));
-        }
-    };
-    let details: serde_json::Map<String, serde_json::Value> = info
-        .details
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::Value::String(v)))
-        .collect();
-    Ok((
+    let request = Upload {
+        family,
         version,
-        json!({ "target": info.target, "image_version": info.version, "details": details }),
-    ))
-}
-
-/// Streams the body into the store under a temporary key while hashing it;
-/// aborts the upload when the body passes `limit` or breaks off.
-async fn receive_image(
-    state: &AppState,
-    body: Body,
-    upload_id: &str,
-    limit: u64,
-) -> ApiResult<(FirmwareDigest, u64, String)> {
-    let mut upload = state.store.begin_upload(upload_id).await?;
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk: Bytes = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                upload.abort().await;
-                if super::extract::body_timed_out(&error) {
-                    return Err(ApiError::RequestTimeout);
-                }
-                return Err(ApiError::BadRequest(format!("upload interrupted: {error}")));
-            }
-        };
-        size += chunk.len() as u64;
-        if size > limit {
-            upload.abort().await;
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        state
-            .metrics
-            .firmware_bytes_uploaded_total
-            .inc_by(chunk.len() as u64);
-        hasher.update(&chunk);
-        if let Err(error) = upload.write(chunk).await {
-            upload.abort().await;
-            return Err(error.into());
-        }
-    }
-    let key = upload.key.clone();
-    upload.finish().await?;
-    Ok((
-        FirmwareDigest::from_bytes(&hasher.finalize().into()),
-        size,
-        key,
-    ))
+        security_counter: query.security_counter,
+        limit,
+        actor: caller.0.actor(),
+    };
+    let context = upload::Context {
+        pool: &state.pool,
+        store: &state.store,
+        plugins: &state.plugins,
+        metrics: &state.metrics,
+    };
+    let body = body.into_data_stream();
+    let record = upload::upload(context, request, body, |error: &axum::Error| {
+        super::extract::body_timed_out(error)
+    })
+    .await
+    .map_err(|e| match e {
+        UploadError::Invalid(field, message) => ApiError::validation(field, message),
+        UploadError::Exists(message) => ApiError::Conflict(message),
+        UploadError::TooLarge { limit } => ApiError::PayloadTooLarge { limit },
+        UploadError::Interrupted {
+            timed_out: true, ..
+        } => ApiError::RequestTimeout,
+        e @ UploadError::Interrupted { .. } => ApiError::BadRequest(e.to_string()),
+        UploadError::Plugin(error) => ApiError::from_plugin("body", error),
+        UploadError::Store(error) => ApiError::Internal(error),
+        UploadError::Db(error) => error.into(),
+    })?;
+    Ok((StatusCode::CREATED, axum::Json(record)).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -436,7 +228,6 @@ async fn allow_downgrade(
     ApiPath(id): ApiPath<Uuid>,
     ApiJson(request): ApiJson<AllowDowngrade>,
 ) -> ApiResult<axum::Json<Firmware>> {
-    let principal = &caller.0;
     let reason = request.reason.trim();
     if reason.is_empty() || request.reason.chars().count() > 1000 {
         return Err(ApiError::validation(
@@ -444,13 +235,9 @@ async fn allow_downgrade(
             "must say why, in 1 to 1000 characters",
         ));
     }
-    let mut tx = state.pool.begin().await?;
-    let record = firmware::allow_downgrade(&mut tx, id, &principal.actor(), reason)
+    let record = firmware::change_downgrade(&state.pool, id, &caller.0.actor(), Some(reason))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("firmware {id}")))?;
-    record_downgrade_change(&mut tx, &principal.actor(), &record, true).await?;
-    tx.commit().await?;
-    tracing::warn!(firmware_id = %id, family = %record.family, version = %record.version, actor = %principal.actor(), reason, "firmware allowed as a downgrade");
     Ok(axum::Json(record))
 }
 
@@ -470,50 +257,10 @@ async fn forbid_downgrade(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<axum::Json<Firmware>> {
-    let principal = &caller.0;
-    let mut tx = state.pool.begin().await?;
-    let record = firmware::forbid_downgrade(&mut tx, id)
+    let record = firmware::change_downgrade(&state.pool, id, &caller.0.actor(), None)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("firmware {id}")))?;
-    record_downgrade_change(&mut tx, &principal.actor(), &record, false).await?;
-    tx.commit().await?;
     Ok(axum::Json(record))
-}
-
-async fn record_downgrade_change(
-    tx: &mut sqlx::PgConnection,
-    actor: &str,
-    record: &Firmware,
-    allowed: bool,
-) -> Result<(), sqlx::Error> {
-    let details = json!({
-        "firmware_id": record.id, "family": record.family, "version": record.version,
-        "security_counter": record.security_counter, "reason": record.downgrade_reason,
-        "downgrade_allowed": allowed,
-    });
-    outbox::enqueue(
-        tx,
-        outbox::Event {
-            kind: crate::outbox::EventType::FirmwareDowngradeChanged,
-            aggregate_id: &record.id.to_string(),
-            payload: details.clone(),
-        },
-    )
-    .await?;
-    let action = if allowed {
-        "firmware.allow_downgrade"
-    } else {
-        "firmware.forbid_downgrade"
-    };
-    audit::record(
-        tx,
-        actor,
-        action,
-        "firmware",
-        &record.id.to_string(),
-        details,
-    )
-    .await
 }
 
 /// Delete firmware no job uses.
@@ -528,41 +275,13 @@ async fn delete_firmware(
     caller: Caller,
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    let principal = &caller.0;
-    let mut tx = state.pool.begin().await?;
-    let (record, unreferenced) = firmware::delete(&mut tx, id).await.map_err(|e| match e {
-        DeleteError::NotFound => ApiError::NotFound(format!("firmware {id}")),
-        DeleteError::InUse(_) => ApiError::Conflict(e.to_string()),
-        DeleteError::Db(db) => db.into(),
-    })?;
-    let details = json!({
-        "firmware_id": record.id, "family": record.family, "version": record.version,
-        "sha256": record.sha256,
-    });
-    outbox::enqueue(
-        &mut tx,
-        outbox::Event {
-            kind: crate::outbox::EventType::FirmwareDeleted,
-            aggregate_id: &id.to_string(),
-            payload: details.clone(),
-        },
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        &principal.actor(),
-        "firmware.delete",
-        "firmware",
-        &id.to_string(),
-        details,
-    )
-    .await?;
-    tx.commit().await?;
-    // Bytes go only after the record is gone; a failure here leaves an
-    // unreferenced blob, never a record without bytes.
-    if unreferenced && let Err(error) = state.store.delete(&record.storage_key).await {
-        tracing::warn!(error = format!("{error:#}"), key = %record.storage_key, "firmware blob left behind");
-    }
+    firmware::remove(&state.pool, &state.store, id, &caller.0.actor())
+        .await
+        .map_err(|e| match e {
+            DeleteError::NotFound => ApiError::NotFound(format!("firmware {id}")),
+            DeleteError::InUse(_) => ApiError::Conflict(e.to_string()),
+            DeleteError::Db(db) => db.into(),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -594,7 +313,7 @@ async fn download_firmware(
     let by_token = query
         .token
         .as_deref()
-        .is_some_and(|t| crate::dispatch::manifest::verify_download_token(&state.keys, id, t));
+        .is_some_and(|t| crate::manifest::verify_download_token(&state.keys, id, t));
     if !by_token {
         // Without a download token, the bearer token (checked by
         // `access::authorize` when present) is required.

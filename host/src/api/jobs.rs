@@ -1,13 +1,13 @@
 //! `/api/v1/jobs` and `/api/v1/executions`: create, list, read, steer jobs
 //! and read per-device executions with their logs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -17,16 +17,11 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
-use crate::domain::{DeviceId, ExecutionStatus, JobStatus};
+use crate::domain::{ExecutionStatus, JobStatus};
 use crate::jobs::{
-    self, CreateError, Execution, Job, JobAction, JobCounts, JobKind, MAX_TARGET_IDS, NewJob,
-    StatusLogEntry, TargetFilter, Targets, TransitionError,
+    self, CreateError, Execution, FilterRequest, Job, JobAction, JobCounts, JobRequest,
+    StatusLogEntry, SubmitError, TransitionError,
 };
-use crate::plugins::PluginError;
-use crate::{audit, firmware};
-
-/// Largest rollout configuration, as JSON text.
-pub const MAX_ROLLOUT_CONFIG_BYTES: usize = 64 * 1024;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -51,7 +46,7 @@ pub struct TargetsInput {
 }
 
 /// Devices matching every given field.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterInput {
     /// Must be the firmware's family when given.
@@ -115,26 +110,6 @@ pub struct JobView {
     pub counts: JobCounts,
 }
 
-const DEFAULT_ROLLOUT_PLUGIN: &str = "rollout-percent";
-
-fn plugin_name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn parse_start(raw: Option<&str>, now: DateTime<Utc>) -> Result<(JobKind, DateTime<Utc>), String> {
-    match raw.unwrap_or("now") {
-        "now" => Ok((JobKind::Immediate, now)),
-        "emergency" => Ok((JobKind::Emergency, now)),
-        other => DateTime::parse_from_rfc3339(other)
-            .map(|at| (JobKind::Scheduled, at.with_timezone(&Utc)))
-            .map_err(|_| format!("'{other}' is not 'now', 'emergency' or an RFC 3339 time")),
-    }
-}
-
 /// Create a job: its executions are created at once, all `queued`.
 #[utoipa::path(
     post, path = "/jobs", tag = "jobs",
@@ -151,192 +126,58 @@ async fn create_job(
     caller: Caller,
     ApiJson(request): ApiJson<CreateJobRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<JobView>)> {
-    let principal = &caller.0;
-    let mut errors = Vec::new();
-    let firmware = firmware::get(&state.pool, request.firmware_id).await?;
-    if firmware.is_none() {
-        errors.push(FieldError::new("firmware_id", "no such firmware"));
-    }
-    let family = firmware
-        .as_ref()
-        .map(|f| f.family.clone())
-        .unwrap_or_default();
-
-    let devices = request.targets.devices;
-    let targets_json = json!({
-        "devices": devices,
-        "filter": request.targets.filter,
-    });
-    let targets = match (devices, request.targets.filter) {
-        (Some(ids), None) => {
-            if ids.is_empty() || ids.len() > MAX_TARGET_IDS {
-                errors.push(FieldError::new(
-                    "targets.devices",
-                    format!("must list 1 to {MAX_TARGET_IDS} device ids"),
-                ));
-            }
-            let mut seen = HashSet::new();
-            let mut parsed = Vec::with_capacity(ids.len());
-            for (i, raw) in ids.iter().enumerate() {
-                match DeviceId::parse(raw) {
-                    Ok(id) if seen.insert(id.clone()) => parsed.push(id),
-                    Ok(_) => errors.push(FieldError::new(
-                        format!("targets.devices[{i}]"),
-                        "listed twice",
-                    )),
-                    Err(e) => errors.push(FieldError::new(format!("targets.devices[{i}]"), e.0)),
-                }
-                if errors.len() > 20 {
-                    break;
-                }
-            }
-            Some(Targets::Devices(parsed))
-        }
-        (None, Some(filter)) => {
-            if let Some(f) = &filter.family
-                && firmware.is_some()
-                && *f != family
-            {
-                errors.push(FieldError::new(
-                    "targets.filter.family",
-                    format!("the firmware is for {family}, not {f}"),
-                ));
-            }
-            Some(Targets::Filter(TargetFilter {
-                model: filter.model,
-                gateway_id: filter.gateway_id,
-                tags: filter.tags,
-            }))
-        }
-        _ => {
-            errors.push(FieldError::new(
-                "targets",
-                "give exactly one of 'devices' or 'filter'",
-            ));
-            None
-        }
-    };
-
-    let now = Utc::now();
-    let (kind, start_at) = parse_start(request.start.as_deref(), now)
-        .map_err(|e| errors.push(FieldError::new("start", e)))
-        .unwrap_or((JobKind::Immediate, now));
-    let (rollout_plugin, rollout_config) = match request.rollout {
-        Some(r) => (
-            r.plugin,
-            if r.config.is_null() {
-                json!({})
-            } else {
-                r.config
-            },
-        ),
-        None => (DEFAULT_ROLLOUT_PLUGIN.to_owned(), json!({})),
-    };
-    if !plugin_name_ok(&rollout_plugin) {
-        errors.push(FieldError::new("rollout.plugin", "is not a plugin name"));
-    }
-    if !rollout_config.is_object() {
-        errors.push(FieldError::new("rollout.config", "must be a JSON object"));
-    } else if rollout_config.to_string().len() > MAX_ROLLOUT_CONFIG_BYTES {
-        // It goes to the plugin on every evaluation of the job.
-        errors.push(FieldError::new(
-            "rollout.config",
-            format!("must be at most {MAX_ROLLOUT_CONFIG_BYTES} bytes of JSON"),
-        ));
-    }
-    let device_timeout_secs = request.device_timeout_secs.unwrap_or(3600);
-    if !(1..=604_800).contains(&device_timeout_secs) {
-        errors.push(FieldError::new(
-            "device_timeout_secs",
-            "must be between 1 and 604800",
-        ));
-    }
-    let max_retries = request.max_retries.unwrap_or(0);
-    if !(0..=10).contains(&max_retries) {
-        errors.push(FieldError::new("max_retries", "must be between 0 and 10"));
-    }
-    if let Some(name) = &request.name
-        && (name.is_empty() || name.chars().count() > 200)
-    {
-        errors.push(FieldError::new("name", "must be 1 to 200 characters long"));
-    }
-    let (Some(targets), true) = (targets, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
-
-    let registry = state.plugins.clone();
-    let (plugin, config_text) = (rollout_plugin.clone(), rollout_config.to_string());
-    tokio::task::spawn_blocking(move || registry.validate_rollout_config(&plugin, &config_text))
-        .await
-        .map_err(|e| {
-            ApiError::Internal(anyhow::Error::new(e).context("validating a rollout config"))
-        })?
-        .map_err(|e| match e {
-            PluginError::NotFound { .. } | PluginError::Disabled(..) => {
-                ApiError::from_plugin("rollout.plugin", e)
-            }
-            other => ApiError::from_plugin("rollout.config", other),
-        })?;
-
-    let new = NewJob {
-        name: request.name,
-        firmware_id: request.firmware_id,
-        family,
-        targets,
-        targets_json,
-        kind,
-        start_at,
-        rollout_plugin,
-        rollout_config,
-        device_timeout_secs,
-        max_retries,
-        created_by: principal.actor(),
-        security_counter: firmware.as_ref().map_or(0, |f| f.security_counter),
-        downgrade_allowed: firmware
-            .as_ref()
-            .is_some_and(|f| f.downgrade_allowed_at.is_some()),
-    };
-    let mut tx = state.pool.begin().await?;
-    let plan = |total: u32| {
-        let (registry, plugin) = (state.plugins.clone(), new.rollout_plugin.clone());
-        let config = new.rollout_config.to_string();
-        let plugin_name = plugin.clone();
-        async move {
-            tokio::task::spawn_blocking(move || registry.plan(&plugin, &config, total))
-                .await
-                .map_err(|e| {
-                    CreateError::Plan(PluginError::Failed {
-                        plugin: plugin_name,
-                        what: format!("plan: {e}"),
-                    })
-                })?
-                .map_err(CreateError::Plan)
-        }
-    };
-    let (job, total) = jobs::create(&mut tx, &new, plan)
-        .await
-        .map_err(|e| match e {
-            CreateError::Db(db) => ApiError::from(db),
-            CreateError::Plan(error) => ApiError::from_plugin("rollout.config", error),
-            e @ CreateError::Rollback { .. } => ApiError::Rollback(e.to_string()),
-            other => ApiError::validation("targets", other.to_string()),
-        })?;
-    audit::record(
-        &mut tx,
-        &principal.actor(),
-        "job.create",
-        "job",
-        &job.id.to_string(),
-        json!({ "firmware_id": job.firmware_id, "kind": job.kind, "executions": total }),
+    let (job, _) = jobs::submit(
+        &state.pool,
+        &state.plugins,
+        request.into(),
+        &caller.0.actor(),
     )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(job_id = %job.id, kind = %job.kind, executions = total, "job created");
+    .await
+    .map_err(|e| match e {
+        SubmitError::Invalid(errors) => ApiError::Validation(
+            errors
+                .into_iter()
+                .map(|e| FieldError::new(e.field, e.message))
+                .collect(),
+        ),
+        SubmitError::Plugin { field, error } => ApiError::from_plugin(field, error),
+        SubmitError::Create(CreateError::Db(db)) | SubmitError::Db(db) => ApiError::from(db),
+        SubmitError::Create(CreateError::Plan(error)) => {
+            ApiError::from_plugin("rollout.config", error)
+        }
+        SubmitError::Create(e @ CreateError::Rollback { .. }) => ApiError::Rollback(e.to_string()),
+        SubmitError::Create(other) => ApiError::validation("targets", other.to_string()),
+    })?;
     if job.start_at <= Utc::now() {
         state.scheduler_wakeup.notify_one();
     }
     let counts = jobs::counts(&state.pool, job.id).await?;
     Ok((StatusCode::CREATED, axum::Json(JobView { job, counts })))
+}
+
+impl From<CreateJobRequest> for JobRequest {
+    fn from(request: CreateJobRequest) -> Self {
+        let (rollout_plugin, rollout_config) = match request.rollout {
+            Some(rollout) => (Some(rollout.plugin), Some(rollout.config)),
+            None => (None, None),
+        };
+        JobRequest {
+            name: request.name,
+            firmware_id: request.firmware_id,
+            devices: request.targets.devices,
+            filter: request.targets.filter.map(|f| FilterRequest {
+                family: f.family,
+                model: f.model,
+                gateway_id: f.gateway_id,
+                tags: f.tags,
+            }),
+            start: request.start,
+            rollout_plugin,
+            rollout_config,
+            device_timeout_secs: request.device_timeout_secs,
+            max_retries: request.max_retries,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -33,7 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
-use crate::plugins::PluginRegistry;
+use crate::plugins::Plugins;
 use crate::settings::Settings;
 use error::{ApiError, ProblemCode};
 
@@ -47,7 +47,7 @@ pub struct AppState {
     pub store: FirmwareStore,
     pub metrics: Metrics,
     pub settings: Arc<Settings>,
-    pub plugins: Arc<PluginRegistry>,
+    pub plugins: Plugins,
     /// The manifest signing keys.
     pub keys: crate::signing::Keyring,
     /// Published outbox events of this replica's live feed (`live.rs`).

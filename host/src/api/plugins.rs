@@ -3,15 +3,13 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, Caller};
-use crate::plugins::{MAX_COMPONENT_BYTES, PluginError, PluginSource, PluginView, store};
-use crate::{audit, outbox};
+use crate::plugins::{MAX_COMPONENT_BYTES, PluginView, store};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -50,7 +48,6 @@ async fn upload_plugin(
     caller: Caller,
     body: Body,
 ) -> ApiResult<(StatusCode, axum::Json<PluginView>)> {
-    let principal = &caller.0;
     let bytes = axum::body::to_bytes(body, MAX_COMPONENT_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge {
@@ -62,60 +59,19 @@ async fn upload_plugin(
             "the plugin component is empty",
         ));
     }
-    let registry = state.plugins.clone();
-    let loading = bytes.clone();
-    let plugin =
-        tokio::task::spawn_blocking(move || registry.load(&loading, PluginSource::Uploaded))
-            .await
-            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("loading a plugin")))?
-            .map_err(|e| ApiError::from_plugin("body", e))?;
-    if let Some(existing) = state.plugins.get(&plugin.name)
-        && existing.kind != plugin.kind
-    {
-        return Err(ApiError::from_plugin(
-            "body",
-            PluginError::Invalid(format!(
-                "'{}' is a {} plugin; it cannot be replaced by a {} plugin",
-                plugin.name,
-                existing.kind.as_str(),
-                plugin.kind.as_str()
-            )),
-        ));
-    }
-    store::save_upload(
+    let admitted = store::upload(
+        &state.plugins,
         &state.pool,
         &state.store,
         bytes,
-        &plugin,
-        &principal.actor(),
+        &caller.0.actor(),
     )
-    .await?;
-    let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
-    let admitted = state
-        .plugins
-        .admit(plugin)
-        .map_err(|e| ApiError::from_plugin("body", e))?;
-    let mut tx = state.pool.begin().await?;
-    outbox::enqueue(
-        &mut tx,
-        outbox::Event {
-            kind: crate::outbox::EventType::PluginUploaded,
-            aggregate_id: &admitted.name,
-            payload: details.clone(),
-        },
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        &principal.actor(),
-        "plugin.upload",
-        "plugin",
-        &admitted.name,
-        details,
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(plugin = %admitted.name, version = %admitted.version, "plugin uploaded");
+    .await
+    .map_err(|e| match e {
+        store::UploadError::Plugin(error) => ApiError::from_plugin("body", error),
+        store::UploadError::Store(error) => ApiError::Internal(error),
+        store::UploadError::Db(error) => error.into(),
+    })?;
     Ok((StatusCode::CREATED, axum::Json(admitted.view())))
 }
 
@@ -125,49 +81,16 @@ async fn set_state(
     name: &str,
     enabled: bool,
 ) -> ApiResult<axum::Json<PluginView>> {
-    let principal = &caller.0;
-    if state.plugins.get(name).is_none() {
-        return Err(ApiError::NotFound(format!("plugin '{name}'")));
-    }
-    let reason = (!enabled).then(|| format!("disabled by {}", principal.actor()));
-    let mut tx = state.pool.begin().await?;
-    store::save_state(
-        &mut tx,
+    store::set_state(
+        &state.plugins,
+        &state.pool,
         name,
         enabled,
-        reason.as_deref(),
-        &principal.actor(),
+        &caller.0.actor(),
     )
-    .await?;
-    let details = json!({ "name": name, "enabled": enabled });
-    outbox::enqueue(
-        &mut tx,
-        outbox::Event {
-            kind: crate::outbox::EventType::PluginStateChanged,
-            aggregate_id: name,
-            payload: details.clone(),
-        },
-    )
-    .await?;
-    audit::record(
-        &mut tx,
-        &principal.actor(),
-        if enabled {
-            "plugin.enable"
-        } else {
-            "plugin.disable"
-        },
-        "plugin",
-        name,
-        details,
-    )
-    .await?;
-    tx.commit().await?;
-    let view = state
-        .plugins
-        .set_enabled(name, enabled, reason)
-        .ok_or_else(|| ApiError::NotFound(format!("plugin '{name}'")))?;
-    Ok(axum::Json(view))
+    .await?
+    .map(axum::Json)
+    .ok_or_else(|| ApiError::NotFound(format!("plugin '{name}'")))
 }
 
 /// Enable a plugin (also after it was disabled for trapping).

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::{UPLOAD_TEMPLATE, WATCH_TEMPLATE, progress_style};
 use crate::client::{ApiClient, ApiProblem};
 use crate::domain::{ExecutionStatus, JobStatus};
+use crate::jobs::DEFAULT_ROLLOUT_PLUGIN;
 
 // How the operator commands (`firmware`, `jobs`, `devices`) reach the API
 // and print its answers. (A plain comment: a doc comment here would become
@@ -217,8 +218,6 @@ pub(super) enum DevicesCommand {
     },
 }
 
-/// The rollout plugin the server uses when a job names none.
-const DEFAULT_ROLLOUT_PLUGIN: &str = "rollout-percent";
 /// Most results one list request asks for (the API's largest page).
 const MAX_PAGE: u32 = 1000;
 /// Failed polls in a row a watch tolerates while the API is unreachable or

@@ -7,8 +7,6 @@
 //! device that never receives its command is caught by the device timeout
 //! and retried under the job's retry policy.
 
-pub mod manifest;
-
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -24,11 +22,11 @@ use uuid::Uuid;
 
 use crate::firmware::store::FirmwareStore;
 use crate::jobs::executions;
+use crate::manifest::{self, Manifest};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttLink;
-use crate::plugins::{CommandRequest, DeviceInfo, FirmwareRef, PluginError, PluginRegistry};
+use crate::plugins::{CommandRequest, DeviceInfo, FirmwareRef, PluginError, Plugins};
 use crate::signing::{Keyring, ManifestSigner};
-use manifest::Manifest;
 
 /// Executions claimed per round.
 const CLAIM: i64 = 500;
@@ -54,7 +52,7 @@ fn claimed_details(claimed: &str) -> String {
 #[derive(Clone)]
 pub struct Dispatcher {
     pub pool: PgPool,
-    pub plugins: Arc<PluginRegistry>,
+    pub plugins: Plugins,
     pub metrics: Metrics,
     pub keys: Keyring,
     /// How long a signed manifest (and its download URL) stays valid;
@@ -122,30 +120,26 @@ impl Dispatcher {
         for c in &claimed {
             requests.push(self.request(c, &signer, &mut urls).await?);
         }
-        let plugins = self.plugins.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            // Each family's commands in one call of its plugin (one instance
-            // per round when the plugin takes batches).
-            let mut by_family: HashMap<String, (Vec<usize>, Vec<CommandRequest>)> = HashMap::new();
-            let count = requests.len();
-            for (position, (family, request)) in requests.into_iter().enumerate() {
-                let (positions, requests) = by_family.entry(family).or_default();
-                positions.push(position);
-                requests.push(request);
+        // Each family's commands in one call of its plugin (one instance
+        // per round when the plugin takes batches).
+        let mut by_family: HashMap<String, (Vec<usize>, Vec<CommandRequest>)> = HashMap::new();
+        for (position, (family, request)) in requests.into_iter().enumerate() {
+            let (positions, requests) = by_family.entry(family).or_default();
+            positions.push(position);
+            requests.push(request);
+        }
+        // Published in the order claimed.
+        let mut built: Vec<Option<_>> = (0..count).map(|_| None).collect();
+        for (family, (positions, requests)) in by_family {
+            let executions: Vec<u64> = requests.iter().map(|r| r.execution_id).collect();
+            let commands = self.plugins.build_commands(&family, "{}", requests).await;
+            for ((position, execution), command) in
+                positions.into_iter().zip(executions).zip(commands)
+            {
+                built[position] = Some((execution, command));
             }
-            // Published in the order claimed.
-            let mut built: Vec<Option<_>> = (0..count).map(|_| None).collect();
-            for (family, (positions, requests)) in by_family {
-                let commands = plugins.build_commands(&family, "{}", &requests);
-                for ((position, request), command) in
-                    positions.into_iter().zip(&requests).zip(commands)
-                {
-                    built[position] = Some((request.execution_id, command));
-                }
-            }
-            built.into_iter().flatten().collect::<Vec<_>>()
-        })
-        .await?;
+        }
+        let built: Vec<_> = built.into_iter().flatten().collect();
         for (execution_id, command) in built {
             match command {
                 Ok(command) => {

@@ -2,14 +2,17 @@
 
 pub mod range;
 pub mod store;
+pub mod upload;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::{audit, outbox};
 
 /// A stored firmware image.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -105,9 +108,103 @@ pub async fn insert(conn: &mut PgConnection, firmware: &Firmware) -> Result<(), 
     Ok(())
 }
 
+/// Allows an image as a downgrade (`reason`: why) or withdraws that
+/// (`None`), with its `firmware.downgrade.changed` event and audit record.
+/// `None` when there is no such firmware.
+pub async fn change_downgrade(
+    pool: &PgPool,
+    id: Uuid,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<Option<Firmware>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let record = match reason {
+        Some(reason) => allow_downgrade(&mut tx, id, actor, reason).await?,
+        None => forbid_downgrade(&mut tx, id).await?,
+    };
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let allowed = reason.is_some();
+    let details = json!({
+        "firmware_id": record.id, "family": record.family, "version": record.version,
+        "security_counter": record.security_counter, "reason": record.downgrade_reason,
+        "downgrade_allowed": allowed,
+    });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::FirmwareDowngradeChanged,
+            aggregate_id: &record.id.to_string(),
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    let action = if allowed {
+        "firmware.allow_downgrade"
+    } else {
+        "firmware.forbid_downgrade"
+    };
+    audit::record(
+        &mut tx,
+        actor,
+        action,
+        "firmware",
+        &record.id.to_string(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    if allowed {
+        tracing::warn!(firmware_id = %id, family = %record.family, version = %record.version, actor, reason, "firmware allowed as a downgrade");
+    }
+    Ok(Some(record))
+}
+
+/// Deletes a firmware record no job uses, with its `firmware.deleted`
+/// event and audit record, then its bytes if no other record shares them.
+pub async fn remove(
+    pool: &PgPool,
+    store: &store::FirmwareStore,
+    id: Uuid,
+    actor: &str,
+) -> Result<Firmware, DeleteError> {
+    let mut tx = pool.begin().await?;
+    let (record, unreferenced) = delete(&mut tx, id).await?;
+    let details = json!({
+        "firmware_id": record.id, "family": record.family, "version": record.version,
+        "sha256": record.sha256,
+    });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::FirmwareDeleted,
+            aggregate_id: &id.to_string(),
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "firmware.delete",
+        "firmware",
+        &id.to_string(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    // Bytes go only after the record is gone; a failure here leaves an
+    // unreferenced blob, never a record without bytes.
+    if unreferenced && let Err(error) = store.delete(&record.storage_key).await {
+        tracing::warn!(error = format!("{error:#}"), key = %record.storage_key, "firmware blob left behind");
+    }
+    Ok(record)
+}
+
 /// Marks an image as an allowed downgrade (who, why). Returns the record,
 /// `None` when there is no such firmware.
-pub async fn allow_downgrade(
+async fn allow_downgrade(
     conn: &mut PgConnection,
     id: Uuid,
     actor: &str,
@@ -127,7 +224,7 @@ pub async fn allow_downgrade(
 
 /// Withdraws an allowed downgrade: jobs created later may not lower a
 /// device's counter with this image.
-pub async fn forbid_downgrade(
+async fn forbid_downgrade(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<Firmware>, sqlx::Error> {
@@ -153,7 +250,7 @@ pub enum DeleteError {
 
 /// Deletes a record no job refers to. Returns it and whether its bytes are
 /// now unreferenced (another record may share the same image).
-pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(Firmware, bool), DeleteError> {
+async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<(Firmware, bool), DeleteError> {
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE firmware_id = $1")
         .bind(id)
         .fetch_one(&mut *conn)

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::domain::{DeviceId, ExecutionStatus};
 use crate::metrics::Metrics;
 use crate::mqtt::{Incoming, MqttLink};
-use crate::plugins::{ParsedStatus, PluginError, PluginRegistry, StatusReport};
+use crate::plugins::{ParsedStatus, PluginError, Plugins, StatusReport};
 
 /// Largest status payload accepted.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -162,7 +162,7 @@ pub struct RawStatus {
 #[derive(Clone)]
 pub struct Ingest {
     pub pool: PgPool,
-    pub plugins: Arc<PluginRegistry>,
+    pub plugins: Plugins,
     pub metrics: Metrics,
     pub topic_prefix: String,
     pub evaluate_wakeup: Arc<Notify>,
@@ -320,38 +320,32 @@ impl Ingest {
             }
         }
         let started = std::time::Instant::now();
-        let plugins = self.plugins.clone();
-        let parsed = tokio::task::spawn_blocking(move || {
-            // Each family's statuses in one call of its plugin (one instance
-            // per batch when the plugin takes batches).
-            let mut by_family: HashMap<String, Vec<(usize, String, bytes::Bytes)>> = HashMap::new();
-            for (i, family, device, payload) in work {
-                by_family
-                    .entry(family)
-                    .or_default()
-                    .push((i, device, payload));
-            }
-            let mut parsed = Vec::new();
-            for (family, statuses) in by_family {
-                let items: Vec<(&str, &[u8])> = statuses
-                    .iter()
-                    .map(|(_, device, payload)| (device.as_str(), payload.as_ref()))
-                    .collect();
-                let reports = plugins.parse_statuses(&family, "{}", &items);
-                parsed.extend(
-                    statuses
-                        .into_iter()
-                        .zip(reports)
-                        .map(|((i, device, payload), report)| (i, device, report, payload)),
-                );
-            }
-            parsed
-        })
-        .await?;
+        // Each family's statuses in one call of its plugin (one instance
+        // per batch when the plugin takes batches).
+        let mut by_family: HashMap<String, Vec<(usize, String, bytes::Bytes)>> = HashMap::new();
+        for (i, family, device, payload) in work {
+            by_family
+                .entry(family)
+                .or_default()
+                .push((i, device, payload));
+        }
+        let mut parsed = Vec::new();
+        for (family, statuses) in by_family {
+            let items: Vec<(String, bytes::Bytes)> = statuses
+                .iter()
+                .map(|(_, device, payload)| (device.clone(), payload.clone()))
+                .collect();
+            let reports = self.plugins.parse_statuses(&family, "{}", items).await;
+            parsed.extend(
+                statuses
+                    .into_iter()
+                    .zip(reports)
+                    .map(|((i, device, payload), report)| (i, device, report, payload)),
+            );
+        }
         // Rows are locked in device order, the same in every batch, so that
         // two batches (two replicas, or an adopted session) never deadlock.
         // The sort is stable: one device's statuses keep their order.
-        let mut parsed = parsed;
         parsed.sort_by(|a, b| {
             let key = |device: &String, report: &Result<ParsedStatus, PluginError>| {
                 report

@@ -3,6 +3,11 @@
 //! `executions.rs` writes every change of an execution's status.
 
 pub mod executions;
+mod request;
+
+pub use request::{
+    DEFAULT_ROLLOUT_PLUGIN, FilterRequest, Invalid, JobRequest, SubmitError, submit,
+};
 
 use std::collections::BTreeMap;
 

@@ -1049,6 +1049,125 @@ impl PluginRegistry {
     }
 }
 
+/// The registry as the host's tasks use it. A call into a plugin is CPU
+/// work under a deadline (wasmtime's calls are synchronous), so each runs
+/// on a blocking thread, handed off here, once, and never on the async
+/// runtime's workers. Reads of the registry (`get`, `families`, …) go
+/// through to it. The synchronous calls stay for `rollway plugin check`
+/// and the benchmarks.
+#[derive(Clone)]
+pub struct Plugins(Arc<PluginRegistry>);
+
+impl std::ops::Deref for Plugins {
+    type Target = PluginRegistry;
+
+    fn deref(&self) -> &PluginRegistry {
+        &self.0
+    }
+}
+
+impl Plugins {
+    pub fn new(registry: Arc<PluginRegistry>) -> Self {
+        Self(registry)
+    }
+
+    /// Runs `call` with the registry on a blocking thread.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        call: impl FnOnce(&PluginRegistry) -> R + Send + 'static,
+    ) -> Result<R, PluginError> {
+        let registry = self.0.clone();
+        tokio::task::spawn_blocking(move || call(&registry))
+            .await
+            .map_err(|e| PluginError::Failed {
+                plugin: "(any)".into(),
+                what: format!("the call's thread failed: {e}"),
+            })
+    }
+
+    pub async fn load(&self, bytes: Vec<u8>, source: PluginSource) -> Result<Plugin, PluginError> {
+        self.blocking(move |r| r.load(&bytes, source)).await?
+    }
+
+    pub async fn validate_rollout_config(
+        &self,
+        name: &str,
+        config: &str,
+    ) -> Result<(), PluginError> {
+        let (name, config) = (name.to_owned(), config.to_owned());
+        self.blocking(move |r| r.validate_rollout_config(&name, &config))
+            .await?
+    }
+
+    pub async fn plan(
+        &self,
+        name: &str,
+        config: &str,
+        total: u32,
+    ) -> Result<Vec<u32>, PluginError> {
+        let (name, config) = (name.to_owned(), config.to_owned());
+        self.blocking(move |r| r.plan(&name, &config, total))
+            .await?
+    }
+
+    pub async fn evaluate(
+        &self,
+        name: &str,
+        config: &str,
+        snapshot: Snapshot,
+    ) -> Result<Decision, PluginError> {
+        let (name, config) = (name.to_owned(), config.to_owned());
+        self.blocking(move |r| r.evaluate(&name, &config, &snapshot))
+            .await?
+    }
+
+    pub async fn validate_image(
+        &self,
+        family: &str,
+        config: &str,
+        image: Arc<dyn ImageSource>,
+    ) -> Result<ImageInfo, PluginError> {
+        let (family, config) = (family.to_owned(), config.to_owned());
+        self.blocking(move |r| r.validate_image(&family, &config, image))
+            .await?
+    }
+
+    /// The commands of many requests of one family, in order.
+    pub async fn build_commands(
+        &self,
+        family: &str,
+        config: &str,
+        requests: Vec<CommandRequest>,
+    ) -> Vec<Result<Command, PluginError>> {
+        let count = requests.len();
+        let (family, config) = (family.to_owned(), config.to_owned());
+        self.blocking(move |r| r.build_commands(&family, &config, &requests))
+            .await
+            .unwrap_or_else(|error| vec![Err(error); count])
+    }
+
+    /// Many statuses of one family, each `(topic device id, payload)`, in
+    /// order.
+    pub async fn parse_statuses(
+        &self,
+        family: &str,
+        config: &str,
+        statuses: Vec<(String, bytes::Bytes)>,
+    ) -> Vec<Result<ParsedStatus, PluginError>> {
+        let count = statuses.len();
+        let (family, config) = (family.to_owned(), config.to_owned());
+        self.blocking(move |r| {
+            let items: Vec<(&str, &[u8])> = statuses
+                .iter()
+                .map(|(device, payload)| (device.as_str(), payload.as_ref()))
+                .collect();
+            r.parse_statuses(&family, &config, &items)
+        })
+        .await
+        .unwrap_or_else(|error| vec![Err(error); count])
+    }
+}
+
 /// Splits `items` into runs of at most [`BATCH_ITEMS`] items and
 /// [`BATCH_PAYLOAD_BYTES`] bytes (as `bytes` counts them; one larger item
 /// is a run of its own).

@@ -1,12 +1,110 @@
 //! Uploaded plugins and plugin states, kept in PostgreSQL and the object
-//! store so that they survive restarts.
+//! store so that they survive restarts; the services behind the admin's
+//! plugin routes, each writing its event and audit record.
 
 use std::sync::Arc;
 
+use serde_json::json;
 use sqlx::PgPool;
 
-use super::{Plugin, PluginRegistry, PluginSource};
+use super::{Plugin, PluginError, PluginSource, PluginView, Plugins};
 use crate::firmware::store::FirmwareStore;
+use crate::{audit, outbox};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// Not a plugin Rollway can load, or one that clashes.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Loads an uploaded component, stores and records it, and admits it to
+/// the registry (replacing a plugin of the same name and kind), with its
+/// `plugin.uploaded` event and audit record.
+pub async fn upload(
+    plugins: &Plugins,
+    pool: &PgPool,
+    store: &FirmwareStore,
+    bytes: bytes::Bytes,
+    actor: &str,
+) -> Result<Arc<Plugin>, UploadError> {
+    let plugin = plugins.load(bytes.to_vec(), PluginSource::Uploaded).await?;
+    if let Some(existing) = plugins.get(&plugin.name)
+        && existing.kind != plugin.kind
+    {
+        return Err(PluginError::Invalid(format!(
+            "'{}' is a {} plugin; it cannot be replaced by a {} plugin",
+            plugin.name,
+            existing.kind.as_str(),
+            plugin.kind.as_str()
+        ))
+        .into());
+    }
+    save_upload(pool, store, bytes, &plugin, actor).await?;
+    let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
+    let admitted = plugins.admit(plugin)?;
+    let mut tx = pool.begin().await?;
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::PluginUploaded,
+            aggregate_id: &admitted.name,
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "plugin.upload",
+        "plugin",
+        &admitted.name,
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(plugin = %admitted.name, version = %admitted.version, "plugin uploaded");
+    Ok(admitted)
+}
+
+/// Enables or disables a plugin, durably, with its `plugin.state.changed`
+/// event and audit record. `None` when there is no such plugin.
+pub async fn set_state(
+    plugins: &Plugins,
+    pool: &PgPool,
+    name: &str,
+    enabled: bool,
+    actor: &str,
+) -> Result<Option<PluginView>, sqlx::Error> {
+    if plugins.get(name).is_none() {
+        return Ok(None);
+    }
+    let reason = (!enabled).then(|| format!("disabled by {actor}"));
+    let mut tx = pool.begin().await?;
+    save_state(&mut tx, name, enabled, reason.as_deref(), actor).await?;
+    let details = json!({ "name": name, "enabled": enabled });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::PluginStateChanged,
+            aggregate_id: name,
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    let action = if enabled {
+        "plugin.enable"
+    } else {
+        "plugin.disable"
+    };
+    audit::record(&mut tx, actor, action, "plugin", name, details).await?;
+    tx.commit().await?;
+    Ok(plugins.set_enabled(name, enabled, reason))
+}
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -19,7 +117,7 @@ struct Row {
 /// Loads uploaded plugins and applies saved states. A plugin that no longer
 /// loads is logged and skipped.
 pub async fn restore(
-    registry: &Arc<PluginRegistry>,
+    registry: &super::Plugins,
     pool: &PgPool,
     store: &FirmwareStore,
 ) -> anyhow::Result<()> {
@@ -31,18 +129,11 @@ pub async fn restore(
     for row in rows {
         if let Some(key) = &row.storage_key {
             let loaded = match store.read_all(key).await {
-                Ok(bytes) => {
-                    let registry = registry.clone();
-                    tokio::task::spawn_blocking(move || {
-                        registry
-                            .load(&bytes, PluginSource::Uploaded)
-                            .and_then(|plugin| registry.admit(plugin))
-                            .map_err(|e| e.to_string())
-                    })
+                Ok(bytes) => registry
+                    .load(bytes.to_vec(), PluginSource::Uploaded)
                     .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r)
-                }
+                    .and_then(|plugin| registry.admit(plugin))
+                    .map_err(|e| e.to_string()),
                 Err(error) => Err(format!("{error:#}")),
             };
             if let Err(error) = loaded {
@@ -56,7 +147,7 @@ pub async fn restore(
 }
 
 /// Stores an uploaded plugin's component and records it.
-pub async fn save_upload(
+async fn save_upload(
     pool: &PgPool,
     store: &FirmwareStore,
     bytes: bytes::Bytes,
@@ -84,7 +175,7 @@ pub async fn save_upload(
 }
 
 /// Records an admin's enable/disable so that it survives restarts.
-pub async fn save_state(
+async fn save_state(
     conn: &mut sqlx::PgConnection,
     name: &str,
     enabled: bool,

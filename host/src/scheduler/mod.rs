@@ -26,13 +26,13 @@ use crate::jobs::executions::{self, cancel_all};
 use crate::jobs::{ChangedBy, StatusChange, next_evaluation, set_status};
 use crate::metrics::Metrics;
 use crate::outbox;
-use crate::plugins::{BatchCounts, Decision, PluginRegistry, Snapshot};
+use crate::plugins::{BatchCounts, Decision, Plugins, Snapshot};
 
 /// What the background loops share.
 #[derive(Clone)]
 pub struct Scheduler {
     pub pool: PgPool,
-    pub plugins: Arc<PluginRegistry>,
+    pub plugins: Plugins,
     pub metrics: Metrics,
     /// Woken when a batch is released (the dispatcher listens).
     pub dispatch_wakeup: Arc<Notify>,
@@ -139,12 +139,8 @@ impl Scheduler {
         .bind(job_id)
         .fetch_one(&mut *tx)
         .await?;
-        let plan = {
-            let plugins = self.plugins.clone();
-            let config = config.to_string();
-            let total = u32::try_from(total).unwrap_or(u32::MAX);
-            tokio::task::spawn_blocking(move || plugins.plan(&plugin, &config, total)).await?
-        };
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        let plan = self.plugins.plan(&plugin, &config.to_string(), total).await;
         match plan {
             Ok(sizes) => {
                 assign_batches(tx, job_id, &sizes).await?;
@@ -209,13 +205,10 @@ impl Scheduler {
             let counting = std::time::Instant::now();
             let snapshot = snapshot(&mut tx, job_id, started_at.unwrap_or_else(Utc::now)).await?;
             let gap = evaluation_gap(counting.elapsed());
-            let decision = {
-                let plugins = self.plugins.clone();
-                let config = config.0.to_string();
-                let snapshot = snapshot.clone();
-                tokio::task::spawn_blocking(move || plugins.evaluate(&plugin, &config, &snapshot))
-                    .await?
-            };
+            let decision = self
+                .plugins
+                .evaluate(&plugin, &config.0.to_string(), snapshot.clone())
+                .await;
             let decision = match decision {
                 Ok(decision) => decision,
                 Err(error) => Decision::Pause(format!("the rollout plugin failed: {error}")),

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::manifest::Manifest;
+use crate::manifest::Manifest;
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {
