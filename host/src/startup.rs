@@ -15,19 +15,19 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
+use crate::failover::{Adopter, Replicas};
 use crate::ingest::Ingest;
 use crate::mqtt;
 use crate::relay::Relay;
-use crate::replicas::{Adopter, Replicas};
 use crate::scheduler::Scheduler;
 
 use crate::api::{self, AppState};
-use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
 use crate::plugins::runtime::Limits;
 use crate::plugins::{self, PluginRegistry, Plugins};
 use crate::settings::{Settings, StatusSource};
 use crate::signing::Keyring;
+use crate::store::FirmwareStore;
 use crate::{auth, db};
 
 /// Dispatch rounds run at once.

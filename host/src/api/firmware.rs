@@ -21,9 +21,9 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
 use crate::domain::FirmwareVersion;
 use crate::firmware::range::{self, RangeRequest};
-use crate::firmware::store::FirmwareStore;
 use crate::firmware::upload::{self, Upload, UploadError};
 use crate::firmware::{self, DeleteError, Firmware};
+use crate::store::FirmwareStore;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -31,10 +31,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::firmware::store::FirmwareStore;
 use crate::metrics::Metrics;
 use crate::plugins::Plugins;
 use crate::settings::Settings;
+use crate::store::FirmwareStore;
 use error::{ApiError, ProblemCode};
 
 /// Largest JSON request body.

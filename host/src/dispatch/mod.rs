@@ -20,13 +20,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::firmware::store::FirmwareStore;
 use crate::jobs::executions;
 use crate::manifest::{self, Manifest};
 use crate::metrics::Metrics;
 use crate::mqtt::MqttLink;
 use crate::plugins::{CommandRequest, DeviceInfo, FirmwareRef, PluginError, Plugins};
 use crate::signing::{Keyring, ManifestSigner};
+use crate::store::FirmwareStore;
 
 /// Executions claimed per round.
 const CLAIM: i64 = 500;

@@ -1,7 +1,6 @@
 //! Firmware images: records in PostgreSQL, bytes in the object store.
 
 pub mod range;
-pub mod store;
 pub mod upload;
 
 use chrono::{DateTime, Utc};
@@ -165,7 +164,7 @@ pub async fn change_downgrade(
 /// event and audit record, then its bytes if no other record shares them.
 pub async fn remove(
     pool: &PgPool,
-    store: &store::FirmwareStore,
+    store: &crate::store::FirmwareStore,
     id: Uuid,
     actor: &str,
 ) -> Result<Firmware, DeleteError> {

@@ -14,12 +14,12 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::Firmware;
-use super::store::FirmwareStore;
 use crate::domain::{Family, FirmwareDigest, FirmwareVersion};
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::plugins::runtime::ImageSource;
 use crate::plugins::{PluginError, Plugins};
+use crate::store::FirmwareStore;
 
 /// An upload as asked for.
 #[derive(Debug, Clone)]

@@ -668,6 +668,34 @@ pub struct StatusChange<'a> {
     pub batch_released: Option<i32>,
 }
 
+impl<'a> StatusChange<'a> {
+    pub fn new(job_id: Uuid, from: JobStatus, to: JobStatus, by: ChangedBy) -> Self {
+        Self {
+            job_id,
+            from,
+            to,
+            reason: None,
+            by,
+            executions_cancelled: None,
+            batch_released: None,
+        }
+    }
+
+    pub fn because(self, reason: &'a str) -> Self {
+        Self {
+            reason: Some(reason),
+            ..self
+        }
+    }
+
+    pub fn cancelling(self, executions: i64) -> Self {
+        Self {
+            executions_cancelled: Some(executions),
+            ..self
+        }
+    }
+}
+
 /// Writes a job's `job.status.changed` event in the caller's transaction.
 async fn status_changed(
     conn: &mut PgConnection,

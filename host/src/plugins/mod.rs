@@ -490,6 +490,13 @@ impl PluginRegistry {
     /// Registers a plugin, replacing one of the same name. A device plugin
     /// may not take a family another plugin serves.
     pub fn admit(&self, plugin: Plugin) -> Result<Arc<Plugin>, PluginError> {
+        self.admissible(&plugin)?;
+        Ok(self.insert(plugin))
+    }
+
+    /// Whether [`admit`](Self::admit) would take the plugin: it may replace
+    /// one of its name and kind only, and take no family another serves.
+    pub fn admissible(&self, plugin: &Plugin) -> Result<(), PluginError> {
         if let Some(other) = self.list_plugins().into_iter().find(|p| {
             p.name != plugin.name && p.families.iter().any(|f| plugin.families.contains(f))
         }) {
@@ -508,7 +515,7 @@ impl PluginRegistry {
                 plugin.kind.as_str()
             )));
         }
-        Ok(self.insert(plugin))
+        Ok(())
     }
 
     fn insert(&self, plugin: Plugin) -> Arc<Plugin> {

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::{Plugin, PluginError, PluginSource, PluginView, Plugins};
-use crate::firmware::store::FirmwareStore;
+use crate::store::FirmwareStore;
 use crate::{audit, outbox};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +33,8 @@ pub async fn upload(
     actor: &str,
 ) -> Result<Arc<Plugin>, UploadError> {
     let plugin = plugins.load(bytes.to_vec(), PluginSource::Uploaded).await?;
-    if let Some(existing) = plugins.get(&plugin.name)
-        && existing.kind != plugin.kind
-    {
-        return Err(PluginError::Invalid(format!(
-            "'{}' is a {} plugin; it cannot be replaced by a {} plugin",
-            plugin.name,
-            existing.kind.as_str(),
-            plugin.kind.as_str()
-        ))
-        .into());
-    }
+    // Refused before its bytes are kept.
+    plugins.admissible(&plugin)?;
     save_upload(pool, store, bytes, &plugin, actor).await?;
     let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
     let admitted = plugins.admit(plugin)?;

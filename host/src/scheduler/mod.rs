@@ -100,15 +100,12 @@ impl Scheduler {
                 Some(devices) => {
                     set_status(
                         &mut tx,
-                        StatusChange {
+                        StatusChange::new(
                             job_id,
-                            from: JobStatus::Scheduled,
-                            to: JobStatus::Running,
-                            reason: None,
-                            by: ChangedBy::Scheduler,
-                            executions_cancelled: None,
-                            batch_released: None,
-                        },
+                            JobStatus::Scheduled,
+                            JobStatus::Running,
+                            ChangedBy::Scheduler,
+                        ),
                     )
                     .await?;
                     tracing::info!(%job_id, devices, "job started");
@@ -146,15 +143,12 @@ impl Scheduler {
                 assign_batches(tx, job_id, &sizes).await?;
                 set_status(
                     tx,
-                    StatusChange {
+                    StatusChange::new(
                         job_id,
-                        from: JobStatus::Scheduled,
-                        to: JobStatus::Running,
-                        reason: None,
-                        by: ChangedBy::Scheduler,
-                        executions_cancelled: None,
-                        batch_released: None,
-                    },
+                        JobStatus::Scheduled,
+                        JobStatus::Running,
+                        ChangedBy::Scheduler,
+                    ),
                 )
                 .await?;
                 tracing::info!(%job_id, batches = sizes.len(), devices = total, "job started");
@@ -164,15 +158,14 @@ impl Scheduler {
                 let cancelled = cancel_all(tx, job_id, &reason).await?;
                 set_status(
                     tx,
-                    StatusChange {
+                    StatusChange::new(
                         job_id,
-                        from: JobStatus::Scheduled,
-                        to: JobStatus::Failed,
-                        reason: Some(&reason),
-                        by: ChangedBy::Scheduler,
-                        executions_cancelled: Some(cancelled),
-                        batch_released: None,
-                    },
+                        JobStatus::Scheduled,
+                        JobStatus::Failed,
+                        ChangedBy::Scheduler,
+                    )
+                    .because(&reason)
+                    .cancelling(cancelled),
                 )
                 .await?;
                 tracing::warn!(%job_id, %reason, "job failed to start");
@@ -270,15 +263,13 @@ impl Scheduler {
             Decision::Pause(reason) => {
                 set_status(
                     tx,
-                    StatusChange {
+                    StatusChange::new(
                         job_id,
-                        from: JobStatus::Running,
-                        to: JobStatus::Paused,
-                        reason: Some(&reason),
-                        by: ChangedBy::Rollout,
-                        executions_cancelled: None,
-                        batch_released: None,
-                    },
+                        JobStatus::Running,
+                        JobStatus::Paused,
+                        ChangedBy::Rollout,
+                    )
+                    .because(&reason),
                 )
                 .await?;
                 tracing::info!(%job_id, %reason, "rollout paused the job");
@@ -288,15 +279,14 @@ impl Scheduler {
                     cancel_all(tx, job_id, &format!("rollout aborted: {reason}")).await?;
                 set_status(
                     tx,
-                    StatusChange {
+                    StatusChange::new(
                         job_id,
-                        from: JobStatus::Running,
-                        to: JobStatus::Failed,
-                        reason: Some(&reason),
-                        by: ChangedBy::Rollout,
-                        executions_cancelled: Some(cancelled),
-                        batch_released: None,
-                    },
+                        JobStatus::Running,
+                        JobStatus::Failed,
+                        ChangedBy::Rollout,
+                    )
+                    .because(&reason)
+                    .cancelling(cancelled),
                 )
                 .await?;
                 tracing::warn!(%job_id, %reason, "rollout aborted the job");
@@ -320,15 +310,13 @@ impl Scheduler {
                     let reason = format!("{done} updated, {failed} failed");
                     set_status(
                         tx,
-                        StatusChange {
+                        StatusChange::new(
                             job_id,
-                            from: JobStatus::Running,
-                            to: JobStatus::Completed,
-                            reason: Some(&reason),
-                            by: ChangedBy::Rollout,
-                            executions_cancelled: None,
-                            batch_released: None,
-                        },
+                            JobStatus::Running,
+                            JobStatus::Completed,
+                            ChangedBy::Rollout,
+                        )
+                        .because(&reason),
                     )
                     .await?;
                     tracing::info!(%job_id, done, failed, "job completed");

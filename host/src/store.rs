@@ -1,6 +1,6 @@
-//! Firmware blobs in object storage (`file://` or `s3://`), one code path
-//! through `object_store`. Images are content-addressed: the key of an image
-//! is `firmware/<sha256>`.
+//! Blobs in object storage (`file://` or `s3://`), one code path through
+//! `object_store`: firmware images, content-addressed (`firmware/<sha256>`),
+//! and uploaded plugin components (`plugins/<sha256>.wasm`).
 
 use std::ops::Range;
 use std::sync::Arc;
