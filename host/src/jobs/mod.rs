@@ -302,7 +302,7 @@ where
     outbox::enqueue(
         conn,
         outbox::Event {
-            kind: crate::outbox::EventType::JobCreated,
+            kind: outbox::EventType::JobCreated,
             aggregate_id: &id.to_string(),
             payload: json!({
                 "job_id": id, "firmware_id": new.firmware_id, "kind": new.kind.as_str(),
@@ -598,15 +598,7 @@ async fn try_action(
     // next batch: the operator looked and decided to go on.
     let mut released: Option<i32> = None;
     if action == JobAction::Resume && paused_by.as_deref() == Some("rollout") {
-        released = sqlx::query_scalar(
-            "UPDATE job_batches SET started_at = now()
-             WHERE job_id = $1 AND batch_group = (
-                 SELECT min(batch_group) FROM job_batches WHERE job_id = $1 AND started_at IS NULL)
-             RETURNING batch_group",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        released = release_batch(&mut tx, id, None).await?;
     }
     status_changed(
         &mut tx,
@@ -745,6 +737,85 @@ pub async fn set_status(
         status_changed(tx, change).await?;
     }
     Ok(())
+}
+
+/// Releases a batch of a job (`group`, or the first one not released yet)
+/// with its `job.batch.started` event; its devices may then be
+/// dispatched. Returns the batch released, `None` when there was none.
+pub async fn release_batch(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    group: Option<i32>,
+) -> Result<Option<i32>, sqlx::Error> {
+    let released: Option<i32> = sqlx::query_scalar(
+        "UPDATE job_batches SET started_at = now()
+         WHERE job_id = $1 AND started_at IS NULL AND batch_group = coalesce($2, (
+             SELECT min(batch_group) FROM job_batches WHERE job_id = $1 AND started_at IS NULL))
+         RETURNING batch_group",
+    )
+    .bind(job_id)
+    .bind(group)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(group) = released {
+        outbox::enqueue(
+            tx,
+            outbox::Event {
+                kind: outbox::EventType::JobBatchStarted,
+                aggregate_id: &job_id.to_string(),
+                payload: json!({ "job_id": job_id, "batch_group": group }),
+            },
+        )
+        .await?;
+        tracing::info!(%job_id, batch_group = group, "batch released");
+    }
+    Ok(released)
+}
+
+/// Records a rollout strategy's decision about a job
+/// (`job.rollout.decision`).
+pub async fn rollout_decided(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    decision: Value,
+) -> Result<(), sqlx::Error> {
+    outbox::enqueue(
+        tx,
+        outbox::Event {
+            kind: outbox::EventType::JobRolloutDecision,
+            aggregate_id: &job_id.to_string(),
+            payload: json!({ "job_id": job_id, "decision": decision }),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Fills batch groups with the job's queued executions in a stable
+/// pseudo-random order, and records the groups: the plan of a job that was
+/// created without one.
+pub async fn assign_batches(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    sizes: &[u32],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH ordered AS (
+             SELECT id, row_number() OVER (ORDER BY md5($1::text || device_id), id) AS rn
+             FROM executions WHERE job_id = $1 AND stage = 'queued'
+         )
+         UPDATE executions e
+         -- The number of cumulative bounds below the row's rank (the
+         -- bounds are sorted): a lookup, not a subquery per row.
+         SET batch_group = width_bucket(ordered.rn - 1, $2::bigint[])
+         FROM ordered WHERE e.id = ordered.id",
+    )
+    .bind(job_id)
+    .bind(cumulative(sizes))
+    .execute(&mut *tx)
+    .await?;
+    let sizes: Vec<i32> = sizes.iter().map(|s| *s as i32).collect();
+    record_batches(tx, job_id, &sizes).await
 }
 
 /// Schedules a job's next evaluation `after` from now, no sooner than

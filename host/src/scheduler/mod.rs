@@ -23,9 +23,11 @@ use uuid::Uuid;
 
 use crate::domain::JobStatus;
 use crate::jobs::executions::{self, cancel_all};
-use crate::jobs::{ChangedBy, StatusChange, next_evaluation, set_status};
+use crate::jobs::{
+    ChangedBy, StatusChange, assign_batches, next_evaluation, release_batch, rollout_decided,
+    set_status,
+};
 use crate::metrics::Metrics;
-use crate::outbox;
 use crate::plugins::{BatchCounts, Decision, Plugins, Snapshot};
 
 /// What the background loops share.
@@ -235,23 +237,9 @@ impl Scheduler {
                     .map(|b| b.group as i32);
                 match next {
                     Some(group) => {
-                        sqlx::query("UPDATE job_batches SET started_at = now() WHERE job_id = $1 AND batch_group = $2")
-                            .bind(job_id)
-                            .bind(group)
-                            .execute(&mut *tx)
-                            .await?;
-                        outbox::enqueue(
-                            tx,
-                            outbox::Event {
-                                kind: crate::outbox::EventType::JobBatchStarted,
-                                aggregate_id: &job_id.to_string(),
-                                payload: json!({ "job_id": job_id, "batch_group": group }),
-                            },
-                        )
-                        .await?;
+                        release_batch(tx, job_id, Some(group)).await?;
                         next_evaluation(tx, job_id, Duration::from_millis(200), gap).await?;
                         self.dispatch_wakeup.notify_waiters();
-                        tracing::info!(%job_id, batch_group = group, "batch released");
                     }
                     None => next_evaluation(tx, job_id, Duration::from_secs(5), gap).await?,
                 }
@@ -323,15 +311,7 @@ impl Scheduler {
                 }
             }
         }
-        outbox::enqueue(
-            tx,
-            outbox::Event {
-                kind: crate::outbox::EventType::JobRolloutDecision,
-                aggregate_id: &job_id.to_string(),
-                payload: json!({ "job_id": job_id, "decision": decision_json }),
-            },
-        )
-        .await?;
+        rollout_decided(tx, job_id, decision_json).await?;
         Ok(())
     }
 
@@ -394,33 +374,6 @@ struct BatchRow {
     error: i64,
     timed_out: i64,
     cancelled: i64,
-}
-
-/// Fills batch groups with the job's queued executions in a stable
-/// pseudo-random order, and records the groups: the plan of a job that was
-/// created without one.
-async fn assign_batches(
-    tx: &mut PgConnection,
-    job_id: Uuid,
-    sizes: &[u32],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH ordered AS (
-             SELECT id, row_number() OVER (ORDER BY md5($1::text || device_id), id) AS rn
-             FROM executions WHERE job_id = $1 AND stage = 'queued'
-         )
-         UPDATE executions e
-         -- The number of cumulative bounds below the row's rank (the
-         -- bounds are sorted): a lookup, not a subquery per row.
-         SET batch_group = width_bucket(ordered.rn - 1, $2::bigint[])
-         FROM ordered WHERE e.id = ordered.id",
-    )
-    .bind(job_id)
-    .bind(crate::jobs::cumulative(sizes))
-    .execute(&mut *tx)
-    .await?;
-    let sizes: Vec<i32> = sizes.iter().map(|s| *s as i32).collect();
-    crate::jobs::record_batches(tx, job_id, &sizes).await
 }
 
 /// Evaluations of a job are at least this many times as far apart as
