@@ -1,6 +1,6 @@
 //! Benchmark 1, status ingestion: device statuses through the real MQTT
 //! broker into PostgreSQL with every exactly-once rule (dedupe, state
-//! machine, optimistic locking, an outbox row per change).
+//! machine, versioned updates, an outbox row per change).
 //!
 //! Measured in one run, each on a fresh database and topic prefix:
 //! - the broker's raw QoS 1 rate: the same load generator, a subscriber
@@ -9,8 +9,8 @@
 //!   write set, one transaction each;
 //! - the host: statuses/s with a bounded backlog, then publish→commit
 //!   latency at a fixed share of that rate;
-//! - the naive design: the host's per-message logic, one transaction per
-//!   message, acked after its commit.
+//! - the naive design: the host's logic for one message, one transaction
+//!   per message, acked after its commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -897,7 +897,6 @@ impl Naive {
         let metrics =
             rollway::metrics::Metrics::new().map_err(|e| anyhow!("registering metrics: {e}"))?;
         let registry = {
-            let metrics = metrics.clone();
             tokio::task::spawn_blocking(move || {
                 rollway::plugins::PluginRegistry::with_builtins(
                     metrics,
@@ -930,8 +929,7 @@ impl Naive {
         let worker = tokio::spawn(async move {
             let mut outcomes: HashMap<String, u64> = HashMap::new();
             while let Some(publish) = rx.recv().await {
-                let outcome =
-                    naive_apply(&mut conn, &registry, &metrics, &prefix, &publish).await?;
+                let outcome = naive_apply(&mut conn, &registry, &prefix, &publish).await?;
                 *outcomes.entry(outcome).or_default() += 1;
                 // Fails only once the connection is closed at the end.
                 let _ = client.ack(&publish).await;
@@ -953,7 +951,6 @@ impl Naive {
 async fn naive_apply(
     conn: &mut PgConnection,
     registry: &rollway::plugins::PluginRegistry,
-    metrics: &rollway::metrics::Metrics,
     prefix: &str,
     publish: &Publish,
 ) -> anyhow::Result<String> {

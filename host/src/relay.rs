@@ -204,55 +204,58 @@ impl Relay {
     /// Raises the floor past the sequence numbers that have settled (see
     /// [`Floor`]), and takes the next horizon to wait for.
     async fn raise_floor(&self) -> Result<(), sqlx::Error> {
-        // Read before the snapshot below: every transaction that took one
-        // of these numbers had its transaction id by now.
-        let last: i64 =
-            sqlx::query_scalar("SELECT coalesce(pg_sequence_last_value('event_outbox_seq'), 0)")
-                .fetch_one(&self.pool)
-                .await?;
-        // The oldest running transaction, and a transaction id of our own:
-        // every id below it was assigned before this statement, so to every
-        // transaction that took one of the numbers up to `last`. (Not the
-        // snapshot's xmax: that is the newest *completed* id plus one, and a
-        // transaction that took its id after the last one completed is at
-        // or above it while it still runs; waiting for xmin to reach xmax
-        // let the floor pass such a transaction's number.)
-        let (xmin, xmax): (String, String) = sqlx::query_as(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, pg_current_xact_id()::text",
-        )
-        .fetch_one(&self.pool)
-        .await?;
         let parse = |x: &str| {
             x.parse::<u64>()
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))
         };
-        let (xmin, xmax) = (parse(&xmin)?, parse(&xmax)?);
+        // The oldest running transaction, and the sequence, read before
+        // any transaction id this round takes (below).
+        let (xmin, last): (String, i64) = sqlx::query_as(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text,
+                    coalesce(pg_sequence_last_value('event_outbox_seq'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let xmin = parse(&xmin)?;
         let (floor, horizon) = {
             let floor = self.floor();
             (floor.seq, floor.horizon)
         };
-        match horizon {
-            Some((settled, until)) if xmin >= until => {
-                // Numbers up to `settled` are final: the floor goes to the
-                // first one still unsent that is not waiting for a retry.
-                let mut tx = in_seq_order(&self.pool).await?;
-                let next: i64 = sqlx::query_scalar(
-                    "SELECT coalesce((SELECT seq FROM event_outbox
-                                      WHERE seq >= $1 AND seq <= $2 AND sent_at IS NULL AND attempts = 0
-                                      ORDER BY seq LIMIT 1), $2 + 1)",
-                )
-                .bind(floor)
-                .bind(settled)
-                .persistent(false)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                let mut state = self.floor();
-                state.seq = state.seq.max(next);
-                state.horizon = Some((last, xmax));
+        if let Some((settled, until)) = horizon {
+            if xmin < until {
+                return Ok(()); // a transaction that may hold a number still runs
             }
-            Some(_) => {}
-            None => self.floor().horizon = Some((last, xmax)),
+            // Numbers up to `settled` are final: the floor goes to the
+            // first one still unsent that is not waiting for a retry.
+            let mut tx = in_seq_order(&self.pool).await?;
+            let next: i64 = sqlx::query_scalar(
+                "SELECT coalesce((SELECT seq FROM event_outbox
+                                  WHERE seq >= $1 AND seq <= $2 AND sent_at IS NULL AND attempts = 0
+                                  ORDER BY seq LIMIT 1), $2 + 1)",
+            )
+            .bind(floor)
+            .bind(settled)
+            .persistent(false)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let mut state = self.floor();
+            state.seq = state.seq.max(next);
+            state.horizon = None;
+        }
+        // Numbers at or above the floor to settle: a new horizon, with a
+        // transaction id of our own taken after reading the sequence. Every
+        // transaction that took one of the numbers up to `last` had its id
+        // before ours. (Not a snapshot's xmax: that is the newest
+        // *completed* id plus one, and a transaction that took its id after
+        // the last one completed runs at or above it; waiting for xmin to
+        // reach xmax let the floor pass such a transaction's number.) An
+        // idle relay takes no id.
+        if last >= self.floor().seq {
+            let until: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+                .fetch_one(&self.pool)
+                .await?;
+            self.floor().horizon = Some((last, parse(&until)?));
         }
         Ok(())
     }

@@ -335,7 +335,7 @@ impl Ingest {
                 .iter()
                 .map(|(_, device, payload)| (device.clone(), payload.clone()))
                 .collect();
-            let reports = self.plugins.parse_statuses(&family, "{}", items).await;
+            let reports = self.plugins.parse_statuses(&family, "{}", items).await?;
             parsed.extend(
                 statuses
                     .into_iter()
@@ -502,7 +502,9 @@ impl Ingest {
 }
 
 /// Applies one parsed status in the caller's transaction, as the slow
-/// path does (benchmarks compare a per-message design with it).
+/// path does (benchmarks compare a per-message design with it). An
+/// execution that changed under it is an error: roll the transaction back
+/// (its duplicate guard included) and try again.
 pub async fn apply_one(
     conn: &mut PgConnection,
     topic_device: &str,
@@ -521,7 +523,7 @@ pub async fn apply_one(
         )),
         Err(batch::BatchError::Db(error)) => Err(error),
         Err(error @ batch::BatchError::Conflict(_)) => {
-            Ok(Outcome::refused(Refusal::Conflict, error.to_string()))
+            Err(sqlx::Error::Protocol(error.to_string()))
         }
     }
 }

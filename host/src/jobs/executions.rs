@@ -17,6 +17,7 @@
 //! Moves computed in the host (status ingestion folds many statuses of one
 //! execution in a batch) go through [`record`].
 
+use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -50,11 +51,42 @@ impl Cause {
     }
 }
 
-/// Writes the status-log rows and events of the moves in the CTE `moved`
-/// (columns `id, job_id, device_id, attempt, from_status, to_status,
-/// reported, reason, message_id, progress, cause, event_id, ord`), in
-/// `ord` order when `ordered` (one execution's moves must keep theirs).
-fn record_moved(ordered: bool) -> String {
+/// The fields of an `execution.status.changed` payload (besides `schema`),
+/// each with the column of a move that fills it: the one shape, built in
+/// SQL for set-based moves ([`statement`]) and in the host for moves the
+/// host computed ([`Move::payload`]; PostgreSQL is the busier process).
+const PAYLOAD: [(&str, &str); 11] = [
+    ("execution_id", "id"),
+    ("job_id", "job_id"),
+    ("device_id", "device_id"),
+    ("attempt", "attempt"),
+    ("from", "from_status"),
+    ("to", "to_status"),
+    ("reported", "reported"),
+    ("reason", "reason"),
+    ("message_id", "message_id"),
+    ("progress", "progress"),
+    ("cause", "cause"),
+];
+
+/// The payload as SQL over a move's columns.
+fn payload_sql() -> String {
+    let fields: Vec<String> = PAYLOAD
+        .iter()
+        .map(|(field, column)| format!("'{field}', {column}"))
+        .collect();
+    format!(
+        "jsonb_build_object('schema', {SCHEMA}, {})",
+        fields.join(", ")
+    )
+}
+
+/// Writes the status-log rows and events of the moves in `source` (a CTE
+/// with the columns of [`PAYLOAD`] and `ord`; `event_id` and `payload` are
+/// SQL expressions over it), in `ord` order when `ordered` (one
+/// execution's moves must keep theirs), and only `when` the condition
+/// holds (SQL; `true` for none).
+fn record_moved(source: &str, event_id: &str, payload: &str, ordered: bool, when: &str) -> String {
     let order = if ordered { "ORDER BY ord" } else { "" };
     format!(
         "logged AS (
@@ -62,16 +94,11 @@ fn record_moved(ordered: bool) -> String {
              SELECT id, coalesce(reported, to_status), progress,
                     coalesce(reason, CASE WHEN cause = 'dispatch' THEN 'attempt ' || attempt END),
                     message_id
-             FROM moved {order}
+             FROM {source} WHERE {when} {order}
          ), events AS (
              INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
-             SELECT event_id, '{aggregate}', device_id, '{event}',
-                    jsonb_build_object('schema', {SCHEMA}, 'execution_id', id, 'job_id', job_id,
-                                       'device_id', device_id, 'attempt', attempt,
-                                       'from', from_status, 'to', to_status, 'reported', reported,
-                                       'reason', reason, 'message_id', message_id,
-                                       'progress', progress, 'cause', cause)
-             FROM moved {order}
+             SELECT {event_id}, '{aggregate}', device_id, '{event}', {payload}
+             FROM {source} WHERE {when} {order}
          )",
         aggregate = Aggregate::Device.as_str(),
         event = EventType::ExecutionStatusChanged.as_str(),
@@ -104,10 +131,10 @@ pub fn statement(choose: &str, select: &str) -> String {
              RETURNING e.id, e.job_id, e.device_id, e.attempts AS attempt,
                        m.previous AS from_status, e.status AS to_status, NULL::text AS reported,
                        m.reason, NULL::text AS message_id, NULL::int2 AS progress, m.cause
-         ), moved AS (SELECT changed.*, rollway_uuid_v7() AS event_id, 0 AS ord FROM changed),
+         ),
          {record}
          {select}",
-        record = record_moved(false),
+        record = record_moved("changed", "rollway_uuid_v7()", &payload_sql(), false, "true"),
     )
 }
 
@@ -129,6 +156,31 @@ pub struct Move {
     pub message_id: Option<String>,
     pub progress: Option<i16>,
     pub cause: Cause,
+}
+
+impl Move {
+    /// The event's payload: [`PAYLOAD`]'s fields, as SQL builds them.
+    pub fn payload(&self) -> serde_json::Value {
+        let values = [
+            json!(self.execution_id),
+            json!(self.job_id),
+            json!(self.device_id),
+            json!(self.attempt),
+            json!(self.from.as_str()),
+            json!(self.to.as_str()),
+            json!(self.reported.map(ExecutionStatus::as_str)),
+            json!(self.reason),
+            json!(self.message_id),
+            json!(self.progress),
+            json!(self.cause.as_str()),
+        ];
+        let mut payload = serde_json::Map::with_capacity(PAYLOAD.len() + 1);
+        payload.insert("schema".into(), json!(SCHEMA));
+        for ((field, _), value) in PAYLOAD.iter().zip(values) {
+            payload.insert((*field).into(), value);
+        }
+        serde_json::Value::Object(payload)
+    }
 }
 
 /// An execution's row after the host's moves.
@@ -180,6 +232,7 @@ pub async fn record(
         // Time-ordered, made here: as cheap as a counter, where the SQL
         // function costs a few microseconds an event.
         m.event_ids.push(Uuid::now_v7());
+        m.payloads.push(one.payload());
     }
     let updated: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "WITH rows AS (
@@ -194,14 +247,22 @@ pub async fn record(
          ), moved AS (
              SELECT * FROM unnest($7::bigint[], $8::uuid[], $9::text[], $10::int[], $11::text[],
                                   $12::text[], $13::text[], $14::text[], $15::text[], $16::int2[],
-                                  $17::text[], $18::uuid[])
+                                  $17::text[], $18::uuid[], $19::jsonb[])
                   WITH ORDINALITY AS m(id, job_id, device_id, attempt, from_status, to_status,
                                        reported, reason, message_id, progress, cause, event_id,
-                                       ord)
+                                       payload, ord)
          ),
          {record}
          SELECT count(*) FROM rows",
-        record = record_moved(true),
+        // A row another writer changed first is not updated; then nothing
+        // of the statement's log rows and events may stand either.
+        record = record_moved(
+            "moved",
+            "event_id",
+            "payload",
+            true,
+            "(SELECT count(*) FROM rows) = $20"
+        ),
     )))
     .bind(&r.ids)
     .bind(&r.statuses)
@@ -221,6 +282,8 @@ pub async fn record(
     .bind(&m.progress)
     .bind(&m.causes)
     .bind(&m.event_ids)
+    .bind(&m.payloads)
+    .bind(rows.len() as i64)
     .fetch_one(conn)
     .await?;
     Ok(updated as u64)
@@ -250,6 +313,7 @@ struct MoveColumns<'a> {
     progress: Vec<Option<i16>>,
     causes: Vec<&'static str>,
     event_ids: Vec<Uuid>,
+    payloads: Vec<serde_json::Value>,
 }
 
 /// Cancels every unfinished execution of a job in one statement.
@@ -274,4 +338,44 @@ pub async fn cancel_all(
         .bind(reason)
         .fetch_one(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_builds_the_payload_sql_builds() {
+        let one = Move {
+            execution_id: 7,
+            job_id: Uuid::nil(),
+            device_id: "VIN-1".into(),
+            attempt: 2,
+            from: ExecutionStatus::Flashing,
+            to: ExecutionStatus::Queued,
+            reported: Some(ExecutionStatus::Error),
+            reason: Some("flash failed (will retry)".into()),
+            message_id: Some("7-2-4-error".into()),
+            progress: None,
+            cause: Cause::Device,
+        };
+        let payload = one.payload();
+        let mut keys: Vec<&str> = payload
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want: Vec<&str> = PAYLOAD.iter().map(|(field, _)| *field).collect();
+        want.push("schema");
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(payload["to"], "queued");
+        assert_eq!(payload["reported"], "error");
+        assert_eq!(payload["cause"], "device");
+        for (field, _) in PAYLOAD {
+            assert!(payload_sql().contains(&format!("'{field}', ")), "{field}");
+        }
+    }
 }

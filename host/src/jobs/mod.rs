@@ -598,7 +598,7 @@ async fn try_action(
     // next batch: the operator looked and decided to go on.
     let mut released: Option<i32> = None;
     if action == JobAction::Resume && paused_by.as_deref() == Some("rollout") {
-        released = release_batch(&mut tx, id, None).await?;
+        released = mark_released(&mut tx, id, None).await?;
     }
     status_changed(
         &mut tx,
@@ -613,6 +613,10 @@ async fn try_action(
         },
     )
     .await?;
+    // The job runs again before its batch starts, in the events' order too.
+    if let Some(group) = released {
+        batch_started(&mut tx, id, group).await?;
+    }
     crate::audit::record(
         &mut tx,
         actor,
@@ -747,7 +751,20 @@ pub async fn release_batch(
     job_id: Uuid,
     group: Option<i32>,
 ) -> Result<Option<i32>, sqlx::Error> {
-    let released: Option<i32> = sqlx::query_scalar(
+    let released = mark_released(tx, job_id, group).await?;
+    if let Some(group) = released {
+        batch_started(tx, job_id, group).await?;
+    }
+    Ok(released)
+}
+
+/// Marks a batch released (see [`release_batch`]), without its event.
+async fn mark_released(
+    tx: &mut PgConnection,
+    job_id: Uuid,
+    group: Option<i32>,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
         "UPDATE job_batches SET started_at = now()
          WHERE job_id = $1 AND started_at IS NULL AND batch_group = coalesce($2, (
              SELECT min(batch_group) FROM job_batches WHERE job_id = $1 AND started_at IS NULL))
@@ -756,20 +773,22 @@ pub async fn release_batch(
     .bind(job_id)
     .bind(group)
     .fetch_optional(&mut *tx)
+    .await
+}
+
+/// The `job.batch.started` event of a released batch.
+async fn batch_started(tx: &mut PgConnection, job_id: Uuid, group: i32) -> Result<(), sqlx::Error> {
+    outbox::enqueue(
+        tx,
+        outbox::Event {
+            kind: outbox::EventType::JobBatchStarted,
+            aggregate_id: &job_id.to_string(),
+            payload: json!({ "job_id": job_id, "batch_group": group }),
+        },
+    )
     .await?;
-    if let Some(group) = released {
-        outbox::enqueue(
-            tx,
-            outbox::Event {
-                kind: outbox::EventType::JobBatchStarted,
-                aggregate_id: &job_id.to_string(),
-                payload: json!({ "job_id": job_id, "batch_group": group }),
-            },
-        )
-        .await?;
-        tracing::info!(%job_id, batch_group = group, "batch released");
-    }
-    Ok(released)
+    tracing::info!(%job_id, batch_group = group, "batch released");
+    Ok(())
 }
 
 /// Records a rollout strategy's decision about a job

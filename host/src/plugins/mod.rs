@@ -1139,29 +1139,29 @@ impl Plugins {
             .await?
     }
 
-    /// The commands of many requests of one family, in order.
+    /// The commands of many requests of one family, in order. `Err` only
+    /// when the call's thread itself failed: the caller tries the whole
+    /// round again rather than failing every item.
     pub async fn build_commands(
         &self,
         family: &str,
         config: &str,
         requests: Vec<CommandRequest>,
-    ) -> Vec<Result<Command, PluginError>> {
-        let count = requests.len();
+    ) -> Result<Vec<Result<Command, PluginError>>, PluginError> {
         let (family, config) = (family.to_owned(), config.to_owned());
         self.blocking(move |r| r.build_commands(&family, &config, &requests))
             .await
-            .unwrap_or_else(|error| vec![Err(error); count])
     }
 
     /// Many statuses of one family, each `(topic device id, payload)`, in
-    /// order.
+    /// order. `Err` only when the call's thread itself failed: the caller
+    /// tries the whole batch again rather than refusing every status.
     pub async fn parse_statuses(
         &self,
         family: &str,
         config: &str,
         statuses: Vec<(String, bytes::Bytes)>,
-    ) -> Vec<Result<ParsedStatus, PluginError>> {
-        let count = statuses.len();
+    ) -> Result<Vec<Result<ParsedStatus, PluginError>>, PluginError> {
         let (family, config) = (family.to_owned(), config.to_owned());
         self.blocking(move |r| {
             let items: Vec<(&str, &[u8])> = statuses
@@ -1171,7 +1171,6 @@ impl Plugins {
             r.parse_statuses(&family, &config, &items)
         })
         .await
-        .unwrap_or_else(|error| vec![Err(error); count])
     }
 }
 
