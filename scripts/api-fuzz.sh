@@ -48,7 +48,11 @@ stop() {
 trap stop EXIT
 
 # Failed authentications are part of the run (ignored_auth): no lockout.
-ROLLWAY_DATA_DIR=$data ROLLWAY_LISTEN=127.0.0.1:$port ROLLWAY_BOOTSTRAP_TOKEN=$token \
+# Embedded defaults whatever the caller's environment holds: the test
+# services' broker addresses (scripts/services.sh) would point the host at
+# a Kafka topic nobody created.
+env -u KAFKA_BROKERS -u MQTT_URL -u DATABASE_URL -u ROLLWAY_STATUS_SOURCE \
+    ROLLWAY_DATA_DIR=$data ROLLWAY_LISTEN=127.0.0.1:$port ROLLWAY_BOOTSTRAP_TOKEN=$token \
     ROLLWAY_AUTH_FAILURE_LIMIT=0 ROLLWAY_LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn,rumqttd=off} \
     setsid "$binary" up --simulate 20 >"$data/host.log" 2>&1 &
 host_pid=$!
