@@ -32,7 +32,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 pub struct Adopter {
     pub mqtt_url: SecretString,
     pub mqtt_ca: Option<Vec<u8>>,
-    pub subscription: String,
+    pub subscriptions: Vec<String>,
     pub ingest: Ingest,
 }
 
@@ -159,7 +159,7 @@ impl Replicas {
         let (tx, rx) = mpsc::channel(10_000);
         let link = mqtt::spawn(
             options,
-            vec![adopter.subscription.clone()],
+            adopter.subscriptions.clone(),
             Some(tx),
             self.metrics.clone(),
             // Not this replica's own link: not part of its readiness.

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub live_stream_clients: IntGauge,
     pub event_processing_lag_seconds: Histogram,
     pub status_messages_total: IntCounterVec,
+    pub presence_messages_total: IntCounterVec,
     pub status_batch_fallbacks_total: IntCounter,
     pub plugin_calls_total: IntCounterVec,
     pub plugin_traps_total: IntCounterVec,
@@ -123,6 +124,12 @@ impl Metrics {
             status_messages_total: counter_vec(
                 "status_messages_total",
                 "Device status messages received, by result and, for those not applied, the reason",
+                &["result", "reason"],
+            )?,
+            presence_messages_total: counter_vec(
+                "presence_messages_total",
+                "Device presence messages received, by result and, for those not recorded, the reason; \
+                 a device a gateway may not speak for counts apart as spoofed",
                 &["result", "reason"],
             )?,
             status_batch_fallbacks_total: counter(

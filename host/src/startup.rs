@@ -213,7 +213,7 @@ impl Application {
         let (incoming_tx, incoming_rx) = mpsc::channel(10_000);
         let from_mqtt = settings.status_source == StatusSource::Mqtt;
         let subscriptions = if from_mqtt {
-            vec![Ingest::subscription(&settings.topic_prefix)]
+            Ingest::subscriptions(&settings.topic_prefix)
         } else {
             Vec::new()
         };
@@ -263,7 +263,7 @@ impl Application {
             replicas.adopter = Some(Adopter {
                 mqtt_url: url.clone(),
                 mqtt_ca,
-                subscription: Ingest::subscription(&settings.topic_prefix),
+                subscriptions: Ingest::subscriptions(&settings.topic_prefix),
                 ingest: ingest.clone(),
             });
             handles.push(tokio::spawn(ingest.run_mqtt(

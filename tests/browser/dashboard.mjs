@@ -187,6 +187,17 @@ async function run() {
   const deviceRows = await page.locator('#devices-table tbody tr').count();
   check(deviceRows === Math.min(SIM_DEVICES, 100), `the device table has ${deviceRows} rows, expected ${Math.min(SIM_DEVICES, 100)}`);
   pass(`fleet summary shows ${SIM_DEVICES} devices; the device table lists ${deviceRows}`);
+  // The simulated devices announced themselves when they connected.
+  await waitText('#fleet-online', String(SIM_DEVICES), 35_000, 'devices online');
+  const rowsOnline = Math.min(SIM_DEVICES, 100);
+  await page.waitForFunction(
+    (want) => document.querySelectorAll('#devices-table tbody tr [data-online="true"]').length === want,
+    rowsOnline, { timeout: 35_000, polling: 200 },
+  ).catch(async () => {
+    const online = await page.locator('#devices-table tbody tr [data-online="true"]').count();
+    throw new CheckFailed(`${online} device rows show online, expected ${rowsOnline}`);
+  });
+  pass(`${SIM_DEVICES} devices online`);
 
   // 3. firmware upload, good and bad
   await go('#/firmware');
@@ -386,11 +397,11 @@ async function run() {
     const row = page.locator(`#plugins-table tbody tr[data-plugin="${name}"]`);
     check(await row.count() === 1, `plugin ${name} is not listed`);
     const wit = (await row.locator('td[data-wit]').textContent())?.trim();
-    check(wit === '0.1.2', `plugin ${name} shows WIT version ${wit}, expected 0.1.2`);
+    check(wit === '0.1.3', `plugin ${name} shows WIT version ${wit}, expected 0.1.3`);
   }
   check(await page.locator('#plugins-table button').count() === 0, 'a viewer sees enable/disable buttons');
   check(await page.locator('#plugin-upload').count() === 0, 'a viewer sees the plugin upload form');
-  pass('plugins listed with WIT 0.1.2, no admin controls for a viewer');
+  pass('plugins listed with WIT 0.1.3, no admin controls for a viewer');
 
   // 11. an admin steers the plugins
   await page.locator('#signout').click();

@@ -20,6 +20,7 @@ mod jobs;
 mod live;
 mod pipeline;
 mod plugins;
+mod presence;
 mod procs;
 mod relay;
 mod security;

@@ -125,11 +125,12 @@ async fn shipped_plugins_are_loaded() {
         ]
     );
     for p in list.as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.2", "{p}");
-        // Every shipped device plugin's statuses name their attempt, and
-        // each takes statuses and commands in batches.
+        assert_eq!(p["wit_version"], "0.1.3", "{p}");
+        // Every shipped device plugin's statuses name their attempt, each
+        // takes statuses and commands in batches and parses presence.
         assert_eq!(p["reports_attempts"], p["kind"] == "device", "{p}");
         assert_eq!(p["takes_batches"], p["kind"] == "device", "{p}");
+        assert_eq!(p["parses_presence"], p["kind"] == "device", "{p}");
         assert_eq!(p["state"], "enabled");
         assert_eq!(p["source"], "builtin");
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);

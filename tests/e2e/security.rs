@@ -320,11 +320,13 @@ async fn upload_with_counter(app: &TestApp, version: &str, counter: i64) -> Valu
 #[tokio::test]
 async fn rollbacks_are_refused_unless_an_admin_allows_the_downgrade() {
     let (app, prefix) = spawn_pipeline().await;
-    // The device was flashed at the workshop with counter 5; the host does
-    // not know it.
+    // The device was flashed at the workshop with counter 5 and does not
+    // announce it: the host does not know it.
     let sim = Simulator::start(SimOptions {
         id_prefix: "RB-".into(),
         security_counter: 5,
+        // An agent that does not say what it runs when it connects.
+        presence: false,
         ..sim_options(&app, &prefix, 1, &["esp32"])
     })
     .await
@@ -655,8 +657,9 @@ async fn mqtt_over_tls_with_credentials_and_acls() {
         dir.join("acl"),
         format!(
             "user rollway-host\ntopic write {prefix}/+/update/command\ntopic read {prefix}/+/update/status\n\
-             topic read $SYS/broker/publish/messages/dropped\n\n\
-             pattern read {prefix}/%u/update/command\npattern write {prefix}/%u/update/status\n"
+             topic read {prefix}/+/presence\ntopic read $SYS/broker/publish/messages/dropped\n\n\
+             pattern read {prefix}/%u/update/command\npattern write {prefix}/%u/update/status\n\
+             pattern write {prefix}/%u/presence\n"
         ),
     )
     .unwrap();
@@ -814,6 +817,32 @@ async fn mqtt_over_tls_with_credentials_and_acls() {
     while let Ok((topic, _)) = commands.try_recv() {
         assert!(!topic.contains("TLS-2"), "TLS-1 read {topic}");
     }
+
+    // TLS-1 says what it runs on its presence topic, and claims TLS-2's
+    // on TLS-2's: the broker drops the second.
+    for device in ["TLS-2", "TLS-1"] {
+        client
+            .publish(
+                format!("{prefix}/{device}/presence"),
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&json!({ "state": "online", "installed_version": "9.9.0-tls" }))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let seen: Value = app.get("/api/v1/devices/TLS-1").await.json().await.unwrap();
+        if seen["installed_version"] == "9.9.0-tls" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other: Value = app.get("/api/v1/devices/TLS-2").await.json().await.unwrap();
+    assert_eq!(other["installed_version"], Value::Null, "{other}");
 }
 
 #[tokio::test]

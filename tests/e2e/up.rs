@@ -240,6 +240,10 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     for device in esp32s {
         assert_eq!(device["firmware_version"], "1.0.0-demo", "{device}");
         assert_eq!(device["last_status"], "done", "{device}");
+        // Presence travels the embedded broker beside statuses (one share
+        // group each: rumqttd keeps one cursor per group).
+        assert_eq!(device["online"], true, "{device}");
+        assert!(device["hardware"].is_object(), "{device}");
     }
 
     let pid = child.id().unwrap().to_string();

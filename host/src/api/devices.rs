@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_device, update_device, delete_device))
         .routes(routes!(device_executions))
         .routes(routes!(fleet_summary))
+        .routes(routes!(fleet_versions))
 }
 
 /// The fleet by family, model, installed firmware version and the status
@@ -43,6 +44,75 @@ pub fn router() -> OpenApiRouter<AppState> {
 )]
 async fn fleet_summary(State(state): State<AppState>) -> ApiResult<axum::Json<FleetSummary>> {
     Ok(axum::Json(fleet::summary(&state.pool).await?))
+}
+
+/// The devices a fleet query selects.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FleetQuery {
+    /// Only devices of this family.
+    family: Option<String>,
+    /// Only devices of this model.
+    model: Option<String>,
+    /// Only devices behind this gateway.
+    gateway_id: Option<String>,
+    /// Only devices that run this firmware version (as they last said).
+    installed_version: Option<String>,
+    /// Tags the device must carry, `key:value` pairs separated by commas.
+    #[param(
+        example = "site:north,zone:b",
+        pattern = "^([^,]*:[^,]*)?(,([^,]*:[^,]*)?)*$"
+    )]
+    tags: Option<String>,
+    /// Devices whose id starts with this text.
+    q: Option<String>,
+    /// Only devices connected (`true`) or away (`false`).
+    online: Option<bool>,
+}
+
+impl FleetQuery {
+    fn filter(self) -> ApiResult<DeviceFilter> {
+        let mut tags = BTreeMap::new();
+        for pair in self
+            .tags
+            .iter()
+            .flat_map(|t| t.split(','))
+            .filter(|p| !p.is_empty())
+        {
+            let (key, value) = pair.split_once(':').ok_or_else(|| {
+                ApiError::validation("tags", format!("'{pair}' is not key:value"))
+            })?;
+            tags.insert(key.to_owned(), value.to_owned());
+        }
+        Ok(DeviceFilter {
+            family: self.family,
+            model: self.model,
+            gateway_id: self.gateway_id,
+            firmware_version: self.installed_version,
+            tags,
+            id_prefix: self.q,
+            online: self.online,
+        })
+    }
+}
+
+/// The fleet's version distribution: devices per family, model and
+/// installed version (with how many of them are online), among the
+/// devices the query selects, as the device list filters them.
+#[utoipa::path(
+    get, path = "/fleet/versions", tag = "devices",
+    params(FleetQuery),
+    responses((status = 200, body = Vec<fleet::VersionGroup>), (status = 422, body = super::error::Problem)),
+    security(("bearer" = ["viewer"]))
+)]
+async fn fleet_versions(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<FleetQuery>,
+) -> ApiResult<axum::Json<Vec<fleet::VersionGroup>>> {
+    Ok(axum::Json(
+        fleet::versions(&state.pool, &query.filter()?).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -109,6 +179,16 @@ pub struct DeviceInput {
     #[serde(default)]
     #[schema(schema_with = super::schema::tags)]
     pub tags: BTreeMap<String, String>,
+    /// The firmware version the device runs, when known at registration
+    /// (e.g. from the factory). Absent: what was recorded stays. The
+    /// device's own presence messages replace it.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f]+$")]
+    pub installed_version: Option<String>,
+    /// The security counter of the firmware it runs: it may raise the one
+    /// recorded, never lower it (absent: kept, 0 for a new device). The
+    /// device's own presence messages replace it.
+    #[schema(minimum = 0)]
+    pub security_counter: Option<i64>,
 }
 
 /// One device, or an array of 1 to 10,000 (the body of a registration).
@@ -172,6 +252,22 @@ fn parse_input(
             "must be 1 to 64 characters long",
         ));
     }
+    if let Some(version) = &input.installed_version
+        && (version.is_empty()
+            || version.chars().count() > 64
+            || version.chars().any(|c| c.is_ascii_control()))
+    {
+        errors.push(FieldError::new(
+            format!("{prefix}installed_version"),
+            "must be 1 to 64 characters long, without control characters",
+        ));
+    }
+    if input.security_counter.is_some_and(|c| c < 0) {
+        errors.push(FieldError::new(
+            format!("{prefix}security_counter"),
+            "must not be negative",
+        ));
+    }
     let tags = Tags::parse(input.tags)
         .map_err(|e| errors.push(FieldError::new(format!("{prefix}tags"), e.0)))
         .ok();
@@ -181,6 +277,8 @@ fn parse_input(
         model: input.model,
         gateway_id,
         tags: tags?,
+        installed_version: input.installed_version,
+        security_counter: input.security_counter,
     })
 }
 
@@ -319,13 +417,20 @@ pub struct ListDevicesQuery {
     model: Option<String>,
     /// Only devices behind this gateway.
     gateway_id: Option<String>,
-    /// Only devices that reported this installed firmware version.
+    /// Only devices that run this firmware version (as they last said).
+    installed_version: Option<String>,
+    /// The same as `installed_version`, its earlier name.
     firmware_version: Option<String>,
     /// Tags the device must carry, `key:value` pairs separated by commas.
-    #[param(example = "site:north,zone:b")]
+    #[param(
+        example = "site:north,zone:b",
+        pattern = "^([^,]*:[^,]*)?(,([^,]*:[^,]*)?)*$"
+    )]
     tags: Option<String>,
     /// Devices whose id starts with this text.
     q: Option<String>,
+    /// Only devices connected (`true`) or away (`false`).
+    online: Option<bool>,
     /// `next_cursor` of the previous page (a device id).
     #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     cursor: Option<String>,
@@ -351,26 +456,16 @@ async fn list_devices(
         .map(|c| DeviceId::parse(&c).map(|_| c))
         .transpose()
         .map_err(|e| ApiError::validation("cursor", e.0))?;
-    let mut tags = BTreeMap::new();
-    for pair in query
-        .tags
-        .iter()
-        .flat_map(|t| t.split(','))
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair
-            .split_once(':')
-            .ok_or_else(|| ApiError::validation("tags", format!("'{pair}' is not key:value")))?;
-        tags.insert(key.to_owned(), value.to_owned());
-    }
-    let filter = DeviceFilter {
+    let filter = FleetQuery {
         family: query.family,
         model: query.model,
         gateway_id: query.gateway_id,
-        firmware_version: query.firmware_version,
-        tags,
-        id_prefix: query.q,
-    };
+        installed_version: query.installed_version.or(query.firmware_version),
+        tags: query.tags,
+        q: query.q,
+        online: query.online,
+    }
+    .filter()?;
     let rows = fleet::list(&state.pool, &filter, after.as_deref(), limit + 1).await?;
     Ok(axum::Json(Page::from_rows(rows, limit, |d| {
         d.device.id.clone()

@@ -160,6 +160,13 @@ struct SimArgs {
     /// whose counter is lower (unless allowed as a downgrade).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
     security_counter: i64,
+    /// The firmware version the devices start with, as they say when they
+    /// connect.
+    #[arg(long)]
+    installed_version: Option<String>,
+    /// Devices do not announce their presence (agents that predate it).
+    #[arg(long)]
+    no_presence: bool,
     /// Write each device's final state here (JSON) when stopped.
     #[arg(long)]
     truth: Option<std::path::PathBuf>,
@@ -346,6 +353,8 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         topic_prefix: settings.topic_prefix.clone(),
         id_prefix: args.id_prefix,
         security_counter: args.security_counter,
+        installed_version: args.installed_version,
+        presence: !args.no_presence,
     };
     let sim = crate::sim::Simulator::start(options).await?;
     for id in &sim.device_ids {

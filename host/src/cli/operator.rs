@@ -194,7 +194,7 @@ pub(super) struct JobCreateArgs {
 pub(super) enum DevicesCommand {
     /// List devices, filtered, ordered by id.
     #[command(
-        after_help = "Examples:\n  rollway devices list --family stm32 --tag site:north --tag zone:b\n  rollway devices list --q VIN12 --limit 20\n  rollway devices list --gateway JET-1 --json | jq -r '.items[].id'"
+        after_help = "Examples:\n  rollway devices list --family stm32 --tag site:north --tag zone:b\n  rollway devices list --q VIN12 --limit 20\n  rollway devices list --installed-version 1.4.0 --away\n  rollway devices list --gateway JET-1 --json | jq -r '.items[].id'"
     )]
     List {
         /// Only devices of this family.
@@ -209,6 +209,15 @@ pub(super) enum DevicesCommand {
         /// Only devices whose id starts with this text.
         #[arg(long, value_name = "PREFIX")]
         q: Option<String>,
+        /// Only devices that run this firmware version.
+        #[arg(long, value_name = "VERSION")]
+        installed_version: Option<String>,
+        /// Only devices connected now.
+        #[arg(long, conflicts_with = "away")]
+        online: bool,
+        /// Only devices away (not connected).
+        #[arg(long)]
+        away: bool,
         /// Only devices carrying this tag; repeat for more (all must match).
         #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag_filter)]
         tags: Vec<String>,
@@ -742,15 +751,25 @@ pub(super) async fn run_devices(api: &ApiArgs, command: DevicesCommand) -> anyho
             model,
             gateway,
             q,
+            installed_version,
+            online,
+            away,
             tags,
             limit,
         } => {
             let mut query = Vec::new();
+            let connected = match (online, away) {
+                (true, _) => Some("true".to_owned()),
+                (_, true) => Some("false".to_owned()),
+                _ => None,
+            };
             for (key, value) in [
                 ("family", family),
                 ("model", model),
                 ("gateway_id", gateway),
                 ("q", q),
+                ("installed_version", installed_version),
+                ("online", connected),
             ] {
                 if let Some(value) = value {
                     query.push((key, value));
@@ -779,7 +798,13 @@ pub(super) async fn run_devices(api: &ApiArgs, command: DevicesCommand) -> anyho
                         text(&d["family"]),
                         text(&d["model"]),
                         text(&d["gateway_id"]),
-                        text(&d["firmware_version"]),
+                        text(&d["installed_version"]),
+                        if d["online"] == true {
+                            "online"
+                        } else {
+                            "away"
+                        }
+                        .to_owned(),
                         when(&d["last_seen"]),
                         if tags.is_empty() {
                             "-".to_owned()
@@ -796,6 +821,7 @@ pub(super) async fn run_devices(api: &ApiArgs, command: DevicesCommand) -> anyho
                     "MODEL",
                     "GATEWAY",
                     "FIRMWARE",
+                    "CONNECTION",
                     "LAST SEEN",
                     "TAGS",
                 ],

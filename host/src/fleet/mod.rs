@@ -20,18 +20,31 @@ pub struct Device {
     pub gateway_id: Option<String>,
     #[schema(value_type = BTreeMap<String, String>)]
     pub tags: Json<BTreeMap<String, String>>,
-    /// Firmware version the device last reported as installed.
+    /// The firmware version the device runs, as it last said (its
+    /// presence, a finished update, its registration). Also given as
+    /// `firmware_version`, its earlier name.
+    pub installed_version: Option<String>,
     pub firmware_version: Option<String>,
-    /// Security counter of the firmware the device last installed through
-    /// Rollway: a job may not lower it without an admin's approval.
+    /// Security counter of the firmware the device runs, as it last said
+    /// or as Rollway last installed: a job may not lower it without an
+    /// admin's approval.
     pub security_counter: i64,
+    /// When any message of the device last arrived.
     pub last_seen: Option<DateTime<Utc>>,
+    /// Whether it is connected: it said hello, or sent anything since its
+    /// last will.
+    pub online: bool,
+    /// When it last announced its presence.
+    pub presence_at: Option<DateTime<Utc>>,
+    /// What it says about itself (board revision, bootloader, ...).
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub hardware: Json<BTreeMap<String, String>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const DEVICE_COLUMNS: &str = "id, family, model, gateway_id, tags, firmware_version, security_counter, last_seen, created_at, \
-     updated_at";
+const DEVICE_COLUMNS: &str = "id, family, model, gateway_id, tags, firmware_version AS installed_version, \
+     firmware_version, security_counter, last_seen, online, presence_at, hardware, created_at, updated_at";
 
 /// A device with its newest execution, as listed and read.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -50,7 +63,8 @@ pub struct DeviceView {
 
 /// `devices d` joined with its newest execution `x`.
 const DEVICE_VIEW_FROM: &str = "SELECT d.id, d.family, d.model, d.gateway_id, d.tags, \
-     d.firmware_version, d.security_counter, d.last_seen, d.created_at, d.updated_at, x.status AS last_status, \
+     d.firmware_version AS installed_version, d.firmware_version, d.security_counter, d.last_seen, \
+     d.online, d.presence_at, d.hardware, d.created_at, d.updated_at, x.status AS last_status, \
      x.job_id AS last_job_id, x.id AS last_execution_id, x.last_error, x.progress AS last_progress \
      FROM devices d LEFT JOIN LATERAL (SELECT e.id, e.job_id, e.status, e.last_error, e.progress \
      FROM executions e WHERE e.device_id = d.id ORDER BY e.id DESC LIMIT 1) x ON true";
@@ -63,6 +77,9 @@ pub struct NewDevice {
     pub model: Option<String>,
     pub gateway_id: Option<DeviceId>,
     pub tags: Tags,
+    /// What it runs, when the registration says (else kept as it was).
+    pub installed_version: Option<String>,
+    pub security_counter: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -93,6 +110,11 @@ pub async fn upsert(
     conn: &mut PgConnection,
     devices: &[NewDevice],
 ) -> Result<UpsertCounts, FleetError> {
+    // Rows are inserted (and locked) in id order, as every other writer of
+    // several devices locks them.
+    let mut sorted: Vec<&NewDevice> = devices.iter().collect();
+    sorted.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    let devices = sorted;
     let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
     let families: Vec<&str> = devices.iter().map(|d| d.family.as_str()).collect();
     let models: Vec<Option<&str>> = devices.iter().map(|d| d.model.as_deref()).collect();
@@ -101,13 +123,27 @@ pub async fn upsert(
         .map(|d| d.gateway_id.as_ref().map(DeviceId::as_str))
         .collect();
     let tags: Vec<serde_json::Value> = devices.iter().map(|d| d.tags.to_json()).collect();
+    let versions: Vec<Option<&str>> = devices
+        .iter()
+        .map(|d| d.installed_version.as_deref())
+        .collect();
+    let counters: Vec<Option<i64>> = devices.iter().map(|d| d.security_counter).collect();
 
+    // A version given replaces the one recorded, none keeps it. A counter
+    // given may raise the one recorded, never lower it: lowering what a
+    // device accepts is a downgrade, which only an admin allows, per
+    // firmware.
     let inserted: Vec<(bool,)> = sqlx::query_as(
-        "INSERT INTO devices (id, family, model, gateway_id, tags)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+        "INSERT INTO devices (id, family, model, gateway_id, tags, firmware_version, security_counter)
+         SELECT u.id, u.family, u.model, u.gateway, u.tags, u.version, coalesce(u.counter, 0)
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[])
+              AS u(id, family, model, gateway, tags, version, counter)
          ON CONFLICT (id) DO UPDATE SET
              family = excluded.family, model = excluded.model,
-             gateway_id = excluded.gateway_id, tags = excluded.tags, updated_at = now()
+             gateway_id = excluded.gateway_id, tags = excluded.tags,
+             firmware_version = coalesce(excluded.firmware_version, devices.firmware_version),
+             security_counter = greatest(devices.security_counter, excluded.security_counter),
+             updated_at = now()
          RETURNING (xmax = 0)",
     )
     .bind(&ids)
@@ -115,9 +151,10 @@ pub async fn upsert(
     .bind(&models)
     .bind(&gateways)
     .bind(&tags)
+    .bind(&versions)
+    .bind(&counters)
     .fetch_all(&mut *conn)
     .await?;
-
     // One level of gateways: a gateway is not behind another gateway, and a
     // device that serves as gateway is not itself behind one.
     let problem: Option<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
@@ -171,6 +208,8 @@ pub struct DeviceFilter {
     pub tags: BTreeMap<String, String>,
     /// Devices whose id starts with this text.
     pub id_prefix: Option<String>,
+    /// Only devices connected (`true`) or away (`false`).
+    pub online: Option<bool>,
 }
 
 /// One page of devices ordered by id, after `cursor` (the last id seen).
@@ -181,6 +220,47 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<DeviceView>, sqlx::Error> {
     let mut query = QueryBuilder::new(format!("{DEVICE_VIEW_FROM} WHERE true"));
+    push_filter(&mut query, filter);
+    if let Some(after) = after {
+        query.push(" AND d.id > ").push_bind(after);
+    }
+    query.push(" ORDER BY d.id LIMIT ").push_bind(limit);
+    query.build_query_as().fetch_all(pool).await
+}
+
+/// How many devices run each version, by family and model.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct VersionGroup {
+    pub family: String,
+    pub model: Option<String>,
+    /// Absent for devices that never said what they run.
+    pub installed_version: Option<String>,
+    pub devices: i64,
+    /// Of them, connected now.
+    pub online: i64,
+}
+
+/// The fleet's version distribution: devices per family, model and
+/// installed version, among those `filter` selects.
+pub async fn versions(
+    pool: &PgPool,
+    filter: &DeviceFilter,
+) -> Result<Vec<VersionGroup>, sqlx::Error> {
+    let mut query = QueryBuilder::new(
+        "SELECT d.family, d.model, d.firmware_version AS installed_version, count(*) AS devices,
+                count(*) FILTER (WHERE d.online) AS online
+         FROM devices d WHERE true",
+    );
+    push_filter(&mut query, filter);
+    query.push(
+        " GROUP BY d.family, d.model, d.firmware_version
+          ORDER BY d.family, d.model NULLS LAST, d.firmware_version NULLS LAST",
+    );
+    query.build_query_as().fetch_all(pool).await
+}
+
+/// `filter`'s conditions on `devices d`.
+fn push_filter(query: &mut QueryBuilder<sqlx::Postgres>, filter: &DeviceFilter) {
     if let Some(family) = &filter.family {
         query.push(" AND d.family = ").push_bind(family);
     }
@@ -208,11 +288,142 @@ pub async fn list(
             .push(" AND d.id LIKE ")
             .push_bind(format!("{escaped}%"));
     }
-    if let Some(after) = after {
-        query.push(" AND d.id > ").push_bind(after);
+    if let Some(online) = filter.online {
+        query.push(" AND d.online = ").push_bind(online);
     }
-    query.push(" ORDER BY d.id LIMIT ").push_bind(limit);
-    query.build_query_as().fetch_all(pool).await
+}
+
+/// A device's presence as its message said, with the device that sent it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The sender (the topic's device): the device itself or its gateway.
+    pub sender: String,
+    pub device_id: String,
+    pub online: bool,
+    pub installed_version: Option<String>,
+    pub security_counter: Option<i64>,
+    pub hardware: BTreeMap<String, String>,
+}
+
+/// Records what devices said about themselves. A device may speak for
+/// itself and a gateway for the devices behind it; other entries change
+/// nothing. Of the entries a sender may make, the last of each device in
+/// the slice wins. Returns, per entry, whether its sender may speak for
+/// its device (the entry was recorded, or superseded by a later one).
+pub async fn record_presence(
+    conn: &mut PgConnection,
+    seen: &[Seen],
+) -> Result<Vec<bool>, sqlx::Error> {
+    if seen.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Who may speak for whom: the device itself, or its gateway.
+    let ids: Vec<&str> = seen.iter().map(|s| s.device_id.as_str()).collect();
+    let gateways: std::collections::HashMap<String, Option<String>> =
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT id, gateway_id FROM devices WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let allowed: Vec<bool> = seen
+        .iter()
+        .map(|s| match gateways.get(&s.device_id) {
+            Some(gateway) => s.device_id == s.sender || gateway.as_deref() == Some(&s.sender),
+            None => false,
+        })
+        .collect();
+    // The last allowed entry of each device, in id order.
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, entry) in seen.iter().enumerate() {
+        if allowed[i] {
+            last.insert(entry.device_id.as_str(), i);
+        }
+    }
+    if last.is_empty() {
+        return Ok(allowed);
+    }
+    let kept: Vec<&Seen> = last.values().map(|&i| &seen[i]).collect();
+    let senders: Vec<&str> = kept.iter().map(|s| s.sender.as_str()).collect();
+    let devices: Vec<&str> = kept.iter().map(|s| s.device_id.as_str()).collect();
+    let online: Vec<bool> = kept.iter().map(|s| s.online).collect();
+    let versions: Vec<Option<&str>> = kept
+        .iter()
+        .map(|s| s.installed_version.as_deref())
+        .collect();
+    let counters: Vec<Option<i64>> = kept.iter().map(|s| s.security_counter).collect();
+    let hardware: Vec<serde_json::Value> = kept
+        .iter()
+        .map(|s| serde_json::to_value(&s.hardware).unwrap_or_default())
+        .collect();
+    // Rows are locked in id order, as every other writer of several
+    // devices does, and without the key lock that registering executions
+    // (their foreign key) would wait for. A gateway that went away takes
+    // the devices behind it along (its last will cannot list them); an
+    // online entry also notes the message. The sender is checked again
+    // against the locked row: a gateway changed meanwhile speaks for no
+    // one.
+    sqlx::query(
+        "WITH u AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::bigint[], $6::jsonb[])
+                  AS u(sender, device, online, version, counter, hardware)
+         ), e AS (
+             SELECT * FROM u
+             UNION ALL
+             SELECT u.sender, c.id, false, NULL, NULL, '{}'::jsonb
+             FROM u JOIN devices c ON c.gateway_id = u.sender
+             WHERE NOT u.online AND u.device = u.sender
+               AND NOT EXISTS (SELECT 1 FROM u AS listed WHERE listed.device = c.id)
+         ), locked AS (
+             SELECT d.id FROM devices d JOIN e ON d.id = e.device
+             WHERE d.id = e.sender OR d.gateway_id = e.sender
+             ORDER BY d.id FOR NO KEY UPDATE OF d
+         )
+         UPDATE devices d SET online = e.online,
+                last_seen = CASE WHEN e.online THEN now() ELSE d.last_seen END,
+                presence_at = now(),
+                firmware_version = coalesce(e.version, d.firmware_version),
+                security_counter = coalesce(e.counter, d.security_counter),
+                hardware = CASE WHEN e.hardware = '{}'::jsonb THEN d.hardware ELSE e.hardware END,
+                updated_at = now()
+         FROM e, locked WHERE d.id = e.device AND locked.id = d.id",
+    )
+    .bind(&senders)
+    .bind(&devices)
+    .bind(&online)
+    .bind(&versions)
+    .bind(&counters)
+    .bind(&hardware)
+    .execute(&mut *conn)
+    .await?;
+    Ok(allowed)
+}
+
+/// Notes that messages of `devices` arrived: they are connected. Written
+/// at most every few seconds a device (a stream of statuses costs one
+/// write).
+pub async fn seen<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    devices: &[&str],
+) -> Result<(), sqlx::Error> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    // A row another transaction holds is skipped: the device's next
+    // message notes it.
+    sqlx::query(
+        "UPDATE devices SET last_seen = now(), online = true
+         WHERE id IN (SELECT id FROM devices
+                      WHERE id = ANY($1)
+                        AND (NOT online OR last_seen IS NULL OR last_seen < now() - interval '10 seconds')
+                      ORDER BY id FOR NO KEY UPDATE SKIP LOCKED)",
+    )
+    .bind(devices)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// How the fleet is made up: devices by family, model, installed version
@@ -220,6 +431,8 @@ pub async fn list(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FleetSummary {
     pub total: i64,
+    /// Devices connected now.
+    pub online: i64,
     pub by_family: Vec<FamilyCount>,
     pub by_model: Vec<ModelCount>,
     pub by_version: Vec<VersionCount>,
@@ -245,6 +458,8 @@ pub struct VersionCount {
     /// Absent for devices that never reported a version.
     pub firmware_version: Option<String>,
     pub devices: i64,
+    /// Of them, connected now.
+    pub online: i64,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -262,7 +477,8 @@ pub async fn summary(pool: &PgPool) -> Result<FleetSummary, sqlx::Error> {
     .fetch_all(pool)
     .await?;
     let by_version: Vec<VersionCount> = sqlx::query_as(
-        "SELECT family, firmware_version, count(*) AS devices FROM devices
+        "SELECT family, firmware_version, count(*) AS devices,
+                count(*) FILTER (WHERE online) AS online FROM devices
          GROUP BY family, firmware_version ORDER BY family, firmware_version NULLS LAST",
     )
     .fetch_all(pool)
@@ -288,6 +504,7 @@ pub async fn summary(pool: &PgPool) -> Result<FleetSummary, sqlx::Error> {
     }
     Ok(FleetSummary {
         total: by_family.iter().map(|f| f.devices).sum(),
+        online: by_version.iter().map(|v| v.online).sum(),
         by_family,
         by_model,
         by_version,

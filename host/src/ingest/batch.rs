@@ -259,13 +259,20 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
         return Err(BatchError::Conflict(rows.len() as u64 - updated));
     }
     if !installed.is_empty() {
+        // Device rows are locked in id order, as every writer of several
+        // devices locks them.
+        let mut installed: Vec<(String, (String, i64))> = installed.into_iter().collect();
+        installed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let (ids, (versions, counters)): (Vec<String>, (Vec<String>, Vec<i64>)) =
             installed.into_iter().unzip();
         sqlx::query(
-            "UPDATE devices d SET firmware_version = u.version, security_counter = u.counter,
-                    last_seen = now()
-             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, version, counter)
-             WHERE d.id = u.id",
+            "WITH locked AS (
+                 SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
+             )
+             UPDATE devices d SET firmware_version = u.version, security_counter = u.counter,
+                    last_seen = now(), online = true
+             FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, version, counter), locked
+             WHERE d.id = u.id AND locked.id = d.id",
         )
         .bind(&ids)
         .bind(&versions)

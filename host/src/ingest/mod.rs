@@ -1,5 +1,6 @@
 //! Status ingestion: device statuses, from MQTT (shared subscription, manual
-//! acks) or another source, applied exactly once in effect.
+//! acks) or another source, applied exactly once in effect; and presence
+//! messages (`presence.rs`), what devices say about themselves.
 //!
 //! Each message is parsed by its family's plugin, checked against its topic
 //! (a device reports only for itself, a gateway for its children), matched
@@ -13,6 +14,7 @@
 mod batch;
 mod decide;
 pub mod kafka;
+mod presence;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -38,12 +40,24 @@ const BATCH: usize = 500;
 /// acked. Lanes lock disjoint executions, in device order as always.
 const LANES: usize = 4;
 
-/// The lane of a message: by its topic, i.e. by the sending device.
-fn lane_of(topic: &str) -> usize {
+/// The lane of a message: by the sending device (the topic level after
+/// the prefix), so that its statuses and presence keep their order.
+fn lane_of(topic_prefix: &str, topic: &str) -> usize {
     use std::hash::{Hash, Hasher};
+    let device = topic
+        .strip_prefix(topic_prefix)
+        .and_then(|rest| rest.split('/').nth(1))
+        .unwrap_or(topic);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut hasher);
+    device.hash(&mut hasher);
     (hasher.finish() % LANES as u64) as usize
+}
+
+/// What a message on a device's topic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Status,
+    Presence,
 }
 
 /// What became of one message.
@@ -52,6 +66,8 @@ pub enum Outcome {
     Applied,
     Progress,
     Duplicate,
+    /// A presence message, recorded.
+    Recorded,
     /// Not applied, for this cause, with a detail for the log.
     Refused(Refusal, String),
 }
@@ -67,6 +83,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Progress => "progress",
             Outcome::Duplicate => "duplicate",
+            Outcome::Recorded => "recorded",
             Outcome::Refused(cause, _) => cause.result(),
         }
     }
@@ -84,9 +101,11 @@ impl Outcome {
 /// label and belongs to one `result` of `status_messages_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Refusal {
-    /// The topic is not `{prefix}/{device}/update/status` with a valid id.
+    /// The topic is not `{prefix}/{device}/update/status` (or
+    /// `/presence`) with a valid id.
     BadTopic,
-    /// The payload is larger than [`MAX_PAYLOAD`].
+    /// The payload is larger than [`MAX_PAYLOAD`] (a presence, than
+    /// [`presence::MAX_PAYLOAD`]).
     Oversized,
     /// The plugin refused a payload that is not even JSON.
     BadJson,
@@ -171,9 +190,15 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// The MQTT topic filter the host subscribes with.
-    pub fn subscription(topic_prefix: &str) -> String {
-        format!("$share/rollway/{topic_prefix}/+/update/status")
+    /// The MQTT topic filters the host subscribes with: statuses and
+    /// presence, shared between replicas. One share group per filter:
+    /// some brokers (rumqttd, the embedded one) keep one delivery cursor
+    /// per group name, so two filters in one group starve each other.
+    pub fn subscriptions(topic_prefix: &str) -> Vec<String> {
+        vec![
+            format!("$share/rollway/{topic_prefix}/+/update/status"),
+            format!("$share/rollway-presence/{topic_prefix}/+/presence"),
+        ]
     }
 
     /// Applies MQTT messages in batches and acks each after its commit.
@@ -199,7 +224,7 @@ impl Ingest {
                 message = rx.recv() => match message { Some(m) => m, None => break },
                 () = shutdown.cancelled() => break,
             };
-            let lane = lane_of(&message.publish.topic);
+            let lane = lane_of(&self.topic_prefix, &message.publish.topic);
             if lanes[lane].send(message).await.is_err() {
                 break;
             }
@@ -274,24 +299,31 @@ impl Ingest {
     pub async fn process(&self, batch: Vec<RawStatus>) -> anyhow::Result<Vec<Outcome>> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut topic_devices = Vec::with_capacity(batch.len());
+        let mut kinds = Vec::with_capacity(batch.len());
         for (i, message) in batch.iter().enumerate() {
-            let device = self.topic_device(&message.topic);
-            if device.is_none() {
+            let parsed = self.topic_device(&message.topic);
+            let kind = parsed.as_ref().map_or(Kind::Status, |(_, kind)| *kind);
+            let limit = match kind {
+                Kind::Status => MAX_PAYLOAD,
+                Kind::Presence => presence::MAX_PAYLOAD,
+            };
+            if parsed.is_none() {
                 outcomes[i] = Some(Outcome::refused(
                     Refusal::BadTopic,
                     format!("unexpected topic {:?}", message.topic),
                 ));
-            } else if message.payload.len() > MAX_PAYLOAD {
+            } else if message.payload.len() > limit {
                 outcomes[i] = Some(Outcome::refused(
                     Refusal::Oversized,
                     format!(
-                        "{} bytes on {:?}, at most {MAX_PAYLOAD} are read",
+                        "{} bytes on {:?}, at most {limit} are read",
                         message.payload.len(),
                         message.topic
                     ),
                 ));
             }
-            topic_devices.push(device.unwrap_or_default());
+            topic_devices.push(parsed.map(|(device, _)| device).unwrap_or_default());
+            kinds.push(kind);
         }
         let ids: Vec<&str> = topic_devices.iter().map(String::as_str).collect();
         let devices: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
@@ -303,11 +335,18 @@ impl Ingest {
         .into_iter()
         .collect();
         let mut work = Vec::new();
+        let mut presences = Vec::new();
         for (i, message) in batch.into_iter().enumerate() {
             if outcomes[i].is_some() {
                 continue;
             }
             match devices.get(&topic_devices[i]) {
+                Some(family) if kinds[i] == Kind::Presence => presences.push(presence::Item {
+                    index: i,
+                    sender: topic_devices[i].clone(),
+                    family: family.clone(),
+                    payload: message.payload,
+                }),
                 Some(family) => {
                     work.push((i, family.clone(), topic_devices[i].clone(), message.payload));
                 }
@@ -387,17 +426,26 @@ impl Ingest {
             }
         }
 
+        let presences = self.parse_presences(presences, &mut outcomes).await;
         let parsed_in = started.elapsed();
-        let mut tx = self.pool.begin().await?;
-        let touched = match batch::apply(&mut tx, &items).await {
-            Ok(applied) => {
-                tx.commit().await?;
-                self.observe(&applied);
-                for (index, outcome) in applied.outcomes {
-                    outcomes[index] = Some(outcome);
-                }
-                applied.jobs
+        // Every registered device whose last message here is a status is
+        // connected: it just spoke. (A presence says so itself, online or
+        // not.)
+        let mut last_kind: HashMap<&str, Kind> = HashMap::new();
+        for (device, kind) in topic_devices.iter().zip(&kinds) {
+            if devices.contains_key(device) {
+                last_kind.insert(device.as_str(), *kind);
             }
+        }
+        let senders: Vec<&str> = last_kind
+            .into_iter()
+            .filter(|(_, kind)| *kind == Kind::Status)
+            .map(|(device, _)| device)
+            .collect();
+
+        let mut tx = self.pool.begin().await?;
+        let applied: Vec<batch::Applied> = match batch::apply(&mut tx, &items).await {
+            Ok(applied) => vec![applied],
             Err(batch::BatchError::Db(error)) if crate::db::is_transient(&error) => {
                 // A deadlock or serialization failure: the whole batch rolls
                 // back and is applied again.
@@ -407,9 +455,28 @@ impl Ingest {
                 tx.rollback().await?;
                 tracing::warn!(%error, "applying a batch of statuses failed; applying them one by one");
                 self.metrics.status_batch_fallbacks_total.inc();
-                self.apply_one_by_one(&items, &mut outcomes).await?
+                tx = self.pool.begin().await?;
+                self.apply_one_by_one(&mut tx, &items, &mut outcomes)
+                    .await?
             }
         };
+        for (index, outcome) in applied.iter().flat_map(|a| &a.outcomes) {
+            outcomes[*index] = Some(outcome.clone());
+        }
+        // Presence after the statuses (rows are locked executions first,
+        // then devices, in every writer), as if in arrival order: a
+        // presence that came before its device's applied `done` names the
+        // version the device ran before it.
+        let presences = presence::before_done(presences, &items, &outcomes);
+        self.record_presences(&mut tx, presences, &mut outcomes)
+            .await?;
+        crate::fleet::seen(&mut *tx, &senders).await?;
+        tx.commit().await?;
+        let mut touched = HashSet::new();
+        for applied in applied {
+            self.observe(&applied);
+            touched.extend(applied.jobs);
+        }
         // Prompt the rollout engine after the commit, in a statement of its
         // own: taking job rows after execution rows in one transaction would
         // invert the lock order of job actions and deadlock with them.
@@ -430,9 +497,12 @@ impl Ingest {
             .into_iter()
             .map(|o| o.unwrap_or(Outcome::refused(Refusal::PluginFailed, "no answer")))
             .collect();
-        for outcome in &outcomes {
-            self.metrics
-                .status_messages_total
+        for (outcome, kind) in outcomes.iter().zip(&kinds) {
+            let counter = match kind {
+                Kind::Status => &self.metrics.status_messages_total,
+                Kind::Presence => &self.metrics.presence_messages_total,
+            };
+            counter
                 .with_label_values(&[outcome.label(), outcome.reason()])
                 .inc();
             if let Outcome::Refused(cause, detail) = outcome {
@@ -442,25 +512,21 @@ impl Ingest {
         Ok(outcomes)
     }
 
-    /// The slow path: each message in a savepoint of its own, so that one
-    /// message's failure cannot poison the others.
+    /// The slow path: each message in a savepoint of its own in `tx`, so
+    /// that one message's failure cannot poison the others.
     async fn apply_one_by_one(
         &self,
+        tx: &mut PgConnection,
         items: &[batch::Parsed],
         outcomes: &mut [Option<Outcome>],
-    ) -> anyhow::Result<HashSet<Uuid>> {
-        let mut tx = self.pool.begin().await?;
-        let mut touched = HashSet::new();
+    ) -> anyhow::Result<Vec<batch::Applied>> {
+        let mut applied = Vec::with_capacity(items.len());
         for item in items {
             let mut one = sqlx::Connection::begin(&mut *tx).await?;
             match batch::apply(&mut one, std::slice::from_ref(item)).await {
-                Ok(applied) => {
+                Ok(done) => {
                     one.commit().await?;
-                    self.observe(&applied);
-                    touched.extend(applied.jobs);
-                    for (index, outcome) in applied.outcomes {
-                        outcomes[index] = Some(outcome);
-                    }
+                    applied.push(done);
                 }
                 Err(batch::BatchError::Db(error)) if crate::db::is_transient(&error) => {
                     return Err(error.into());
@@ -476,8 +542,7 @@ impl Ingest {
                 }
             }
         }
-        tx.commit().await?;
-        Ok(touched)
+        Ok(applied)
     }
 
     /// Records what an applied batch measured.
@@ -494,10 +559,16 @@ impl Ingest {
             .inc_by(applied.device_errors);
     }
 
-    fn topic_device(&self, topic: &str) -> Option<String> {
+    /// The device a topic belongs to, and what its messages are.
+    fn topic_device(&self, topic: &str) -> Option<(String, Kind)> {
         let rest = topic.strip_prefix(&self.topic_prefix)?.strip_prefix('/')?;
-        let device = rest.strip_suffix("/update/status")?;
-        DeviceId::parse(device).ok().map(|_| device.to_owned())
+        let (device, kind) = match rest.strip_suffix("/update/status") {
+            Some(device) => (device, Kind::Status),
+            None => (rest.strip_suffix("/presence")?, Kind::Presence),
+        };
+        DeviceId::parse(device)
+            .ok()
+            .map(|_| (device.to_owned(), kind))
     }
 }
 

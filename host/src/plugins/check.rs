@@ -55,6 +55,12 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
              device-protocol-attempts world exports batch, for a fresh instance per batch instead"
         );
     }
+    if plugin.kind == PluginKind::Device && plugin.reports_attempts() && !plugin.parses_presence() {
+        println!(
+            "note:        presence messages are read as Rollway's standard JSON; build against \
+             WIT 0.1.3, whose device-protocol-attempts world exports presence, to parse your devices' own"
+        );
+    }
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match kind {
@@ -260,6 +266,33 @@ fn check_device(
             }
             Err(other) => return Err(other.into()),
         }
+    }
+    let hello = br#"{"state":"online","installed_version":"1.0.0","security_counter":1,"children":[{"device_id":"SAMPLE-2"}]}"#;
+    match registry.parse_presence(family, &options.config, "SAMPLE-1", hello) {
+        Ok(devices)
+            if devices
+                .first()
+                .is_some_and(|d| d.device_id == "SAMPLE-1" && d.online) =>
+        {
+            let source = if registry.device_plugin(family)?.parses_presence() {
+                "the plugin"
+            } else {
+                "the host's standard reader"
+            };
+            println!(
+                "parse-presence: ok ({} devices, read by {source})",
+                devices.len()
+            );
+        }
+        Ok(devices) => anyhow::bail!(
+            "parse-presence did not answer for the sender SAMPLE-1 first, online: {devices:?}"
+        ),
+        Err(super::PluginError::Refused { reason, .. }) => {
+            println!(
+                "parse-presence: refused the standard JSON presence ({reason}); fine if the family has its own format"
+            );
+        }
+        Err(other) => return Err(other.into()),
     }
     let garbage = registry.parse_status(
         family,

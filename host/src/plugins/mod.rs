@@ -30,6 +30,7 @@ use bindings::rollout::{RolloutStrategy, RolloutStrategyPre};
 use runtime::{ImageSource, Limits, Runtime, State};
 
 use crate::metrics::Metrics;
+pub use rollway_plugin_sdk::presence::Presence;
 
 pub use bindings::device::exports::rollway::plugin::device::{
     Command, CommandRequest, DeviceInfo, FirmwareRef, ImageInfo, StatusReport, StatusState,
@@ -38,13 +39,15 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 3);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
 const ATTEMPTS_INTERFACE: &str = "rollway:plugin/attempts@0.1.1";
 /// The optional export of device plugins since 0.1.2 (`batch`).
 const BATCH_INTERFACE: &str = "rollway:plugin/batch@0.1.2";
+/// The optional export of device plugins since 0.1.3 (`presence`).
+const PRESENCE_INTERFACE: &str = "rollway:plugin/presence@0.1.3";
 /// Most items in one batched plugin call, and most status payload bytes:
 /// a batch shares the call's memory budget.
 const BATCH_ITEMS: usize = 512;
@@ -156,6 +159,8 @@ pub struct Plugin {
     /// `batch.parse-statuses` and `batch.build-commands` (0.1.2).
     parse_statuses: Option<ComponentExportIndex>,
     build_commands: Option<ComponentExportIndex>,
+    /// `presence.parse-presence` (0.1.3).
+    parse_presence: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -182,6 +187,10 @@ pub struct PluginView {
     /// (exporting `batch`, WIT 0.1.2): the host then parses an ingestion
     /// batch and builds a dispatch round in one instance.
     pub takes_batches: bool,
+    /// Whether the device plugin parses its devices' presence messages
+    /// (exporting `presence`, WIT 0.1.3); without it the host reads the
+    /// standard presence JSON.
+    pub parses_presence: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -203,6 +212,7 @@ impl Plugin {
             families: self.families.clone(),
             reports_attempts: self.reports_attempts(),
             takes_batches: self.takes_batches(),
+            parses_presence: self.parses_presence(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -218,6 +228,11 @@ impl Plugin {
     /// Whether the device plugin exports `batch` (WIT 0.1.2).
     pub fn takes_batches(&self) -> bool {
         self.parse_statuses.is_some() && self.build_commands.is_some()
+    }
+
+    /// Whether the device plugin exports `presence` (WIT 0.1.3).
+    pub fn parses_presence(&self) -> bool {
+        self.parse_presence.is_some()
     }
 
     fn reason(&self) -> Option<String> {
@@ -430,6 +445,7 @@ impl PluginRegistry {
         let parse_status_attempt = export(ATTEMPTS_INTERFACE, "parse-status-attempt");
         let parse_statuses = export(BATCH_INTERFACE, "parse-statuses");
         let build_commands = export(BATCH_INTERFACE, "build-commands");
+        let parse_presence = export(PRESENCE_INTERFACE, "parse-presence");
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -443,6 +459,7 @@ impl PluginRegistry {
             parse_status_attempt,
             parse_statuses,
             build_commands,
+            parse_presence,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -1153,6 +1170,24 @@ impl Plugins {
             .await
     }
 
+    /// The devices a presence payload speaks for (see
+    /// [`PluginRegistry::parse_presence`]).
+    pub async fn parse_presence(
+        &self,
+        family: &str,
+        config: &str,
+        topic_device_id: &str,
+        payload: bytes::Bytes,
+    ) -> Result<Vec<Presence>, PluginError> {
+        let (family, config, device) = (
+            family.to_owned(),
+            config.to_owned(),
+            topic_device_id.to_owned(),
+        );
+        self.blocking(move |r| r.parse_presence(&family, &config, &device, &payload))
+            .await?
+    }
+
     /// Many statuses of one family, each `(topic device id, payload)`, in
     /// order. `Err` only when the call's thread itself failed: the caller
     /// tries the whole batch again rather than refusing every status.
@@ -1171,6 +1206,68 @@ impl Plugins {
             r.parse_statuses(&family, &config, &items)
         })
         .await
+    }
+}
+
+/// `presence.device-presence`, lifted from a plugin's answer.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
+struct DevicePresence {
+    #[component(name = "device-id")]
+    device_id: String,
+    online: bool,
+    #[component(name = "installed-version")]
+    installed_version: Option<String>,
+    #[component(name = "security-counter")]
+    security_counter: Option<u64>,
+    hardware: Vec<(String, String)>,
+}
+
+impl PluginRegistry {
+    /// Parses a presence payload received on `topic_device_id`'s presence
+    /// topic with its family's plugin when it exports `presence` (0.1.3),
+    /// else as Rollway's standard presence JSON: the devices it speaks for,
+    /// sender first.
+    pub fn parse_presence(
+        &self,
+        family: &str,
+        config: &str,
+        topic_device_id: &str,
+        payload: &[u8],
+    ) -> Result<Vec<Presence>, PluginError> {
+        let plugin = self.device_plugin(family)?;
+        let Some(index) = &plugin.parse_presence else {
+            return rollway_plugin_sdk::presence::parse_json(topic_device_id, payload)
+                .map_err(|reason| Self::refused(&plugin, reason));
+        };
+        type Answer = Result<Vec<DevicePresence>, String>;
+        let answer = self.device_instance_call(&plugin, "parse-presence", |store, instance| {
+            let function =
+                instance.get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
+            let (answer,) = function.call(&mut *store, (config, topic_device_id, payload))?;
+            Ok(answer)
+        })?;
+        let devices = answer.map_err(|reason| Self::refused(&plugin, reason))?;
+        if devices.is_empty() || devices.len() > rollway_plugin_sdk::presence::MAX_DEVICES {
+            return Err(Self::nonsense(
+                &plugin,
+                format!(
+                    "parse-presence answered {} devices (1 to {} allowed)",
+                    devices.len(),
+                    rollway_plugin_sdk::presence::MAX_DEVICES
+                ),
+            ));
+        }
+        Ok(devices
+            .into_iter()
+            .map(|d| Presence {
+                device_id: d.device_id,
+                online: d.online,
+                installed_version: d.installed_version,
+                security_counter: d.security_counter,
+                hardware: d.hardware,
+            })
+            .collect())
     }
 }
 

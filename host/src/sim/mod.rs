@@ -56,6 +56,11 @@ pub struct SimOptions {
     /// The security counter the devices start with (as flashed at the
     /// workshop): they refuse images below it.
     pub security_counter: i64,
+    /// The firmware version the devices start with.
+    pub installed_version: Option<String>,
+    /// Whether devices announce their presence on each connection (agents
+    /// that predate presence do not).
+    pub presence: bool,
 }
 
 impl SimOptions {
@@ -81,6 +86,8 @@ impl SimOptions {
             topic_prefix: "fleet".into(),
             id_prefix: "SIM-".into(),
             security_counter: 0,
+            installed_version: None,
+            presence: true,
         }
     }
 }
@@ -111,6 +118,10 @@ pub struct Truth(Arc<Mutex<BTreeMap<String, DeviceTruth>>>);
 impl Truth {
     pub fn snapshot(&self) -> BTreeMap<String, DeviceTruth> {
         self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn snapshot_of(&self, device: &str) -> Option<DeviceTruth> {
+        self.0.lock().ok().and_then(|m| m.get(device).cloned())
     }
 
     fn update(&self, device: &str, f: impl FnOnce(&mut DeviceTruth)) {
@@ -155,6 +166,7 @@ impl Simulator {
                     d.id.clone(),
                     DeviceTruth {
                         state: "idle".into(),
+                        version: options.installed_version.clone(),
                         ..DeviceTruth::default()
                     },
                 );
@@ -210,6 +222,12 @@ impl Simulator {
                             tracing::warn!("simulator: the broker lost our session");
                         }
                         let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                        // Each (re)connection: every device says it is
+                        // back and what it runs, as a real one does.
+                        if shared.options.presence {
+                            let shared = shared.clone();
+                            tokio::spawn(async move { shared.announce().await });
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = ready.take() {
@@ -295,7 +313,13 @@ async fn register(
     for chunk in ordered.chunks(5000) {
         let body: Vec<Value> = chunk
             .iter()
-            .map(|d| json!({ "id": d.id, "family": d.family, "model": model(&d.family), "gateway_id": d.gateway, "tags": { "fleet": "simulated" } }))
+            .map(|d| {
+                let mut device = json!({ "id": d.id, "family": d.family, "model": model(&d.family), "gateway_id": d.gateway, "tags": { "fleet": "simulated" } });
+                if let Some(version) = &options.installed_version {
+                    device["installed_version"] = json!(version);
+                }
+                device
+            })
             .collect();
         let response = http
             .post(format!(
@@ -425,6 +449,51 @@ struct Shared {
 }
 
 impl Shared {
+    /// Publishes every device's presence: standalone devices for
+    /// themselves, gateways for themselves and the devices behind them.
+    async fn announce(&self) {
+        let mut children: HashMap<&str, Vec<&SimDevice>> = HashMap::new();
+        for device in self.devices.values() {
+            if let Some(gateway) = &device.gateway {
+                children.entry(gateway.as_str()).or_default().push(device);
+            }
+        }
+        let counter = |id: &str| self.installed_counter(id);
+        let version = |id: &str| self.truth.snapshot_of(id).and_then(|t| t.version);
+        for device in self.devices.values().filter(|d| d.gateway.is_none()) {
+            let behind: Vec<Value> = children
+                .get(device.id.as_str())
+                .into_iter()
+                .flatten()
+                .map(|child| {
+                    json!({
+                        "device_id": child.id,
+                        "installed_version": version(&child.id),
+                        "security_counter": counter(&child.id),
+                    })
+                })
+                .collect();
+            let message = json!({
+                "state": "online",
+                "installed_version": version(&device.id),
+                "security_counter": counter(&device.id),
+                "hardware": { "board": model(&device.family) },
+                "children": behind,
+                "ts": chrono::Utc::now().timestamp_millis(),
+            });
+            let topic = format!("{}/{}/presence", self.options.topic_prefix, device.id);
+            let payload = serde_json::to_vec(&message).unwrap_or_default();
+            if let Err(error) = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+            {
+                tracing::warn!(%error, "simulator: publishing a presence");
+                return;
+            }
+        }
+    }
+
     async fn handle_command(&self, payload: &[u8]) {
         let Ok(command) = serde_json::from_slice::<Value>(payload) else {
             return;

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::command::Request;
 use crate::image::Reader;
+use crate::presence::Presence;
 use crate::status::Status;
 
 /// An image as a plugin reads it: `read_at`, or `std::io::Read + Seek`.
@@ -71,6 +72,16 @@ pub trait DeviceFamily {
     ) -> Result<Status, String> {
         crate::status::parse_json(topic_device_id, payload)
     }
+
+    /// Parses a presence payload (a device, or a gateway and the devices
+    /// behind it); by default the standard JSON message.
+    fn parse_presence(
+        _config: &Self::Config,
+        topic_device_id: &str,
+        payload: &[u8],
+    ) -> Result<Vec<Presence>, String> {
+        crate::presence::parse_json(topic_device_id, payload)
+    }
 }
 
 /// Parses and checks a configuration for `F`.
@@ -83,9 +94,10 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 /// Exports a [`DeviceFamily`] as the plugin's component. Invoke it at the
 /// crate root after
 /// `wit_bindgen::generate!({ world: "device-protocol-attempts", .. })`: the
-/// component exports `device`, `attempts` (statuses name their attempt)
-/// and `batch` (many statuses or commands in one call, each parsed or
-/// built as alone, the configuration read once).
+/// component exports `device`, `attempts` (statuses name their attempt),
+/// `batch` (many statuses or commands in one call, each parsed or built as
+/// alone, the configuration read once) and `presence` (what devices say
+/// about themselves when they connect).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -219,6 +231,33 @@ macro_rules! device_plugin {
                         .collect(),
                     Err(reason) => requests.iter().map(|_| Err(reason.clone())).collect(),
                 }
+            }
+        }
+
+        impl exports::rollway::plugin::presence::Guest for RollwayDeviceGuest {
+            fn parse_presence(
+                config: String,
+                topic_device_id: String,
+                payload: Vec<u8>,
+            ) -> Result<Vec<exports::rollway::plugin::presence::DevicePresence>, String> {
+                let config = $crate::device::load_config::<$family>(&config)?;
+                <$family as $crate::device::DeviceFamily>::parse_presence(
+                    &config,
+                    &topic_device_id,
+                    &payload,
+                )
+                .map(|devices| {
+                    devices
+                        .into_iter()
+                        .map(|p| exports::rollway::plugin::presence::DevicePresence {
+                            device_id: p.device_id,
+                            online: p.online,
+                            installed_version: p.installed_version,
+                            security_counter: p.security_counter,
+                            hardware: p.hardware,
+                        })
+                        .collect()
+                })
             }
         }
 

@@ -20,6 +20,7 @@ pub mod command;
 pub mod config;
 pub mod device;
 pub mod image;
+pub mod presence;
 pub mod rollout;
 pub mod status;
 

@@ -17,6 +17,12 @@ function deviceLink(id) {
   return h('a', { href: deviceHref(id), class: 'mono' }, id);
 }
 
+// Connected now, or away since it was last seen.
+function presence(d) {
+  return h('span', { class: ['presence', d.online ? 'presence-online' : 'presence-away'], dataset: { online: String(Boolean(d.online)) } },
+    d.online ? 'online' : 'away');
+}
+
 // ---- fleet page -------------------------------------------------------------
 
 export async function renderFleet(ctx) {
@@ -25,6 +31,8 @@ export async function renderFleet(ctx) {
   const search = h('input', { id: 'device-search', type: 'search', placeholder: 'e.g. VIN12', autocomplete: 'off', spellcheck: 'false' });
   const familySelect = h('select', { id: 'device-family' }, h('option', { value: '' }, 'All families'));
   const versionSelect = h('select', { id: 'device-version' }, h('option', { value: '' }, 'Any version'));
+  const onlineSelect = h('select', { id: 'device-online' },
+    h('option', { value: '' }, 'Any'), h('option', { value: 'true' }, 'Online'), h('option', { value: 'false' }, 'Away'));
   const tagsInput = h('input', { id: 'device-tags', type: 'text', placeholder: 'site:north, fleet:simulated', autocomplete: 'off', spellcheck: 'false' });
   const filterError = h('div', { class: 'filter-error' });
   const { el: tableEl, tbody } = table({
@@ -52,6 +60,7 @@ export async function renderFleet(ctx) {
         h('div', { class: 'field inline' }, h('label', { for: 'device-search' }, 'Device id starts with'), search),
         h('div', { class: 'field inline' }, h('label', { for: 'device-family' }, 'Family'), familySelect),
         h('div', { class: 'field inline' }, h('label', { for: 'device-version' }, 'Installed version'), versionSelect),
+        h('div', { class: 'field inline' }, h('label', { for: 'device-online' }, 'Connection'), onlineSelect),
         h('div', { class: 'field inline' }, h('label', { for: 'device-tags' }, 'Tags'), tagsInput),
       ),
       filterError,
@@ -70,7 +79,8 @@ export async function renderFleet(ctx) {
     const q = search.value.trim();
     if (q) query.q = q;
     if (familySelect.value) query.family = familySelect.value;
-    if (versionSelect.value) query.firmware_version = versionSelect.value;
+    if (versionSelect.value) query.installed_version = versionSelect.value;
+    if (onlineSelect.value) query.online = onlineSelect.value;
     const tagsText = tagsInput.value.trim();
     if (tagsText) {
       const tags = parseTags(tagsText); // throws on a malformed pair
@@ -80,7 +90,7 @@ export async function renderFleet(ctx) {
   }
 
   function hasFilters() {
-    return Boolean(search.value.trim() || familySelect.value || versionSelect.value || tagsInput.value.trim());
+    return Boolean(search.value.trim() || familySelect.value || versionSelect.value || onlineSelect.value || tagsInput.value.trim());
   }
 
   function fillSelects() {
@@ -109,6 +119,10 @@ export async function renderFleet(ctx) {
       h('div', { class: 'card card-total' },
         h('span', { class: 'card-label', id: 'fleet-total-label' }, 'Total devices'),
         h('span', { class: 'card-value', id: 'fleet-total', 'aria-labelledby': 'fleet-total-label' }, String(total))),
+      h('div', { class: 'card' },
+        h('span', { class: 'card-label', id: 'fleet-online-label' }, 'Online now'),
+        h('span', { class: 'card-value', id: 'fleet-online', 'aria-labelledby': 'fleet-online-label' }, String(summary.online ?? 0)),
+        h('span', { class: 'card-sub' }, `${percent(summary.online ?? 0, total)}% connected; the rest are away`)),
       (summary.by_family ?? []).map((f) => h('div', { class: 'card', dataset: { family: f.family } },
         h('span', { class: 'card-label' }, f.family),
         h('span', { class: 'card-value', dataset: { familyCount: f.family } }, String(f.devices)),
@@ -162,14 +176,14 @@ export async function renderFleet(ctx) {
       h('td', {}, d.family),
       h('td', {}, d.model ?? h('span', { class: 'muted' }, '—')),
       h('td', {}, d.gateway_id ? deviceLink(d.gateway_id) : h('span', { class: 'muted' }, '—')),
-      h('td', { class: 'mono' }, d.firmware_version ?? h('span', { class: 'muted' }, 'unknown')),
+      h('td', { class: 'mono' }, d.installed_version ?? h('span', { class: 'muted' }, 'unknown')),
       h('td', { class: 'last-status' },
         badge(status, { title: d.last_error ?? undefined }),
         isInFlight(status) && d.last_progress !== null && d.last_progress !== undefined
           ? h('span', { class: 'inline-progress' }, ` ${d.last_progress}%`) : null,
         d.last_job_id ? h('a', { href: `#/jobs/${d.last_job_id}`, class: 'small-link', 'aria-label': `Job ${d.last_job_id}` }, ' job') : null,
         d.last_error ? h('span', { class: 'row-error', title: d.last_error }, d.last_error) : null),
-      h('td', {}, timeEl(d.last_seen)));
+      h('td', {}, presence(d), ' ', timeEl(d.last_seen)));
   }
 
   function renderRows() {
@@ -244,6 +258,7 @@ export async function renderFleet(ctx) {
   tagsInput.addEventListener('input', debounce(reload, 500));
   familySelect.addEventListener('change', () => { fillSelects(); reload(); });
   versionSelect.addEventListener('change', reload);
+  onlineSelect.addEventListener('change', reload);
   moreButton.addEventListener('click', loadMore);
 
   const refresh = coalescer(async () => {
@@ -296,7 +311,11 @@ export async function renderDevice(ctx, id) {
           ['Family', d.family],
           ['Model', d.model],
           ['Gateway', d.gateway_id ? deviceLink(d.gateway_id) : null],
-          ['Installed firmware', d.firmware_version ? h('span', { class: 'mono' }, d.firmware_version) : h('span', { class: 'muted' }, 'unknown')],
+          ['Installed firmware', d.installed_version ? h('span', { class: 'mono' }, d.installed_version) : h('span', { class: 'muted' }, 'unknown')],
+          ['Security counter', String(d.security_counter)],
+          ['Connection', presence(d)],
+          ['Last presence', timeEl(d.presence_at)],
+          ['Hardware', Object.keys(d.hardware ?? {}).length ? tagChips(d.hardware) : h('span', { class: 'muted' }, 'not said')],
           d.last_status !== undefined ? ['Last update', badge(d.last_status ?? null)] : null,
           ['Tags', tagChips(d.tags)],
           ['Last seen', timeEl(d.last_seen)],
