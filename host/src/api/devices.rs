@@ -62,7 +62,7 @@ pub struct FleetQuery {
     /// Tags the device must carry, `key:value` pairs separated by commas.
     #[param(
         example = "site:north,zone:b",
-        pattern = "^([^,]*:[^,]*)?(,([^,]*:[^,]*)?)*$"
+        pattern = "^([^,\\x00]*:[^,\\x00]*)?(,([^,\\x00]*:[^,\\x00]*)?)*$"
     )]
     tags: Option<String>,
     /// Devices whose id starts with this text.
@@ -424,7 +424,7 @@ pub struct ListDevicesQuery {
     /// Tags the device must carry, `key:value` pairs separated by commas.
     #[param(
         example = "site:north,zone:b",
-        pattern = "^([^,]*:[^,]*)?(,([^,]*:[^,]*)?)*$"
+        pattern = "^([^,\\x00]*:[^,\\x00]*)?(,([^,\\x00]*:[^,\\x00]*)?)*$"
     )]
     tags: Option<String>,
     /// Devices whose id starts with this text.
