@@ -13,6 +13,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub update_requests_total: IntCounter,
+    pub update_commands_resent_total: IntCounter,
     pub update_errors_total: IntCounterVec,
     pub download_duration_seconds: Histogram,
     pub dispatcher_mqtt_errors_total: IntCounterVec,
@@ -88,6 +89,11 @@ impl Metrics {
             update_requests_total: counter(
                 "update_requests_total",
                 "Update commands requested for devices",
+            )?,
+            update_commands_resent_total: counter(
+                "update_commands_resent_total",
+                "Update commands sent again for the same attempt: to devices back online, \
+                 or claimed by a replica that stopped before it could tell they left",
             )?,
             update_errors_total: counter_vec(
                 "update_errors_total",

@@ -24,4 +24,5 @@ mod presence;
 mod procs;
 mod relay;
 mod security;
+mod truth;
 mod up;

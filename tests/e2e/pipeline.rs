@@ -632,6 +632,14 @@ impl ManualDevice {
         }
     }
 
+    /// The next command, if one comes within `timeout`.
+    pub async fn try_command(&mut self, timeout: Duration) -> Option<Value> {
+        tokio::time::timeout(timeout, self.commands.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn next_command(&mut self, timeout: Duration) -> Value {
         tokio::time::timeout(timeout, self.commands.recv())
             .await

@@ -449,3 +449,84 @@ async fn the_simulated_fleet_announces_itself_on_connection() {
     );
     sim.stop().await;
 }
+
+fn expires_at(command: &Value) -> chrono::DateTime<chrono::Utc> {
+    let manifest: Value =
+        serde_json::from_str(command["manifest"].as_str().expect("a manifest")).unwrap();
+    manifest["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_device_back_online_gets_its_command_again_with_a_fresh_manifest() {
+    use crate::pipeline::{ManualDevice, one_device_job};
+    let (app, prefix) = spawn_pipeline().await;
+    app.register(json!([{ "id": "VIN-BACK", "family": "esp32", "model": "esp32s3" }]))
+        .await;
+    let fw = app.upload_esp32("8.0.0").await;
+    let mut device = ManualDevice::connect(&prefix, "VIN-BACK").await;
+    let job = one_device_job(&app, &fw, "VIN-BACK", json!({ "device_timeout_secs": 600 })).await;
+    let first = device.next_command(Duration::from_secs(20)).await;
+    device
+        .report(
+            json!({ "message_id": "b-down", "state": "downloading", "progress": 30,
+                        "execution_id": first["execution_id"], "attempt": 1 }),
+        )
+        .await;
+    // Out of coverage for a while; then back, on the same session.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hello = json!({ "state": "online", "installed_version": "1.0.0" });
+    let presence = format!("{prefix}/VIN-BACK/presence");
+    device
+        .client
+        .publish(&presence, QoS::AtLeastOnce, false, hello.to_string())
+        .await
+        .unwrap();
+    let again = device.next_command(Duration::from_secs(20)).await;
+    assert_eq!(
+        (&again["execution_id"], &again["attempt"]),
+        (&first["execution_id"], &json!(1)),
+        "{again}"
+    );
+    assert!(
+        expires_at(&again) > expires_at(&first),
+        "the manifest is signed afresh: {} then {}",
+        expires_at(&first),
+        expires_at(&again)
+    );
+    // Back with a clean session (the broker forgot it): a hello on the new
+    // session brings the command again too.
+    drop(device);
+    let mut device = ManualDevice::connect(&prefix, "VIN-BACK").await;
+    device
+        .client
+        .publish(&presence, QoS::AtLeastOnce, false, hello.to_string())
+        .await
+        .unwrap();
+    let third = device.next_command(Duration::from_secs(20)).await;
+    assert_eq!(third["execution_id"], first["execution_id"], "{third}");
+    assert_eq!(metric(&app, "update_requests_total", &[]).await, 1.0);
+    assert_eq!(metric(&app, "update_commands_resent_total", &[]).await, 2.0);
+    // The update goes on in the same attempt, from where it was.
+    device
+        .finish(&app, &job, &first["execution_id"], 1, "b")
+        .await;
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM executions WHERE device_id = 'VIN-BACK'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1);
+    // A hello with nothing in flight sends nothing.
+    device
+        .client
+        .publish(&presence, QoS::AtLeastOnce, false, hello.to_string())
+        .await
+        .unwrap();
+    wait_metric(&app, &[("result", "recorded")], 3.0).await;
+    let none = device.try_command(Duration::from_secs(2)).await;
+    assert!(none.is_none(), "a command with nothing in flight: {none:?}");
+}

@@ -106,10 +106,13 @@ impl Dispatcher {
 
     /// Claims and sends one round of commands; returns how many were claimed.
     pub async fn dispatch_round(&self) -> anyhow::Result<usize> {
-        let claimed = self.claim().await?;
+        let (claimed, resent) = self.claim().await?;
         if claimed.is_empty() {
             return Ok(0);
         }
+        // The commands sent again come first.
+        let resent: std::collections::HashSet<u64> =
+            claimed[..resent].iter().map(|c| c.id as u64).collect();
         let count = claimed.len();
         // The download URL names the image, not the device: one per
         // firmware and expiry second serves the whole round, instead of a
@@ -152,6 +155,8 @@ impl Dispatcher {
                     if let Err(reason) = self.publish(&topic, qos, command.payload).await {
                         self.fail(execution_id as i64, "publish-failed", &reason)
                             .await?;
+                    } else if resent.contains(&execution_id) {
+                        self.metrics.update_commands_resent_total.inc();
                     } else {
                         self.metrics.update_requests_total.inc();
                     }
@@ -200,23 +205,28 @@ impl Dispatcher {
     }
 
     /// Claims commands to send: first those to send again (see
-    /// `resend_orphans`), then released executions of running jobs, one
+    /// `resend_orphans`, and devices back online: `executions::resend_to`),
+    /// then released executions of running jobs, one
     /// per device (a device never has two updates in flight), emergency
     /// jobs first.
-    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+    /// Returns the claims and how many of them, at the front, are sent
+    /// again.
+    async fn claim(&self) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
         let mut claimed: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "WITH picked AS (
                  -- Through the (nearly always empty) partial index: this
                  -- runs every round, and a join with jobs here let the
                  -- planner scan every dispatched execution instead.
                  SELECT e.id FROM executions e
-                 WHERE e.resend AND e.status = 'dispatched'
+                 WHERE e.resend AND e.stage = 'in_flight'
                    AND (SELECT j.status FROM jobs j WHERE j.id = e.job_id) = 'running'
                  ORDER BY e.id LIMIT $1
                  FOR UPDATE OF e SKIP LOCKED
              ), claimed AS (
+                 -- The device's time to answer counts from this send.
                  UPDATE executions e
-                 SET resend = false, dispatched_by = $2, updated_at = now(), version = e.version + 1
+                 SET resend = false, dispatched_by = $2, dispatched_at = now(),
+                     updated_at = now(), version = e.version + 1
                  FROM picked p WHERE e.id = p.id
                  RETURNING e.id, e.job_id, e.device_id, e.attempts
              )
@@ -227,9 +237,10 @@ impl Dispatcher {
         .bind(&self.instance_id)
         .fetch_all(&self.pool)
         .await?;
-        let room = CLAIM - claimed.len() as i64;
+        let resent = claimed.len();
+        let room = CLAIM - resent as i64;
         if room == 0 {
-            return Ok(claimed);
+            return Ok((claimed, resent));
         }
         // The head of every released batch in the partial `queued` index
         // order, one ordered index scan per batch that stops at `room`: a
@@ -281,7 +292,7 @@ impl Dispatcher {
             .fetch_all(&self.pool)
             .await?;
         claimed.extend(fresh);
-        Ok(claimed)
+        Ok((claimed, resent))
     }
 
     async fn request(

@@ -218,7 +218,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             continue;
         };
         let outcome = fold(execution, report, item.attempt, &mut moves);
-        if outcome == Outcome::Applied {
+        if outcome.taken() {
             applied.jobs.insert(execution.row.job_id);
             if state_of(report) == ExecutionStatus::Done {
                 let row = &execution.row;
@@ -226,7 +226,9 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
                     device.to_owned(),
                     (row.firmware_version.clone(), row.security_counter),
                 );
-                if let Some(dispatched) = execution.row.dispatched_at {
+                if outcome == Outcome::Applied
+                    && let Some(dispatched) = execution.row.dispatched_at
+                {
                     let took = (Utc::now() - dispatched).num_milliseconds().max(0);
                     applied.durations.push(took as f64 / 1000.0);
                 }
@@ -306,7 +308,10 @@ fn fold(
             execution.changed |= progress.is_some();
             Outcome::Progress
         }
-        Decision::Move { to, reason, .. } => {
+        Decision::Installed => Outcome::Installed,
+        Decision::Move {
+            to, reason, late, ..
+        } => {
             execution.changed = true;
             if reason.is_some() {
                 execution.last_error.clone_from(&reason);
@@ -325,7 +330,11 @@ fn fold(
                 progress: reported.progress,
                 cause: Cause::Device,
             });
-            Outcome::Applied
+            if late {
+                Outcome::Late
+            } else {
+                Outcome::Applied
+            }
         }
     }
 }

@@ -8,6 +8,12 @@
 //! one takes none; a status never moves an execution backwards; the same
 //! state again only updates the progress; a failure with retries left
 //! sends the execution back to the queue.
+//!
+//! The device is the truth: a `done` or `error` of the current attempt that
+//! arrives after the host gave up (`timed_out`, or `queued` again for a
+//! retry after a timeout) moves the execution to what the device says; a
+//! `done` after a cancel leaves the execution cancelled but still says
+//! what the device now runs. Nothing moves a `done` execution backwards.
 
 use super::Refusal;
 use crate::domain::ExecutionStatus;
@@ -44,12 +50,17 @@ pub enum Decision {
     /// (no state change, no event).
     Progress(Option<i16>),
     /// A state change. `to` is what is stored: `queued` for a failure with
-    /// retries left (the reported state is the status's own).
+    /// retries left (the reported state is the status's own). `late`: the
+    /// host had given up on the attempt, and the device finished it.
     Move {
         to: ExecutionStatus,
         reason: Option<String>,
         progress: Option<i16>,
+        late: bool,
     },
+    /// The execution stays as it is (cancelled), but the device installed
+    /// the job's firmware all the same: what it runs changes.
+    Installed,
 }
 
 /// Decides what `status` does to `current`.
@@ -77,6 +88,29 @@ pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
         );
     }
     let from = current.status;
+    let next = status.state;
+    // The current attempt's own last word, after the host gave up on it.
+    let of_this_attempt = status.attempt.is_some() || from != ExecutionStatus::Queued;
+    let finished = matches!(next, ExecutionStatus::Done | ExecutionStatus::Error);
+    let gave_up = from == ExecutionStatus::TimedOut
+        || (from == ExecutionStatus::Queued
+            && next == ExecutionStatus::Done
+            && current.attempts > 0);
+    if gave_up && finished && of_this_attempt {
+        return Decision::Move {
+            to: next,
+            reason: status.error.map(str::to_owned),
+            progress: status.progress.or(if next == ExecutionStatus::Done {
+                Some(100)
+            } else {
+                current.progress
+            }),
+            late: true,
+        };
+    }
+    if from == ExecutionStatus::Cancelled && next == ExecutionStatus::Done {
+        return Decision::Installed;
+    }
     if from == ExecutionStatus::Queued {
         return Decision::Refuse(
             Refusal::NotDispatched,
@@ -86,7 +120,6 @@ pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
             ),
         );
     }
-    let next = status.state;
     if let Err(reason) = from.check_transition(next) {
         return Decision::Refuse(Refusal::StateMachine, reason);
     }
@@ -109,6 +142,7 @@ pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
         to,
         reason,
         progress,
+        late: false,
     }
 }
 
@@ -116,7 +150,7 @@ impl Current {
     /// The execution after `decision`.
     pub fn apply(&mut self, decision: &Decision) {
         match decision {
-            Decision::Refuse(..) => {}
+            Decision::Refuse(..) | Decision::Installed => {}
             Decision::Progress(progress) => {
                 if progress.is_some() {
                     self.progress = *progress;
@@ -159,11 +193,14 @@ mod tests {
     }
 
     /// What each reported state does to each stored one, for a status of
-    /// the current attempt (or naming none): M moves, P only progresses,
-    /// N refused as not dispatched, S refused by the state machine.
+    /// the current attempt (or naming none): M moves, L moves a late
+    /// report (the host had given up), P only progresses, I leaves the
+    /// execution but changes what the device runs, N refused as not
+    /// dispatched, S refused by the state machine. `x/y`: x when the
+    /// status names no attempt, y when it names the current one.
     const TABLE: [(ExecutionStatus, &str); 10] = [
         //              init down flash reboot done error
-        (S::Queued, "N N N N N N"),
+        (S::Queued, "N N N N N/L N"),
         (S::Dispatched, "M M M M M M"),
         (S::Init, "P M M M M M"),
         (S::Downloading, "S P M M M M"),
@@ -171,8 +208,8 @@ mod tests {
         (S::Rebooting, "S S S P M M"),
         (S::Done, "S S S S S S"),
         (S::Error, "S S S S S S"),
-        (S::TimedOut, "S S S S S S"),
-        (S::Cancelled, "S S S S S S"),
+        (S::TimedOut, "S S S S L L"),
+        (S::Cancelled, "S S S S I S"),
     ];
     const REPORTED: [ExecutionStatus; 6] = [
         S::Init,
@@ -185,7 +222,9 @@ mod tests {
 
     fn kind(decision: &Decision) -> &'static str {
         match decision {
-            Decision::Move { .. } => "M",
+            Decision::Move { late: false, .. } => "M",
+            Decision::Move { late: true, .. } => "L",
+            Decision::Installed => "I",
             Decision::Progress(_) => "P",
             Decision::Refuse(Refusal::NotDispatched, _) => "N",
             Decision::Refuse(Refusal::StateMachine, _) => "S",
@@ -201,7 +240,8 @@ mod tests {
             for (state, want) in REPORTED.into_iter().zip(expected) {
                 let execution = current(stored, 2, 0);
                 // The current attempt, or none named: the table.
-                for attempt in [None, Some(2)] {
+                let (unnamed, named) = want.split_once('/').unwrap_or((want, want));
+                for (attempt, want) in [(None, unnamed), (Some(2), named)] {
                     let got = decide(&execution, &reported(state, attempt));
                     assert_eq!(
                         kind(&got),
@@ -233,7 +273,8 @@ mod tests {
             Decision::Move {
                 to: S::Queued,
                 reason: Some("flash failed (will retry)".into()),
-                progress: None
+                progress: None,
+                late: false,
             }
         );
         // The last attempt's failure is final.
@@ -246,9 +287,63 @@ mod tests {
             Decision::Move {
                 to: S::Error,
                 reason: Some("flash failed".into()),
-                progress: None
+                progress: None,
+                late: false,
             }
         );
+    }
+
+    #[test]
+    fn the_device_is_the_truth_after_the_host_gave_up() {
+        // Timed out, no retries: the device finished after all.
+        let done = reported(S::Done, Some(1));
+        assert_eq!(
+            decide(&current(S::TimedOut, 1, 0), &done),
+            Decision::Move {
+                to: S::Done,
+                reason: None,
+                progress: Some(100),
+                late: true,
+            }
+        );
+        // A late failure is final: the retry is for stalls, not for this.
+        let failed = Reported {
+            error: Some("flash failed"),
+            ..reported(S::Error, Some(1))
+        };
+        assert!(matches!(
+            decide(&current(S::TimedOut, 1, 3), &failed),
+            Decision::Move {
+                to: S::Error,
+                late: true,
+                ..
+            }
+        ));
+        // Queued again after a timeout, before the next dispatch: the
+        // attempt that timed out is done, no second attempt is needed.
+        assert!(matches!(
+            decide(&current(S::Queued, 1, 1), &done),
+            Decision::Move {
+                to: S::Done,
+                late: true,
+                ..
+            }
+        ));
+        // Never queued yet: nothing of it can be late.
+        assert!(matches!(
+            decide(&current(S::Queued, 0, 1), &reported(S::Done, None)),
+            Decision::Refuse(Refusal::NotDispatched, _)
+        ));
+        // Done stays done.
+        assert!(matches!(
+            decide(&current(S::Done, 1, 0), &failed),
+            Decision::Refuse(Refusal::StateMachine, _)
+        ));
+        let mut cancelled = current(S::Cancelled, 1, 0);
+        let decision = decide(&cancelled, &done);
+        assert_eq!(decision, Decision::Installed);
+        cancelled.apply(&decision);
+        assert_eq!(cancelled.status, S::Cancelled);
     }
 
     #[test]

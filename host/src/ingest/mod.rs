@@ -64,6 +64,12 @@ enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Applied,
+    /// Applied after the host had given up on the attempt (timed out):
+    /// the device finished it, and its word stands.
+    Late,
+    /// A `done` of a cancelled execution: the execution stays cancelled,
+    /// what the device runs changes.
+    Installed,
     Progress,
     Duplicate,
     /// A presence message, recorded.
@@ -77,10 +83,18 @@ impl Outcome {
         Outcome::Refused(cause, detail.into())
     }
 
+    /// Whether the status was taken: it moved its execution or changed
+    /// what its device runs.
+    pub fn taken(&self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Late | Outcome::Installed)
+    }
+
     /// The `result` label of `status_messages_total`.
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
+            Outcome::Late => "late",
+            Outcome::Installed => "installed",
             Outcome::Progress => "progress",
             Outcome::Duplicate => "duplicate",
             Outcome::Recorded => "recorded",
@@ -468,7 +482,8 @@ impl Ingest {
         // presence that came before its device's applied `done` names the
         // version the device ran before it.
         let presences = presence::before_done(presences, &items, &outcomes);
-        self.record_presences(&mut tx, presences, &mut outcomes)
+        let resent = self
+            .record_presences(&mut tx, presences, &mut outcomes)
             .await?;
         crate::fleet::seen(&mut *tx, &senders).await?;
         tx.commit().await?;
@@ -486,6 +501,10 @@ impl Ingest {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "status batch applied"
         );
+        if resent > 0 {
+            tracing::debug!(resent, "devices back online get their commands again");
+            self.dispatch_wakeup.notify_one();
+        }
         let jobs: Vec<Uuid> = touched.into_iter().collect();
         if !jobs.is_empty() {
             crate::jobs::touch_jobs(&self.pool, &jobs).await?;

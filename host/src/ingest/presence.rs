@@ -7,7 +7,8 @@
 //! for itself, a gateway for itself and the devices behind it; what it
 //! says (online or away, the version and security counter it runs, its
 //! hardware facts) replaces what was recorded. Presence never moves an
-//! execution: statuses do.
+//! execution: statuses do. A hello of a device with an update in flight
+//! has its command sent again.
 
 use std::collections::HashMap;
 
@@ -84,17 +85,25 @@ impl Ingest {
     /// Records presence entries in `conn`. Each message's outcome goes to
     /// `outcomes[index]`: `Recorded` when what the sender said of itself
     /// was recorded, even if some device it spoke for was refused (that one
-    /// is logged and counted apart, as spoofed).
+    /// is logged and counted apart, as spoofed). A device back online with
+    /// an update in flight gets its command again: returns how many
+    /// commands are to be sent again.
     pub(super) async fn record_presences(
         &self,
         conn: &mut PgConnection,
         entries: Vec<Entry>,
         outcomes: &mut [Option<Outcome>],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<u64> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let (owners, seen): (Vec<usize>, Vec<Seen>) = entries.into_iter().unzip();
+        let hellos: Vec<(&str, &str)> = seen
+            .iter()
+            .filter(|s| s.online)
+            .map(|s| (s.sender.as_str(), s.device_id.as_str()))
+            .collect();
+        let resent = crate::jobs::executions::resend_to(conn, &hellos).await?;
         let allowed = fleet::record_presence(conn, &seen).await?;
         for ((entry, owner), allowed) in seen.iter().zip(owners).zip(allowed) {
             let own = entry.device_id == entry.sender;
@@ -122,7 +131,7 @@ impl Ingest {
                 }
             }
         }
-        Ok(())
+        Ok(resent)
     }
 }
 
@@ -137,7 +146,7 @@ pub(super) fn before_done(
     let mut done_at: HashMap<&str, usize> = HashMap::new();
     for status in statuses {
         if super::state_of(&status.report) == ExecutionStatus::Done
-            && outcomes[status.index] == Some(Outcome::Applied)
+            && outcomes[status.index].as_ref().is_some_and(Outcome::taken)
         {
             let at = done_at
                 .entry(status.report.device_id.as_str())

@@ -316,6 +316,38 @@ struct MoveColumns<'a> {
     payloads: Vec<serde_json::Value>,
 }
 
+/// Asks for the commands of the executions in flight on devices that just
+/// said hello (`(sender, device)`: a device for itself, or a gateway for a
+/// device behind it) to be sent again: a device back from a shift out of
+/// coverage, or back with a clean session, has lost its command or holds
+/// one whose manifest has expired. The dispatcher sends each again with a
+/// freshly signed manifest, for the same attempt. Returns how many.
+pub async fn resend_to(
+    conn: &mut PgConnection,
+    hellos: &[(&str, &str)],
+) -> Result<u64, sqlx::Error> {
+    if hellos.is_empty() {
+        return Ok(0);
+    }
+    let (senders, devices): (Vec<&str>, Vec<&str>) = hellos.iter().copied().unzip();
+    // In device order, as status ingestion locks executions.
+    let resent = sqlx::query(
+        "UPDATE executions e SET resend = true, updated_at = now(), version = e.version + 1
+         FROM (SELECT x.id FROM executions x
+               JOIN unnest($1::text[], $2::text[]) AS u(sender, device) ON u.device = x.device_id
+               JOIN devices d ON d.id = x.device_id
+               WHERE x.stage = 'in_flight' AND NOT x.resend
+                 AND (u.sender = u.device OR d.gateway_id = u.sender)
+               ORDER BY x.device_id FOR UPDATE OF x) picked
+         WHERE e.id = picked.id",
+    )
+    .bind(&senders)
+    .bind(&devices)
+    .execute(conn)
+    .await?;
+    Ok(resent.rows_affected())
+}
+
 /// Cancels every unfinished execution of a job in one statement.
 pub async fn cancel_all(
     conn: &mut PgConnection,
