@@ -6,6 +6,7 @@
 //! their addresses.
 
 mod admin;
+mod away;
 mod cli;
 mod dashboard;
 mod devices;

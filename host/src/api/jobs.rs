@@ -93,12 +93,21 @@ pub struct CreateJobRequest {
     start: Option<String>,
     /// Defaults to `rollout-percent` with its default configuration.
     rollout: Option<RolloutInput>,
-    /// How long a device may take once dispatched (default 3600 s).
+    /// The progress timeout (also accepted as `progress_timeout_secs`):
+    /// how long a connected device may go without progress, counted from
+    /// its last status or from the command, before the attempt times out
+    /// (default 3600 s). A device that is away is not timed out: it waits
+    /// for its next connection or the delivery deadline.
+    #[serde(alias = "progress_timeout_secs")]
     #[schema(minimum = 1, maximum = 604_800)]
     device_timeout_secs: Option<i32>,
-    /// Re-dispatches after an error or timeout (0 to 10, default 0).
+    /// Re-dispatches after an error or a stall (0 to 10, default 0).
     #[schema(minimum = 0, maximum = 10)]
     max_retries: Option<i32>,
+    /// How long after the job starts its devices may still be updated
+    /// (default 14 days); what is undelivered then ends `expired`.
+    #[schema(minimum = 1, maximum = 31_536_000)]
+    delivery_deadline_secs: Option<i32>,
 }
 
 /// A job with its execution counts.
@@ -176,6 +185,7 @@ impl From<CreateJobRequest> for JobRequest {
             rollout_config,
             device_timeout_secs: request.device_timeout_secs,
             max_retries: request.max_retries,
+            delivery_deadline_secs: request.delivery_deadline_secs,
         }
     }
 }

@@ -177,10 +177,16 @@ pub(super) struct JobCreateArgs {
     /// The rollout plugin's configuration, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
     rollout_config: Option<Value>,
-    /// Seconds a device may take once dispatched (the server's default:
-    /// 3600).
-    #[arg(long, value_name = "SECS")]
+    /// Seconds a connected device may go without progress, from its last
+    /// status or the command (the server's default: 3600). A device that
+    /// is away waits for its next connection instead.
+    #[arg(long, alias = "progress-timeout", value_name = "SECS")]
     device_timeout: Option<u32>,
+    /// Seconds after the job's start that its devices may still be
+    /// updated; what is undelivered then ends `expired` (the server's
+    /// default: 1209600, 14 days).
+    #[arg(long, value_name = "SECS")]
+    delivery_deadline: Option<u32>,
     /// Re-dispatches after an error or a timeout, 0 to 10 (the server's
     /// default: 0).
     #[arg(long, value_name = "N")]
@@ -555,6 +561,9 @@ fn job_request(args: JobCreateArgs) -> anyhow::Result<Value> {
     }
     if let Some(retries) = args.max_retries {
         request["max_retries"] = json!(retries);
+    }
+    if let Some(secs) = args.delivery_deadline {
+        request["delivery_deadline_secs"] = json!(secs);
     }
     Ok(request)
 }

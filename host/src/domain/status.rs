@@ -115,11 +115,14 @@ pub enum ExecutionStatus {
     Done,
     Error,
     TimedOut,
+    /// Not delivered by the job's delivery deadline: the device stayed
+    /// away. Final for the host; a device's late `done` still counts.
+    Expired,
     Cancelled,
 }
 
 impl ExecutionStatus {
-    pub const ALL: [ExecutionStatus; 10] = [
+    pub const ALL: [ExecutionStatus; 11] = [
         ExecutionStatus::Queued,
         ExecutionStatus::Dispatched,
         ExecutionStatus::Init,
@@ -129,6 +132,7 @@ impl ExecutionStatus {
         ExecutionStatus::Done,
         ExecutionStatus::Error,
         ExecutionStatus::TimedOut,
+        ExecutionStatus::Expired,
         ExecutionStatus::Cancelled,
     ];
 
@@ -143,6 +147,7 @@ impl ExecutionStatus {
             ExecutionStatus::Done => "done",
             ExecutionStatus::Error => "error",
             ExecutionStatus::TimedOut => "timed_out",
+            ExecutionStatus::Expired => "expired",
             ExecutionStatus::Cancelled => "cancelled",
         }
     }
@@ -160,6 +165,7 @@ impl ExecutionStatus {
             ExecutionStatus::Done
                 | ExecutionStatus::Error
                 | ExecutionStatus::TimedOut
+                | ExecutionStatus::Expired
                 | ExecutionStatus::Cancelled
         )
     }

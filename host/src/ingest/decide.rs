@@ -10,7 +10,7 @@
 //! sends the execution back to the queue.
 //!
 //! The device is the truth: a `done` or `error` of the current attempt that
-//! arrives after the host gave up (`timed_out`, or `queued` again for a
+//! arrives after the host gave up (`timed_out`, `expired`, or `queued` again for a
 //! retry after a timeout) moves the execution to what the device says; a
 //! `done` after a cancel leaves the execution cancelled but still says
 //! what the device now runs. Nothing moves a `done` execution backwards.
@@ -92,7 +92,7 @@ pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
     // The current attempt's own last word, after the host gave up on it.
     let of_this_attempt = status.attempt.is_some() || from != ExecutionStatus::Queued;
     let finished = matches!(next, ExecutionStatus::Done | ExecutionStatus::Error);
-    let gave_up = from == ExecutionStatus::TimedOut
+    let gave_up = matches!(from, ExecutionStatus::TimedOut | ExecutionStatus::Expired)
         || (from == ExecutionStatus::Queued
             && next == ExecutionStatus::Done
             && current.attempts > 0);
@@ -198,7 +198,7 @@ mod tests {
     /// execution but changes what the device runs, N refused as not
     /// dispatched, S refused by the state machine. `x/y`: x when the
     /// status names no attempt, y when it names the current one.
-    const TABLE: [(ExecutionStatus, &str); 10] = [
+    const TABLE: [(ExecutionStatus, &str); 11] = [
         //              init down flash reboot done error
         (S::Queued, "N N N N N/L N"),
         (S::Dispatched, "M M M M M M"),
@@ -209,6 +209,7 @@ mod tests {
         (S::Done, "S S S S S S"),
         (S::Error, "S S S S S S"),
         (S::TimedOut, "S S S S L L"),
+        (S::Expired, "S S S S L L"),
         (S::Cancelled, "S S S S I S"),
     ];
     const REPORTED: [ExecutionStatus; 6] = [

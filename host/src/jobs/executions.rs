@@ -3,8 +3,9 @@
 //! An execution moves when the dispatcher claims it (`queued` →
 //! `dispatched`), when its device reports (forward through `init`,
 //! `downloading`, `flashing`, `rebooting` to `done` or `error`), when its
-//! command cannot be sent (→ `error`), when its device stays silent (→
-//! `timed_out`, or back to `queued` while retries are left) and when its
+//! command cannot be sent (→ `error`), when its connected device makes no
+//! progress (→ `timed_out`, or back to `queued` while retries are left),
+//! when the job's delivery deadline passes (→ `expired`) and when its
 //! job is cancelled or aborted (→ `cancelled`). Callers choose which
 //! executions move and where to; this module writes each move: the
 //! execution row (its `version` bumped), a status-log row and one
@@ -33,8 +34,10 @@ pub enum Cause {
     Device,
     /// Its command could not be built or published.
     DispatchFailed,
-    /// Its device stayed silent past the job's timeout.
+    /// Its device, connected, made no progress within the job's timeout.
     Timeout,
+    /// The job's delivery deadline passed before its device finished.
+    Deadline,
     /// Its job was cancelled or aborted.
     Cancel,
 }
@@ -46,6 +49,7 @@ impl Cause {
             Cause::Device => "device",
             Cause::DispatchFailed => "dispatch_failed",
             Cause::Timeout => "timeout",
+            Cause::Deadline => "deadline",
             Cause::Cancel => "cancel",
         }
     }
@@ -124,7 +128,7 @@ pub fn statement(choose: &str, select: &str) -> String {
                  dispatched_by = CASE WHEN m.next = 'dispatched' THEN m.dispatcher ELSE e.dispatched_by END,
                  progress = CASE WHEN m.next = 'dispatched' THEN NULL ELSE e.progress END,
                  last_error = coalesce(m.reason, e.last_error),
-                 finished_at = CASE WHEN m.next IN ('done', 'error', 'timed_out', 'cancelled')
+                 finished_at = CASE WHEN m.next IN ('done', 'error', 'timed_out', 'expired', 'cancelled')
                                     THEN now() END,
                  updated_at = now(), version = e.version + 1
              FROM moves m WHERE e.id = m.id
@@ -238,7 +242,7 @@ pub async fn record(
         "WITH rows AS (
              UPDATE executions e
              SET status = u.status, progress = u.progress, last_error = u.last_error,
-                 finished_at = CASE WHEN u.finished THEN now() ELSE NULL END,
+                 finished_at = CASE WHEN u.finished THEN now() ELSE NULL END, reported_at = now(),
                  updated_at = now(), version = u.loaded + 1
              FROM unnest($1::bigint[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::bigint[])
                   AS u(id, status, progress, last_error, finished, loaded)

@@ -69,6 +69,7 @@ pub struct NewJob {
     pub rollout_config: Value,
     pub device_timeout_secs: i32,
     pub max_retries: i32,
+    pub delivery_deadline_secs: i32,
     pub created_by: String,
     /// The firmware's security counter, and whether an admin allowed it to
     /// lower the counter of the devices it goes to.
@@ -93,8 +94,14 @@ pub struct Job {
     pub rollout_plugin: String,
     #[schema(value_type = Object)]
     pub rollout_config: Json<Value>,
+    /// How long a connected device may go without progress (from its
+    /// last status, or from the command) before the attempt times out.
     pub device_timeout_secs: i32,
     pub max_retries: i32,
+    /// How long after the job's start its devices may still be updated:
+    /// an absent device waits until then, and what is undelivered at the
+    /// deadline ends `expired`.
+    pub delivery_deadline_secs: i32,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -107,8 +114,8 @@ pub struct Job {
 pub const MAX_TARGET_IDS: usize = 100_000;
 
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
-     rollout_plugin, rollout_config, device_timeout_secs, max_retries, created_by, created_at, \
-     updated_at, started_at, finished_at, version";
+     rollout_plugin, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, \
+     created_by, created_at, updated_at, started_at, finished_at, version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -192,8 +199,9 @@ where
     let id = Uuid::now_v7();
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
-                           rollout_config, device_timeout_secs, max_retries, created_by)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11)
+                           rollout_config, device_timeout_secs, max_retries, created_by,
+                           delivery_deadline_secs)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12)
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(id)
@@ -207,6 +215,7 @@ where
     .bind(new.device_timeout_secs)
     .bind(new.max_retries)
     .bind(&new.created_by)
+    .bind(new.delivery_deadline_secs)
     .fetch_one(&mut *conn)
     .await?;
 

@@ -33,6 +33,7 @@ pub struct JobRequest {
     pub rollout_config: Option<Value>,
     pub device_timeout_secs: Option<i32>,
     pub max_retries: Option<i32>,
+    pub delivery_deadline_secs: Option<i32>,
 }
 
 /// A target filter, unchecked.
@@ -106,7 +107,13 @@ struct Checked {
     rollout_config: Value,
     device_timeout_secs: i32,
     max_retries: i32,
+    delivery_deadline_secs: i32,
 }
+
+/// The default delivery deadline: 14 days.
+pub const DEFAULT_DELIVERY_DEADLINE_SECS: i32 = 14 * 86_400;
+/// The longest: a year.
+pub const MAX_DELIVERY_DEADLINE_SECS: i32 = 365 * 86_400;
 
 fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) -> Option<Checked> {
     let targets = match (&request.devices, &request.filter) {
@@ -180,6 +187,15 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
     if !(0..=10).contains(&max_retries) {
         errors.push(Invalid::new("max_retries", "must be between 0 and 10"));
     }
+    let delivery_deadline_secs = request
+        .delivery_deadline_secs
+        .unwrap_or(DEFAULT_DELIVERY_DEADLINE_SECS);
+    if !(1..=MAX_DELIVERY_DEADLINE_SECS).contains(&delivery_deadline_secs) {
+        errors.push(Invalid::new(
+            "delivery_deadline_secs",
+            format!("must be between 1 and {MAX_DELIVERY_DEADLINE_SECS}"),
+        ));
+    }
     if let Some(name) = &request.name
         && (name.is_empty() || name.chars().count() > 200)
     {
@@ -194,6 +210,7 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
         rollout_config,
         device_timeout_secs,
         max_retries,
+        delivery_deadline_secs,
     })
 }
 
@@ -258,6 +275,7 @@ pub async fn submit(
         rollout_config: checked.rollout_config,
         device_timeout_secs: checked.device_timeout_secs,
         max_retries: checked.max_retries,
+        delivery_deadline_secs: checked.delivery_deadline_secs,
         created_by: actor.to_owned(),
         security_counter: firmware.as_ref().map_or(0, |f| f.security_counter),
         downgrade_allowed: firmware

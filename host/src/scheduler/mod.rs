@@ -8,8 +8,9 @@
 //! - `evaluate_due_jobs` asks the rollout plugin about each running job whose
 //!   evaluation is due, and acts: release the next batch, wait, pause, abort
 //!   or complete.
-//! - `sweep_timeouts` times out executions whose device went silent, or
-//!   re-queues them while retries are left.
+//! - `sweep_timeouts` times out executions whose connected device stalled
+//!   (or re-queues them while retries are left), and expires what is still
+//!   undelivered at a job's delivery deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -315,39 +316,67 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Times out executions whose device has been silent past the job's
-    /// device timeout; re-queues them while retries are left.
+    /// Times out executions whose connected device made no progress within
+    /// the job's timeout, counted from its last status or from the command
+    /// (sent again on each hello); re-queues them while retries are left.
+    /// A device that is away is not stalled: it waits for its next
+    /// connection, or the job's delivery deadline, which expires what is
+    /// still undelivered.
     pub async fn sweep_timeouts(&self) -> anyhow::Result<u64> {
-        let sql = executions::statement(
+        let stalled = executions::statement(
             "moves AS (
                  SELECT e.id, e.status AS previous,
                         CASE WHEN e.attempts <= j.max_retries THEN 'queued' ELSE 'timed_out' END AS next,
-                        'the device did not finish in time' AS reason, 'timeout' AS cause,
+                        'the device made no progress in time' AS reason, 'timeout' AS cause,
                         NULL::text AS dispatcher
-                 FROM executions e JOIN jobs j ON j.id = e.job_id
+                 FROM executions e JOIN jobs j ON j.id = e.job_id JOIN devices d ON d.id = e.device_id
                  WHERE e.stage = 'in_flight'
                    -- An index range first: older than the shortest timeout of
-                   -- any active job; then each job's own timeout.
+                   -- any active job; then each job's own timeout, from the
+                   -- device's last status if it came later.
                    AND e.dispatched_at < now() - make_interval(secs => (
                        SELECT coalesce(min(device_timeout_secs), 0) FROM jobs
                        WHERE status IN ('running', 'paused')))
-                   AND e.dispatched_at < now() - make_interval(secs => j.device_timeout_secs)
+                   AND greatest(e.dispatched_at, e.reported_at)
+                       < now() - make_interval(secs => j.device_timeout_secs)
+                   AND d.online
                  ORDER BY e.dispatched_at LIMIT 1000
                  FOR UPDATE OF e SKIP LOCKED
              )",
             "SELECT job_id, to_status FROM changed",
         );
-        let changed: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let expired = executions::statement(
+            "moves AS (
+                 SELECT e.id, e.status AS previous, 'expired' AS next,
+                        'not delivered by the job''s delivery deadline' AS reason,
+                        'deadline' AS cause, NULL::text AS dispatcher
+                 FROM jobs j JOIN executions e ON e.job_id = j.id
+                 WHERE j.status IN ('running', 'paused')
+                   AND j.started_at < now() - make_interval(secs => j.delivery_deadline_secs)
+                   AND e.stage <> 'finished'
+                 ORDER BY e.id LIMIT 1000
+                 FOR UPDATE OF e SKIP LOCKED
+             )",
+            "SELECT job_id, to_status FROM changed",
+        );
+        let mut changed: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(stalled))
             .fetch_all(&self.pool)
             .await?;
+        changed.extend(
+            sqlx::query_as::<_, (Uuid, String)>(sqlx::AssertSqlSafe(expired))
+                .fetch_all(&self.pool)
+                .await?,
+        );
         if changed.is_empty() {
             return Ok(0);
         }
-        let timed_out = changed.iter().filter(|(_, s)| s == "timed_out").count() as u64;
-        self.metrics
-            .update_errors_total
-            .with_label_values(&["timeout"])
-            .inc_by(timed_out);
+        for (status, reason) in [("timed_out", "timeout"), ("expired", "deadline")] {
+            let count = changed.iter().filter(|(_, s)| s == status).count() as u64;
+            self.metrics
+                .update_errors_total
+                .with_label_values(&[reason])
+                .inc_by(count);
+        }
         let jobs: Vec<Uuid> = changed.iter().map(|(j, _)| *j).collect();
         crate::jobs::touch_jobs(&self.pool, &jobs).await?;
         self.dispatch_wakeup.notify_waiters();
@@ -402,7 +431,9 @@ async fn snapshot(
                 count(*) FILTER (WHERE e.stage = 'in_flight') AS in_flight,
                 count(*) FILTER (WHERE e.status = 'done') AS done,
                 count(*) FILTER (WHERE e.status = 'error') AS error,
-                count(*) FILTER (WHERE e.status = 'timed_out') AS timed_out,
+                -- Expired counts as timed out for rollout plugins (WIT
+                -- 0.1.x knows no `expired`): the device never finished.
+                count(*) FILTER (WHERE e.status IN ('timed_out', 'expired')) AS timed_out,
                 count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled
          FROM job_batches b LEFT JOIN executions e ON e.job_id = b.job_id AND e.batch_group = b.batch_group
          WHERE b.job_id = $1 GROUP BY b.batch_group, b.size, b.started_at ORDER BY b.batch_group",

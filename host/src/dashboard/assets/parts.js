@@ -32,7 +32,7 @@ export function timelineList(view) {
       badge(entry.status),
       entry.progress !== null && entry.progress !== undefined
         ? h('span', { class: 'timeline-progress' }, `${entry.progress}%`) : null,
-      entry.message ? h('span', { class: ['timeline-message', ['error', 'timed_out'].includes(entry.status) ? 'is-error' : null] }, entry.message) : null)));
+      entry.message ? h('span', { class: ['timeline-message', ['error', 'timed_out', 'expired'].includes(entry.status) ? 'is-error' : null] }, entry.message) : null)));
 }
 
 /**
