@@ -90,7 +90,8 @@ async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
         0.0
     );
 
-    // A connected device that makes no progress is stalled: that times out.
+    // A connected device that answered and then makes no progress is
+    // stalled: that times out.
     let fw = app.upload_esp32("9.0.1").await;
     let job = one_device_job(
         &app,
@@ -99,7 +100,11 @@ async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
         json!({ "progress_timeout_secs": 1, "max_retries": 0 }),
     )
     .await;
-    device.next_command(Duration::from_secs(20)).await;
+    let stalled = device.next_command(Duration::from_secs(20)).await;
+    device
+        .report(json!({ "message_id": "s-init", "state": "init",
+                        "execution_id": stalled["execution_id"], "attempt": 1 }))
+        .await;
     let view = wait_for(
         &app,
         &job,
@@ -174,4 +179,100 @@ async fn what_is_undelivered_at_the_deadline_expires() {
         .await;
     crate::pipeline::wait_results(&app, "late", 1.0).await;
     assert_eq!(status_of(&app, "VIN-GONE").await, "done");
+}
+
+#[tokio::test]
+async fn a_fleet_that_comes_and_goes_updates_without_a_timeout() {
+    use crate::images;
+    use crate::pipeline::sim_options;
+    use rollway::sim::Simulator;
+    let (app, prefix) = spawn_pipeline().await;
+    let mut options = sim_options(&app, &prefix, 1000, &["esp32", "stm32", "jetson"]);
+    // A third of the trucks are out of coverage when their update is
+    // released, for half a minute to two; half of them come back with a
+    // session their broker forgot.
+    options.offline = 0.3;
+    options.offline_for = (Duration::from_secs(30), Duration::from_secs(120));
+    options.clean_session = 0.5;
+    let sim = Simulator::start(options).await.unwrap();
+    let esp = app.upload_esp32("3.0.0").await;
+    let stm = app.upload("stm32", "3.0.0", images::stm32(4096, 12)).await;
+    let jet = app
+        .upload("jetson", "3.0.0", images::jetson("jetson-orin-nx", "3.0.0"))
+        .await;
+    let mut jobs = Vec::new();
+    for firmware in [&esp, &stm, &jet] {
+        let response = app
+            .post_json(
+                "/api/v1/jobs",
+                &json!({ "firmware_id": firmware["id"], "targets": { "filter": { "tags": { "fleet": "simulated" } } },
+                         "progress_timeout_secs": 20, "max_retries": 0,
+                         "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } }),
+            )
+            .await;
+        let job: Value = response.json().await.unwrap();
+        jobs.push(job["id"].as_str().expect("a job").to_owned());
+    }
+    for job in &jobs {
+        let view = wait_for(
+            &app,
+            job,
+            &["completed", "failed"],
+            Duration::from_secs(400),
+        )
+        .await;
+        let total = view["total"].as_i64().unwrap();
+        assert_eq!(view["counts"]["done"], total, "{view}");
+        assert_eq!(
+            view["counts"].get("timed_out").cloned().unwrap_or(json!(0)),
+            json!(0)
+        );
+    }
+    let truth = sim.truth.snapshot();
+    let away = truth.values().filter(|t| t.away_secs > 0).count();
+    let clean = truth.values().filter(|t| t.clean_session).count();
+    assert!(away >= 100, "{away} devices away");
+    assert!(
+        clean > 0 && clean < away,
+        "{clean} of {away} with a clean session"
+    );
+    assert!(truth.values().all(|t| t.state == "done"));
+    // Each device acted on one command, the one attempt.
+    let attempts: i32 = sqlx::query_scalar("SELECT max(attempts) FROM executions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
+    assert!(metric(&app, "update_commands_resent_total", &[]).await >= away as f64 / 2.0);
+    // The fleet's version distribution is the devices' own.
+    let groups: Value = app
+        .get("/api/v1/fleet/versions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut served: Vec<(String, String, i64)> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["family"].as_str().unwrap().to_owned(),
+                g["installed_version"].as_str().unwrap_or("").to_owned(),
+                g["devices"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    served.sort();
+    let mut counted: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for (id, t) in &truth {
+        let family = id.split('-').nth(1).unwrap().to_lowercase();
+        *counted
+            .entry((family, t.version.clone().unwrap_or_default()))
+            .or_default() += 1;
+    }
+    let expected: Vec<(String, String, i64)> =
+        counted.into_iter().map(|((f, v), n)| (f, v, n)).collect();
+    assert_eq!(served, expected);
+    sim.stop().await;
 }

@@ -90,7 +90,8 @@ async fn every_event_written_has_exactly_its_documented_fields() {
     device
         .finish(&app, &job, &command["execution_id"], 1, "ev")
         .await;
-    // A job whose device stays silent: the timeout fails it.
+    // A job whose device stalls after accepting its command: the timeout
+    // fails it.
     let job = one_device_job(
         &app,
         &firmware,
@@ -98,7 +99,11 @@ async fn every_event_written_has_exactly_its_documented_fields() {
         json!({ "device_timeout_secs": 1, "max_retries": 0 }),
     )
     .await;
-    device.next_command(Duration::from_secs(20)).await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    device
+        .report(json!({ "message_id": "ev-stall-init", "state": "init",
+                        "execution_id": command["execution_id"], "attempt": 1 }))
+        .await;
     wait_for(
         &app,
         &job,

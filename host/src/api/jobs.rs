@@ -94,10 +94,11 @@ pub struct CreateJobRequest {
     /// Defaults to `rollout-percent` with its default configuration.
     rollout: Option<RolloutInput>,
     /// The progress timeout (also accepted as `progress_timeout_secs`):
-    /// how long a connected device may go without progress, counted from
-    /// its last status or from the command, before the attempt times out
-    /// (default 3600 s). A device that is away is not timed out: it waits
-    /// for its next connection or the delivery deadline.
+    /// how long a connected device that answered its command may go
+    /// without progress, counted from its last status, before the attempt
+    /// times out (default 3600 s). A device that is away, or never
+    /// answered, is not timed out: it waits for its next hello or the
+    /// delivery deadline.
     #[serde(alias = "progress_timeout_secs")]
     #[schema(minimum = 1, maximum = 604_800)]
     device_timeout_secs: Option<i32>,

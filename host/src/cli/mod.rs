@@ -167,6 +167,17 @@ struct SimArgs {
     /// Devices do not announce their presence (agents that predate it).
     #[arg(long)]
     no_presence: bool,
+    /// Share of devices away (out of coverage) when their command is sent,
+    /// 0 to 1: their last will says so, and they come back later.
+    #[arg(long, default_value_t = 0.0)]
+    offline: f64,
+    /// How long an away device stays away, in seconds: MIN..MAX.
+    #[arg(long, value_name = "MIN..MAX", default_value = "30..120", value_parser = parse_seconds_range)]
+    offline_for: (u64, u64),
+    /// Share of returning devices whose broker forgot their session (the
+    /// queued command is lost; their hello brings it again), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    clean_session: f64,
     /// Write each device's final state here (JSON) when stopped.
     #[arg(long)]
     truth: Option<std::path::PathBuf>,
@@ -321,6 +332,23 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
+/// `MIN..MAX` seconds, MIN at most MAX.
+fn parse_seconds_range(raw: &str) -> Result<(u64, u64), String> {
+    let (least, most) = raw
+        .split_once("..")
+        .ok_or_else(|| format!("'{raw}' is not MIN..MAX"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("'{s}' is not a number of seconds"))
+    };
+    let (least, most) = (parse(least)?, parse(most)?);
+    if least > most {
+        return Err(format!("{least} is more than {most}"));
+    }
+    Ok((least, most))
+}
+
 async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
     let (fail_rate, family_fail_rates) = parse_fail_rates(&args.fail_rate)?;
     for (name, value) in [
@@ -330,6 +358,8 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         ("--interruptions", args.interruptions),
         ("--silent", args.silent),
         ("--fail-first", args.fail_first),
+        ("--offline", args.offline),
+        ("--clean-session", args.clean_session),
     ] {
         if !(0.0..=1.0).contains(&value) {
             anyhow::bail!("{name} must be between 0 and 1");
@@ -355,6 +385,12 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         security_counter: args.security_counter,
         installed_version: args.installed_version,
         presence: !args.no_presence,
+        offline: args.offline,
+        offline_for: (
+            std::time::Duration::from_secs(args.offline_for.0),
+            std::time::Duration::from_secs(args.offline_for.1),
+        ),
+        clean_session: args.clean_session,
     };
     let sim = crate::sim::Simulator::start(options).await?;
     for id in &sim.device_ids {

@@ -177,9 +177,9 @@ pub(super) struct JobCreateArgs {
     /// The rollout plugin's configuration, a JSON object.
     #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
     rollout_config: Option<Value>,
-    /// Seconds a connected device may go without progress, from its last
-    /// status or the command (the server's default: 3600). A device that
-    /// is away waits for its next connection instead.
+    /// Seconds a connected device that answered its command may go
+    /// without progress, from its last status (the server's default: 3600).
+    /// A device that is away, or never answered, waits for its next hello.
     #[arg(long, alias = "progress-timeout", value_name = "SECS")]
     device_timeout: Option<u32>,
     /// Seconds after the job's start that its devices may still be

@@ -334,9 +334,12 @@ pub async fn resend_to(
         return Ok(0);
     }
     let (senders, devices): (Vec<&str>, Vec<&str>) = hellos.iter().copied().unzip();
-    // In device order, as status ingestion locks executions.
+    // In device order, as status ingestion locks executions. The command
+    // counts as sent from now: the device's earlier statuses do not make
+    // it stalled before the dispatcher sends it again.
     let resent = sqlx::query(
-        "UPDATE executions e SET resend = true, updated_at = now(), version = e.version + 1
+        "UPDATE executions e SET resend = true, dispatched_at = now(), updated_at = now(),
+                version = e.version + 1
          FROM (SELECT x.id FROM executions x
                JOIN unnest($1::text[], $2::text[]) AS u(sender, device) ON u.device = x.device_id
                JOIN devices d ON d.id = x.device_id

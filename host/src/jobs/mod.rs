@@ -94,8 +94,9 @@ pub struct Job {
     pub rollout_plugin: String,
     #[schema(value_type = Object)]
     pub rollout_config: Json<Value>,
-    /// How long a connected device may go without progress (from its
-    /// last status, or from the command) before the attempt times out.
+    /// How long a connected device that answered its command may go
+    /// without progress (from its last status) before the attempt times
+    /// out.
     pub device_timeout_secs: i32,
     pub max_retries: i32,
     /// How long after the job's start its devices may still be updated:

@@ -317,11 +317,13 @@ impl Scheduler {
     }
 
     /// Times out executions whose connected device made no progress within
-    /// the job's timeout, counted from its last status or from the command
-    /// (sent again on each hello); re-queues them while retries are left.
-    /// A device that is away is not stalled: it waits for its next
-    /// connection, or the job's delivery deadline, which expires what is
-    /// still undelivered.
+    /// the job's timeout, counted from its last status that moved the
+    /// update on; re-queues them while retries are left. A device stalls
+    /// only once it has answered the command it holds (a status since the
+    /// command was last sent): one that never did may not have it, and one
+    /// that is away is not stalled. Both wait for the device's next hello
+    /// (which sends the command again), or the job's delivery deadline,
+    /// which expires what is still undelivered.
     pub async fn sweep_timeouts(&self) -> anyhow::Result<u64> {
         let stalled = executions::statement(
             "moves AS (
@@ -331,14 +333,14 @@ impl Scheduler {
                         NULL::text AS dispatcher
                  FROM executions e JOIN jobs j ON j.id = e.job_id JOIN devices d ON d.id = e.device_id
                  WHERE e.stage = 'in_flight'
-                   -- An index range first: older than the shortest timeout of
-                   -- any active job; then each job's own timeout, from the
-                   -- device's last status if it came later.
+                   -- An index range first: sent before the shortest timeout
+                   -- of any active job; then each job's own timeout, from
+                   -- the device's last status since the command was sent.
                    AND e.dispatched_at < now() - make_interval(secs => (
                        SELECT coalesce(min(device_timeout_secs), 0) FROM jobs
                        WHERE status IN ('running', 'paused')))
-                   AND greatest(e.dispatched_at, e.reported_at)
-                       < now() - make_interval(secs => j.device_timeout_secs)
+                   AND e.reported_at > e.dispatched_at
+                   AND e.reported_at < now() - make_interval(secs => j.device_timeout_secs)
                    AND d.online
                  ORDER BY e.dispatched_at LIMIT 1000
                  FOR UPDATE OF e SKIP LOCKED

@@ -61,6 +61,17 @@ pub struct SimOptions {
     /// Whether devices announce their presence on each connection (agents
     /// that predate presence do not).
     pub presence: bool,
+    /// Share of devices that are away when their command is sent (a truck
+    /// out of coverage): their broker publishes their last will, they
+    /// come back after `offline_for` and say hello. A gateway's devices
+    /// are away with it.
+    pub offline: f64,
+    /// How long an away device stays away, at least and at most.
+    pub offline_for: (Duration, Duration),
+    /// Share of returning devices whose broker forgot their session: the
+    /// command queued while they were away is lost, and only the host's
+    /// answer to their hello brings it.
+    pub clean_session: f64,
 }
 
 impl SimOptions {
@@ -88,6 +99,9 @@ impl SimOptions {
             security_counter: 0,
             installed_version: None,
             presence: true,
+            offline: 0.0,
+            offline_for: (Duration::from_secs(30), Duration::from_secs(120)),
+            clean_session: 0.0,
         }
     }
 }
@@ -110,6 +124,12 @@ pub struct DeviceTruth {
     /// a body that ended early) and resumed with `Range`.
     #[serde(default)]
     pub resumed_downloads: u32,
+    /// Seconds the device was away (out of coverage) when its command was
+    /// sent, and whether it came back with a clean session.
+    #[serde(default)]
+    pub away_secs: u64,
+    #[serde(default)]
+    pub clean_session: bool,
 }
 
 #[derive(Clone, Default)]
@@ -197,6 +217,7 @@ impl Simulator {
         let topic = format!("{}/+/update/command", options.topic_prefix);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let stop = CancellationToken::new();
+        let (replay_tx, mut replay_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let shared = Arc::new(Shared {
             options: options.clone(),
             http,
@@ -207,6 +228,8 @@ impl Simulator {
             truth: truth.clone(),
             devices: by_id,
             commands: Mutex::new(HashMap::new()),
+            away: Mutex::new(Away::default()),
+            replay: replay_tx,
         });
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -214,6 +237,11 @@ impl Simulator {
             loop {
                 let event = tokio::select! {
                     event = eventloop.poll() => event,
+                    Some(payload) = replay_rx.recv() => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move { shared.handle_command(&payload).await });
+                        continue;
+                    }
                     () = token.cancelled() => break,
                 };
                 match event {
@@ -226,7 +254,7 @@ impl Simulator {
                         // back and what it runs, as a real one does.
                         if shared.options.presence {
                             let shared = shared.clone();
-                            tokio::spawn(async move { shared.announce().await });
+                            tokio::spawn(async move { shared.announce(None).await });
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -446,12 +474,24 @@ struct Shared {
     /// Each device's latest command (execution, attempt), to recognise a
     /// repeat.
     commands: Mutex<HashMap<String, (Option<u64>, u64)>>,
+    /// Links (a device, or a gateway with the devices behind it) that have
+    /// been drawn for `offline`, and the commands queued for those away now.
+    away: Mutex<Away>,
+    /// Commands a returning link's session kept, handed back to the loop.
+    replay: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Away {
+    drawn: std::collections::HashSet<String>,
+    queued: HashMap<String, Vec<Vec<u8>>>,
 }
 
 impl Shared {
-    /// Publishes every device's presence: standalone devices for
-    /// themselves, gateways for themselves and the devices behind them.
-    async fn announce(&self) {
+    /// Publishes every device's presence (or only that of the link `only`):
+    /// standalone devices for themselves, gateways for themselves and the
+    /// devices behind them.
+    async fn announce(&self, only: Option<&str>) {
         let mut children: HashMap<&str, Vec<&SimDevice>> = HashMap::new();
         for device in self.devices.values() {
             if let Some(gateway) = &device.gateway {
@@ -460,7 +500,17 @@ impl Shared {
         }
         let counter = |id: &str| self.installed_counter(id);
         let version = |id: &str| self.truth.snapshot_of(id).and_then(|t| t.version);
-        for device in self.devices.values().filter(|d| d.gateway.is_none()) {
+        // A link away now says nothing until it is back.
+        let away: Vec<String> = self
+            .away
+            .lock()
+            .map(|a| a.queued.keys().cloned().collect())
+            .unwrap_or_default();
+        for device in self
+            .devices
+            .values()
+            .filter(|d| d.gateway.is_none() && only.map_or(!away.contains(&d.id), |id| id == d.id))
+        {
             let behind: Vec<Value> = children
                 .get(device.id.as_str())
                 .into_iter()
@@ -494,7 +544,88 @@ impl Shared {
         }
     }
 
-    async fn handle_command(&self, payload: &[u8]) {
+    /// Whether the command finds its device's link away: then it waits in
+    /// the (persistent) session, or is lost with a clean one. A link is
+    /// drawn once, at its first command, to be away for a while.
+    async fn away(self: &Arc<Self>, link: &str, payload: &[u8]) -> bool {
+        let leaves = {
+            let Ok(mut away) = self.away.lock() else {
+                return false;
+            };
+            if let Some(queued) = away.queued.get_mut(link) {
+                queued.push(payload.to_vec());
+                return true;
+            }
+            if !away.drawn.insert(link.to_owned())
+                || !rand::rng().random_bool(self.options.offline.clamp(0.0, 1.0))
+            {
+                return false;
+            }
+            away.queued.insert(link.to_owned(), vec![payload.to_vec()]);
+            true
+        };
+        if leaves {
+            self.leave(link).await;
+        }
+        true
+    }
+
+    /// The link drops off: its broker publishes its will; it comes back
+    /// after a while, says hello, and acts on what its session kept.
+    async fn leave(self: &Arc<Self>, link: &str) {
+        let (least, most) = self.options.offline_for;
+        let gone = if most > least {
+            rand::rng().random_range(least..=most)
+        } else {
+            least
+        };
+        let clean = rand::rng().random_bool(self.options.clean_session.clamp(0.0, 1.0));
+        for device in self
+            .devices
+            .values()
+            .filter(|d| d.id == link || d.gateway.as_deref() == Some(link))
+        {
+            self.truth.update(&device.id, |t| {
+                t.away_secs = gone.as_secs();
+                t.clean_session = clean;
+            });
+        }
+        let will = format!("{}/{link}/presence", self.options.topic_prefix);
+        if let Err(error) = self
+            .client
+            .publish(
+                will,
+                QoS::AtLeastOnce,
+                false,
+                br#"{"state":"offline"}"#.to_vec(),
+            )
+            .await
+        {
+            tracing::warn!(%error, "simulator: publishing a last will");
+        }
+        let shared = self.clone();
+        let link = link.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(gone).await;
+            let queued = shared
+                .away
+                .lock()
+                .ok()
+                .and_then(|mut away| away.queued.remove(&link))
+                .unwrap_or_default();
+            if shared.options.presence {
+                shared.announce(Some(&link)).await;
+            }
+            // A clean session lost what was queued: the hello brings it.
+            if !clean {
+                for payload in queued {
+                    let _ = shared.replay.send(payload);
+                }
+            }
+        });
+    }
+
+    async fn handle_command(self: &Arc<Self>, payload: &[u8]) {
         let Ok(command) = serde_json::from_slice::<Value>(payload) else {
             return;
         };
@@ -504,6 +635,10 @@ impl Shared {
         let Some(device) = self.devices.get(device_id).cloned() else {
             return;
         };
+        let link = device.gateway.clone().unwrap_or_else(|| device.id.clone());
+        if self.options.offline > 0.0 && self.away(&link, payload).await {
+            return;
+        }
         let execution_id = command["execution_id"].as_u64();
         let attempt = command["attempt"].as_u64().unwrap_or(1);
         let first = attempt == 1;
