@@ -43,9 +43,9 @@ pub struct Policy(Arc<HashMap<(Method, String), Rule>>);
 
 impl Policy {
     /// Reads the rules from the OpenAPI document (paths with their full
-    /// `/api/v1` prefix). Panics on a scope that names no role: that is a
-    /// mistake in the code, found by the first test that builds a router.
-    pub fn from_openapi(document: &serde_json::Value) -> Self {
+    /// `/api/v1` prefix). A bearer requirement that does not name exactly
+    /// one role is a mistake in the code: the error says where.
+    pub fn from_openapi(document: &serde_json::Value) -> Result<Self, String> {
         let mut rules = HashMap::new();
         let paths = document["paths"].as_object().cloned().unwrap_or_default();
         for (path, item) in paths {
@@ -64,12 +64,14 @@ impl Policy {
                 for requirement in requirements {
                     if let Some(scopes) = requirement[BEARER].as_array() {
                         let [scope] = scopes.as_slice() else {
-                            panic!("{method} {path}: the bearer requirement must name one role");
+                            return Err(format!(
+                                "{method} {path}: the bearer requirement must name one role"
+                            ));
                         };
                         let role = scope
                             .as_str()
                             .and_then(|s| Role::parse(s).ok())
-                            .unwrap_or_else(|| panic!("{method} {path}: {scope} is not a role"));
+                            .ok_or_else(|| format!("{method} {path}: {scope} is not a role"))?;
                         rule = Some(Rule {
                             role,
                             or_download_token: false,
@@ -85,7 +87,7 @@ impl Policy {
                 }
             }
         }
-        Self(Arc::new(rules))
+        Ok(Self(Arc::new(rules)))
     }
 
     fn rule(&self, method: &Method, path: &str) -> Option<Rule> {
@@ -242,7 +244,7 @@ mod tests {
             "/api/v1/b": { "get": { "security": [{ "bearer": ["viewer"] }, { "download_token": [] }] } },
             "/api/v1/keys": { "get": {} },
         }});
-        let policy = Policy::from_openapi(&document);
+        let policy = Policy::from_openapi(&document).unwrap();
         assert_eq!(policy.role(&Method::GET, "/api/v1/a"), Some(Role::Viewer));
         assert_eq!(policy.role(&Method::HEAD, "/api/v1/a"), Some(Role::Viewer));
         assert_eq!(
@@ -259,11 +261,19 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "is not a role")]
     fn a_scope_must_name_a_role() {
         let document = serde_json::json!({ "paths": {
             "/api/v1/a": { "get": { "security": [{ "bearer": ["root"] }] } },
         }});
-        Policy::from_openapi(&document);
+        let error = Policy::from_openapi(&document).unwrap_err();
+        assert_eq!(error, r#"GET /api/v1/a: "root" is not a role"#);
+        let two = serde_json::json!({ "paths": {
+            "/api/v1/a": { "get": { "security": [{ "bearer": ["viewer", "admin"] }] } },
+        }});
+        assert!(
+            Policy::from_openapi(&two)
+                .unwrap_err()
+                .contains("must name one role")
+        );
     }
 }

@@ -125,7 +125,8 @@ pub fn router(state: AppState) -> Router {
         .collect();
     let mut openapi = serde_json::to_value(&openapi).expect("the OpenAPI document serializes");
     openapi::complete(&mut openapi);
-    let policy = access::Policy::from_openapi(&openapi);
+    let policy = access::Policy::from_openapi(&openapi)
+        .unwrap_or_else(|mistake| panic!("the OpenAPI document's security: {mistake}"));
     let openapi = Arc::new(openapi);
     let api = api
         .route_layer(middleware::from_fn_with_state(
