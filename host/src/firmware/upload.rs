@@ -101,7 +101,16 @@ where
     let id = Uuid::now_v7();
     let (digest, size, temp_key) =
         receive(&ctx, body, &id.to_string(), request.limit, timed_out).await?;
-    let (version, metadata) = match check(&ctx, &request, &temp_key, size).await {
+    let checked = async {
+        let (version, metadata) = check(&ctx, &request, &temp_key, size).await?;
+        let security_counter = match request.security_counter {
+            Some(counter) => counter,
+            None => image_security_counter(&metadata)?,
+        };
+        Ok((version, metadata, security_counter))
+    };
+    // A refused image leaves nothing behind.
+    let (version, metadata, security_counter) = match checked.await {
         Ok(checked) => checked,
         Err(error) => {
             if let Err(cleanup) = ctx.store.delete(&temp_key).await {
@@ -109,10 +118,6 @@ where
             }
             return Err(error);
         }
-    };
-    let security_counter = match request.security_counter {
-        Some(counter) => counter,
-        None => image_security_counter(&metadata)?,
     };
     let storage_key = FirmwareStore::image_key(&digest);
     ctx.store.promote(&temp_key, &storage_key).await?;

@@ -35,15 +35,18 @@ pub async fn upload(
     let plugin = plugins.load(bytes.to_vec(), PluginSource::Uploaded).await?;
     // Refused before its bytes are kept.
     plugins.admissible(&plugin)?;
-    save_upload(pool, store, bytes, &plugin, actor).await?;
+    // The bytes first, outside any transaction; then the row, its event
+    // and its audit record together; then the registry.
+    let key = format!("plugins/{}.wasm", plugin.sha256);
+    store.put_bytes(&key, bytes).await?;
     let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
-    let admitted = plugins.admit(plugin)?;
     let mut tx = pool.begin().await?;
+    save_upload(&mut tx, &key, &plugin, actor).await?;
     outbox::enqueue(
         &mut tx,
         outbox::Event {
             kind: outbox::EventType::PluginUploaded,
-            aggregate_id: &admitted.name,
+            aggregate_id: &plugin.name,
             payload: details.clone(),
         },
     )
@@ -53,11 +56,12 @@ pub async fn upload(
         actor,
         "plugin.upload",
         "plugin",
-        &admitted.name,
+        &plugin.name,
         details,
     )
     .await?;
     tx.commit().await?;
+    let admitted = plugins.admit(plugin)?;
     tracing::info!(plugin = %admitted.name, version = %admitted.version, "plugin uploaded");
     Ok(admitted)
 }
@@ -139,14 +143,11 @@ pub async fn restore(
 
 /// Stores an uploaded plugin's component and records it.
 async fn save_upload(
-    pool: &PgPool,
-    store: &FirmwareStore,
-    bytes: bytes::Bytes,
+    conn: &mut sqlx::PgConnection,
+    key: &str,
     plugin: &Plugin,
     actor: &str,
-) -> anyhow::Result<()> {
-    let key = format!("plugins/{}.wasm", plugin.sha256);
-    store.put_bytes(&key, bytes).await?;
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO plugins (name, kind, version, sha256, storage_key, enabled, updated_by)
          VALUES ($1, $2, $3, $4, $5, true, $6)
@@ -158,9 +159,9 @@ async fn save_upload(
     .bind(plugin.kind.as_str())
     .bind(&plugin.version)
     .bind(&plugin.sha256)
-    .bind(&key)
+    .bind(key)
     .bind(actor)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }
