@@ -110,9 +110,6 @@ impl Dispatcher {
         if claimed.is_empty() {
             return Ok(0);
         }
-        // The commands sent again come first.
-        let resent: std::collections::HashSet<u64> =
-            claimed[..resent].iter().map(|c| c.id as u64).collect();
         let count = claimed.len();
         // The download URL names the image, not the device: one per
         // firmware and expiry second serves the whole round, instead of a
@@ -139,11 +136,12 @@ impl Dispatcher {
             for ((position, execution), command) in
                 positions.into_iter().zip(executions).zip(commands)
             {
-                built[position] = Some((execution, command));
+                // The commands sent again come first in the claim.
+                built[position] = Some((execution, position < resent, command));
             }
         }
         let built: Vec<_> = built.into_iter().flatten().collect();
-        for (execution_id, command) in built {
+        for (execution_id, again, command) in built {
             match command {
                 Ok(command) => {
                     let topic = format!("{}/{}", self.topic_prefix, command.topic);
@@ -153,9 +151,15 @@ impl Dispatcher {
                         _ => QoS::AtLeastOnce,
                     };
                     if let Err(reason) = self.publish(&topic, qos, command.payload).await {
-                        self.fail(execution_id as i64, "publish-failed", &reason)
-                            .await?;
-                    } else if resent.contains(&execution_id) {
+                        if again {
+                            // The device has its update under way: the
+                            // command is sent again next round, not failed.
+                            self.resend_later(execution_id as i64, &reason).await?;
+                        } else {
+                            self.fail(execution_id as i64, "publish-failed", &reason)
+                                .await?;
+                        }
+                    } else if again {
                         self.metrics.update_commands_resent_total.inc();
                     } else {
                         self.metrics.update_requests_total.inc();
@@ -364,6 +368,21 @@ impl Dispatcher {
     }
 
     /// Fails an execution whose command cannot be sent (not retried).
+    /// Marks a command that was to be sent again, and could not be, for
+    /// the next round.
+    async fn resend_later(&self, execution_id: i64, detail: &str) -> Result<(), sqlx::Error> {
+        self.metrics
+            .dispatcher_mqtt_errors_total
+            .with_label_values(&["publish-failed"])
+            .inc();
+        tracing::warn!(execution_id, detail, "command not sent again; retrying");
+        sqlx::query("UPDATE executions SET resend = true WHERE id = $1 AND stage = 'in_flight'")
+            .bind(execution_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn fail(
         &self,
         execution_id: i64,

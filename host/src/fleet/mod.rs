@@ -401,8 +401,11 @@ pub async fn record_presence(
     Ok(allowed)
 }
 
+/// How often at most `seen` writes a device's `last_seen`.
+pub const SEEN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Notes that messages of `devices` arrived: they are connected. Written
-/// at most every few seconds a device (a stream of statuses costs one
+/// at most every [`SEEN_EVERY`] a device (a stream of statuses costs one
 /// write).
 pub async fn seen<'e>(
     executor: impl sqlx::PgExecutor<'e>,
@@ -417,10 +420,12 @@ pub async fn seen<'e>(
         "UPDATE devices SET last_seen = now(), online = true
          WHERE id IN (SELECT id FROM devices
                       WHERE id = ANY($1)
-                        AND (NOT online OR last_seen IS NULL OR last_seen < now() - interval '10 seconds')
+                        AND (NOT online OR last_seen IS NULL
+                             OR last_seen < now() - make_interval(secs => $2))
                       ORDER BY id FOR NO KEY UPDATE SKIP LOCKED)",
     )
     .bind(devices)
+    .bind(SEEN_EVERY.as_secs_f64())
     .execute(executor)
     .await?;
     Ok(())

@@ -340,13 +340,19 @@ impl Ingest {
             kinds.push(kind);
         }
         let ids: Vec<&str> = topic_devices.iter().map(String::as_str).collect();
-        let devices: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
-            "SELECT id, family FROM devices WHERE id = ANY($1)",
+        // Each sender's family, and whether it was noted connected within
+        // `fleet::seen`'s interval (then its statuses need no write for it).
+        let devices: HashMap<String, (String, bool)> = sqlx::query_as::<_, (String, String, bool)>(
+            "SELECT id, family,
+                        coalesce(online AND last_seen >= now() - make_interval(secs => $2), false)
+                 FROM devices WHERE id = ANY($1)",
         )
         .bind(&ids)
+        .bind(crate::fleet::SEEN_EVERY.as_secs_f64())
         .fetch_all(&self.pool)
         .await?
         .into_iter()
+        .map(|(id, family, fresh)| (id, (family, fresh)))
         .collect();
         let mut work = Vec::new();
         let mut presences = Vec::new();
@@ -355,13 +361,13 @@ impl Ingest {
                 continue;
             }
             match devices.get(&topic_devices[i]) {
-                Some(family) if kinds[i] == Kind::Presence => presences.push(presence::Item {
+                Some((family, _)) if kinds[i] == Kind::Presence => presences.push(presence::Item {
                     index: i,
                     sender: topic_devices[i].clone(),
                     family: family.clone(),
                     payload: message.payload,
                 }),
-                Some(family) => {
+                Some((family, _)) => {
                     work.push((i, family.clone(), topic_devices[i].clone(), message.payload));
                 }
                 None => {
@@ -444,10 +450,10 @@ impl Ingest {
         let parsed_in = started.elapsed();
         // Every registered device whose last message here is a status is
         // connected: it just spoke. (A presence says so itself, online or
-        // not.)
+        // not.) One noted recently needs no write.
         let mut last_kind: HashMap<&str, Kind> = HashMap::new();
         for (device, kind) in topic_devices.iter().zip(&kinds) {
-            if devices.contains_key(device) {
+            if devices.get(device).is_some_and(|(_, fresh)| !fresh) {
                 last_kind.insert(device.as_str(), *kind);
             }
         }
@@ -482,11 +488,17 @@ impl Ingest {
         // presence that came before its device's applied `done` names the
         // version the device ran before it.
         let presences = presence::before_done(presences, &items, &outcomes);
-        let resent = self
+        let hellos = self
             .record_presences(&mut tx, presences, &mut outcomes)
             .await?;
         crate::fleet::seen(&mut *tx, &senders).await?;
         tx.commit().await?;
+        // Devices back online get their updates in flight again, in a
+        // statement of its own: executions are locked before devices in
+        // every transaction. (The hello is acknowledged after this: a crash
+        // before it has the broker deliver it again.)
+        let hellos: Vec<&str> = hellos.iter().map(String::as_str).collect();
+        let resent = crate::jobs::executions::resend_to(&self.pool, &hellos).await?;
         let mut touched = HashSet::new();
         for applied in applied {
             self.observe(&applied);

@@ -85,26 +85,27 @@ impl Ingest {
     /// Records presence entries in `conn`. Each message's outcome goes to
     /// `outcomes[index]`: `Recorded` when what the sender said of itself
     /// was recorded, even if some device it spoke for was refused (that one
-    /// is logged and counted apart, as spoofed). A device back online with
-    /// an update in flight gets its command again: returns how many
-    /// commands are to be sent again.
+    /// is logged and counted apart, as spoofed). Returns the devices that
+    /// said hello, for their updates in flight to be sent again
+    /// ([`crate::jobs::executions::resend_to`], after the commit: it locks
+    /// executions, which every writer takes before devices).
     pub(super) async fn record_presences(
         &self,
         conn: &mut PgConnection,
         entries: Vec<Entry>,
         outcomes: &mut [Option<Outcome>],
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<Vec<String>> {
         if entries.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let (owners, seen): (Vec<usize>, Vec<Seen>) = entries.into_iter().unzip();
-        let hellos: Vec<(&str, &str)> = seen
-            .iter()
-            .filter(|s| s.online)
-            .map(|s| (s.sender.as_str(), s.device_id.as_str()))
-            .collect();
-        let resent = crate::jobs::executions::resend_to(conn, &hellos).await?;
         let allowed = fleet::record_presence(conn, &seen).await?;
+        let hellos: Vec<String> = seen
+            .iter()
+            .zip(&allowed)
+            .filter(|(s, allowed)| s.online && **allowed)
+            .map(|(s, _)| s.device_id.clone())
+            .collect();
         for ((entry, owner), allowed) in seen.iter().zip(owners).zip(allowed) {
             let own = entry.device_id == entry.sender;
             match (own, allowed) {
@@ -131,7 +132,7 @@ impl Ingest {
                 }
             }
         }
-        Ok(resent)
+        Ok(hellos)
     }
 }
 

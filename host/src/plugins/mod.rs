@@ -1179,6 +1179,11 @@ impl Plugins {
         topic_device_id: &str,
         payload: bytes::Bytes,
     ) -> Result<Vec<Presence>, PluginError> {
+        // Only a plugin's own parser runs WebAssembly: the standard JSON is
+        // read here, without a hand-off to a blocking thread.
+        if !self.device_plugin(family)?.parses_presence() {
+            return self.0.parse_presence(family, config, topic_device_id, &payload);
+        }
         let (family, config, device) = (
             family.to_owned(),
             config.to_owned(),
