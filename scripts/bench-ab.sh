@@ -8,7 +8,9 @@
 #
 # Build each side with `cargo build --release -p rollway-host` from its own
 # checkout and copy its target/release/rollway aside first; the benchmark
-# binary is this checkout's (`cargo build --release -p rollway-bench`).
+# binary is this checkout's (`cargo build --release -p rollway-bench`), or
+# ROLLWAY_BENCH_BIN's when set (a copy built before, so that changes in the
+# work tree do not rebuild it).
 # Every run's JSON goes to ROLLWAY_CACHE/bench-ab/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +29,11 @@ trap services_down EXIT
 services_up
 ensure_bench_postgres
 export ROLLWAY_TEST_DATABASE_URL=$ROLLWAY_BENCH_DATABASE_URL
-cargo build --release --locked -p rollway-bench >&2
-bench="$CARGO_TARGET_DIR/release/rollway-bench"
+bench=${ROLLWAY_BENCH_BIN:-}
+if [ -z "$bench" ]; then
+    cargo build --release --locked -p rollway-bench >&2
+    bench="$CARGO_TARGET_DIR/release/rollway-bench"
+fi
 out=$ROLLWAY_CACHE/bench-ab/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 for round in $(seq "$rounds"); do

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub event_processing_lag_seconds: Histogram,
     pub status_messages_total: IntCounterVec,
     pub presence_messages_total: IntCounterVec,
+    pub device_drift_total: IntCounter,
     pub status_batch_fallbacks_total: IntCounter,
     pub plugin_calls_total: IntCounterVec,
     pub plugin_traps_total: IntCounterVec,
@@ -137,6 +138,10 @@ impl Metrics {
                 "Device presence messages received, by result and, for those not recorded, the reason; \
                  a device a gateway may not speak for counts apart as spoofed",
                 &["result", "reason"],
+            )?,
+            device_drift_total: counter(
+                "device_drift_total",
+                "Devices found running a firmware version Rollway did not install (flashed outside Rollway)",
             )?,
             status_batch_fallbacks_total: counter(
                 "status_batch_fallbacks_total",

@@ -53,6 +53,7 @@ pub enum EventType {
     JobBatchStarted,
     JobRolloutDecision,
     ExecutionStatusChanged,
+    DeviceDriftDetected,
     FirmwareUploaded,
     FirmwareDowngradeChanged,
     FirmwareDeleted,
@@ -61,12 +62,13 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::JobCreated,
         EventType::JobStatusChanged,
         EventType::JobBatchStarted,
         EventType::JobRolloutDecision,
         EventType::ExecutionStatusChanged,
+        EventType::DeviceDriftDetected,
         EventType::FirmwareUploaded,
         EventType::FirmwareDowngradeChanged,
         EventType::FirmwareDeleted,
@@ -82,6 +84,7 @@ impl EventType {
             EventType::JobBatchStarted => "job.batch.started",
             EventType::JobRolloutDecision => "job.rollout.decision",
             EventType::ExecutionStatusChanged => "execution.status.changed",
+            EventType::DeviceDriftDetected => "device.drift.detected",
             EventType::FirmwareUploaded => "firmware.uploaded",
             EventType::FirmwareDowngradeChanged => "firmware.downgrade.changed",
             EventType::FirmwareDeleted => "firmware.deleted",
@@ -97,7 +100,7 @@ impl EventType {
             | EventType::JobStatusChanged
             | EventType::JobBatchStarted
             | EventType::JobRolloutDecision => Aggregate::Job,
-            EventType::ExecutionStatusChanged => Aggregate::Device,
+            EventType::ExecutionStatusChanged | EventType::DeviceDriftDetected => Aggregate::Device,
             EventType::FirmwareUploaded
             | EventType::FirmwareDowngradeChanged
             | EventType::FirmwareDeleted => Aggregate::Firmware,

@@ -1,7 +1,7 @@
 //! The event stream's contract (docs/EVENTS.md) against what the code
 //! emits: every kind of event is documented, and every event a rollout,
-//! a timeout, a cancel and firmware and plugin changes write carries
-//! exactly the documented fields.
+//! a timeout, a retry, a cancel, a device's drift and firmware and plugin
+//! changes write carries exactly the documented fields.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -111,11 +111,35 @@ async fn every_event_written_has_exactly_its_documented_fields() {
         Duration::from_secs(30),
     )
     .await;
-    // A job an operator cancels while its command is out.
-    let job = one_device_job(&app, &firmware, "VIN-EV", json!({})).await;
+    // An operator retries it, and cancels it while its command is out.
+    let retried = app.act(&format!("/api/v1/jobs/{job}/retry-failed")).await;
+    assert_eq!(retried["retried"], 1, "{retried}");
     device.next_command(Duration::from_secs(20)).await;
     let cancelled = app.act(&format!("/api/v1/jobs/{job}/cancel")).await;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    // Flashed outside Rollway: it says it runs what nobody sent it.
+    device
+        .client
+        .publish(
+            format!("{prefix}/VIN-EV/presence"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            br#"{"state":"online","installed_version":"9.9.9-shop"}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while app
+        .get("/api/v1/devices/VIN-EV")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["drift"]
+        != true
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "no drift");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let documented = documented();
     let events: Vec<(String, Value)> =
@@ -139,7 +163,7 @@ async fn every_event_written_has_exactly_its_documented_fields() {
     }
     let all: BTreeSet<String> = documented.into_keys().collect();
     assert_eq!(seen, all, "some kind of event was not written");
-    for cause in ["dispatch", "device", "timeout", "cancel"] {
+    for cause in ["dispatch", "device", "timeout", "cancel", "retry"] {
         assert!(
             causes.contains(cause),
             "no execution moved for {cause}: {causes:?}"

@@ -25,5 +25,6 @@ mod presence;
 mod procs;
 mod relay;
 mod security;
+mod steer;
 mod truth;
 mod up;

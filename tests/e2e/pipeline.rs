@@ -701,7 +701,18 @@ pub async fn wait_results(app: &TestApp, result: &str, n: f64) {
 }
 
 pub async fn one_device_job(app: &TestApp, firmware: &Value, device: &str, extra: Value) -> String {
-    let mut body = json!({ "firmware_id": firmware["id"], "targets": { "devices": [device] },
+    devices_job(app, firmware, &[device], extra).await
+}
+
+/// A job for `devices` in one batch that no failure stops, with `extra`'s
+/// fields.
+pub async fn devices_job(
+    app: &TestApp,
+    firmware: &Value,
+    devices: &[&str],
+    extra: Value,
+) -> String {
+    let mut body = json!({ "firmware_id": firmware["id"], "targets": { "devices": devices },
                            "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } });
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         body.extend(extra.clone());
@@ -711,6 +722,20 @@ pub async fn one_device_job(app: &TestApp, firmware: &Value, device: &str, extra
     let job: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::CREATED, "{job}");
     job["id"].as_str().unwrap().to_owned()
+}
+
+/// The device's execution events in the order written, each
+/// `from -> to (cause)`.
+pub async fn execution_moves(app: &TestApp, device: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT (payload->>'from') || ' -> ' || (payload->>'to') || ' (' || (payload->>'cause') || ')'
+         FROM event_outbox
+         WHERE event_type = 'execution.status.changed' AND aggregate_id = $1 ORDER BY seq",
+    )
+    .bind(device)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap()
 }
 
 /// The message ids of the statuses applied to the device's executions, in

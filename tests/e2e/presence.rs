@@ -197,8 +197,8 @@ async fn a_device_says_what_it_runs_when_it_connects_and_its_will_when_it_drops(
     assert_eq!(
         versions,
         json!([
-            { "family": "esp32", "model": "esp32s3", "installed_version": "1.2.0", "devices": 1, "online": 1 },
-            { "family": "esp32", "model": null, "installed_version": null, "devices": 1, "online": 0 },
+            { "family": "esp32", "model": "esp32s3", "installed_version": "1.2.0", "devices": 1, "online": 1, "drifted": 1 },
+            { "family": "esp32", "model": null, "installed_version": null, "devices": 1, "online": 0, "drifted": 0 },
         ])
     );
     let away: Value = app
@@ -523,4 +523,127 @@ async fn a_device_back_online_gets_its_command_again_with_a_fresh_manifest() {
     wait_metric(&app, &[("result", "recorded")], 3.0).await;
     let none = device.try_command(Duration::from_secs(2)).await;
     assert!(none.is_none(), "a command with nothing in flight: {none:?}");
+}
+
+#[tokio::test]
+async fn a_device_flashed_outside_rollway_is_flagged_until_rollway_installs_again() {
+    let (app, prefix) = spawn_pipeline().await;
+    app.register(json!([
+        { "id": "VIN-SHOP", "family": "esp32", "model": "esp32s3", "installed_version": "1.0.0" },
+        { "id": "VIN-NEW", "family": "esp32", "model": "esp32s3" },
+    ]))
+    .await;
+    // A device registered without a version: its first word is the truth
+    // Rollway expects, not drift.
+    let fresh = Session::connect(&prefix, "VIN-NEW").await;
+    fresh
+        .say(json!({ "state": "online", "installed_version": "1.0.0" }))
+        .await;
+    let new = wait_device(&app, "VIN-NEW", "hello", |d| d["online"] == true).await;
+    assert_eq!(
+        (&new["drift"], &new["expected_version"]),
+        (&json!(false), &json!("1.0.0")),
+        "{new}"
+    );
+
+    // Back from the repair shop with a version nobody sent it.
+    let shop = Session::connect(&prefix, "VIN-SHOP").await;
+    shop.say(json!({ "state": "online", "installed_version": "0.9.7-shop" }))
+        .await;
+    let flagged = wait_device(&app, "VIN-SHOP", "drift", |d| d["drift"] == true).await;
+    assert_eq!(
+        (&flagged["installed_version"], &flagged["expected_version"]),
+        (&json!("0.9.7-shop"), &json!("1.0.0")),
+        "{flagged}"
+    );
+    assert_eq!(ids(&app, "drift=true").await, ["VIN-SHOP"]);
+    assert_eq!(ids(&app, "drift=false").await, ["VIN-NEW"]);
+    assert_eq!(metric(&app, "device_drift_total", &[]).await, 1.0);
+    let versions: Value = app
+        .get("/api/v1/fleet/versions?drift=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        versions,
+        json!([{ "family": "esp32", "model": "esp32s3", "installed_version": "0.9.7-shop",
+                 "devices": 1, "online": 1, "drifted": 1 }])
+    );
+    // Saying it again is not a new finding.
+    shop.say(json!({ "state": "online", "installed_version": "0.9.7-shop" }))
+        .await;
+    wait_metric(&app, &[("result", "recorded")], 3.0).await;
+    let events: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM event_outbox WHERE event_type = 'device.drift.detected' ORDER BY seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["device_id"], "VIN-SHOP");
+    assert_eq!(events[0]["installed_version"], "0.9.7-shop");
+    assert_eq!(events[0]["expected_version"], "1.0.0");
+
+    // Rollway installs a version there: what it runs is what is expected.
+    let fw = app.upload_esp32("2.0.0").await;
+    let mut device = crate::pipeline::ManualDevice::connect(&prefix, "VIN-SHOP").await;
+    let job = crate::pipeline::one_device_job(&app, &fw, "VIN-SHOP", json!({})).await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    device
+        .finish(&app, &job, &command["execution_id"], 1, "shop")
+        .await;
+    let cleared = wait_device(&app, "VIN-SHOP", "install", |d| d["drift"] == false).await;
+    assert_eq!(
+        (&cleared["installed_version"], &cleared["expected_version"]),
+        (&json!("2.0.0"), &json!("2.0.0")),
+        "{cleared}"
+    );
+}
+
+#[tokio::test]
+async fn the_simulated_fleets_hand_flashed_devices_show_as_drift() {
+    let (app, prefix) = spawn_pipeline().await;
+    let sim = Simulator::start(SimOptions {
+        id_prefix: "SHOP-".into(),
+        installed_version: Some("1.0.0".into()),
+        hand_flashed: 4,
+        ..sim_options(&app, &prefix, 12, &["esp32", "stm32", "jetson"])
+    })
+    .await
+    .unwrap();
+    let flashed: Vec<String> = sim
+        .truth
+        .snapshot()
+        .into_iter()
+        .filter(|(_, t)| t.hand_flashed)
+        .map(|(id, _)| id)
+        .collect();
+    let started = Instant::now();
+    loop {
+        let drifted = ids(&app, "drift=true&q=SHOP-").await;
+        let truth: Vec<String> = sim
+            .truth
+            .snapshot()
+            .into_iter()
+            .filter(|(_, t)| t.hand_flashed)
+            .map(|(id, _)| id)
+            .collect();
+        if truth.len() == 4 && drifted == truth {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "drift {drifted:?}, hand-flashed {truth:?} (at start {flashed:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What the API says each device runs is what it runs.
+    for (id, truth) in sim.truth.snapshot() {
+        let seen = device(&app, &id).await;
+        assert_eq!(seen["installed_version"], json!(truth.version), "{seen}");
+        assert_eq!(seen["expected_version"], "1.0.0", "{seen}");
+    }
+    assert_eq!(metric(&app, "device_drift_total", &[]).await, 4.0);
+    sim.stop().await;
 }

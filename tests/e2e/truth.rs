@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, metric};
-use crate::pipeline::{ManualDevice, one_device_job, spawn_pipeline, wait_for, wait_results};
+use crate::pipeline::{
+    ManualDevice, execution_moves as moves, one_device_job, spawn_pipeline, wait_for, wait_results,
+};
 
 async fn execution_of(app: &TestApp, device: &str) -> (String, i32) {
     sqlx::query_as("SELECT status, attempts FROM executions WHERE device_id = $1")
@@ -22,18 +24,6 @@ async fn stored_device(app: &TestApp, id: &str) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-/// The execution's events, `from → to` in the order written.
-async fn moves(app: &TestApp, device: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT (payload->>'from') || ' -> ' || (payload->>'to') FROM event_outbox
-         WHERE event_type = 'execution.status.changed' AND aggregate_id = $1 ORDER BY seq",
-    )
-    .bind(device)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap()
 }
 
 #[tokio::test]
@@ -80,10 +70,10 @@ async fn a_done_after_the_timeout_ends_done_and_the_device_runs_it() {
     assert_eq!(
         moves(&app, "VIN-LATE").await,
         [
-            "queued -> dispatched",
-            "dispatched -> init",
-            "init -> timed_out",
-            "timed_out -> done"
+            "queued -> dispatched (dispatch)",
+            "dispatched -> init (device)",
+            "init -> timed_out (timeout)",
+            "timed_out -> done (device)"
         ]
     );
     let view: Value = app

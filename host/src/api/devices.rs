@@ -69,6 +69,9 @@ pub struct FleetQuery {
     q: Option<String>,
     /// Only devices connected (`true`) or away (`false`).
     online: Option<bool>,
+    /// Only devices flashed outside Rollway (`true`: they run another
+    /// version than Rollway installed or was told) or not (`false`).
+    drift: Option<bool>,
 }
 
 impl FleetQuery {
@@ -93,6 +96,7 @@ impl FleetQuery {
             tags,
             id_prefix: self.q,
             online: self.online,
+            drift: self.drift,
         })
     }
 }
@@ -431,6 +435,9 @@ pub struct ListDevicesQuery {
     q: Option<String>,
     /// Only devices connected (`true`) or away (`false`).
     online: Option<bool>,
+    /// Only devices flashed outside Rollway (`true`: they run another
+    /// version than Rollway installed or was told) or not (`false`).
+    drift: Option<bool>,
     /// `next_cursor` of the previous page (a device id).
     #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._:-]+$")]
     cursor: Option<String>,
@@ -464,6 +471,7 @@ async fn list_devices(
         tags: query.tags,
         q: query.q,
         online: query.online,
+        drift: query.drift,
     }
     .filter()?;
     let rows = fleet::list(&state.pool, &filter, after.as_deref(), limit + 1).await?;

@@ -31,6 +31,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pause_job))
         .routes(routes!(resume_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(retry_failed))
+        .routes(routes!(cancel_execution))
         .routes(routes!(get_execution))
 }
 
@@ -296,16 +298,20 @@ async fn act(
     let principal = &caller.0;
     jobs::apply_action(&state.pool, id, action, &principal.actor())
         .await
-        .map_err(|e| match e {
-            TransitionError::NotFound => ApiError::NotFound(format!("job {id}")),
-            TransitionError::Invalid { .. } => ApiError::InvalidTransition(e.to_string()),
-            TransitionError::Contended => ApiError::Conflict(e.to_string()),
-            TransitionError::Db(db) => db.into(),
-        })?;
+        .map_err(|e| transition_error(id, e))?;
     tracing::info!(job_id = %id, action = action.as_str(), "job steered");
     // A resumed job is evaluated at once rather than at the next tick.
     state.scheduler_wakeup.notify_one();
     Ok(axum::Json(view(state, id).await?))
+}
+
+fn transition_error(id: Uuid, error: TransitionError) -> ApiError {
+    match error {
+        TransitionError::NotFound => ApiError::NotFound(format!("job {id}")),
+        TransitionError::Invalid { .. } => ApiError::InvalidTransition(error.to_string()),
+        TransitionError::Contended => ApiError::Conflict(error.to_string()),
+        TransitionError::Db(db) => db.into(),
+    }
 }
 
 /// Pause a running job: nothing new is dispatched until it resumes.
@@ -351,6 +357,112 @@ async fn cancel_job(
     ApiPath(id): ApiPath<Uuid>,
 ) -> ApiResult<axum::Json<JobView>> {
     act(&state, &caller, id, JobAction::Cancel).await
+}
+
+/// How long retried executions may still be delivered.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RetryQuery {
+    /// Seconds from now the retried executions may still be delivered
+    /// (default: the job's `delivery_deadline_secs`); the job's delivery
+    /// deadline moves out so far if it is nearer.
+    #[param(minimum = 1, maximum = 31_536_000)]
+    delivery_window_secs: Option<i32>,
+}
+
+/// What a retry queued, and the job after it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryView {
+    /// Executions queued again, each as a new attempt.
+    pub retried: i64,
+    /// Whether the job, finished, runs again for them.
+    pub reopened: bool,
+    pub job: JobView,
+}
+
+/// Queue a job's failed, timed-out and expired executions again.
+///
+/// Each is dispatched anew as its next attempt. A completed or failed job
+/// with executions to retry runs again; a job with none is left as it is.
+#[utoipa::path(
+    post, path = "/jobs/{id}/retry-failed", tag = "jobs",
+    params(("id" = Uuid, Path), RetryQuery),
+    responses(
+        (status = 200, body = RetryView),
+        (status = 404, body = super::error::Problem),
+        (status = 409, description = "The job is cancelled or has not started", body = super::error::Problem),
+        (status = 422, body = super::error::Problem),
+    ),
+    security(("bearer" = ["operator"]))
+)]
+async fn retry_failed(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<RetryQuery>,
+) -> ApiResult<axum::Json<RetryView>> {
+    if let Some(window) = query.delivery_window_secs
+        && !(1..=31_536_000).contains(&window)
+    {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "delivery_window_secs",
+            "must be 1 to 31536000 seconds",
+        )]));
+    }
+    let retried = jobs::retry_failed(
+        &state.pool,
+        id,
+        query.delivery_window_secs,
+        &caller.0.actor(),
+    )
+    .await
+    .map_err(|e| transition_error(id, e))?;
+    tracing::info!(job_id = %id, executions = retried.executions, reopened = retried.reopened,
+        "failed executions retried");
+    state.scheduler_wakeup.notify_one();
+    Ok(axum::Json(RetryView {
+        retried: retried.executions,
+        reopened: retried.reopened,
+        job: view(&state, id).await?,
+    }))
+}
+
+/// Cancel one device's execution of a job.
+///
+/// The execution ends `cancelled` at once. A device that has not started
+/// flashing stops; one that is flashing finishes and reports what it runs.
+#[utoipa::path(
+    post, path = "/jobs/{id}/executions/{device_id}/cancel", tag = "jobs",
+    params(("id" = Uuid, Path), ("device_id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, body = Execution),
+        (status = 404, body = super::error::Problem),
+        (status = 409, description = "The execution has already finished", body = super::error::Problem),
+    ),
+    security(("bearer" = ["operator"]))
+)]
+async fn cancel_execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, device_id)): ApiPath<(Uuid, String)>,
+) -> ApiResult<axum::Json<Execution>> {
+    let previous = jobs::cancel_execution(&state.pool, id, &device_id, &caller.0.actor())
+        .await
+        .map_err(|e| match e {
+            TransitionError::NotFound => {
+                ApiError::NotFound(format!("an execution of job {id} on device '{device_id}'"))
+            }
+            other => transition_error(id, other),
+        })?;
+    tracing::info!(job_id = %id, %device_id, from = previous.as_str(), "execution cancelled");
+    state.scheduler_wakeup.notify_one();
+    let execution = jobs::job_execution(&state.pool, id, &device_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("an execution of job {id} on device '{device_id}'"))
+        })?;
+    Ok(axum::Json(execution))
 }
 
 /// An execution with its status log.

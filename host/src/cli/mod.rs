@@ -178,6 +178,16 @@ struct SimArgs {
     /// queued command is lost; their hello brings it again), 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     clean_session: f64,
+    /// Devices, spread over the fleet, that come back from a repair shop
+    /// just after connecting, running `{installed-version}-shop`, a
+    /// version nobody sent them (Rollway flags them as drifted).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        requires = "installed_version"
+    )]
+    hand_flashed: u32,
     /// Write each device's final state here (JSON) when stopped.
     #[arg(long)]
     truth: Option<std::path::PathBuf>,
@@ -391,6 +401,7 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
             std::time::Duration::from_secs(args.offline_for.1),
         ),
         clean_session: args.clean_session,
+        hand_flashed: args.hand_flashed,
     };
     let sim = crate::sim::Simulator::start(options).await?;
     for id in &sim.device_ids {

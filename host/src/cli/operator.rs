@@ -136,6 +136,27 @@ pub(super) enum JobsCommand {
         /// The job's id.
         id: Uuid,
     },
+    /// Queue a job's failed, timed-out and expired executions again, each
+    /// as a new attempt (a finished job runs again for them).
+    #[command(
+        after_help = "Examples:\n  rollway jobs retry-failed <id>\n  rollway jobs retry-failed <id> --delivery-window 259200   three more days to reach them"
+    )]
+    RetryFailed {
+        /// The job's id.
+        id: Uuid,
+        /// Seconds from now the retried executions may still be delivered
+        /// (default: the job's delivery deadline, in seconds).
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
+        delivery_window: Option<u32>,
+    },
+    /// Cancel one device's execution of a job.
+    #[command(after_help = "Example:\n  rollway jobs cancel-device <id> VIN123")]
+    CancelDevice {
+        /// The job's id.
+        id: Uuid,
+        /// The device.
+        device: String,
+    },
 }
 
 // What `rollway jobs create` sends; the server checks it and fills in the
@@ -224,6 +245,10 @@ pub(super) enum DevicesCommand {
         /// Only devices away (not connected).
         #[arg(long)]
         away: bool,
+        /// Only devices flashed outside Rollway: they run another version
+        /// than Rollway installed or was told.
+        #[arg(long)]
+        drift: bool,
         /// Only devices carrying this tag; repeat for more (all must match).
         #[arg(long = "tag", value_name = "KEY:VALUE", value_parser = parse_tag_filter)]
         tags: Vec<String>,
@@ -516,6 +541,44 @@ pub(super) async fn run_jobs(api: &ApiArgs, command: JobsCommand) -> anyhow::Res
         JobsCommand::Cancel { id } => {
             steer_job(&client, id, "cancel", "cancelling", api.json).await
         }
+        JobsCommand::RetryFailed {
+            id,
+            delivery_window,
+        } => {
+            let mut path = format!("/jobs/{id}/retry-failed");
+            if let Some(secs) = delivery_window {
+                path.push_str(&format!("?delivery_window_secs={secs}"));
+            }
+            let answer = client
+                .post(&path)
+                .await
+                .with_context(|| format!("retrying job {id}"))?;
+            if api.json {
+                return print_json(&answer);
+            }
+            println!(
+                "{} executions queued again{}",
+                answer["retried"],
+                if answer["reopened"] == Value::Bool(true) {
+                    "; the job runs again"
+                } else {
+                    ""
+                }
+            );
+            print_job(&answer["job"]);
+            Ok(())
+        }
+        JobsCommand::CancelDevice { id, device } => {
+            let execution = client
+                .post(&format!("/jobs/{id}/executions/{device}/cancel"))
+                .await
+                .with_context(|| format!("cancelling {device}'s execution of job {id}"))?;
+            if api.json {
+                return print_json(&execution);
+            }
+            println!("{device}: {}", execution["status"].as_str().unwrap_or("?"));
+            Ok(())
+        }
     }
 }
 
@@ -763,6 +826,7 @@ pub(super) async fn run_devices(api: &ApiArgs, command: DevicesCommand) -> anyho
             installed_version,
             online,
             away,
+            drift,
             tags,
             limit,
         } => {
@@ -779,6 +843,7 @@ pub(super) async fn run_devices(api: &ApiArgs, command: DevicesCommand) -> anyho
                 ("q", q),
                 ("installed_version", installed_version),
                 ("online", connected),
+                ("drift", drift.then(|| "true".to_owned())),
             ] {
                 if let Some(value) = value {
                     query.push((key, value));
@@ -807,7 +872,15 @@ pub(super) async fn run_devices(api: &ApiArgs, command: DevicesCommand) -> anyho
                         text(&d["family"]),
                         text(&d["model"]),
                         text(&d["gateway_id"]),
-                        text(&d["installed_version"]),
+                        if d["drift"] == true {
+                            format!(
+                                "{} (drift: expected {})",
+                                text(&d["installed_version"]),
+                                text(&d["expected_version"])
+                            )
+                        } else {
+                            text(&d["installed_version"])
+                        },
                         if d["online"] == true {
                             "online"
                         } else {

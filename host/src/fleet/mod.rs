@@ -29,7 +29,14 @@ pub struct Device {
     /// or as Rollway last installed: a job may not lower it without an
     /// admin's approval.
     pub security_counter: i64,
-    /// When any message of the device last arrived.
+    /// What Rollway expects it to run: the version Rollway last installed
+    /// there, else what its registration or first report said.
+    pub expected_version: Option<String>,
+    /// It runs another version than Rollway expects: it was flashed
+    /// outside Rollway. Cleared when Rollway next installs a version.
+    pub drift: bool,
+    /// When any message of the device last arrived (to within
+    /// [`SEEN_EVERY`]; a status of its newest update counts to the moment).
     pub last_seen: Option<DateTime<Utc>>,
     /// Whether it is connected: it said hello, or sent anything since its
     /// last will.
@@ -44,7 +51,8 @@ pub struct Device {
 }
 
 const DEVICE_COLUMNS: &str = "id, family, model, gateway_id, tags, firmware_version AS installed_version, \
-     firmware_version, security_counter, last_seen, online, presence_at, hardware, created_at, updated_at";
+     firmware_version, expected_version, drift, security_counter, last_seen, online, presence_at, hardware, \
+     created_at, updated_at";
 
 /// A device with its newest execution, as listed and read.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
@@ -63,10 +71,11 @@ pub struct DeviceView {
 
 /// `devices d` joined with its newest execution `x`.
 const DEVICE_VIEW_FROM: &str = "SELECT d.id, d.family, d.model, d.gateway_id, d.tags, \
-     d.firmware_version AS installed_version, d.firmware_version, d.security_counter, d.last_seen, \
+     d.firmware_version AS installed_version, d.firmware_version, d.expected_version, d.drift, \
+     d.security_counter, greatest(d.last_seen, x.reported_at) AS last_seen, \
      d.online, d.presence_at, d.hardware, d.created_at, d.updated_at, x.status AS last_status, \
      x.job_id AS last_job_id, x.id AS last_execution_id, x.last_error, x.progress AS last_progress \
-     FROM devices d LEFT JOIN LATERAL (SELECT e.id, e.job_id, e.status, e.last_error, e.progress \
+     FROM devices d LEFT JOIN LATERAL (SELECT e.id, e.job_id, e.status, e.last_error, e.progress, e.reported_at \
      FROM executions e WHERE e.device_id = d.id ORDER BY e.id DESC LIMIT 1) x ON true";
 
 /// A validated registration.
@@ -134,14 +143,17 @@ pub async fn upsert(
     // device accepts is a downgrade, which only an admin allows, per
     // firmware.
     let inserted: Vec<(bool,)> = sqlx::query_as(
-        "INSERT INTO devices (id, family, model, gateway_id, tags, firmware_version, security_counter)
-         SELECT u.id, u.family, u.model, u.gateway, u.tags, u.version, coalesce(u.counter, 0)
+        "INSERT INTO devices (id, family, model, gateway_id, tags, firmware_version, expected_version,
+                              security_counter)
+         SELECT u.id, u.family, u.model, u.gateway, u.tags, u.version, u.version, coalesce(u.counter, 0)
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[], $7::bigint[])
               AS u(id, family, model, gateway, tags, version, counter)
          ON CONFLICT (id) DO UPDATE SET
              family = excluded.family, model = excluded.model,
              gateway_id = excluded.gateway_id, tags = excluded.tags,
              firmware_version = coalesce(excluded.firmware_version, devices.firmware_version),
+             -- The operator says what it runs: that is what is expected.
+             expected_version = coalesce(excluded.firmware_version, devices.expected_version),
              security_counter = greatest(devices.security_counter, excluded.security_counter),
              updated_at = now()
          RETURNING (xmax = 0)",
@@ -210,6 +222,8 @@ pub struct DeviceFilter {
     pub id_prefix: Option<String>,
     /// Only devices connected (`true`) or away (`false`).
     pub online: Option<bool>,
+    /// Only devices flashed outside Rollway (`true`) or not (`false`).
+    pub drift: Option<bool>,
 }
 
 /// One page of devices ordered by id, after `cursor` (the last id seen).
@@ -238,6 +252,8 @@ pub struct VersionGroup {
     pub devices: i64,
     /// Of them, connected now.
     pub online: i64,
+    /// Of them, flashed outside Rollway (`drift`).
+    pub drifted: i64,
 }
 
 /// The fleet's version distribution: devices per family, model and
@@ -248,7 +264,8 @@ pub async fn versions(
 ) -> Result<Vec<VersionGroup>, sqlx::Error> {
     let mut query = QueryBuilder::new(
         "SELECT d.family, d.model, d.firmware_version AS installed_version, count(*) AS devices,
-                count(*) FILTER (WHERE d.online) AS online
+                count(*) FILTER (WHERE d.online) AS online,
+                count(*) FILTER (WHERE d.drift) AS drifted
          FROM devices d WHERE true",
     );
     push_filter(&mut query, filter);
@@ -291,6 +308,9 @@ fn push_filter(query: &mut QueryBuilder<sqlx::Postgres>, filter: &DeviceFilter) 
     if let Some(online) = filter.online {
         query.push(" AND d.online = ").push_bind(online);
     }
+    if let Some(drift) = filter.drift {
+        query.push(" AND d.drift = ").push_bind(drift);
+    }
 }
 
 /// A device's presence as its message said, with the device that sent it.
@@ -308,14 +328,13 @@ pub struct Seen {
 /// Records what devices said about themselves. A device may speak for
 /// itself and a gateway for the devices behind it; other entries change
 /// nothing. Of the entries a sender may make, the last of each device in
-/// the slice wins. Returns, per entry, whether its sender may speak for
-/// its device (the entry was recorded, or superseded by a later one).
+/// the slice wins.
 pub async fn record_presence(
     conn: &mut PgConnection,
     seen: &[Seen],
-) -> Result<Vec<bool>, sqlx::Error> {
+) -> Result<Recorded, sqlx::Error> {
     if seen.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Recorded::default());
     }
     // Who may speak for whom: the device itself, or its gateway.
     let ids: Vec<&str> = seen.iter().map(|s| s.device_id.as_str()).collect();
@@ -343,7 +362,10 @@ pub async fn record_presence(
         }
     }
     if last.is_empty() {
-        return Ok(allowed);
+        return Ok(Recorded {
+            allowed,
+            drifted: Vec::new(),
+        });
     }
     let kept: Vec<&Seen> = last.values().map(|&i| &seen[i]).collect();
     let senders: Vec<&str> = kept.iter().map(|s| s.sender.as_str()).collect();
@@ -365,7 +387,7 @@ pub async fn record_presence(
     // online entry also notes the message. The sender is checked again
     // against the locked row: a gateway changed meanwhile speaks for no
     // one.
-    sqlx::query(
+    let drifted: Vec<Drifted> = sqlx::query_as(
         "WITH u AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::bigint[], $6::jsonb[])
                   AS u(sender, device, online, version, counter, hardware)
@@ -377,18 +399,26 @@ pub async fn record_presence(
              WHERE NOT u.online AND u.device = u.sender
                AND NOT EXISTS (SELECT 1 FROM u AS listed WHERE listed.device = c.id)
          ), locked AS (
-             SELECT d.id FROM devices d JOIN e ON d.id = e.device
+             SELECT d.id, d.drift AS was_drift FROM devices d JOIN e ON d.id = e.device
              WHERE d.id = e.sender OR d.gateway_id = e.sender
              ORDER BY d.id FOR NO KEY UPDATE OF d
-         )
+         ), updated AS (
          UPDATE devices d SET online = e.online,
                 last_seen = CASE WHEN e.online THEN now() ELSE d.last_seen END,
                 presence_at = now(),
                 firmware_version = coalesce(e.version, d.firmware_version),
+                -- A first report says what the device runs; later ones
+                -- that differ from it (and from what Rollway installed)
+                -- are drift.
+                expected_version = coalesce(d.expected_version, e.version),
                 security_counter = coalesce(e.counter, d.security_counter),
                 hardware = CASE WHEN e.hardware = '{}'::jsonb THEN d.hardware ELSE e.hardware END,
                 updated_at = now()
-         FROM e, locked WHERE d.id = e.device AND locked.id = d.id",
+         FROM e, locked WHERE d.id = e.device AND locked.id = d.id
+         RETURNING d.id, d.firmware_version, d.expected_version, d.drift, locked.was_drift
+         )
+         SELECT id, firmware_version, expected_version FROM updated WHERE drift AND NOT was_drift
+         ORDER BY id",
     )
     .bind(&senders)
     .bind(&devices)
@@ -396,9 +426,28 @@ pub async fn record_presence(
     .bind(&versions)
     .bind(&counters)
     .bind(&hardware)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(allowed)
+    Ok(Recorded { allowed, drifted })
+}
+
+/// What [`record_presence`] recorded.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Per entry, whether its sender may speak for its device (the entry
+    /// was recorded, or superseded by a later one).
+    pub allowed: Vec<bool>,
+    /// Devices that now run another version than Rollway expects, and
+    /// did not before.
+    pub drifted: Vec<Drifted>,
+}
+
+/// A device found running a version Rollway did not install.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Drifted {
+    pub id: String,
+    pub firmware_version: Option<String>,
+    pub expected_version: Option<String>,
 }
 
 /// How often at most `seen` writes a device's `last_seen`.
@@ -465,6 +514,8 @@ pub struct VersionCount {
     pub devices: i64,
     /// Of them, connected now.
     pub online: i64,
+    /// Of them, flashed outside Rollway (`drift`).
+    pub drifted: i64,
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -483,7 +534,8 @@ pub async fn summary(pool: &PgPool) -> Result<FleetSummary, sqlx::Error> {
     .await?;
     let by_version: Vec<VersionCount> = sqlx::query_as(
         "SELECT family, firmware_version, count(*) AS devices,
-                count(*) FILTER (WHERE online) AS online FROM devices
+                count(*) FILTER (WHERE online) AS online,
+                count(*) FILTER (WHERE drift) AS drifted FROM devices
          GROUP BY family, firmware_version ORDER BY family, firmware_version NULLS LAST",
     )
     .fetch_all(pool)

@@ -43,6 +43,10 @@ pub(super) struct Applied {
     /// Device-to-host lags of applied statuses, in seconds.
     pub lags: Vec<f64>,
     pub device_errors: u64,
+    /// Devices whose execution row the batch wrote (its `reported_at` is
+    /// now) or whose installed version it recorded: the write already
+    /// says when they were last heard from.
+    pub reported: HashSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +264,12 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     if updated != rows.len() as u64 {
         return Err(BatchError::Conflict(rows.len() as u64 - updated));
     }
+    applied.reported = executions
+        .values()
+        .filter(|e| e.changed)
+        .map(|e| e.row.device_id.clone())
+        .chain(installed.keys().cloned())
+        .collect();
     if !installed.is_empty() {
         // Device rows are locked in id order, as every writer of several
         // devices locks them.
@@ -271,8 +281,8 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             "WITH locked AS (
                  SELECT id FROM devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
              )
-             UPDATE devices d SET firmware_version = u.version, security_counter = u.counter,
-                    last_seen = now(), online = true
+             UPDATE devices d SET firmware_version = u.version, expected_version = u.version,
+                    security_counter = u.counter, last_seen = now(), online = true
              FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(id, version, counter), locked
              WHERE d.id = u.id AND locked.id = d.id",
         )

@@ -60,6 +60,17 @@ enum Kind {
     Presence,
 }
 
+/// What the fleet knew of a sender's connection when its batch began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Connected, and noted so within `fleet::SEEN_EVERY`.
+    Fresh,
+    /// Connected, last noted longer ago.
+    Connected,
+    /// Away (its last will, or never heard from).
+    Away,
+}
+
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -340,20 +351,29 @@ impl Ingest {
             kinds.push(kind);
         }
         let ids: Vec<&str> = topic_devices.iter().map(String::as_str).collect();
-        // Each sender's family, and whether it was noted connected within
-        // `fleet::seen`'s interval (then its statuses need no write for it).
-        let devices: HashMap<String, (String, bool)> = sqlx::query_as::<_, (String, String, bool)>(
-            "SELECT id, family,
+        // Each sender's family, whether it is connected, and whether it was
+        // noted connected within `fleet::seen`'s interval (then its
+        // statuses need no write for it).
+        let devices: HashMap<String, (String, Seen)> =
+            sqlx::query_as::<_, (String, String, bool, bool)>(
+                "SELECT id, family, online,
                         coalesce(online AND last_seen >= now() - make_interval(secs => $2), false)
                  FROM devices WHERE id = ANY($1)",
-        )
-        .bind(&ids)
-        .bind(crate::fleet::SEEN_EVERY.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|(id, family, fresh)| (id, (family, fresh)))
-        .collect();
+            )
+            .bind(&ids)
+            .bind(crate::fleet::SEEN_EVERY.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(id, family, online, fresh)| {
+                let seen = match (online, fresh) {
+                    (_, true) => Seen::Fresh,
+                    (true, false) => Seen::Connected,
+                    (false, _) => Seen::Away,
+                };
+                (id, (family, seen))
+            })
+            .collect();
         let mut work = Vec::new();
         let mut presences = Vec::new();
         for (i, message) in batch.into_iter().enumerate() {
@@ -451,16 +471,18 @@ impl Ingest {
         // Every registered device whose last message here is a status is
         // connected: it just spoke. (A presence says so itself, online or
         // not.) One noted recently needs no write.
-        let mut last_kind: HashMap<&str, Kind> = HashMap::new();
+        let mut last_kind: HashMap<&str, (Kind, Seen)> = HashMap::new();
         for (device, kind) in topic_devices.iter().zip(&kinds) {
-            if devices.get(device).is_some_and(|(_, fresh)| !fresh) {
-                last_kind.insert(device.as_str(), *kind);
+            if let Some((_, seen)) = devices.get(device)
+                && *seen != Seen::Fresh
+            {
+                last_kind.insert(device.as_str(), (*kind, *seen));
             }
         }
-        let senders: Vec<&str> = last_kind
+        let mut senders: Vec<(&str, Seen)> = last_kind
             .into_iter()
-            .filter(|(_, kind)| *kind == Kind::Status)
-            .map(|(device, _)| device)
+            .filter(|(_, (kind, _))| *kind == Kind::Status)
+            .map(|(device, (_, seen))| (device, seen))
             .collect();
 
         let mut tx = self.pool.begin().await?;
@@ -491,6 +513,13 @@ impl Ingest {
         let hellos = self
             .record_presences(&mut tx, presences, &mut outcomes)
             .await?;
+        // A connected device whose own execution the batch wrote needs no
+        // write of its own: its `reported_at` says when it was heard from
+        // (the device view shows the later of the two).
+        senders.retain(|(device, seen)| {
+            *seen == Seen::Away || !applied.iter().any(|a| a.reported.contains(*device))
+        });
+        let senders: Vec<&str> = senders.into_iter().map(|(device, _)| device).collect();
         crate::fleet::seen(&mut *tx, &senders).await?;
         tx.commit().await?;
         // Devices back online get their updates in flight again, in a

@@ -19,6 +19,7 @@ use super::batch::Parsed;
 use super::{Ingest, Outcome, Refusal};
 use crate::domain::{DeviceId, ExecutionStatus};
 use crate::fleet::{self, Seen};
+use crate::outbox;
 use crate::plugins::{PluginError, Presence};
 
 /// Largest presence payload accepted.
@@ -99,7 +100,26 @@ impl Ingest {
             return Ok(Vec::new());
         }
         let (owners, seen): (Vec<usize>, Vec<Seen>) = entries.into_iter().unzip();
-        let allowed = fleet::record_presence(conn, &seen).await?;
+        let fleet::Recorded { allowed, drifted } = fleet::record_presence(conn, &seen).await?;
+        for device in &drifted {
+            // Flashed outside Rollway: what it runs stands, and is flagged.
+            outbox::enqueue(
+                conn,
+                outbox::Event {
+                    kind: outbox::EventType::DeviceDriftDetected,
+                    aggregate_id: &device.id,
+                    payload: serde_json::json!({
+                        "device_id": device.id,
+                        "installed_version": device.firmware_version,
+                        "expected_version": device.expected_version,
+                    }),
+                },
+            )
+            .await?;
+            tracing::info!(device_id = %device.id, installed = ?device.firmware_version,
+                expected = ?device.expected_version, "device runs a version Rollway did not install");
+        }
+        self.metrics.device_drift_total.inc_by(drifted.len() as u64);
         let hellos: Vec<String> = seen
             .iter()
             .zip(&allowed)

@@ -38,8 +38,10 @@ pub enum Cause {
     Timeout,
     /// The job's delivery deadline passed before its device finished.
     Deadline,
-    /// Its job was cancelled or aborted.
+    /// Its job was cancelled or aborted, or an operator cancelled it.
     Cancel,
+    /// An operator asked for it to be tried again.
+    Retry,
 }
 
 impl Cause {
@@ -51,6 +53,7 @@ impl Cause {
             Cause::Timeout => "timeout",
             Cause::Deadline => "deadline",
             Cause::Cancel => "cancel",
+            Cause::Retry => "retry",
         }
     }
 }
@@ -127,7 +130,9 @@ pub fn statement(choose: &str, select: &str) -> String {
                  dispatched_at = CASE WHEN m.next = 'dispatched' THEN now() ELSE e.dispatched_at END,
                  dispatched_by = CASE WHEN m.next = 'dispatched' THEN m.dispatcher ELSE e.dispatched_by END,
                  progress = CASE WHEN m.next = 'dispatched' THEN NULL ELSE e.progress END,
-                 last_error = coalesce(m.reason, e.last_error),
+                 -- A retry keeps the error it retries; the log says who retried.
+                 last_error = CASE WHEN m.cause = 'retry' THEN e.last_error
+                                   ELSE coalesce(m.reason, e.last_error) END,
                  finished_at = CASE WHEN m.next IN ('done', 'error', 'timed_out', 'expired', 'cancelled')
                                     THEN now() END,
                  updated_at = now(), version = e.version + 1
@@ -350,28 +355,103 @@ pub async fn resend_to<'e>(
     Ok(resent.rows_affected())
 }
 
+/// Moves a job's executions that `which` selects (SQL over `executions`,
+/// `$1` the job) to `next`, each with `reason` and `cause`, in device
+/// order (the order status ingestion locks them in). Returns how many.
+async fn move_all(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    which: &str,
+    next: ExecutionStatus,
+    reason: &str,
+    cause: Cause,
+) -> Result<i64, sqlx::Error> {
+    let sql = statement(
+        &format!(
+            "moves AS (
+                 SELECT id, status AS previous, $2::text AS next, $3::text AS reason,
+                        $4::text AS cause, NULL::text AS dispatcher
+                 FROM executions
+                 WHERE job_id = $1 AND {which}
+                 ORDER BY device_id
+                 FOR UPDATE
+             )"
+        ),
+        "SELECT count(*) FROM changed",
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(job_id)
+        .bind(next.as_str())
+        .bind(reason)
+        .bind(cause.as_str())
+        .fetch_one(conn)
+        .await
+}
+
 /// Cancels every unfinished execution of a job in one statement.
 pub async fn cancel_all(
     conn: &mut PgConnection,
     job_id: Uuid,
     reason: &str,
 ) -> Result<i64, sqlx::Error> {
+    let which = "stage <> 'finished'";
+    move_all(
+        conn,
+        job_id,
+        which,
+        ExecutionStatus::Cancelled,
+        reason,
+        Cause::Cancel,
+    )
+    .await
+}
+
+/// Queues a job's failed, timed-out and expired executions again: each is
+/// dispatched anew as its next attempt. Returns how many.
+pub async fn retry_failed(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    reason: &str,
+) -> Result<i64, sqlx::Error> {
+    let which = "status IN ('error', 'timed_out', 'expired')";
+    move_all(
+        conn,
+        job_id,
+        which,
+        ExecutionStatus::Queued,
+        reason,
+        Cause::Retry,
+    )
+    .await
+}
+
+/// Cancels a job's unfinished execution on one device. Returns its status
+/// before, `None` when the job has no unfinished execution on the device.
+pub async fn cancel_one(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    device_id: &str,
+    reason: &str,
+) -> Result<Option<ExecutionStatus>, sqlx::Error> {
     let sql = statement(
         "moves AS (
-             SELECT id, status AS previous, 'cancelled' AS next, $2::text AS reason,
+             SELECT id, status AS previous, 'cancelled' AS next, $3::text AS reason,
                     'cancel' AS cause, NULL::text AS dispatcher
              FROM executions
-             WHERE job_id = $1 AND stage <> 'finished'
-             ORDER BY device_id -- the order status ingestion locks them in
+             WHERE job_id = $1 AND device_id = $2 AND stage <> 'finished'
              FOR UPDATE
          )",
-        "SELECT count(*) FROM changed",
+        "SELECT from_status FROM changed",
     );
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+    let previous: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .bind(job_id)
+        .bind(device_id)
         .bind(reason)
-        .fetch_one(conn)
-        .await
+        .fetch_optional(conn)
+        .await?;
+    previous
+        .map(|s| ExecutionStatus::parse(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -640,6 +640,140 @@ async fn try_action(
     Ok(Some(job))
 }
 
+/// What `retry_failed` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retried {
+    /// Executions queued again.
+    pub executions: i64,
+    /// Whether the job, finished, runs again for them.
+    pub reopened: bool,
+}
+
+/// Queues a job's failed, timed-out and expired executions again, each as
+/// a new attempt, and gives them a delivery window of `window_secs` (the
+/// job's own when `None`) from now: the job's delivery deadline moves out
+/// so far if it is nearer. A finished (`completed` or `failed`) job with
+/// executions to retry runs again; a cancelled job, or one not started,
+/// has nothing to retry.
+pub async fn retry_failed(
+    pool: &PgPool,
+    id: Uuid,
+    window_secs: Option<i32>,
+    actor: &str,
+) -> Result<Retried, TransitionError> {
+    const ACTION: &str = "retry";
+    let mut tx = pool.begin().await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let status = status.ok_or(TransitionError::NotFound)?;
+    let status = JobStatus::parse(&status).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let reopen = match status {
+        JobStatus::Running | JobStatus::Paused => false,
+        JobStatus::Completed | JobStatus::Failed => true,
+        JobStatus::Scheduled | JobStatus::Cancelled => {
+            return Err(TransitionError::Invalid {
+                action: ACTION,
+                reason: format!("a {status} job has nothing to retry"),
+            });
+        }
+    };
+    let reason = format!("retried by {actor}");
+    let executions = executions::retry_failed(&mut tx, id, &reason).await?;
+    if executions == 0 {
+        return Ok(Retried {
+            executions,
+            reopened: false,
+        });
+    }
+    sqlx::query(
+        "UPDATE jobs SET
+             delivery_deadline_secs = GREATEST(delivery_deadline_secs,
+                 ceil(extract(epoch FROM now() - started_at))::int
+                 + coalesce($2, delivery_deadline_secs)),
+             next_evaluation_at = CASE WHEN status = 'running' OR $3 THEN now() ELSE next_evaluation_at END,
+             version = version + 1, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(window_secs)
+    .bind(reopen)
+    .execute(&mut *tx)
+    .await?;
+    if reopen {
+        sqlx::query(
+            "UPDATE jobs SET status = 'running', status_reason = $2, finished_at = NULL
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&reason)
+        .execute(&mut *tx)
+        .await?;
+        status_changed(
+            &mut tx,
+            StatusChange::new(id, status, JobStatus::Running, ChangedBy::Operator).because(&reason),
+        )
+        .await?;
+    }
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "job.retry_failed",
+        "job",
+        &id.to_string(),
+        json!({ "executions": executions, "reopened": reopen }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Retried {
+        executions,
+        reopened: reopen,
+    })
+}
+
+/// Cancels a job's unfinished execution on one device, with its log entry
+/// and event. Returns the status it had.
+pub async fn cancel_execution(
+    pool: &PgPool,
+    id: Uuid,
+    device_id: &str,
+    actor: &str,
+) -> Result<ExecutionStatus, TransitionError> {
+    const ACTION: &str = "cancel the execution";
+    let mut tx = pool.begin().await?;
+    let reason = format!("cancelled by {actor}");
+    let Some(previous) = executions::cancel_one(&mut tx, id, device_id, &reason).await? else {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM executions WHERE job_id = $1 AND device_id = $2",
+        )
+        .bind(id)
+        .bind(device_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Err(match status {
+            None => TransitionError::NotFound,
+            Some(status) => TransitionError::Invalid {
+                action: ACTION,
+                reason: format!("the execution is already {status}"),
+            },
+        });
+    };
+    touch_jobs(&mut *tx, &[id]).await?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "execution.cancel",
+        "job",
+        &id.to_string(),
+        json!({ "device_id": device_id, "from": previous.as_str() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(previous)
+}
+
 /// Who changed a job's status: the event's `by`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangedBy {
@@ -957,6 +1091,21 @@ pub async fn device_executions(
     .bind(before)
     .bind(limit)
     .fetch_all(pool)
+    .await
+}
+
+/// A job's execution on one device.
+pub async fn job_execution(
+    pool: &PgPool,
+    job_id: Uuid,
+    device_id: &str,
+) -> Result<Option<Execution>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE job_id = $1 AND device_id = $2"
+    )))
+    .bind(job_id)
+    .bind(device_id)
+    .fetch_optional(pool)
     .await
 }
 

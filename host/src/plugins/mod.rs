@@ -1182,7 +1182,9 @@ impl Plugins {
         // Only a plugin's own parser runs WebAssembly: the standard JSON is
         // read here, without a hand-off to a blocking thread.
         if !self.device_plugin(family)?.parses_presence() {
-            return self.0.parse_presence(family, config, topic_device_id, &payload);
+            return self
+                .0
+                .parse_presence(family, config, topic_device_id, &payload);
         }
         let (family, config, device) = (
             family.to_owned(),

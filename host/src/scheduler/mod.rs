@@ -44,8 +44,12 @@ pub struct Scheduler {
 }
 
 const TICK: Duration = Duration::from_millis(500);
-/// How often silent devices are looked for.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often stalled devices and expired deliveries are looked for. The
+/// stall sweep reads every in-flight execution sent longer ago than the
+/// shortest progress timeout (when it was last heard from is in the row,
+/// unindexed, so that status updates stay heap-only): a fleet updating
+/// for longer than that is read whole on each sweep.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Scheduler {
     /// Runs the three loops until `shutdown`.
@@ -65,8 +69,8 @@ impl Scheduler {
             if let Err(error) = self.evaluate_due_jobs().await {
                 tracing::error!(error = format!("{error:#}"), "evaluating rollouts");
             }
-            // Timeouts are seconds long: sweeping once a second is enough,
-            // however often ingestion wakes the loop.
+            // Timeouts are minutes long: sweeping every few seconds is
+            // enough, however often ingestion wakes the loop.
             if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
                 last_sweep = Some(tokio::time::Instant::now());
                 if let Err(error) = self.sweep_timeouts().await {
@@ -347,16 +351,21 @@ impl Scheduler {
              )",
             "SELECT job_id, to_status FROM changed",
         );
+        // The jobs past their deadline first (nearly always none), then
+        // their executions: a join the planner may start from the
+        // executions' end reads them all on every sweep.
         let expired = executions::statement(
-            "moves AS (
+            "due AS MATERIALIZED (
+                 SELECT id FROM jobs
+                 WHERE status IN ('running', 'paused')
+                   AND started_at < now() - make_interval(secs => delivery_deadline_secs)
+             ), moves AS (
                  SELECT e.id, e.status AS previous, 'expired' AS next,
                         'not delivered by the job''s delivery deadline' AS reason,
                         'deadline' AS cause, NULL::text AS dispatcher
-                 FROM jobs j JOIN executions e ON e.job_id = j.id
-                 WHERE j.status IN ('running', 'paused')
-                   AND j.started_at < now() - make_interval(secs => j.delivery_deadline_secs)
-                   AND e.stage <> 'finished'
-                 ORDER BY e.id LIMIT 1000
+                 FROM due JOIN executions e ON e.job_id = due.id
+                 WHERE e.stage <> 'finished'
+                 LIMIT 1000
                  FOR UPDATE OF e SKIP LOCKED
              )",
             "SELECT job_id, to_status FROM changed",

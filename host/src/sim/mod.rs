@@ -72,6 +72,11 @@ pub struct SimOptions {
     /// command queued while they were away is lost, and only the host's
     /// answer to their hello brings it.
     pub clean_session: f64,
+    /// Devices that come back from a repair shop, a moment after they
+    /// first announced themselves, running a version nobody sent them
+    /// (`{installed_version}-shop`): they say so in a new hello. Needs
+    /// `installed_version` (what they ran before).
+    pub hand_flashed: u32,
 }
 
 impl SimOptions {
@@ -102,6 +107,7 @@ impl SimOptions {
             offline: 0.0,
             offline_for: (Duration::from_secs(30), Duration::from_secs(120)),
             clean_session: 0.0,
+            hand_flashed: 0,
         }
     }
 }
@@ -130,6 +136,10 @@ pub struct DeviceTruth {
     pub away_secs: u64,
     #[serde(default)]
     pub clean_session: bool,
+    /// Flashed outside Rollway (`--hand-flashed`): `version` was nobody's
+    /// update until Rollway installed one.
+    #[serde(default)]
+    pub hand_flashed: bool,
 }
 
 #[derive(Clone, Default)]
@@ -260,6 +270,10 @@ impl Simulator {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = ready.take() {
                             let _ = tx.send(());
+                            if shared.options.hand_flashed > 0 {
+                                let shared = shared.clone();
+                                tokio::spawn(async move { shared.back_from_the_shop().await });
+                            }
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -488,6 +502,37 @@ struct Away {
 }
 
 impl Shared {
+    /// `hand_flashed` devices, spread over the fleet, come back from a
+    /// repair shop a moment after the fleet first announced itself, with
+    /// a version nobody sent them, and say so.
+    async fn back_from_the_shop(&self) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut ids: Vec<&SimDevice> = self.devices.values().collect();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
+        let n = (self.options.hand_flashed as usize).min(ids.len());
+        if n == 0 {
+            return;
+        }
+        let step = ids.len() / n;
+        let mut links = Vec::new();
+        for device in ids.into_iter().step_by(step).take(n) {
+            let before = self.options.installed_version.as_deref().unwrap_or("0.0.0");
+            self.truth.update(&device.id, |t| {
+                t.version = Some(format!("{before}-shop"));
+                t.hand_flashed = true;
+            });
+            let link = device.gateway.clone().unwrap_or_else(|| device.id.clone());
+            if !links.contains(&link) {
+                links.push(link);
+            }
+        }
+        if self.options.presence {
+            for link in links {
+                self.announce(Some(&link)).await;
+            }
+        }
+    }
+
     /// Publishes every device's presence (or only that of the link `only`):
     /// standalone devices for themselves, gateways for themselves and the
     /// devices behind them.

@@ -33,6 +33,8 @@ export async function renderFleet(ctx) {
   const versionSelect = h('select', { id: 'device-version' }, h('option', { value: '' }, 'Any version'));
   const onlineSelect = h('select', { id: 'device-online' },
     h('option', { value: '' }, 'Any'), h('option', { value: 'true' }, 'Online'), h('option', { value: 'false' }, 'Away'));
+  const driftSelect = h('select', { id: 'device-drift' },
+    h('option', { value: '' }, 'Any'), h('option', { value: 'true' }, 'Flashed outside Rollway'), h('option', { value: 'false' }, 'As Rollway expects'));
   const tagsInput = h('input', { id: 'device-tags', type: 'text', placeholder: 'site:north, fleet:simulated', autocomplete: 'off', spellcheck: 'false' });
   const filterError = h('div', { class: 'filter-error' });
   const { el: tableEl, tbody } = table({
@@ -61,6 +63,7 @@ export async function renderFleet(ctx) {
         h('div', { class: 'field inline' }, h('label', { for: 'device-family' }, 'Family'), familySelect),
         h('div', { class: 'field inline' }, h('label', { for: 'device-version' }, 'Installed version'), versionSelect),
         h('div', { class: 'field inline' }, h('label', { for: 'device-online' }, 'Connection'), onlineSelect),
+        h('div', { class: 'field inline' }, h('label', { for: 'device-drift' }, 'Drift'), driftSelect),
         h('div', { class: 'field inline' }, h('label', { for: 'device-tags' }, 'Tags'), tagsInput),
       ),
       filterError,
@@ -81,6 +84,7 @@ export async function renderFleet(ctx) {
     if (familySelect.value) query.family = familySelect.value;
     if (versionSelect.value) query.installed_version = versionSelect.value;
     if (onlineSelect.value) query.online = onlineSelect.value;
+    if (driftSelect.value) query.drift = driftSelect.value;
     const tagsText = tagsInput.value.trim();
     if (tagsText) {
       const tags = parseTags(tagsText); // throws on a malformed pair
@@ -90,7 +94,7 @@ export async function renderFleet(ctx) {
   }
 
   function hasFilters() {
-    return Boolean(search.value.trim() || familySelect.value || versionSelect.value || onlineSelect.value || tagsInput.value.trim());
+    return Boolean(search.value.trim() || familySelect.value || versionSelect.value || onlineSelect.value || driftSelect.value || tagsInput.value.trim());
   }
 
   function fillSelects() {
@@ -176,7 +180,7 @@ export async function renderFleet(ctx) {
       h('td', {}, d.family),
       h('td', {}, d.model ?? h('span', { class: 'muted' }, '—')),
       h('td', {}, d.gateway_id ? deviceLink(d.gateway_id) : h('span', { class: 'muted' }, '—')),
-      h('td', { class: 'mono' }, d.installed_version ?? h('span', { class: 'muted' }, 'unknown')),
+      h('td', { class: 'mono' }, d.installed_version ?? h('span', { class: 'muted' }, 'unknown'), driftBadge(d)),
       h('td', { class: 'last-status' },
         badge(status, { title: d.last_error ?? undefined }),
         isInFlight(status) && d.last_progress !== null && d.last_progress !== undefined
@@ -311,7 +315,8 @@ export async function renderDevice(ctx, id) {
           ['Family', d.family],
           ['Model', d.model],
           ['Gateway', d.gateway_id ? deviceLink(d.gateway_id) : null],
-          ['Installed firmware', d.installed_version ? h('span', { class: 'mono' }, d.installed_version) : h('span', { class: 'muted' }, 'unknown')],
+          ['Installed firmware', [d.installed_version ? h('span', { class: 'mono' }, d.installed_version) : h('span', { class: 'muted' }, 'unknown'), ' ', driftBadge(d)]],
+          d.drift ? ['Expected firmware', h('span', { class: 'mono' }, d.expected_version)] : null,
           ['Security counter', String(d.security_counter)],
           ['Connection', presence(d)],
           ['Last presence', timeEl(d.presence_at)],
@@ -446,4 +451,13 @@ export async function renderDevice(ctx, id) {
   ctx.every(30_000, refresh);
 
   await Promise.all([loadDevice(), loadExecutions()]);
+}
+
+/** Flags a device that runs another version than Rollway installed or was told. */
+function driftBadge(d) {
+  if (!d.drift) return null;
+  return h('span', {
+    class: 'badge small tone-warn drift',
+    title: `Flashed outside Rollway: runs ${d.installed_version ?? 'an unknown version'}, Rollway expects ${d.expected_version}`,
+  }, 'drift');
 }
