@@ -471,9 +471,16 @@ async fn kill_run(run: u32) -> u32 {
     start_host(&mut host).await;
     let app = cluster.client(&host).await;
     let total = 200;
+    // A fifth of the trucks are out of coverage when their command comes,
+    // for one to four seconds, and half of those come back with a session
+    // their broker forgot: only their hello, whichever host life hears
+    // it, brings the command again.
     let options = SimOptions {
         families: vec!["esp32".into()],
         interruptions: 0.0,
+        offline: 0.2,
+        offline_for: (Duration::from_secs(1), Duration::from_secs(4)),
+        clean_session: 0.5,
         step: Duration::from_millis(50),
         topic_prefix: cluster.topic_prefix.clone(),
         id_prefix: format!("K{run}-"),
@@ -532,6 +539,12 @@ async fn kill_run(run: u32) -> u32 {
             truth[device]
         );
     }
+    let away = truth.values().filter(|t| t.away_secs > 0).count();
+    assert!(away > 0, "run {run}: no device was away");
+    eprintln!(
+        "kill run {run}: {away} devices away when their command came, {} back with a clean session",
+        truth.values().filter(|t| t.clean_session).count()
+    );
     let cuts = truth.values().map(|t| t.resumed_downloads).sum();
     host.stop().await;
     cuts
