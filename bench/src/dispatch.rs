@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::json;
 
 use crate::Sizes;
-use crate::host::{self, Env, Host};
+use crate::host::{self, Env};
 use crate::mqtt::{self, LinkOptions, Message, Pace};
 use crate::report::{self, Report, Row};
 
@@ -51,16 +51,14 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
     let stall = Duration::from_secs(60);
 
     eprintln!("== dispatch: {devices} commands from the host");
-    let database = env.fresh_database().await?;
-    let prefix = host::topic_prefix("dispatch");
-    let host = Host::start(env, &database, "dispatch", &prefix, true).await?;
-    let pool = database.pool(2).await?;
-    let firmware = host.upload_esp32("1.0.0-bench").await?;
-    let seeded = host::seed_devices(&pool, "BENCH-", devices, "bench").await?;
-    eprintln!(
-        "   {devices} devices registered with SQL in {}",
-        report::seconds(seeded.as_secs_f64())
-    );
+    let fleet = host::Fleet::start(env, "dispatch", "BENCH-", devices).await?;
+    let host::Fleet {
+        host,
+        pool,
+        firmware,
+        prefix,
+        seeded,
+    } = fleet;
     let subscriber_id = format!("bench-dispatch-sub-{}", mqtt::suffix());
     let subscriber = mqtt::connect(
         &env.mqtt_url,
@@ -73,19 +71,8 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         on_command,
     )
     .await?;
-    let rollout = json!({
-        "plugin": "rollout-percent",
-        "config": { "batches": [100], "success_threshold": 0, "failure_threshold": 100 },
-    });
     let created_us = mqtt::now_us();
-    let job = host
-        .create_job(&host::job_request(
-            &firmware,
-            "bench",
-            Some(rollout),
-            Some(86_400),
-        ))
-        .await?;
+    let job = host::fleet_job(&host, &firmware).await?;
     let answered_us = mqtt::now_us();
     mqtt::wait_count(
         "commands received",

@@ -419,6 +419,57 @@ pub async fn seed_devices(
     Ok(started.elapsed())
 }
 
+/// A host on a fresh database with an ESP32 image uploaded and `devices`
+/// devices (`{id_prefix}0000000`, …) registered with SQL, for the
+/// benchmarks that send commands to a whole fleet.
+pub struct Fleet {
+    pub host: Host,
+    pub pool: PgPool,
+    /// The uploaded firmware's id.
+    pub firmware: String,
+    pub prefix: String,
+    /// How long registering the devices took.
+    pub seeded: Duration,
+}
+
+impl Fleet {
+    pub async fn start(
+        env: &Env,
+        label: &str,
+        id_prefix: &str,
+        devices: u32,
+    ) -> anyhow::Result<Self> {
+        let database = env.fresh_database().await?;
+        let prefix = topic_prefix(label);
+        let host = Host::start(env, &database, label, &prefix, true).await?;
+        let pool = database.pool(2).await?;
+        let firmware = host.upload_esp32("1.0.0-bench").await?;
+        let seeded = seed_devices(&pool, id_prefix, devices, "bench").await?;
+        eprintln!(
+            "   {devices} devices registered with SQL in {}",
+            crate::report::seconds(seeded.as_secs_f64())
+        );
+        Ok(Self {
+            host,
+            pool,
+            firmware,
+            prefix,
+            seeded,
+        })
+    }
+}
+
+/// One job over a whole fleet of `firmware`'s family in one batch that
+/// nothing stops.
+pub async fn fleet_job(host: &Host, firmware: &str) -> anyhow::Result<Uuid> {
+    let rollout = serde_json::json!({
+        "plugin": "rollout-percent",
+        "config": { "batches": [100], "success_threshold": 0, "failure_threshold": 100 },
+    });
+    host.create_job(&job_request(firmware, "bench", Some(rollout), Some(86_400)))
+        .await
+}
+
 /// The state of something polled.
 pub enum Check {
     Done,

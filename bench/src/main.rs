@@ -1,6 +1,7 @@
 //! `rollway-bench`: Rollway's benchmark suite. It runs, against the real
-//! PostgreSQL and MQTT broker and a real `rollway serve` process, the five
-//! benchmarks of BENCHMARKS.md (ingest, dispatch, job-scale, plugins, e2e),
+//! PostgreSQL and MQTT broker and a real `rollway serve` process, the six
+//! benchmarks of BENCHMARKS.md (ingest, dispatch, reconnect, job-scale,
+//! plugins, e2e),
 //! each with its baseline measured in the same run, and prints one table of
 //! figures, baselines, ratios and targets.
 //!
@@ -14,6 +15,7 @@ mod ingest;
 mod job_scale;
 mod mqtt;
 mod plugins;
+mod reconnect;
 mod report;
 
 use std::path::PathBuf;
@@ -26,7 +28,14 @@ use serde_json::{Value, json};
 use host::Env;
 use report::Report;
 
-const BENCHMARKS: [&str; 5] = ["ingest", "dispatch", "job-scale", "plugins", "e2e"];
+const BENCHMARKS: [&str; 6] = [
+    "ingest",
+    "dispatch",
+    "reconnect",
+    "job-scale",
+    "plugins",
+    "e2e",
+];
 
 /// Rollway's benchmarks against the real services. Environment:
 /// ROLLWAY_TEST_DATABASE_URL (a PostgreSQL URL allowed to create databases),
@@ -37,7 +46,8 @@ struct Args {
     /// Small sizes: a smoke test that every benchmark still runs (CI).
     #[arg(long)]
     quick: bool,
-    /// Run only these benchmarks: ingest, dispatch, job-scale, plugins, e2e.
+    /// Run only these benchmarks: ingest, dispatch, reconnect, job-scale,
+    /// plugins, e2e.
     #[arg(long, value_delimiter = ',', value_name = "NAME[,NAME]")]
     only: Vec<String>,
     /// Also write every figure as JSON to this file.
@@ -79,6 +89,8 @@ pub struct Sizes {
     /// Duration of each pgbench run.
     pub pgbench_secs: u32,
     pub dispatch_devices: u32,
+    /// Devices back from away that say hello with their command pending.
+    pub reconnect_devices: u32,
     pub job_devices: u32,
     pub plugin_calls: usize,
     pub plugin_warmup: usize,
@@ -101,6 +113,7 @@ impl Sizes {
             window: if full { 10_000 } else { 2_000 },
             pgbench_secs: pick(10, 3),
             dispatch_devices: pick(100_000, 2_000),
+            reconnect_devices: pick(100_000, 2_000),
             job_devices: pick(1_000_000, 20_000),
             plugin_calls: args.plugin_calls.unwrap_or(if full { 20_000 } else { 500 }),
             plugin_warmup: if full { 1_000 } else { 50 },
@@ -121,6 +134,7 @@ impl Sizes {
                 "pgbench_clients": 4, "pgbench_threads": 2,
             },
             "dispatch": { "devices": self.dispatch_devices, "rollout_batches": [100] },
+            "reconnect": { "devices": self.reconnect_devices, "hello_connections": self.publishers },
             "job_scale": { "devices": self.job_devices, "rollout_batches": [1, 10, 50, 100] },
             "plugins": { "calls": self.plugin_calls, "warmup_calls": self.plugin_warmup },
             "e2e": { "devices": self.e2e_devices, "firmware_bytes": 64 * 1024, "rollout": "rollout-percent defaults" },
@@ -169,6 +183,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let outcome = match *name {
             "ingest" => ingest::run(&env, &sizes, &mut report).await,
             "dispatch" => dispatch::run(&env, &sizes, &mut report).await,
+            "reconnect" => reconnect::run(&env, &sizes, &mut report).await,
             "job-scale" => job_scale::run(&env, &sizes, &mut report).await,
             "plugins" => plugins::run(&sizes, &mut report).await,
             "e2e" => e2e::run(&env, &sizes, &mut report).await,

@@ -12,10 +12,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::InstallPolicy;
 use crate::signing::{Keyring, ManifestSigner};
 
-/// The manifest format this host writes (2: with the security counter).
-pub const FORMAT: u32 = 2;
+/// The manifest format this host writes (2: with the security counter;
+/// 3: with the install policy).
+pub const FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -33,6 +35,11 @@ pub struct Manifest {
     pub security_counter: i64,
     /// …unless an admin allowed this image as a downgrade.
     pub downgrade: bool,
+    /// When the device may flash: `immediate`, or `when-safe` (at a safe
+    /// moment it judges, reporting `waiting` meanwhile). Absent before
+    /// format 3: `immediate`.
+    #[serde(default)]
+    pub install: InstallPolicy,
     /// A device refuses the manifest after this time (freeze attacks).
     pub expires_at: DateTime<Utc>,
 }

@@ -247,3 +247,42 @@ async fn cancelling_one_device_leaves_the_others_updating() {
     .unwrap();
     assert_eq!(audited, 1);
 }
+
+#[tokio::test]
+async fn the_install_policy_travels_signed_in_the_manifest() {
+    let (app, prefix) = spawn_pipeline().await;
+    app.register(json!([
+        { "id": "VIN-IP-1", "family": "esp32", "model": "esp32s3" },
+        { "id": "VIN-IP-2", "family": "esp32", "model": "esp32s3" },
+    ]))
+    .await;
+    let fw = app.upload_esp32("8.2.0").await;
+    let mut parked = ManualDevice::connect(&prefix, "VIN-IP-1").await;
+    let mut plain = ManualDevice::connect(&prefix, "VIN-IP-2").await;
+    let job = devices_job(&app, &fw, &["VIN-IP-1"], json!({ "install": "when-safe" })).await;
+    let view: Value = app
+        .get(&format!("/api/v1/jobs/{job}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["install"], "when-safe", "{view}");
+    devices_job(&app, &fw, &["VIN-IP-2"], json!({})).await;
+    for (device, install) in [(&mut parked, "when-safe"), (&mut plain, "immediate")] {
+        let command = device.next_command(Duration::from_secs(20)).await;
+        let manifest: Value =
+            serde_json::from_str(command["manifest"].as_str().expect("a manifest")).unwrap();
+        assert_eq!(
+            (&manifest["install"], &manifest["v"]),
+            (&json!(install), &json!(3)),
+            "{manifest}"
+        );
+    }
+    let response = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({ "firmware_id": fw["id"], "targets": { "devices": ["VIN-IP-1"] }, "install": "later" }),
+        )
+        .await;
+    assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+}

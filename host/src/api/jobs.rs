@@ -17,7 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
-use crate::domain::{ExecutionStatus, JobStatus};
+use crate::domain::{ExecutionStatus, InstallPolicy, JobStatus};
 use crate::jobs::{
     self, CreateError, Execution, FilterRequest, Job, JobAction, JobCounts, JobRequest,
     StatusLogEntry, SubmitError, TransitionError,
@@ -111,6 +111,10 @@ pub struct CreateJobRequest {
     /// (default 14 days); what is undelivered then ends `expired`.
     #[schema(minimum = 1, maximum = 31_536_000)]
     delivery_deadline_secs: Option<i32>,
+    /// When devices may flash: `immediate` (default), or `when-safe`:
+    /// download now, flash at a safe moment the device judges (a vehicle
+    /// parked with its engine off). Signed into every command's manifest.
+    install: Option<InstallPolicy>,
 }
 
 /// A job with its execution counts.
@@ -189,6 +193,7 @@ impl From<CreateJobRequest> for JobRequest {
             device_timeout_secs: request.device_timeout_secs,
             max_retries: request.max_retries,
             delivery_deadline_secs: request.delivery_deadline_secs,
+            install: request.install,
         }
     }
 }

@@ -208,6 +208,11 @@ pub(super) struct JobCreateArgs {
     /// default: 1209600, 14 days).
     #[arg(long, value_name = "SECS")]
     delivery_deadline: Option<u32>,
+    /// When devices may flash: `immediate`, or `when-safe` (download now,
+    /// flash when the vehicle is parked with its engine off; the server's
+    /// default: immediate).
+    #[arg(long, value_parser = ["immediate", "when-safe"])]
+    install: Option<String>,
     /// Re-dispatches after an error or a timeout, 0 to 10 (the server's
     /// default: 0).
     #[arg(long, value_name = "N")]
@@ -624,6 +629,9 @@ fn job_request(args: JobCreateArgs) -> anyhow::Result<Value> {
     }
     if let Some(retries) = args.max_retries {
         request["max_retries"] = json!(retries);
+    }
+    if let Some(install) = &args.install {
+        request["install"] = json!(install);
     }
     if let Some(secs) = args.delivery_deadline {
         request["delivery_deadline_secs"] = json!(secs);

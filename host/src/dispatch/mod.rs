@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::domain::InstallPolicy;
 use crate::jobs::executions;
 use crate::manifest::{self, Manifest};
 use crate::metrics::Metrics;
@@ -38,7 +39,7 @@ fn claimed_details(claimed: &str) -> String {
     format!(
         "SELECT c.id, c.job_id, c.device_id, c.attempts, d.family, d.model, d.gateway_id,
                 g.family AS gateway_family, f.id AS firmware_id, f.version AS firmware_version,
-                f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs,
+                f.sha256, f.size, f.storage_key, f.metadata->>'target' AS target, j.device_timeout_secs, j.install,
                 f.security_counter, (f.downgrade_allowed_at IS NOT NULL) AS downgrade_allowed
          FROM {claimed} c
          JOIN devices d ON d.id = c.device_id
@@ -86,6 +87,7 @@ struct Claimed {
     storage_key: String,
     target: Option<String>,
     device_timeout_secs: i32,
+    install: String,
     security_counter: i64,
     downgrade_allowed: bool,
 }
@@ -320,6 +322,7 @@ impl Dispatcher {
             size: c.size,
             security_counter: c.security_counter,
             downgrade: c.downgrade_allowed,
+            install: InstallPolicy::parse(&c.install)?,
             expires_at,
         }
         .to_json();

@@ -213,6 +213,38 @@ impl fmt::Display for Role {
     }
 }
 
+/// When a device may flash an update it holds: a job's install policy,
+/// signed into every command's manifest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallPolicy {
+    /// As soon as the image is downloaded and checked.
+    #[default]
+    Immediate,
+    /// Download now, flash at a safe moment the device judges (a vehicle
+    /// parked with its engine off); meanwhile it reports `waiting`.
+    WhenSafe,
+}
+
+impl InstallPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallPolicy::Immediate => "immediate",
+            InstallPolicy::WhenSafe => "when-safe",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        match raw {
+            "immediate" => Ok(InstallPolicy::Immediate),
+            "when-safe" => Ok(InstallPolicy::WhenSafe),
+            other => Err(ParseError(format!(
+                "unknown install policy '{other}' (expected immediate or when-safe)"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::{DeviceId, ExecutionStatus, JobStatus};
+use crate::domain::{DeviceId, ExecutionStatus, InstallPolicy, JobStatus};
 use crate::outbox;
 
 /// Which devices a job updates.
@@ -70,6 +70,7 @@ pub struct NewJob {
     pub device_timeout_secs: i32,
     pub max_retries: i32,
     pub delivery_deadline_secs: i32,
+    pub install: InstallPolicy,
     pub created_by: String,
     /// The firmware's security counter, and whether an admin allowed it to
     /// lower the counter of the devices it goes to.
@@ -103,6 +104,9 @@ pub struct Job {
     /// an absent device waits until then, and what is undelivered at the
     /// deadline ends `expired`.
     pub delivery_deadline_secs: i32,
+    /// When devices may flash: `immediate`, or `when-safe` (download now,
+    /// flash at a safe moment the device judges).
+    pub install: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -115,7 +119,7 @@ pub struct Job {
 pub const MAX_TARGET_IDS: usize = 100_000;
 
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
-     rollout_plugin, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, \
+     rollout_plugin, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, install, \
      created_by, created_at, updated_at, started_at, finished_at, version";
 
 #[derive(Debug, thiserror::Error)]
@@ -201,8 +205,8 @@ where
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
                            rollout_config, device_timeout_secs, max_retries, created_by,
-                           delivery_deadline_secs)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12)
+                           delivery_deadline_secs, install)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13)
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(id)
@@ -217,6 +221,7 @@ where
     .bind(new.max_retries)
     .bind(&new.created_by)
     .bind(new.delivery_deadline_secs)
+    .bind(new.install.as_str())
     .fetch_one(&mut *conn)
     .await?;
 

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{CreateError, Job, JobKind, MAX_TARGET_IDS, NewJob, TargetFilter, Targets};
-use crate::domain::DeviceId;
+use crate::domain::{DeviceId, InstallPolicy};
 use crate::plugins::{PluginError, Plugins};
 
 /// Largest rollout configuration, as JSON text: it goes to the plugin on
@@ -34,6 +34,8 @@ pub struct JobRequest {
     pub device_timeout_secs: Option<i32>,
     pub max_retries: Option<i32>,
     pub delivery_deadline_secs: Option<i32>,
+    /// When devices may flash (default `immediate`).
+    pub install: Option<InstallPolicy>,
 }
 
 /// A target filter, unchecked.
@@ -276,6 +278,7 @@ pub async fn submit(
         device_timeout_secs: checked.device_timeout_secs,
         max_retries: checked.max_retries,
         delivery_deadline_secs: checked.delivery_deadline_secs,
+        install: request.install.unwrap_or_default(),
         created_by: actor.to_owned(),
         security_counter: firmware.as_ref().map_or(0, |f| f.security_counter),
         downgrade_allowed: firmware

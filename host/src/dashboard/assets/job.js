@@ -188,6 +188,8 @@ export async function renderJob(ctx, jobId) {
         ['Rollout configuration', h('pre', { class: 'json' }, formatConfig(job.rollout_config ?? {}))],
         ['Device timeout', `${fmtNumber(job.device_timeout_secs)} s`],
         ['Max retries', String(job.max_retries)],
+        ['Delivery deadline', `${fmtNumber(job.delivery_deadline_secs)} s after the start`],
+        ['Install', job.install === 'when-safe' ? 'when safe (download now, flash when parked)' : 'immediately'],
         ['Created', [timeEl(job.created_at, { relative: false }), h('span', { class: 'muted' }, ` by ${job.created_by}`)]],
         ['Started', timeEl(job.started_at, { relative: false })],
         ['Finished', timeEl(job.finished_at, { relative: false })],
