@@ -17,17 +17,32 @@ struct Message {
     data: Value,
 }
 
-/// Reads SSE messages off a streaming response.
+/// Reads SSE messages off a streaming response, as the documented client
+/// does: after a `resync` (events may have been missed) it reconnects with
+/// the last event id it saw, and the stream replays what followed.
 struct EventReader {
     stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
     buffer: String,
+    request: reqwest::RequestBuilder,
+    last_id: Option<i64>,
 }
 
 impl EventReader {
     async fn open(app: &TestApp, token: &str, query: &str, last_event_id: Option<i64>) -> Self {
-        let mut request =
-            app.request_as(token, Method::GET, &format!("/api/v1/events/stream{query}"));
-        if let Some(id) = last_event_id {
+        let request = app.request_as(token, Method::GET, &format!("/api/v1/events/stream{query}"));
+        let mut reader = Self {
+            stream: futures::stream::empty().boxed(),
+            buffer: String::new(),
+            request,
+            last_id: last_event_id,
+        };
+        reader.connect().await;
+        reader
+    }
+
+    async fn connect(&mut self) {
+        let mut request = self.request.try_clone().expect("a request without a body");
+        if let Some(id) = self.last_id {
             request = request.header("Last-Event-ID", id.to_string());
         }
         let response = request.send().await.expect("opening the stream");
@@ -36,10 +51,8 @@ impl EventReader {
             response.headers()["content-type"].to_str().unwrap(),
             "text/event-stream"
         );
-        Self {
-            stream: response.bytes_stream().boxed(),
-            buffer: String::new(),
-        }
+        self.stream = response.bytes_stream().boxed();
+        self.buffer.clear();
     }
 
     /// The next message that is not a keep-alive comment, within `timeout`.
@@ -72,7 +85,9 @@ impl EventReader {
         }
     }
 
-    /// Messages until one satisfies `done`, failing after `timeout`.
+    /// Messages until one satisfies `done`, failing after `timeout`. A
+    /// `resync` is kept in what was seen, and the stream is reopened from
+    /// the last event seen (from the start when none was).
     async fn until(&mut self, timeout: Duration, done: impl Fn(&Message) -> bool) -> Vec<Message> {
         let mut seen = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -82,9 +97,17 @@ impl EventReader {
                 panic!("the awaited event did not come within {timeout:?}; saw {seen:#?}")
             });
             let stop = done(&message);
+            if message.id.is_some() {
+                self.last_id = message.id;
+            }
+            let resync = message.event == "resync";
             seen.push(message);
             if stop {
                 return seen;
+            }
+            if resync {
+                self.last_id = Some(self.last_id.unwrap_or(0));
+                self.connect().await;
             }
         }
     }
