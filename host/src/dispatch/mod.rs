@@ -370,7 +370,6 @@ impl Dispatcher {
         ))
     }
 
-    /// Fails an execution whose command cannot be sent (not retried).
     /// Marks a command that was to be sent again, and could not be, for
     /// the next round.
     async fn resend_later(&self, execution_id: i64, detail: &str) -> Result<(), sqlx::Error> {
@@ -386,6 +385,7 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Fails an execution whose command cannot be sent (not retried).
     async fn fail(
         &self,
         execution_id: i64,

@@ -50,9 +50,13 @@ pub struct Device {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A device's columns, `last_seen` as the device view shows it (a status
+/// of its newest update counts).
 const DEVICE_COLUMNS: &str = "id, family, model, gateway_id, tags, firmware_version AS installed_version, \
-     firmware_version, expected_version, drift, security_counter, last_seen, online, presence_at, hardware, \
-     created_at, updated_at";
+     firmware_version, expected_version, drift, security_counter, \
+     greatest(last_seen, (SELECT e.reported_at FROM executions e WHERE e.device_id = devices.id \
+                          ORDER BY e.id DESC LIMIT 1)) AS last_seen, \
+     online, presence_at, hardware, created_at, updated_at";
 
 /// A device with its newest execution, as listed and read.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]

@@ -62,7 +62,7 @@ enum Kind {
 
 /// What the fleet knew of a sender's connection when its batch began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
+enum Connection {
     /// Connected, and noted so within `fleet::SEEN_EVERY`.
     Fresh,
     /// Connected, last noted longer ago.
@@ -354,7 +354,7 @@ impl Ingest {
         // Each sender's family, whether it is connected, and whether it was
         // noted connected within `fleet::seen`'s interval (then its
         // statuses need no write for it).
-        let devices: HashMap<String, (String, Seen)> =
+        let devices: HashMap<String, (String, Connection)> =
             sqlx::query_as::<_, (String, String, bool, bool)>(
                 "SELECT id, family, online,
                         coalesce(online AND last_seen >= now() - make_interval(secs => $2), false)
@@ -366,12 +366,12 @@ impl Ingest {
             .await?
             .into_iter()
             .map(|(id, family, online, fresh)| {
-                let seen = match (online, fresh) {
-                    (_, true) => Seen::Fresh,
-                    (true, false) => Seen::Connected,
-                    (false, _) => Seen::Away,
+                let connection = match (online, fresh) {
+                    (_, true) => Connection::Fresh,
+                    (true, false) => Connection::Connected,
+                    (false, _) => Connection::Away,
                 };
-                (id, (family, seen))
+                (id, (family, connection))
             })
             .collect();
         let mut work = Vec::new();
@@ -471,18 +471,18 @@ impl Ingest {
         // Every registered device whose last message here is a status is
         // connected: it just spoke. (A presence says so itself, online or
         // not.) One noted recently needs no write.
-        let mut last_kind: HashMap<&str, (Kind, Seen)> = HashMap::new();
+        let mut last_kind: HashMap<&str, (Kind, Connection)> = HashMap::new();
         for (device, kind) in topic_devices.iter().zip(&kinds) {
-            if let Some((_, seen)) = devices.get(device)
-                && *seen != Seen::Fresh
+            if let Some((_, connection)) = devices.get(device)
+                && *connection != Connection::Fresh
             {
-                last_kind.insert(device.as_str(), (*kind, *seen));
+                last_kind.insert(device.as_str(), (*kind, *connection));
             }
         }
-        let mut senders: Vec<(&str, Seen)> = last_kind
+        let mut senders: Vec<(&str, Connection)> = last_kind
             .into_iter()
             .filter(|(_, (kind, _))| *kind == Kind::Status)
-            .map(|(device, (_, seen))| (device, seen))
+            .map(|(device, (_, connection))| (device, connection))
             .collect();
 
         let mut tx = self.pool.begin().await?;
@@ -516,8 +516,8 @@ impl Ingest {
         // A connected device whose own execution the batch wrote needs no
         // write of its own: its `reported_at` says when it was heard from
         // (the device view shows the later of the two).
-        senders.retain(|(device, seen)| {
-            *seen == Seen::Away || !applied.iter().any(|a| a.reported.contains(*device))
+        senders.retain(|(device, connection)| {
+            *connection == Connection::Away || !applied.iter().any(|a| a.reported.contains(*device))
         });
         let senders: Vec<&str> = senders.into_iter().map(|(device, _)| device).collect();
         crate::fleet::seen(&mut *tx, &senders).await?;

@@ -693,29 +693,27 @@ pub async fn retry_failed(
             reopened: false,
         });
     }
+    // One write of the job: the deadline moved out for the retried
+    // executions, an evaluation soon, and a finished job running again.
     sqlx::query(
         "UPDATE jobs SET
              delivery_deadline_secs = GREATEST(delivery_deadline_secs,
                  ceil(extract(epoch FROM now() - started_at))::int
                  + coalesce($2, delivery_deadline_secs)),
              next_evaluation_at = CASE WHEN status = 'running' OR $3 THEN now() ELSE next_evaluation_at END,
+             status = CASE WHEN $3 THEN 'running' ELSE status END,
+             status_reason = CASE WHEN $3 THEN $4 ELSE status_reason END,
+             finished_at = CASE WHEN $3 THEN NULL ELSE finished_at END,
              version = version + 1, updated_at = now()
          WHERE id = $1",
     )
     .bind(id)
     .bind(window_secs)
     .bind(reopen)
+    .bind(&reason)
     .execute(&mut *tx)
     .await?;
     if reopen {
-        sqlx::query(
-            "UPDATE jobs SET status = 'running', status_reason = $2, finished_at = NULL
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&reason)
-        .execute(&mut *tx)
-        .await?;
         status_changed(
             &mut tx,
             StatusChange::new(id, status, JobStatus::Running, ChangedBy::Operator).because(&reason),
