@@ -56,7 +56,8 @@ struct Args {
     /// Devices of the host's ingestion run (five statuses each).
     #[arg(long, value_name = "N")]
     ingest_devices: Option<u32>,
-    /// Devices of the naive ingestion baseline (five statuses each).
+    /// Devices of the naive ingestion baseline (five statuses each); 0
+    /// leaves the baseline out.
     #[arg(long, value_name = "N")]
     naive_devices: Option<u32>,
     /// Timed calls of each plugin function (longer runs for a profiler).

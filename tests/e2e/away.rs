@@ -48,15 +48,21 @@ async fn wait_online(app: &TestApp, id: &str, online: bool) {
     }
 }
 
+/// An ESP32 registered as `id`, connected and announced.
+async fn connected(app: &TestApp, prefix: &str, id: &str) -> ManualDevice {
+    app.register(json!([{ "id": id, "family": "esp32", "model": "esp32s3" }]))
+        .await;
+    let device = ManualDevice::connect(prefix, id).await;
+    say(&device, prefix, id, "online").await;
+    wait_online(app, id, true).await;
+    device
+}
+
 #[tokio::test]
 async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
     let (app, prefix) = spawn_pipeline().await;
-    app.register(json!([{ "id": "VIN-AWAY", "family": "esp32", "model": "esp32s3" }]))
-        .await;
     let fw = app.upload_esp32("9.0.0").await;
-    let mut device = ManualDevice::connect(&prefix, "VIN-AWAY").await;
-    say(&device, &prefix, "VIN-AWAY", "online").await;
-    wait_online(&app, "VIN-AWAY", true).await;
+    let mut device = connected(&app, &prefix, "VIN-AWAY").await;
     let job = one_device_job(
         &app,
         &fw,
@@ -129,12 +135,7 @@ async fn what_is_undelivered_at_the_deadline_expires() {
         json!({ "progress_timeout_secs": 1, "delivery_deadline_secs": 3 }),
     )
     .await;
-    let stored: Value = app
-        .get(&format!("/api/v1/jobs/{job}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stored: Value = app.json(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(
         (
             &stored["delivery_deadline_secs"],
@@ -182,6 +183,117 @@ async fn what_is_undelivered_at_the_deadline_expires() {
 }
 
 #[tokio::test]
+async fn a_waiting_device_is_not_timed_out_and_the_job_says_why() {
+    let (app, prefix) = spawn_pipeline().await;
+    let fw = app.upload_esp32("9.1.0").await;
+    let mut device = connected(&app, &prefix, "VIN-PARK").await;
+    let job = one_device_job(
+        &app,
+        &fw,
+        "VIN-PARK",
+        json!({ "progress_timeout_secs": 1, "max_retries": 0, "install": "when-safe" }),
+    )
+    .await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    let execution = command["execution_id"].clone();
+    let report = |id: &str, state: &str, reason: Option<&str>| {
+        let mut status = json!({ "message_id": id, "state": state,
+                                 "execution_id": execution, "attempt": 1 });
+        if let Some(reason) = reason {
+            status["reason"] = json!(reason);
+        }
+        status
+    };
+    device.report(report("p-down", "downloading", None)).await;
+    device
+        .report(report("p-wait", "waiting", Some("engine-running")))
+        .await;
+    crate::pipeline::wait_results(&app, "applied", 2.0).await;
+    let view: Value = app.json(&format!("/api/v1/jobs/{job}")).await;
+    assert_eq!(view["counts"]["waiting"], 1, "{view}");
+    assert_eq!(
+        view["waiting_reasons"],
+        json!({ "engine-running": 1 }),
+        "{view}"
+    );
+    // The truck drives on for many progress timeouts (and sweeps): it is
+    // not stalled, it waits.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(status_of(&app, "VIN-PARK").await, "waiting");
+    // It says why again (nothing changes), then for another reason.
+    device
+        .report(report("p-wait-2", "waiting", Some("engine-running")))
+        .await;
+    device
+        .report(report("p-wait-3", "waiting", Some("driving")))
+        .await;
+    crate::pipeline::wait_results(&app, "applied", 3.0).await;
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT waiting_reason FROM executions WHERE device_id = 'VIN-PARK'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(reason.as_deref(), Some("driving"));
+    assert_eq!(
+        metric(&app, "status_messages_total", &[("result", "progress")]).await,
+        1.0
+    );
+    // Parked: it flashes and finishes; the reason is gone, and no error
+    // was recorded for the wait.
+    for state in ["flashing", "rebooting", "done"] {
+        device
+            .report(report(&format!("p-{state}"), state, None))
+            .await;
+    }
+    let view = wait_for(&app, &job, &["completed"], Duration::from_secs(30)).await;
+    assert_eq!(view["counts"]["done"], 1, "{view}");
+    assert_eq!(view["waiting_reasons"], json!({}), "{view}");
+    let (reason, error): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT waiting_reason, last_error FROM executions WHERE device_id = 'VIN-PARK'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((reason, error), (None, None));
+    assert_eq!(
+        metric(&app, "update_errors_total", &[("reason", "timeout")]).await,
+        0.0
+    );
+    let history = crate::pipeline::execution_moves(&app, "VIN-PARK").await;
+    assert!(
+        history.iter().any(|e| e.starts_with("waiting -> waiting")),
+        "{history:?}"
+    );
+
+    // A device that stops an update on its own word ends it cancelled.
+    let fw = app.upload_esp32("9.1.1").await;
+    one_device_job(
+        &app,
+        &fw,
+        "VIN-PARK",
+        json!({ "progress_timeout_secs": 1, "max_retries": 0, "install": "when-safe" }),
+    )
+    .await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    device
+        .report(json!({ "message_id": "c-stop", "state": "cancelled",
+                        "reason": "stopped at the truck", "execution_id": command["execution_id"],
+                        "attempt": 1 }))
+        .await;
+    crate::pipeline::wait_results(&app, "applied", 7.0).await;
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, last_error FROM executions WHERE id = $1")
+            .bind(command["execution_id"].as_i64())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), error.as_deref()),
+        ("cancelled", Some("stopped at the truck"))
+    );
+}
+
+#[tokio::test]
 async fn a_fleet_that_comes_and_goes_updates_without_a_timeout() {
     use crate::images;
     use crate::pipeline::sim_options;
@@ -194,6 +306,10 @@ async fn a_fleet_that_comes_and_goes_updates_without_a_timeout() {
     options.offline = 0.3;
     options.offline_for = (Duration::from_secs(30), Duration::from_secs(120));
     options.clean_session = 0.5;
+    // A fifth of them hold the image until parked, longer than the
+    // progress timeout.
+    options.wait_parked = 0.2;
+    options.parked_after = (Duration::from_secs(25), Duration::from_secs(40));
     let sim = Simulator::start(options).await.unwrap();
     let esp = app.upload_esp32("3.0.0").await;
     let stm = app.upload("stm32", "3.0.0", images::stm32(4096, 12)).await;
@@ -206,7 +322,7 @@ async fn a_fleet_that_comes_and_goes_updates_without_a_timeout() {
             .post_json(
                 "/api/v1/jobs",
                 &json!({ "firmware_id": firmware["id"], "targets": { "filter": { "tags": { "fleet": "simulated" } } },
-                         "progress_timeout_secs": 20, "max_retries": 0,
+                         "progress_timeout_secs": 20, "max_retries": 0, "install": "when-safe",
                          "rollout": { "plugin": "rollout-percent", "config": { "batches": [100], "failure_threshold": 100 } } }),
             )
             .await;
@@ -236,6 +352,8 @@ async fn a_fleet_that_comes_and_goes_updates_without_a_timeout() {
         clean > 0 && clean < away,
         "{clean} of {away} with a clean session"
     );
+    let parked = truth.values().filter(|t| t.waited_secs >= 25).count();
+    assert!(parked >= 100, "{parked} devices waited to be parked");
     assert!(truth.values().all(|t| t.state == "done"));
     // Each device acted on one command, the one attempt.
     let attempts: i32 = sqlx::query_scalar("SELECT max(attempts) FROM executions")

@@ -119,6 +119,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GETs `path` and returns the JSON answer.
+    pub async fn json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON answer")
+    }
+
     /// GETs `path` with `token` and returns the JSON answer.
     pub async fn json_as(&self, token: &str, path: &str) -> Value {
         self.request_as(token, Method::GET, path)

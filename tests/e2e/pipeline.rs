@@ -88,12 +88,7 @@ pub async fn wait_until(
 ) -> Value {
     let started = Instant::now();
     loop {
-        let view: Value = app
-            .get(&format!("/api/v1/jobs/{job}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let view: Value = app.json(&format!("/api/v1/jobs/{job}")).await;
         if reached(&view) {
             return view;
         }

@@ -807,12 +807,7 @@ async fn mqtt_over_tls_with_credentials_and_acls() {
     assert_eq!(counts["dispatched"], 1, "TLS-2 still waits: {counts}");
     // TLS-2's command never reached TLS-1, nor its forged status the host.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let view: Value = app
-        .get(&format!("/api/v1/jobs/{job}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view: Value = app.json(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(view["counts"]["done"], 1, "{view}");
     while let Ok((topic, _)) = commands.try_recv() {
         assert!(!topic.contains("TLS-2"), "TLS-1 read {topic}");

@@ -260,12 +260,7 @@ async fn the_install_policy_travels_signed_in_the_manifest() {
     let mut parked = ManualDevice::connect(&prefix, "VIN-IP-1").await;
     let mut plain = ManualDevice::connect(&prefix, "VIN-IP-2").await;
     let job = devices_job(&app, &fw, &["VIN-IP-1"], json!({ "install": "when-safe" })).await;
-    let view: Value = app
-        .get(&format!("/api/v1/jobs/{job}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view: Value = app.json(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(view["install"], "when-safe", "{view}");
     devices_job(&app, &fw, &["VIN-IP-2"], json!({})).await;
     for (device, install) in [(&mut parked, "when-safe"), (&mut plain, "immediate")] {

@@ -76,12 +76,7 @@ async fn a_done_after_the_timeout_ends_done_and_the_device_runs_it() {
             "timed_out -> done (device)"
         ]
     );
-    let view: Value = app
-        .get(&format!("/api/v1/jobs/{job}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let view: Value = app.json(&format!("/api/v1/jobs/{job}")).await;
     assert_eq!(
         (&view["counts"]["done"], &view["counts"]["timed_out"]),
         (&json!(1), &json!(0)),

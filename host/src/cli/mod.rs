@@ -188,6 +188,14 @@ struct SimArgs {
         requires = "installed_version"
     )]
     hand_flashed: u32,
+    /// Share of devices that, under a job whose install policy is
+    /// `when-safe`, hold the downloaded image (`waiting`, reason
+    /// `engine-running`) until they are parked, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    wait_parked: f64,
+    /// How long a waiting device waits to be parked, in seconds: MIN..MAX.
+    #[arg(long, value_name = "MIN..MAX", default_value = "5..20", value_parser = parse_seconds_range)]
+    parked_after: (u64, u64),
     /// Write each device's final state here (JSON) when stopped.
     #[arg(long)]
     truth: Option<std::path::PathBuf>,
@@ -402,6 +410,11 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         ),
         clean_session: args.clean_session,
         hand_flashed: args.hand_flashed,
+        wait_parked: args.wait_parked,
+        parked_after: (
+            std::time::Duration::from_secs(args.parked_after.0),
+            std::time::Duration::from_secs(args.parked_after.1),
+        ),
     };
     let sim = crate::sim::Simulator::start(options).await?;
     for id in &sim.device_ids {

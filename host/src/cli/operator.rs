@@ -807,6 +807,13 @@ fn print_job(job: &Value) {
             count_summary(&job["counts"])
         ),
     ));
+    if let Some(reasons) = job["waiting_reasons"].as_object().filter(|r| !r.is_empty()) {
+        let reasons: Vec<String> = reasons
+            .iter()
+            .map(|(reason, n)| format!("{reason} {}", text(n)))
+            .collect();
+        fields.push(("waiting", reasons.join(", ")));
+    }
     print_fields(&fields);
     if let Some(batches) = job["batches"].as_array().filter(|b| !b.is_empty()) {
         println!("batches:");

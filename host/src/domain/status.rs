@@ -110,6 +110,9 @@ pub enum ExecutionStatus {
     Dispatched,
     Init,
     Downloading,
+    /// The device holds the downloaded image until it may install (the
+    /// job's install policy `when-safe`), for a reason it gives.
+    Waiting,
     Flashing,
     Rebooting,
     Done,
@@ -122,11 +125,12 @@ pub enum ExecutionStatus {
 }
 
 impl ExecutionStatus {
-    pub const ALL: [ExecutionStatus; 11] = [
+    pub const ALL: [ExecutionStatus; 12] = [
         ExecutionStatus::Queued,
         ExecutionStatus::Dispatched,
         ExecutionStatus::Init,
         ExecutionStatus::Downloading,
+        ExecutionStatus::Waiting,
         ExecutionStatus::Flashing,
         ExecutionStatus::Rebooting,
         ExecutionStatus::Done,
@@ -142,6 +146,7 @@ impl ExecutionStatus {
             ExecutionStatus::Dispatched => "dispatched",
             ExecutionStatus::Init => "init",
             ExecutionStatus::Downloading => "downloading",
+            ExecutionStatus::Waiting => "waiting",
             ExecutionStatus::Flashing => "flashing",
             ExecutionStatus::Rebooting => "rebooting",
             ExecutionStatus::Done => "done",
@@ -177,6 +182,7 @@ impl ExecutionStatus {
             ExecutionStatus::Dispatched
                 | ExecutionStatus::Init
                 | ExecutionStatus::Downloading
+                | ExecutionStatus::Waiting
                 | ExecutionStatus::Flashing
                 | ExecutionStatus::Rebooting
         )
@@ -237,6 +243,9 @@ mod tests {
         assert!(Dispatched.check_transition(Downloading).is_ok());
         assert!(Downloading.check_transition(Downloading).is_ok());
         assert!(Flashing.check_transition(Downloading).is_err());
+        assert!(Downloading.check_transition(Waiting).is_ok());
+        assert!(Waiting.check_transition(Flashing).is_ok());
+        assert!(Waiting.check_transition(Downloading).is_err());
         assert!(Downloading.check_transition(Error).is_ok());
         assert!(Done.check_transition(Error).is_err());
         assert!(Error.check_transition(Done).is_err());

@@ -17,10 +17,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::decide::{self, Decision};
-use super::{Outcome, Refusal, state_of};
+use super::{Outcome, Refusal};
 use crate::domain::ExecutionStatus;
 use crate::jobs::executions::{self, Cause, Move};
-use crate::plugins::StatusReport;
+use crate::plugins::{ParsedStatus, StatusReport};
 
 /// A status the family plugin parsed, with where it came from.
 pub(super) struct Parsed {
@@ -29,8 +29,26 @@ pub(super) struct Parsed {
     /// The device named by the topic (the sender).
     pub topic_device: String,
     pub report: StatusReport,
+    /// What the device reports it is doing (the report's own `state` is
+    /// superseded by it).
+    pub state: ExecutionStatus,
+    /// Why it waits or stopped, when it says.
+    pub reason: Option<String>,
     /// The attempt the status answers, when the device said.
     pub attempt: Option<u32>,
+}
+
+impl Parsed {
+    pub(super) fn from_plugin(index: usize, topic_device: String, parsed: ParsedStatus) -> Self {
+        Parsed {
+            index,
+            topic_device,
+            state: super::state_of(parsed.state),
+            reason: parsed.reason,
+            report: parsed.report,
+            attempt: parsed.attempt,
+        }
+    }
 }
 
 /// What the batch did, for the caller to report after the commit.
@@ -43,6 +61,9 @@ pub(super) struct Applied {
     /// Device-to-host lags of applied statuses, in seconds.
     pub lags: Vec<f64>,
     pub device_errors: u64,
+    /// Whether an execution went back to `queued` for a retry: the
+    /// dispatcher has a command to send.
+    pub requeued: bool,
     /// Devices whose execution row the batch wrote (its `reported_at` is
     /// now) or whose installed version it recorded: the write already
     /// says when they were last heard from.
@@ -68,6 +89,7 @@ struct Row {
     max_retries: i32,
     progress: Option<i16>,
     last_error: Option<String>,
+    waiting_reason: Option<String>,
     dispatched_at: Option<DateTime<Utc>>,
     firmware_id: String,
     firmware_version: String,
@@ -160,7 +182,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
         .collect();
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT e.id, e.job_id, e.device_id, e.status, e.version, e.attempts, j.max_retries,
-                e.progress, e.last_error, e.dispatched_at, j.firmware_id::text AS firmware_id,
+                e.progress, e.last_error, e.waiting_reason, e.dispatched_at, j.firmware_id::text AS firmware_id,
                 f.version AS firmware_version, f.security_counter
          FROM executions e JOIN jobs j ON j.id = e.job_id JOIN firmware f ON f.id = j.firmware_id
          WHERE e.id = ANY($1) OR (e.device_id = ANY($2) AND e.stage = 'in_flight')
@@ -186,6 +208,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             max_retries: row.max_retries,
             firmware_id: row.firmware_id.clone(),
             progress: row.progress,
+            waiting_reason: row.waiting_reason.clone(),
         };
         executions.insert(
             row.id,
@@ -221,10 +244,10 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             ));
             continue;
         };
-        let outcome = fold(execution, report, item.attempt, &mut moves);
+        let outcome = fold(execution, item, &mut moves);
         if outcome.taken() {
             applied.jobs.insert(execution.row.job_id);
-            if state_of(report) == ExecutionStatus::Done {
+            if item.state == ExecutionStatus::Done {
                 let row = &execution.row;
                 installed.insert(
                     device.to_owned(),
@@ -237,7 +260,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
                     applied.durations.push(took as f64 / 1000.0);
                 }
             }
-            if state_of(report) == ExecutionStatus::Error {
+            if item.state == ExecutionStatus::Error {
                 applied.device_errors += 1;
             }
             if let Some(sent) = report.sent_at {
@@ -258,8 +281,10 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             status: e.current.status,
             progress: e.current.progress,
             last_error: e.last_error.clone(),
+            waiting_reason: e.current.waiting_reason.clone(),
         })
         .collect();
+    applied.requeued = moves.iter().any(|m| m.to == ExecutionStatus::Queued);
     let updated = executions::record(tx, &rows, &moves).await?;
     if updated != rows.len() as u64 {
         return Err(BatchError::Conflict(rows.len() as u64 - updated));
@@ -296,18 +321,15 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
 }
 
 /// Applies one status to its execution in memory, collecting its move.
-fn fold(
-    execution: &mut Execution,
-    report: &StatusReport,
-    attempt: Option<u32>,
-    moves: &mut Vec<Move>,
-) -> Outcome {
+fn fold(execution: &mut Execution, item: &Parsed, moves: &mut Vec<Move>) -> Outcome {
+    let report = &item.report;
     let reported = decide::Reported {
-        state: state_of(report),
-        attempt,
+        state: item.state,
+        attempt: item.attempt,
         firmware_id: report.firmware_id.as_deref(),
         progress: report.progress.map(i16::from),
         error: report.error.as_deref(),
+        reason: item.reason.as_deref(),
     };
     let decision = decide::decide(&execution.current, &reported);
     let from = execution.current.status;
@@ -323,7 +345,8 @@ fn fold(
             to, reason, late, ..
         } => {
             execution.changed = true;
-            if reason.is_some() {
+            // Why a device waits is not an error.
+            if reason.is_some() && to != ExecutionStatus::Waiting {
                 execution.last_error.clone_from(&reason);
             }
             let row = &execution.row;

@@ -6,8 +6,11 @@
 //! is stale; one naming another firmware than the job's is refused; an
 //! execution that is queued (not dispatched) takes no status; a terminal
 //! one takes none; a status never moves an execution backwards; the same
-//! state again only updates the progress; a failure with retries left
-//! sends the execution back to the queue.
+//! state again only updates the progress (or, for `waiting`, why it
+//! waits); a failure with retries left sends the execution back to the
+//! queue. A device that stopped an update (`cancelled`) ends its
+//! execution cancelled; one already cancelled takes it as the device's
+//! confirmation.
 //!
 //! The device is the truth: a `done` or `error` of the current attempt that
 //! arrives after the host gave up (`timed_out`, `expired`, or `queued` again for a
@@ -28,6 +31,8 @@ pub struct Current {
     pub max_retries: i32,
     pub firmware_id: String,
     pub progress: Option<i16>,
+    /// Why its device waits, when it does.
+    pub waiting_reason: Option<String>,
 }
 
 /// What a device says in one status.
@@ -39,6 +44,8 @@ pub struct Reported<'a> {
     pub firmware_id: Option<&'a str>,
     pub progress: Option<i16>,
     pub error: Option<&'a str>,
+    /// Why it waits (`waiting`) or stopped (`cancelled`).
+    pub reason: Option<&'a str>,
 }
 
 /// What the status does.
@@ -50,8 +57,11 @@ pub enum Decision {
     /// (no state change, no event).
     Progress(Option<i16>),
     /// A state change. `to` is what is stored: `queued` for a failure with
-    /// retries left (the reported state is the status's own). `late`: the
-    /// host had given up on the attempt, and the device finished it.
+    /// retries left (the reported state is the status's own). `reason`:
+    /// the failure's, or why the device waits or stopped. `late`: the
+    /// host had given up on the attempt, and the device finished it. (A
+    /// waiting device that waits for another reason moves from `waiting`
+    /// to `waiting`.)
     Move {
         to: ExecutionStatus,
         reason: Option<String>,
@@ -111,6 +121,10 @@ pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
     if from == ExecutionStatus::Cancelled && next == ExecutionStatus::Done {
         return Decision::Installed;
     }
+    if from == ExecutionStatus::Cancelled && next == ExecutionStatus::Cancelled {
+        // The device confirms the cancel.
+        return Decision::Progress(None);
+    }
     if from == ExecutionStatus::Queued {
         return Decision::Refuse(
             Refusal::NotDispatched,
@@ -123,15 +137,19 @@ pub fn decide(current: &Current, status: &Reported<'_>) -> Decision {
     if let Err(reason) = from.check_transition(next) {
         return Decision::Refuse(Refusal::StateMachine, reason);
     }
-    if from == next {
+    let waits_otherwise =
+        next == ExecutionStatus::Waiting && status.reason != current.waiting_reason.as_deref();
+    if from == next && !waits_otherwise {
         let changed = status.progress.is_some() && status.progress != current.progress;
         return Decision::Progress(if changed { status.progress } else { None });
     }
     let retry = next == ExecutionStatus::Error && current.attempts <= current.max_retries;
     let to = if retry { ExecutionStatus::Queued } else { next };
-    let reason = match (status.error, retry) {
-        (Some(error), true) => Some(format!("{error} (will retry)")),
-        (error, _) => error.map(str::to_owned),
+    let reason = match (next, status.error, retry) {
+        (ExecutionStatus::Waiting, ..) => status.reason.map(str::to_owned),
+        (ExecutionStatus::Cancelled, error, _) => status.reason.or(error).map(str::to_owned),
+        (_, Some(error), true) => Some(format!("{error} (will retry)")),
+        (_, error, _) => error.map(str::to_owned),
     };
     let progress = status.progress.or(if to == ExecutionStatus::Done {
         Some(100)
@@ -156,9 +174,19 @@ impl Current {
                     self.progress = *progress;
                 }
             }
-            Decision::Move { to, progress, .. } => {
+            Decision::Move {
+                to,
+                progress,
+                reason,
+                ..
+            } => {
                 self.status = *to;
                 self.progress = *progress;
+                self.waiting_reason = if *to == ExecutionStatus::Waiting {
+                    reason.clone()
+                } else {
+                    None
+                };
             }
         }
     }
@@ -179,6 +207,7 @@ mod tests {
             max_retries,
             firmware_id: "fw".into(),
             progress: None,
+            waiting_reason: None,
         }
     }
 
@@ -189,6 +218,7 @@ mod tests {
             firmware_id: None,
             progress: None,
             error: None,
+            reason: None,
         }
     }
 
@@ -198,27 +228,30 @@ mod tests {
     /// execution but changes what the device runs, N refused as not
     /// dispatched, S refused by the state machine. `x/y`: x when the
     /// status names no attempt, y when it names the current one.
-    const TABLE: [(ExecutionStatus, &str); 11] = [
-        //              init down flash reboot done error
-        (S::Queued, "N N N N N/L N"),
-        (S::Dispatched, "M M M M M M"),
-        (S::Init, "P M M M M M"),
-        (S::Downloading, "S P M M M M"),
-        (S::Flashing, "S S P M M M"),
-        (S::Rebooting, "S S S P M M"),
-        (S::Done, "S S S S S S"),
-        (S::Error, "S S S S S S"),
-        (S::TimedOut, "S S S S L L"),
-        (S::Expired, "S S S S L L"),
-        (S::Cancelled, "S S S S I S"),
+    const TABLE: [(ExecutionStatus, &str); 12] = [
+        //              init down wait flash reboot done error cancelled
+        (S::Queued, "N N N N N N/L N N"),
+        (S::Dispatched, "M M M M M M M M"),
+        (S::Init, "P M M M M M M M"),
+        (S::Downloading, "S P M M M M M M"),
+        (S::Waiting, "S S P M M M M M"),
+        (S::Flashing, "S S S P M M M M"),
+        (S::Rebooting, "S S S S P M M M"),
+        (S::Done, "S S S S S S S S"),
+        (S::Error, "S S S S S S S S"),
+        (S::TimedOut, "S S S S S L L S"),
+        (S::Expired, "S S S S S L L S"),
+        (S::Cancelled, "S S S S S I S P"),
     ];
-    const REPORTED: [ExecutionStatus; 6] = [
+    const REPORTED: [ExecutionStatus; 8] = [
         S::Init,
         S::Downloading,
+        S::Waiting,
         S::Flashing,
         S::Rebooting,
         S::Done,
         S::Error,
+        S::Cancelled,
     ];
 
     fn kind(decision: &Decision) -> &'static str {
@@ -370,6 +403,66 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_device_says_why_and_the_reason_moves_with_it() {
+        let mut execution = current(S::Downloading, 1, 0);
+        let parked = Reported {
+            reason: Some("engine-running"),
+            ..reported(S::Waiting, Some(1))
+        };
+        let first = decide(&execution, &parked);
+        assert_eq!(
+            first,
+            Decision::Move {
+                to: S::Waiting,
+                reason: Some("engine-running".into()),
+                progress: None,
+                late: false,
+            }
+        );
+        execution.apply(&first);
+        assert_eq!(execution.waiting_reason.as_deref(), Some("engine-running"));
+        // The same reason again changes nothing; another one is a move.
+        assert_eq!(decide(&execution, &parked), Decision::Progress(None));
+        let driving = Reported {
+            reason: Some("driving"),
+            ..parked.clone()
+        };
+        let second = decide(&execution, &driving);
+        assert!(matches!(second, Decision::Move { to: S::Waiting, .. }));
+        execution.apply(&second);
+        assert_eq!(execution.waiting_reason.as_deref(), Some("driving"));
+        // Flashing at last: the reason is gone.
+        let flashing = decide(&execution, &reported(S::Flashing, Some(1)));
+        execution.apply(&flashing);
+        assert_eq!(
+            (execution.status, execution.waiting_reason),
+            (S::Flashing, None)
+        );
+    }
+
+    #[test]
+    fn a_device_that_stopped_ends_cancelled() {
+        let stopped = Reported {
+            reason: Some("cancelled by the operator"),
+            ..reported(S::Cancelled, Some(1))
+        };
+        assert_eq!(
+            decide(&current(S::Waiting, 1, 3), &stopped),
+            Decision::Move {
+                to: S::Cancelled,
+                reason: Some("cancelled by the operator".into()),
+                progress: None,
+                late: false,
+            }
+        );
+        // Already cancelled by the host: the device's word confirms it.
+        assert_eq!(
+            decide(&current(S::Cancelled, 1, 0), &stopped),
+            Decision::Progress(None)
+        );
+    }
+
+    #[test]
     fn progress_in_the_same_state_is_kept_once() {
         let mut execution = current(S::Downloading, 1, 0);
         let status = Reported {
@@ -384,9 +477,14 @@ mod tests {
 
     /// A device's statuses of one attempt, in the order it sends them.
     fn sequence() -> impl Strategy<Value = Vec<Reported<'static>>> {
-        let ending = prop_oneof![Just(S::Done), Just(S::Error), Just(S::Rebooting)];
+        let ending = prop_oneof![
+            Just(S::Done),
+            Just(S::Error),
+            Just(S::Rebooting),
+            Just(S::Cancelled)
+        ];
         (
-            proptest::collection::vec(0..4usize, 0..6),
+            proptest::collection::vec(0..5usize, 0..6),
             ending,
             0..101i16,
         )

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::domain::{DeviceId, ExecutionStatus};
 use crate::metrics::Metrics;
 use crate::mqtt::{Incoming, MqttLink};
-use crate::plugins::{ParsedStatus, PluginError, Plugins, StatusReport};
+use crate::plugins::{ParsedStatus, PluginError, Plugins, ReportState};
 
 /// Largest status payload accepted.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -438,13 +438,8 @@ impl Ingest {
         let mut items = Vec::with_capacity(parsed.len());
         for (index, topic_device, report, payload) in parsed {
             match report {
-                Ok(ParsedStatus { report, attempt }) => match check_report(&report) {
-                    Ok(()) => items.push(batch::Parsed {
-                        index,
-                        topic_device,
-                        report,
-                        attempt,
-                    }),
+                Ok(parsed) => match check_report(&parsed) {
+                    Ok(()) => items.push(batch::Parsed::from_plugin(index, topic_device, parsed)),
                     Err(detail) => {
                         outcomes[index] = Some(Outcome::refused(Refusal::BadText, detail));
                     }
@@ -529,9 +524,11 @@ impl Ingest {
         let hellos: Vec<&str> = hellos.iter().map(String::as_str).collect();
         let resent = crate::jobs::executions::resend_to(&self.pool, &hellos).await?;
         let mut touched = HashSet::new();
+        let mut requeued = false;
         for applied in applied {
             self.observe(&applied);
             touched.extend(applied.jobs);
+            requeued |= applied.requeued;
         }
         // Prompt the rollout engine after the commit, in a statement of its
         // own: taking job rows after execution rows in one transaction would
@@ -544,13 +541,19 @@ impl Ingest {
         );
         if resent > 0 {
             tracing::debug!(resent, "devices back online get their commands again");
+        }
+        // The dispatcher is woken only when it has commands to send: a
+        // retry, or commands to send again. (A device whose update ended
+        // and that has another job's update queued gets it on the
+        // dispatcher's next tick: waking it for every batch of statuses
+        // cost PostgreSQL a claim per batch, BENCHMARKS.md item 32.)
+        if resent > 0 || requeued {
             self.dispatch_wakeup.notify_one();
         }
         let jobs: Vec<Uuid> = touched.into_iter().collect();
         if !jobs.is_empty() {
             crate::jobs::touch_jobs(&self.pool, &jobs).await?;
             self.evaluate_wakeup.notify_one();
-            self.dispatch_wakeup.notify_one();
         }
 
         let outcomes: Vec<Outcome> = outcomes
@@ -641,12 +644,7 @@ pub async fn apply_one(
     topic_device: &str,
     parsed: ParsedStatus,
 ) -> Result<Outcome, sqlx::Error> {
-    let item = batch::Parsed {
-        index: 0,
-        topic_device: topic_device.to_owned(),
-        report: parsed.report,
-        attempt: parsed.attempt,
-    };
+    let item = batch::Parsed::from_plugin(0, topic_device.to_owned(), parsed);
     match batch::apply(conn, std::slice::from_ref(&item)).await {
         Ok(applied) => Ok(applied.outcomes.into_iter().next().map_or_else(
             || Outcome::refused(Refusal::Conflict, "no outcome"),
@@ -663,12 +661,15 @@ pub async fn apply_one(
 const MAX_MESSAGE_ID: usize = 200;
 /// Longest text field (error, ids, version) a status may carry.
 const MAX_TEXT: usize = 4096;
+/// Longest reason a waiting or cancelled device may give.
+const MAX_REASON: usize = 256;
 
 /// Checks what a plugin parsed against the host's own rules before any of
 /// it reaches the database: ids of the right syntax, no NUL (PostgreSQL
 /// refuses it in text and JSON) and no other control character in ids,
 /// bounded texts. A plugin's answer is never trusted as is.
-fn check_report(report: &StatusReport) -> Result<(), String> {
+fn check_report(parsed: &ParsedStatus) -> Result<(), String> {
+    let report = &parsed.report;
     DeviceId::parse(&report.device_id)
         .map_err(|e| format!("device id {:?}: {e}", report.device_id))?;
     let id = &report.message_id;
@@ -682,11 +683,17 @@ fn check_report(report: &StatusReport) -> Result<(), String> {
         ("job id", report.job_id.as_deref()),
         ("firmware id", report.firmware_id.as_deref()),
         ("installed version", report.installed_version.as_deref()),
+        ("reason", parsed.reason.as_deref()),
     ];
     for (name, text) in texts {
         let Some(text) = text else { continue };
         if text.len() > MAX_TEXT {
             return Err(format!("{name} is longer than {MAX_TEXT} bytes"));
+        }
+        if name == "reason" && (text.len() > MAX_REASON || text.chars().any(char::is_control)) {
+            return Err(format!(
+                "reason must be at most {MAX_REASON} bytes without control characters"
+            ));
         }
         if text.contains('\0') {
             return Err(format!("{name} contains a NUL character"));
@@ -760,14 +767,15 @@ impl RefusalLog {
     }
 }
 
-fn state_of(report: &StatusReport) -> ExecutionStatus {
-    use crate::plugins::StatusState as S;
-    match report.state {
-        S::Init => ExecutionStatus::Init,
-        S::Downloading => ExecutionStatus::Downloading,
-        S::Flashing => ExecutionStatus::Flashing,
-        S::Rebooting => ExecutionStatus::Rebooting,
-        S::Done => ExecutionStatus::Done,
-        S::Error => ExecutionStatus::Error,
+fn state_of(state: ReportState) -> ExecutionStatus {
+    match state {
+        ReportState::Init => ExecutionStatus::Init,
+        ReportState::Downloading => ExecutionStatus::Downloading,
+        ReportState::Waiting => ExecutionStatus::Waiting,
+        ReportState::Flashing => ExecutionStatus::Flashing,
+        ReportState::Rebooting => ExecutionStatus::Rebooting,
+        ReportState::Done => ExecutionStatus::Done,
+        ReportState::Error => ExecutionStatus::Error,
+        ReportState::Cancelled => ExecutionStatus::Cancelled,
     }
 }

@@ -166,7 +166,7 @@ pub(super) fn before_done(
 ) -> Vec<Entry> {
     let mut done_at: HashMap<&str, usize> = HashMap::new();
     for status in statuses {
-        if super::state_of(&status.report) == ExecutionStatus::Done
+        if status.state == ExecutionStatus::Done
             && outcomes[status.index].as_ref().is_some_and(Outcome::taken)
         {
             let at = done_at
@@ -254,9 +254,10 @@ mod tests {
     }
 
     fn status(index: usize, device: &str, state: crate::plugins::StatusState) -> Parsed {
-        Parsed {
-            index,
-            topic_device: device.into(),
+        let parsed = crate::plugins::ParsedStatus {
+            state: state.into(),
+            reason: None,
+            attempt: None,
             report: crate::plugins::StatusReport {
                 device_id: device.into(),
                 message_id: format!("m{index}"),
@@ -269,8 +270,8 @@ mod tests {
                 installed_version: None,
                 sent_at: None,
             },
-            attempt: None,
-        }
+        };
+        Parsed::from_plugin(index, device.into(), parsed)
     }
 
     #[test]

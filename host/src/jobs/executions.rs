@@ -135,6 +135,8 @@ pub fn statement(choose: &str, select: &str) -> String {
                                    ELSE coalesce(m.reason, e.last_error) END,
                  finished_at = CASE WHEN m.next IN ('done', 'error', 'timed_out', 'expired', 'cancelled')
                                     THEN now() END,
+                 -- Only a device's own status makes it wait.
+                 waiting_reason = NULL,
                  updated_at = now(), version = e.version + 1
              FROM moves m WHERE e.id = m.id
              RETURNING e.id, e.job_id, e.device_id, e.attempts AS attempt,
@@ -201,6 +203,8 @@ pub struct Row {
     pub status: ExecutionStatus,
     pub progress: Option<i16>,
     pub last_error: Option<String>,
+    /// Why its device waits (`waiting`), else none.
+    pub waiting_reason: Option<String>,
 }
 
 /// Writes rows and their moves (a row may have several, in order, or none
@@ -222,6 +226,7 @@ pub async fn record(
         r.statuses.push(row.status.as_str());
         r.progress.push(row.progress);
         r.errors.push(row.last_error.as_deref());
+        r.waiting.push(row.waiting_reason.as_deref());
         r.finished.push(row.status.is_terminal());
         r.loaded.push(row.loaded_version);
     }
@@ -247,10 +252,12 @@ pub async fn record(
         "WITH rows AS (
              UPDATE executions e
              SET status = u.status, progress = u.progress, last_error = u.last_error,
+                 waiting_reason = u.waiting_reason,
                  finished_at = CASE WHEN u.finished THEN now() ELSE NULL END, reported_at = now(),
                  updated_at = now(), version = u.loaded + 1
-             FROM unnest($1::bigint[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::bigint[])
-                  AS u(id, status, progress, last_error, finished, loaded)
+             FROM unnest($1::bigint[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::bigint[],
+                         $21::text[])
+                  AS u(id, status, progress, last_error, finished, loaded, waiting_reason)
              WHERE e.id = u.id AND e.version = u.loaded
              RETURNING e.id
          ), moved AS (
@@ -293,6 +300,7 @@ pub async fn record(
     .bind(&m.event_ids)
     .bind(&m.payloads)
     .bind(rows.len() as i64)
+    .bind(&r.waiting)
     .fetch_one(conn)
     .await?;
     Ok(updated as u64)
@@ -304,6 +312,7 @@ struct RowColumns<'a> {
     statuses: Vec<&'static str>,
     progress: Vec<Option<i16>>,
     errors: Vec<Option<&'a str>>,
+    waiting: Vec<Option<&'a str>>,
     finished: Vec<bool>,
     loaded: Vec<i64>,
 }

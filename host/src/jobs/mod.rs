@@ -446,6 +446,9 @@ pub struct JobCounts {
     pub total: i64,
     /// Every execution status with its count (zeros included).
     pub counts: BTreeMap<String, i64>,
+    /// The devices that wait to install (`waiting`), by the reason they
+    /// give (`unspecified` when they give none).
+    pub waiting_reasons: BTreeMap<String, i64>,
     pub batches: Vec<BatchCounts>,
 }
 
@@ -472,9 +475,17 @@ pub async fn counts(pool: &PgPool, job_id: Uuid) -> Result<JobCounts, sqlx::Erro
     .bind(job_id)
     .fetch_all(pool)
     .await?;
+    let waiting_reasons: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(waiting_reason, 'unspecified'), count(*) FROM executions
+         WHERE job_id = $1 AND status = 'waiting' GROUP BY 1",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
     let mut result = JobCounts {
         total: 0,
         counts: zeroed(),
+        waiting_reasons: waiting_reasons.into_iter().collect(),
         batches: Vec::new(),
     };
     for (batch_group, status, n) in rows {

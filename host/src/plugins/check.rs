@@ -61,6 +61,15 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
              WIT 0.1.3, whose device-protocol-attempts world exports presence, to parse your devices' own"
         );
     }
+    if plugin.kind == PluginKind::Device
+        && plugin.reports_attempts()
+        && !plugin.reports_every_state()
+    {
+        println!(
+            "note:        devices cannot report waiting or cancelled; build against WIT 0.1.4, \
+             whose device-protocol-attempts world exports control, so that they can"
+        );
+    }
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match kind {
@@ -228,7 +237,10 @@ fn check_device(
             command.qos
         );
     }
-    for (state, payload) in [
+    let waiting = registry
+        .device_plugin(family)
+        .is_ok_and(|p| p.reports_every_state());
+    let mut samples = vec![
         (
             "downloading",
             r#"{"message_id":"check-1","state":"downloading","progress":50,"execution_id":1,"attempt":1}"#,
@@ -241,11 +253,21 @@ fn check_device(
             "error",
             r#"{"message_id":"check-3","state":"error","error":"flash verify failed","execution_id":1}"#,
         ),
-    ] {
+    ];
+    if waiting {
+        samples.push((
+            "waiting",
+            r#"{"message_id":"check-4","state":"waiting","reason":"engine-running","execution_id":1}"#,
+        ));
+    }
+    for (state, payload) in samples {
         match registry.parse_status(family, &options.config, "SAMPLE-1", payload.as_bytes()) {
-            Ok(super::ParsedStatus { report, attempt })
-                if report.state.as_str() == state && report.device_id == "SAMPLE-1" =>
-            {
+            Ok(super::ParsedStatus {
+                report,
+                state: parsed,
+                attempt,
+                ..
+            }) if parsed.as_str() == state && report.device_id == "SAMPLE-1" => {
                 let attempt = attempt
                     .map(|a| format!(", attempt {a}"))
                     .unwrap_or_default();
@@ -254,9 +276,13 @@ fn check_device(
                     report.message_id
                 );
             }
-            Ok(super::ParsedStatus { report, .. }) => anyhow::bail!(
+            Ok(super::ParsedStatus {
+                report,
+                state: parsed,
+                ..
+            }) => anyhow::bail!(
                 "parse-status read a standard '{state}' status as '{}' for device {}",
-                report.state.as_str(),
+                parsed.as_str(),
                 report.device_id
             ),
             Err(super::PluginError::Refused { reason, .. }) => {

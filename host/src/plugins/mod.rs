@@ -39,7 +39,7 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 3);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 4);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
@@ -48,6 +48,8 @@ const ATTEMPTS_INTERFACE: &str = "rollway:plugin/attempts@0.1.1";
 const BATCH_INTERFACE: &str = "rollway:plugin/batch@0.1.2";
 /// The optional export of device plugins since 0.1.3 (`presence`).
 const PRESENCE_INTERFACE: &str = "rollway:plugin/presence@0.1.3";
+/// The optional export of device plugins since 0.1.4 (`control`).
+const CONTROL_INTERFACE: &str = "rollway:plugin/control@0.1.4";
 /// Most items in one batched plugin call, and most status payload bytes:
 /// a batch shares the call's memory budget.
 const BATCH_ITEMS: usize = 512;
@@ -56,10 +58,102 @@ const BATCH_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
 /// A status as its family's plugin parsed it.
 #[derive(Debug, Clone)]
 pub struct ParsedStatus {
+    /// The report; its `state` is superseded by `state`.
     pub report: StatusReport,
+    /// What the device reports it is doing.
+    pub state: ReportState,
+    /// Why it waits (`waiting`), from plugins exporting `control`.
+    pub reason: Option<String>,
     /// The attempt the status answers, from plugins exporting `attempts`
     /// whose device said.
     pub attempt: Option<u32>,
+}
+
+impl ParsedStatus {
+    /// A report of a plugin before 0.1.4, in its own six states.
+    fn of(report: StatusReport, attempt: Option<u32>) -> Self {
+        let state = ReportState::from(report.state);
+        ParsedStatus {
+            report,
+            state,
+            reason: None,
+            attempt,
+        }
+    }
+}
+
+/// `control.report-state`: every state a device reports (0.1.4).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, wasmtime::component::ComponentType, wasmtime::component::Lift,
+)]
+#[component(enum)]
+#[repr(u8)]
+pub enum ReportState {
+    #[component(name = "init")]
+    Init,
+    #[component(name = "downloading")]
+    Downloading,
+    #[component(name = "waiting")]
+    Waiting,
+    #[component(name = "flashing")]
+    Flashing,
+    #[component(name = "rebooting")]
+    Rebooting,
+    #[component(name = "done")]
+    Done,
+    #[component(name = "error")]
+    Error,
+    #[component(name = "cancelled")]
+    Cancelled,
+}
+
+impl ReportState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportState::Init => "init",
+            ReportState::Downloading => "downloading",
+            ReportState::Waiting => "waiting",
+            ReportState::Flashing => "flashing",
+            ReportState::Rebooting => "rebooting",
+            ReportState::Done => "done",
+            ReportState::Error => "error",
+            ReportState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<StatusState> for ReportState {
+    fn from(state: StatusState) -> Self {
+        match state {
+            StatusState::Init => ReportState::Init,
+            StatusState::Downloading => ReportState::Downloading,
+            StatusState::Flashing => ReportState::Flashing,
+            StatusState::Rebooting => ReportState::Rebooting,
+            StatusState::Done => ReportState::Done,
+            StatusState::Error => ReportState::Error,
+        }
+    }
+}
+
+/// `control.report`, lifted from a plugin's answer.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
+struct Report {
+    status: StatusReport,
+    state: ReportState,
+    reason: Option<String>,
+    attempt: Option<u32>,
+}
+
+impl From<Report> for ParsedStatus {
+    fn from(report: Report) -> Self {
+        ParsedStatus {
+            report: report.status,
+            state: report.state,
+            reason: report.reason,
+            attempt: report.attempt,
+        }
+    }
 }
 
 /// The plugins Rollway ships, built from `plugins/` by `build.rs`.
@@ -161,6 +255,8 @@ pub struct Plugin {
     build_commands: Option<ComponentExportIndex>,
     /// `presence.parse-presence` (0.1.3).
     parse_presence: Option<ComponentExportIndex>,
+    /// `control.parse-reports` (0.1.4).
+    parse_reports: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -191,6 +287,9 @@ pub struct PluginView {
     /// (exporting `presence`, WIT 0.1.3); without it the host reads the
     /// standard presence JSON.
     pub parses_presence: bool,
+    /// Whether the device plugin reports every state, `waiting` and
+    /// `cancelled` too (exporting `control`, WIT 0.1.4).
+    pub reports_every_state: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -213,6 +312,7 @@ impl Plugin {
             reports_attempts: self.reports_attempts(),
             takes_batches: self.takes_batches(),
             parses_presence: self.parses_presence(),
+            reports_every_state: self.reports_every_state(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -233,6 +333,11 @@ impl Plugin {
     /// Whether the device plugin exports `presence` (WIT 0.1.3).
     pub fn parses_presence(&self) -> bool {
         self.parse_presence.is_some()
+    }
+
+    /// Whether the device plugin exports `control` (WIT 0.1.4).
+    pub fn reports_every_state(&self) -> bool {
+        self.parse_reports.is_some()
     }
 
     fn reason(&self) -> Option<String> {
@@ -446,6 +551,7 @@ impl PluginRegistry {
         let parse_statuses = export(BATCH_INTERFACE, "parse-statuses");
         let build_commands = export(BATCH_INTERFACE, "build-commands");
         let parse_presence = export(PRESENCE_INTERFACE, "parse-presence");
+        let parse_reports = export(CONTROL_INTERFACE, "parse-reports");
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -460,6 +566,7 @@ impl PluginRegistry {
             parse_statuses,
             build_commands,
             parse_presence,
+            parse_reports,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -995,7 +1102,8 @@ impl PluginRegistry {
     }
 
     /// Parses a status payload with its family's plugin: with
-    /// `attempts.parse-status-attempt` when the plugin exports it (0.1.1),
+    /// `control.parse-reports` when the plugin exports it (0.1.4), else
+    /// with `attempts.parse-status-attempt` when it exports that (0.1.1),
     /// else with `device.parse-status`.
     pub fn parse_status(
         &self,
@@ -1005,6 +1113,30 @@ impl PluginRegistry {
         payload: &[u8],
     ) -> Result<ParsedStatus, PluginError> {
         let plugin = self.device_plugin(family)?;
+        if let Some(index) = &plugin.parse_reports {
+            type Answer = Result<Report, String>;
+            let mut answers =
+                self.device_instance_call(&plugin, "parse-reports", |store, instance| {
+                    let function = instance
+                        .get_typed_func::<(&str, &[(&str, &[u8])]), (Vec<Answer>,)>(
+                            &mut *store,
+                            index,
+                        )?;
+                    let (answers,) =
+                        function.call(&mut *store, (config, &[(topic_device_id, payload)]))?;
+                    Ok(answers)
+                })?;
+            if answers.len() != 1 {
+                return Err(Self::nonsense(
+                    &plugin,
+                    format!("parse-reports answered {} items for 1", answers.len()),
+                ));
+            }
+            return answers
+                .remove(0)
+                .map(ParsedStatus::from)
+                .map_err(|reason| Self::refused(&plugin, reason));
+        }
         let parsed = match &plugin.parse_status_attempt {
             Some(index) => {
                 self.device_instance_call(&plugin, "parse-status", |store, instance| {
@@ -1028,7 +1160,7 @@ impl PluginRegistry {
                 .map(|report| (report, None)),
         };
         parsed
-            .map(|(report, attempt)| ParsedStatus { report, attempt })
+            .map(|(report, attempt)| ParsedStatus::of(report, attempt))
             .map_err(|reason| Self::refused(&plugin, reason))
     }
 
@@ -1053,6 +1185,21 @@ impl PluginRegistry {
                 .map(|(device, payload)| self.parse_status(family, config, device, payload))
                 .collect()
         };
+        if let Some(index) = &plugin.parse_reports {
+            return self.in_batches(
+                &plugin,
+                "parse-reports",
+                index,
+                config,
+                batches(statuses, |(_, payload)| payload.len()),
+                one_by_one,
+                |_, answer: Result<Report, String>| {
+                    answer
+                        .map(ParsedStatus::from)
+                        .map_err(|reason| Self::refused(&plugin, reason))
+                },
+            );
+        }
         let Some(index) = &plugin.parse_statuses else {
             return one_by_one(statuses);
         };
@@ -1066,7 +1213,7 @@ impl PluginRegistry {
             one_by_one,
             |_, answer: Answer| {
                 answer
-                    .map(|(report, attempt)| ParsedStatus { report, attempt })
+                    .map(|(report, attempt)| ParsedStatus::of(report, attempt))
                     .map_err(|reason| Self::refused(&plugin, reason))
             },
         )

@@ -327,7 +327,9 @@ impl Scheduler {
     /// command was last sent): one that never did may not have it, and one
     /// that is away is not stalled. Both wait for the device's next hello
     /// (which sends the command again), or the job's delivery deadline,
-    /// which expires what is still undelivered.
+    /// which expires what is still undelivered. A device that said it is
+    /// `waiting` for a safe moment to install is not stalled either: a
+    /// truck may drive for a shift; the deadline bounds that wait too.
     pub async fn sweep_timeouts(&self) -> anyhow::Result<u64> {
         let stalled = executions::statement(
             "moves AS (
@@ -346,6 +348,7 @@ impl Scheduler {
                    AND e.reported_at > e.dispatched_at
                    AND e.reported_at < now() - make_interval(secs => j.device_timeout_secs)
                    AND d.online
+                   AND e.status <> 'waiting'
                  ORDER BY e.dispatched_at LIMIT 1000
                  FOR UPDATE OF e SKIP LOCKED
              )",

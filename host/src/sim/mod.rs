@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::InstallPolicy;
 use crate::manifest::Manifest;
 
 #[derive(Debug, Clone)]
@@ -77,6 +78,13 @@ pub struct SimOptions {
     /// (`{installed_version}-shop`): they say so in a new hello. Needs
     /// `installed_version` (what they ran before).
     pub hand_flashed: u32,
+    /// Share of devices that, under a job whose install policy is
+    /// `when-safe`, report `waiting` (reason `engine-running`) once the
+    /// image is downloaded and flash only after `parked_after`; the others
+    /// find the moment safe at once.
+    pub wait_parked: f64,
+    /// How long a waiting device waits, at least and at most.
+    pub parked_after: (Duration, Duration),
 }
 
 impl SimOptions {
@@ -108,6 +116,8 @@ impl SimOptions {
             offline_for: (Duration::from_secs(30), Duration::from_secs(120)),
             clean_session: 0.0,
             hand_flashed: 0,
+            wait_parked: 0.0,
+            parked_after: (Duration::from_secs(5), Duration::from_secs(20)),
         }
     }
 }
@@ -140,6 +150,10 @@ pub struct DeviceTruth {
     /// update until Rollway installed one.
     #[serde(default)]
     pub hand_flashed: bool,
+    /// Seconds the device held its downloaded image (`waiting`) before it
+    /// was parked and flashed (`--wait-parked`).
+    #[serde(default)]
+    pub waited_secs: u64,
 }
 
 #[derive(Clone, Default)]
@@ -804,6 +818,19 @@ impl Shared {
             let gap = Duration::from_millis(rand::rng().random_range(1000..3000));
             tokio::time::sleep(gap).await;
         }
+        if manifest.install == InstallPolicy::WhenSafe
+            && rand::rng().random_bool(self.options.wait_parked.clamp(0.0, 1.0))
+        {
+            // The truck is on the road: it holds the image until parked.
+            let (least, most) = self.options.parked_after;
+            let wait = rand::rng()
+                .random_range(least.as_millis()..=most.as_millis().max(least.as_millis()));
+            let wait = Duration::from_millis(wait as u64);
+            reporter.wait("engine-running").await;
+            tokio::time::sleep(wait).await;
+            self.truth
+                .update(&device.id, |t| t.waited_secs = wait.as_secs());
+        }
         let fail_rate = self
             .options
             .family_fail_rates
@@ -1080,6 +1107,21 @@ impl Reporter<'_> {
     /// Sends a status of this attempt; false, sending nothing, once a newer
     /// attempt superseded it.
     async fn send(&mut self, state: &str, progress: Option<u8>, error: Option<&str>) -> bool {
+        self.publish(state, progress, error, None).await
+    }
+
+    /// Says the device holds its downloaded image, and why.
+    async fn wait(&mut self, reason: &str) -> bool {
+        self.publish("waiting", None, None, Some(reason)).await
+    }
+
+    async fn publish(
+        &mut self,
+        state: &str,
+        progress: Option<u8>,
+        error: Option<&str>,
+        reason: Option<&str>,
+    ) -> bool {
         self.sequence += 1;
         let options = &self.shared.options;
         if !options.step.is_zero() {
@@ -1101,7 +1143,7 @@ impl Reporter<'_> {
             state
         );
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let message = json!({
+        let mut message = json!({
             "message_id": message_id,
             "device_id": self.device.id,
             "state": state,
@@ -1111,6 +1153,9 @@ impl Reporter<'_> {
             "attempt": self.attempt,
             "ts": now_ms,
         });
+        if let Some(reason) = reason {
+            message["reason"] = json!(reason);
+        }
         let payload = serde_json::to_vec(&message).unwrap_or_default();
         let times = if rand::rng().random_bool(options.duplicates.clamp(0.0, 1.0)) {
             2

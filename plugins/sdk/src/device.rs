@@ -96,8 +96,9 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 /// `wit_bindgen::generate!({ world: "device-protocol-attempts", .. })`: the
 /// component exports `device`, `attempts` (statuses name their attempt),
 /// `batch` (many statuses or commands in one call, each parsed or built as
-/// alone, the configuration read once) and `presence` (what devices say
-/// about themselves when they connect).
+/// alone, the configuration read once), `presence` (what devices say
+/// about themselves when they connect) and `control` (every state a
+/// device reports: `waiting` and `cancelled` too, with their reason).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -258,6 +259,52 @@ macro_rules! device_plugin {
                         })
                         .collect()
                 })
+            }
+        }
+
+        /// A status with every state, for `control`.
+        fn to_full_report(s: $crate::status::Status) -> exports::rollway::plugin::control::Report {
+            use exports::rollway::plugin::control::ReportState;
+            use $crate::status::State;
+            let state = match s.state {
+                State::Init => ReportState::Init,
+                State::Downloading => ReportState::Downloading,
+                State::Waiting => ReportState::Waiting,
+                State::Flashing => ReportState::Flashing,
+                State::Rebooting => ReportState::Rebooting,
+                State::Done => ReportState::Done,
+                State::Error => ReportState::Error,
+                State::Cancelled => ReportState::Cancelled,
+            };
+            let reason = s.reason.clone();
+            let attempt = s.attempt;
+            exports::rollway::plugin::control::Report {
+                status: to_report(s),
+                state,
+                reason,
+                attempt,
+            }
+        }
+
+        impl exports::rollway::plugin::control::Guest for RollwayDeviceGuest {
+            fn parse_reports(
+                config: String,
+                statuses: Vec<(String, Vec<u8>)>,
+            ) -> Vec<Result<exports::rollway::plugin::control::Report, String>> {
+                match $crate::device::load_config::<$family>(&config) {
+                    Ok(config) => statuses
+                        .iter()
+                        .map(|(topic_device_id, payload)| {
+                            <$family as $crate::device::DeviceFamily>::parse_status(
+                                &config,
+                                topic_device_id,
+                                payload,
+                            )
+                            .map(to_full_report)
+                        })
+                        .collect(),
+                    Err(reason) => statuses.iter().map(|_| Err(reason.clone())).collect(),
+                }
             }
         }
 

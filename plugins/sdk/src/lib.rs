@@ -44,8 +44,8 @@ pub fn targets_match(target: Option<&str>, model: Option<&str>) -> bool {
 /// Defines, in a device plugin crate, conversions between this crate's
 /// types and the bindings generated for the `device-protocol-attempts`
 /// world:
-/// `to_report(status::Status) -> StatusReport` and
-/// `to_request(&CommandRequest) -> command::Request`.
+/// `to_report(status::Status) -> StatusReport` (in the six states of
+/// `device.status-state`) and `to_request(&CommandRequest) -> command::Request`.
 #[macro_export]
 macro_rules! device_conversions {
     () => {
@@ -55,13 +55,16 @@ macro_rules! device_conversions {
             exports::rollway::plugin::device::StatusReport {
                 device_id: s.device_id,
                 message_id: s.message_id,
+                // The nearest of the six states of `device.status-state`:
+                // a waiting device is still downloading, a cancelled one
+                // did not update (`control` reports the state itself).
                 state: match s.state {
                     State::Init => StatusState::Init,
-                    State::Downloading => StatusState::Downloading,
+                    State::Downloading | State::Waiting => StatusState::Downloading,
                     State::Flashing => StatusState::Flashing,
                     State::Rebooting => StatusState::Rebooting,
                     State::Done => StatusState::Done,
-                    State::Error => StatusState::Error,
+                    State::Error | State::Cancelled => StatusState::Error,
                 },
                 progress: s.progress,
                 error: s.error,

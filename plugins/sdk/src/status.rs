@@ -14,21 +14,33 @@
 //!
 //! `device_id` defaults to the topic's device (a gateway names its child);
 //! `status` is accepted for `state`.
+//!
+//! `waiting` (the device holds the downloaded image until it may install,
+//! a job whose install policy is `when-safe`) and `cancelled` (it stopped
+//! the update before flashing) carry a `reason` (at most 256 characters),
+//! e.g. `{"message_id": "m-18", "state": "waiting", "reason":
+//! "engine-running", "execution_id": 1234, "attempt": 1}`.
 
 use serde::Deserialize;
 
 /// Largest status payload accepted.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
+/// Longest reason a waiting or cancelled device gives.
+pub const MAX_REASON: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Init,
     Downloading,
+    /// Holds the downloaded image until it may install.
+    Waiting,
     Flashing,
     Rebooting,
     Done,
     Error,
+    /// Stopped the update before flashing, as a cancel told it to.
+    Cancelled,
 }
 
 /// A parsed status in plain Rust types.
@@ -46,6 +58,8 @@ pub struct Status {
     pub sent_at: Option<u64>,
     /// The attempt of the command this status answers.
     pub attempt: Option<u32>,
+    /// Why the device waits (`waiting`) or stopped (`cancelled`).
+    pub reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +77,7 @@ struct Wire {
     version: Option<String>,
     ts: Option<u64>,
     attempt: Option<u32>,
+    reason: Option<String>,
 }
 
 fn short(field: &str, value: &Option<String>, max: usize) -> Result<(), String> {
@@ -95,6 +110,12 @@ pub fn parse_json(topic_device_id: &str, payload: &[u8]) -> Result<Status, Strin
     short("firmware_id", &wire.firmware_id, 64)?;
     short("version", &wire.version, 64)?;
     short("device_id", &wire.device_id, 64)?;
+    short("reason", &wire.reason, MAX_REASON)?;
+    if let Some(reason) = &wire.reason
+        && (reason.is_empty() || reason.chars().any(char::is_control))
+    {
+        return Err("reason must be 1 to 256 characters without control characters".into());
+    }
     let error = match (wire.state, wire.error) {
         (State::Error, None) => Some("device reported an error without a reason".to_owned()),
         (_, e) => e,
@@ -111,6 +132,7 @@ pub fn parse_json(topic_device_id: &str, payload: &[u8]) -> Result<Status, Strin
         installed_version: wire.version,
         sent_at: wire.ts,
         attempt: wire.attempt,
+        reason: wire.reason,
     })
 }
 
@@ -143,6 +165,15 @@ mod tests {
         .unwrap();
         assert_eq!(e.device_id, "MCU");
         assert!(e.error.is_some());
+        let parked = parse_json(
+            "VIN1",
+            br#"{"message_id":"m4","state":"waiting","reason":"engine-running","execution_id":7}"#,
+        )
+        .unwrap();
+        assert_eq!(parked.state, State::Waiting);
+        assert_eq!(parked.reason.as_deref(), Some("engine-running"));
+        let stopped = parse_json("VIN1", br#"{"message_id":"m5","state":"cancelled"}"#).unwrap();
+        assert_eq!(stopped.state, State::Cancelled);
     }
 
     #[test]
@@ -155,6 +186,8 @@ mod tests {
             br#"{"message_id":"m","state":"downloading","progress":101}"#,
             br#"{"message_id":"m","state":"done","extra":1}"#,
             br#"{"message_id":"m","state":"done","attempt":-1}"#,
+            br#"{"message_id":"m","state":"waiting","reason":""}"#,
+            br#"{"message_id":"m","state":"waiting","reason":"a\nb"}"#,
         ] {
             assert!(
                 parse_json("D", bad).is_err(),

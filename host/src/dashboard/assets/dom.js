@@ -130,15 +130,15 @@ export function percent(part, total) {
 
 export const JOB_STATUSES = ['scheduled', 'running', 'paused', 'completed', 'failed', 'cancelled'];
 export const EXECUTION_STATUSES = [
-  'queued', 'dispatched', 'init', 'downloading', 'flashing', 'rebooting',
+  'queued', 'dispatched', 'init', 'downloading', 'waiting', 'flashing', 'rebooting',
   'done', 'error', 'timed_out', 'expired', 'cancelled',
 ];
-export const IN_FLIGHT = ['dispatched', 'init', 'downloading', 'flashing', 'rebooting'];
+export const IN_FLIGHT = ['dispatched', 'init', 'downloading', 'waiting', 'flashing', 'rebooting'];
 export const FAILED = ['error', 'timed_out', 'expired'];
 
 const STATUS_TONE = {
   scheduled: 'neutral', running: 'info', paused: 'warn', completed: 'ok', failed: 'bad', cancelled: 'muted',
-  queued: 'neutral', dispatched: 'info', init: 'info', downloading: 'info', flashing: 'info', rebooting: 'info',
+  queued: 'neutral', dispatched: 'info', init: 'info', downloading: 'info', waiting: 'warn', flashing: 'info', rebooting: 'info',
   done: 'ok', error: 'bad', timed_out: 'bad', expired: 'warn',
   enabled: 'ok', disabled: 'bad',
 };

@@ -112,6 +112,14 @@ export async function renderJob(ctx, jobId) {
     }
   }
 
+  // Devices that hold their image until it is safe to install, and why.
+  function waitingLine(reasons) {
+    const entries = Object.entries(reasons);
+    if (entries.length === 0) return null;
+    return h('span', { id: 'job-waiting' }, ` · waiting to install: ${entries
+      .map(([reason, n]) => `${fmtNumber(n)} ${reason}`).join(', ')}`);
+  }
+
   function renderCounts() {
     const total = view.total ?? 0;
     const counts = view.counts ?? {};
@@ -137,7 +145,8 @@ export async function renderJob(ctx, jobId) {
     setChildren(summaryLine,
       h('strong', {}, `${fmtNumber(done)} of ${fmtNumber(total)} done`), ` (${percent(done, total)}%)`,
       ` · ${fmtNumber(failed)} failed · ${fmtNumber(inFlight)} in flight · ${fmtNumber(queued)} queued`,
-      cancelled ? ` · ${fmtNumber(cancelled)} cancelled` : null);
+      cancelled ? ` · ${fmtNumber(cancelled)} cancelled` : null,
+      waitingLine(view.waiting_reasons ?? {}));
   }
 
   function renderBatches() {
