@@ -52,25 +52,16 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
 
     eprintln!("== dispatch: {devices} commands from the host");
     let fleet = host::Fleet::start(env, "dispatch", "BENCH-", devices).await?;
+    let subscriber = fleet
+        .listen(env, "dispatch", Seen::default(), on_command)
+        .await?;
     let host::Fleet {
         host,
         pool,
         firmware,
-        prefix,
         seeded,
+        ..
     } = fleet;
-    let subscriber_id = format!("bench-dispatch-sub-{}", mqtt::suffix());
-    let subscriber = mqtt::connect(
-        &env.mqtt_url,
-        &subscriber_id,
-        LinkOptions {
-            subscribe: Some(format!("{prefix}/+/update/command")),
-            ..LinkOptions::default()
-        },
-        Seen::default(),
-        on_command,
-    )
-    .await?;
     let created_us = mqtt::now_us();
     let job = host::fleet_job(&host, &firmware).await?;
     let answered_us = mqtt::now_us();

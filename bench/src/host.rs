@@ -457,6 +457,32 @@ impl Fleet {
             seeded,
         })
     }
+
+    /// A subscriber to every command the host sends the fleet, each handed
+    /// to `on_command` with `state`.
+    pub async fn listen<S, F>(
+        &self,
+        env: &Env,
+        label: &str,
+        state: S,
+        on_command: F,
+    ) -> anyhow::Result<crate::mqtt::Link<S>>
+    where
+        S: Send + 'static,
+        F: FnMut(&mut S, rumqttc::Publish) + Send + 'static,
+    {
+        crate::mqtt::connect(
+            &env.mqtt_url,
+            &format!("bench-{label}-sub-{}", crate::mqtt::suffix()),
+            crate::mqtt::LinkOptions {
+                subscribe: Some(format!("{}/+/update/command", self.prefix)),
+                ..crate::mqtt::LinkOptions::default()
+            },
+            state,
+            on_command,
+        )
+        .await
+    }
 }
 
 /// One job over a whole fleet of `firmware`'s family in one batch that

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::Sizes;
 use crate::host::{self, Env};
-use crate::mqtt::{self, LinkOptions, Message, Pace};
+use crate::mqtt::{self, Message, Pace};
 use crate::report::{self, Report, Row};
 
 /// Commands per device as they arrive, and when the last did.
@@ -38,6 +38,9 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
 
     eprintln!("== reconnect: {devices} devices back from away say hello with work pending");
     let fleet = host::Fleet::start(env, "reconnect", "AWAY-", devices).await?;
+    let subscriber = fleet
+        .listen(env, "reconnect", Seen::default(), on_command)
+        .await?;
     let host::Fleet {
         host,
         pool,
@@ -45,17 +48,6 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         prefix,
         seeded,
     } = fleet;
-    let subscriber = mqtt::connect(
-        &env.mqtt_url,
-        &format!("bench-reconnect-sub-{}", mqtt::suffix()),
-        LinkOptions {
-            subscribe: Some(format!("{prefix}/+/update/command")),
-            ..LinkOptions::default()
-        },
-        Seen::default(),
-        on_command,
-    )
-    .await?;
     // The first dispatch: every command goes out while its truck is away.
     let created_us = mqtt::now_us();
     host::fleet_job(&host, &firmware).await?;

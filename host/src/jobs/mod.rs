@@ -468,16 +468,13 @@ fn zeroed() -> BTreeMap<String, i64> {
 }
 
 pub async fn counts(pool: &PgPool, job_id: Uuid) -> Result<JobCounts, sqlx::Error> {
-    let rows: Vec<(Option<i32>, String, i64)> = sqlx::query_as(
-        "SELECT batch_group, status, count(*) FROM executions WHERE job_id = $1
-         GROUP BY batch_group, status ORDER BY batch_group NULLS LAST",
-    )
-    .bind(job_id)
-    .fetch_all(pool)
-    .await?;
-    let waiting_reasons: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT coalesce(waiting_reason, 'unspecified'), count(*) FROM executions
-         WHERE job_id = $1 AND status = 'waiting' GROUP BY 1",
+    // One pass over the job's executions; waiting ones also by reason.
+    let rows: Vec<(Option<i32>, String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT batch_group, status,
+                CASE WHEN status = 'waiting' THEN coalesce(waiting_reason, 'unspecified') END,
+                count(*)
+         FROM executions WHERE job_id = $1
+         GROUP BY 1, 2, 3 ORDER BY batch_group NULLS LAST",
     )
     .bind(job_id)
     .fetch_all(pool)
@@ -485,10 +482,13 @@ pub async fn counts(pool: &PgPool, job_id: Uuid) -> Result<JobCounts, sqlx::Erro
     let mut result = JobCounts {
         total: 0,
         counts: zeroed(),
-        waiting_reasons: waiting_reasons.into_iter().collect(),
+        waiting_reasons: BTreeMap::new(),
         batches: Vec::new(),
     };
-    for (batch_group, status, n) in rows {
+    for (batch_group, status, reason, n) in rows {
+        if let Some(reason) = reason {
+            *result.waiting_reasons.entry(reason).or_default() += n;
+        }
         result.total += n;
         *result.counts.entry(status.clone()).or_default() += n;
         if result.batches.last().map(|b| b.batch_group) != Some(batch_group) {
