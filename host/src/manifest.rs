@@ -1,6 +1,6 @@
-//! The signed update manifest and download tokens: what the dispatcher
-//! signs into every command, the firmware download endpoint checks, and a
-//! device agent (the simulator, docs/PROTOCOL.md) verifies.
+//! The signed update manifest, the signed cancel and download tokens: what
+//! the dispatcher signs into every command, the firmware download endpoint
+//! checks, and a device agent (the simulator, docs/PROTOCOL.md) verifies.
 //!
 //! A manifest is a JSON object signed (ed25519) as the exact bytes sent; the
 //! device checks the signature with a key from `/api/v1/signing-keys`, then
@@ -45,6 +45,36 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The format of the signed cancel this host writes.
+pub const CANCEL_FORMAT: u32 = 1;
+
+/// A signed cancel: tells one device to stop one execution's update. Its
+/// `kind` keeps it from being read as an update manifest, and an update
+/// manifest (which has none) from being read as a cancel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelManifest {
+    /// Format version.
+    pub v: u32,
+    /// Always `cancel`.
+    pub kind: String,
+    pub device_id: String,
+    pub execution_id: i64,
+    pub job_id: Uuid,
+    /// The attempt cancelled.
+    pub attempt: i32,
+    /// A device refuses the cancel after this time (a replayed cancel);
+    /// the host signs a fresh one each time it sends it again.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl CancelManifest {
+    pub const KIND: &str = "cancel";
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }

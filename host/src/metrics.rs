@@ -14,6 +14,7 @@ pub struct Metrics {
     registry: Registry,
     pub update_requests_total: IntCounter,
     pub update_commands_resent_total: IntCounter,
+    pub cancel_commands_total: IntCounterVec,
     pub update_errors_total: IntCounterVec,
     pub download_duration_seconds: Histogram,
     pub dispatcher_mqtt_errors_total: IntCounterVec,
@@ -95,6 +96,13 @@ impl Metrics {
                 "update_commands_resent_total",
                 "Update commands sent again for the same attempt: to devices back online, \
                  or claimed by a replica that stopped before it could tell they left",
+            )?,
+            cancel_commands_total: counter_vec(
+                "cancel_commands_total",
+                "Cancels for devices that had their update command, by result: sent, \
+                 publish_failed (sent again later), refused (by the family's plugin), \
+                 unsupported (the family's plugin predates cancels)",
+                &["result"],
             )?,
             update_errors_total: counter_vec(
                 "update_errors_total",

@@ -18,7 +18,8 @@ async fn status_of(app: &TestApp, device: &str) -> String {
         .unwrap()
 }
 
-async fn say(device: &ManualDevice, prefix: &str, id: &str, state: &str) {
+/// Publishes `id`'s presence (`online` or `offline`) from `device`'s link.
+pub async fn say(device: &ManualDevice, prefix: &str, id: &str, state: &str) {
     device
         .client
         .publish(

@@ -7,6 +7,7 @@
 
 mod admin;
 mod away;
+mod cancels;
 mod cli;
 mod dashboard;
 mod devices;

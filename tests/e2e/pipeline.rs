@@ -839,6 +839,41 @@ async fn device_plugins_of_wit_0_1_0_still_update_their_devices() {
         .await,
         0.0
     );
+    assert_eq!(legacy["sends_cancels"], false, "{legacy}");
+    // Its devices cannot be told of a cancel: the cancel stands, counted,
+    // and nothing is sent.
+    let fw = app
+        .upload(
+            "legacy",
+            "2.0.1",
+            b"another image of the legacy family".to_vec(),
+        )
+        .await;
+    let job = one_device_job(&app, &fw, "OLD-1", json!({})).await;
+    let command = device.next_command(Duration::from_secs(20)).await;
+    app.act(&format!("/api/v1/jobs/{job}/cancel")).await;
+    let started = Instant::now();
+    while metric(&app, "cancel_commands_total", &[("result", "unsupported")]).await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no cancel settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = app
+        .json(&format!("/api/v1/executions/{}", command["execution_id"]))
+        .await;
+    assert_eq!(
+        (&view["status"], &view["cancel_delivery"]),
+        (&json!("cancelled"), &Value::Null),
+        "{view}"
+    );
+    assert!(
+        device
+            .try_command(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -125,14 +125,15 @@ async fn shipped_plugins_are_loaded() {
         ]
     );
     for p in list.as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.4", "{p}");
+        assert_eq!(p["wit_version"], "0.1.5", "{p}");
         // Every shipped device plugin's statuses name their attempt, each
-        // takes statuses and commands in batches, parses presence and
-        // reports every state.
+        // takes statuses and commands in batches, parses presence, reports
+        // every state and tells its devices of cancels.
         assert_eq!(p["reports_attempts"], p["kind"] == "device", "{p}");
         assert_eq!(p["takes_batches"], p["kind"] == "device", "{p}");
         assert_eq!(p["parses_presence"], p["kind"] == "device", "{p}");
         assert_eq!(p["reports_every_state"], p["kind"] == "device", "{p}");
+        assert_eq!(p["sends_cancels"], p["kind"] == "device", "{p}");
         assert_eq!(p["state"], "enabled");
         assert_eq!(p["source"], "builtin");
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);

@@ -196,6 +196,10 @@ struct SimArgs {
     /// How long a waiting device waits to be parked, in seconds: MIN..MAX.
     #[arg(long, value_name = "MIN..MAX", default_value = "5..20", value_parser = parse_seconds_range)]
     parked_after: (u64, u64),
+    /// How long flashing takes, in seconds (a cancel that arrives meanwhile
+    /// is ignored: the device finishes and reports its truth).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    flash_secs: f64,
     /// Write each device's final state here (JSON) when stopped.
     #[arg(long)]
     truth: Option<std::path::PathBuf>,
@@ -415,6 +419,8 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
             std::time::Duration::from_secs(args.parked_after.0),
             std::time::Duration::from_secs(args.parked_after.1),
         ),
+        flash_time: std::time::Duration::try_from_secs_f64(args.flash_secs)
+            .map_err(|_| anyhow::anyhow!("--flash-secs must be 0 or more seconds"))?,
     };
     let sim = crate::sim::Simulator::start(options).await?;
     for id in &sim.device_ids {

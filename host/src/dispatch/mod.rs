@@ -1,11 +1,14 @@
 //! The dispatcher: claims released executions, builds each device's
 //! command with its family plugin, signs the update manifest and publishes
-//! the command over MQTT at QoS 1.
+//! the command over MQTT at QoS 1; and tells devices of their cancelled
+//! updates (`cancels`).
 //!
 //! Executions are claimed (`queued` → `dispatched`) and committed before
 //! anything is published: no transaction is open during network I/O. A
 //! device that never receives its command is caught by the device timeout
 //! and retried under the job's retry policy.
+
+mod cancels;
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -106,8 +109,16 @@ impl Dispatcher {
         .await;
     }
 
-    /// Claims and sends one round of commands; returns how many were claimed.
+    /// Sends one round of cancels, then of commands (a device whose update
+    /// was cancelled hears it before its next job's command); returns how
+    /// many were claimed.
     pub async fn dispatch_round(&self) -> anyhow::Result<usize> {
+        let cancels = self.send_cancels().await?;
+        Ok(cancels + self.send_commands().await?)
+    }
+
+    /// Claims and sends one round of commands; returns how many were claimed.
+    async fn send_commands(&self) -> anyhow::Result<usize> {
         let (claimed, resent) = self.claim().await?;
         if claimed.is_empty() {
             return Ok(0);
@@ -147,11 +158,7 @@ impl Dispatcher {
             match command {
                 Ok(command) => {
                     let topic = format!("{}/{}", self.topic_prefix, command.topic);
-                    let qos = match command.qos {
-                        0 => QoS::AtMostOnce,
-                        2 => QoS::ExactlyOnce,
-                        _ => QoS::AtLeastOnce,
-                    };
+                    let qos = qos(command.qos);
                     if let Err(reason) = self.publish(&topic, qos, command.payload).await {
                         if again {
                             // The device has its update under way: the
@@ -420,6 +427,15 @@ impl Dispatcher {
             crate::jobs::touch_jobs(&self.pool, &[job_id]).await?;
         }
         Ok(())
+    }
+}
+
+/// The MQTT QoS a plugin asked for (0, 1 or 2; checked when built).
+fn qos(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        2 => QoS::ExactlyOnce,
+        _ => QoS::AtLeastOnce,
     }
 }
 

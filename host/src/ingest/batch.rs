@@ -222,6 +222,9 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     }
 
     let mut moves: Vec<Move> = Vec::new();
+    // Cancelled executions whose device answered: it stopped, or says
+    // where it got to.
+    let mut answered: Vec<i64> = Vec::new();
     // Device → the version and security counter it now runs.
     let mut installed: HashMap<String, (String, i64)> = HashMap::new();
     let now_ms = Utc::now().timestamp_millis();
@@ -245,6 +248,19 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
             continue;
         };
         let outcome = fold(execution, item, &mut moves);
+        let of_this_attempt = !matches!(
+            outcome,
+            Outcome::Refused(Refusal::StaleAttempt | Refusal::WrongFirmware, _)
+        );
+        if execution.current.status == ExecutionStatus::Cancelled
+            && matches!(
+                item.state,
+                ExecutionStatus::Done | ExecutionStatus::Error | ExecutionStatus::Cancelled
+            )
+            && of_this_attempt
+        {
+            answered.push(execution.row.id);
+        }
         if outcome.taken() {
             applied.jobs.insert(execution.row.job_id);
             if item.state == ExecutionStatus::Done {
@@ -289,6 +305,7 @@ pub(super) async fn apply(tx: &mut PgConnection, items: &[Parsed]) -> Result<App
     if updated != rows.len() as u64 {
         return Err(BatchError::Conflict(rows.len() as u64 - updated));
     }
+    executions::cancel_answered(tx, &answered).await?;
     applied.reported = executions
         .values()
         .filter(|e| e.changed)

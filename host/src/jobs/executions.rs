@@ -137,6 +137,9 @@ pub fn statement(choose: &str, select: &str) -> String {
                                     THEN now() END,
                  -- Only a device's own status makes it wait.
                  waiting_reason = NULL,
+                 -- A device that has its command is told of its cancel.
+                 cancel_delivery = CASE WHEN m.next = 'cancelled' AND e.stage = 'in_flight'
+                                        THEN 'pending' ELSE e.cancel_delivery END,
                  updated_at = now(), version = e.version + 1
              FROM moves m WHERE e.id = m.id
              RETURNING e.id, e.job_id, e.device_id, e.attempts AS attempt,
@@ -339,7 +342,9 @@ struct MoveColumns<'a> {
 /// again: a device back from a shift out of coverage, or back with a clean
 /// session, has lost its command or holds one whose manifest has expired.
 /// The dispatcher sends each again with a freshly signed manifest, for the
-/// same attempt. Returns how many.
+/// same attempt. So are the cancels those devices have not answered, while
+/// the job's delivery deadline, counted from the cancel, holds. Returns
+/// how many commands and cancels.
 pub async fn resend_to<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     devices: &[&str],
@@ -347,21 +352,51 @@ pub async fn resend_to<'e>(
     if devices.is_empty() {
         return Ok(0);
     }
-    // In device order, as status ingestion locks executions. The command
-    // counts as sent from now: the device's earlier statuses do not make
-    // it stalled before the dispatcher sends it again.
+    // In device and id order, as status ingestion locks executions. The
+    // command counts as sent from now: the device's earlier statuses do
+    // not make it stalled before the dispatcher sends it again.
     let resent = sqlx::query(
-        "UPDATE executions e SET resend = true, dispatched_at = now(), updated_at = now(),
-                version = e.version + 1
-         FROM (SELECT id FROM executions
-               WHERE device_id = ANY($1) AND stage = 'in_flight' AND NOT resend
-               ORDER BY device_id FOR UPDATE) picked
-         WHERE e.id = picked.id",
+        "WITH picked AS (
+             SELECT x.id, (x.stage = 'in_flight') AS command
+             FROM executions x JOIN jobs j ON j.id = x.job_id
+             WHERE x.device_id = ANY($1)
+               AND ((x.stage = 'in_flight' AND NOT x.resend)
+                    OR (x.cancel_delivery = 'sent'
+                        AND x.finished_at > now() - make_interval(secs => j.delivery_deadline_secs)))
+             ORDER BY x.device_id, x.id
+             FOR UPDATE OF x
+         )
+         UPDATE executions e
+         SET resend = e.resend OR p.command,
+             dispatched_at = CASE WHEN p.command THEN now() ELSE e.dispatched_at END,
+             cancel_delivery = CASE WHEN p.command THEN e.cancel_delivery ELSE 'pending' END,
+             updated_at = now(), version = e.version + 1
+         FROM picked p WHERE e.id = p.id",
     )
     .bind(devices)
     .execute(executor)
     .await?;
     Ok(resent.rows_affected())
+}
+
+/// Records that the devices of `executions` answered their cancel (they
+/// stopped, or reached `done` or `error` all the same): it is not sent
+/// again. In the caller's transaction, which holds the rows.
+pub async fn cancel_answered(
+    conn: &mut PgConnection,
+    executions: &[i64],
+) -> Result<u64, sqlx::Error> {
+    if executions.is_empty() {
+        return Ok(0);
+    }
+    let answered = sqlx::query(
+        "UPDATE executions SET cancel_delivery = 'answered'
+         WHERE id = ANY($1) AND cancel_delivery IN ('pending', 'sent')",
+    )
+    .bind(executions)
+    .execute(conn)
+    .await?;
+    Ok(answered.rows_affected())
 }
 
 /// Moves a job's executions that `which` selects (SQL over `executions`,

@@ -1056,6 +1056,14 @@ pub struct Execution {
     /// Download progress in percent, when the device reports it.
     pub progress: Option<i16>,
     pub last_error: Option<String>,
+    /// Why the device waits to install (`waiting`).
+    pub waiting_reason: Option<String>,
+    /// Whether the device was told of its cancel: `pending` (to be sent),
+    /// `sent` (sent, no answer yet: sent again at its next hello),
+    /// `answered` (it stopped, or reported where it got to); null when it
+    /// had nothing to be told (its command was never sent) or its family's
+    /// plugin cannot tell it.
+    pub cancel_delivery: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub dispatched_at: Option<DateTime<Utc>>,
@@ -1064,7 +1072,8 @@ pub struct Execution {
 }
 
 const EXECUTION_COLUMNS: &str = "id, job_id, device_id, batch_group, status, attempts, progress, \
-     last_error, created_at, updated_at, dispatched_at, finished_at, version";
+     last_error, waiting_reason, cancel_delivery, created_at, updated_at, dispatched_at, \
+     finished_at, version";
 
 pub async fn list_executions(
     pool: &PgPool,

@@ -7,8 +7,8 @@ use anyhow::Context;
 
 use super::runtime::Limits;
 use super::{
-    BatchCounts, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginKind, PluginRegistry,
-    PluginSource, Snapshot,
+    BatchCounts, CancelRequest, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginKind,
+    PluginRegistry, PluginSource, Snapshot,
 };
 use crate::metrics::Metrics;
 
@@ -68,6 +68,12 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
         println!(
             "note:        devices cannot report waiting or cancelled; build against WIT 0.1.4, \
              whose device-protocol-attempts world exports control, so that they can"
+        );
+    }
+    if plugin.kind == PluginKind::Device && plugin.reports_attempts() && !plugin.sends_cancels() {
+        println!(
+            "note:        devices are not told when their update is cancelled; build against \
+             WIT 0.1.5, whose device-protocol-attempts world exports cancels, so that they are"
         );
     }
     let kind = plugin.kind;
@@ -236,6 +242,31 @@ fn check_device(
             command.payload.len(),
             command.qos
         );
+        if registry
+            .device_plugin(family)
+            .is_ok_and(|p| p.sends_cancels())
+        {
+            let cancel = CancelRequest {
+                device: request.device.clone(),
+                job_id: request.job_id.clone(),
+                execution_id: request.execution_id,
+                attempt: request.attempt,
+                manifest: r#"{"kind":"cancel"}"#.into(),
+                signature: "c2ln".into(),
+                key_id: "k1".into(),
+            };
+            let built = registry
+                .build_cancels(family, &options.config, std::slice::from_ref(&cancel))
+                .into_iter()
+                .next()
+                .context("build-cancels answered nothing")??;
+            println!(
+                "build-cancels {device}: topic {}, {} bytes, QoS {}",
+                built.topic,
+                built.payload.len(),
+                built.qos
+            );
+        }
     }
     let waiting = registry
         .device_plugin(family)

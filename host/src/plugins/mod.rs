@@ -39,7 +39,7 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 4);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 5);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
@@ -50,6 +50,8 @@ const BATCH_INTERFACE: &str = "rollway:plugin/batch@0.1.2";
 const PRESENCE_INTERFACE: &str = "rollway:plugin/presence@0.1.3";
 /// The optional export of device plugins since 0.1.4 (`control`).
 const CONTROL_INTERFACE: &str = "rollway:plugin/control@0.1.4";
+/// The optional export of device plugins since 0.1.5 (`cancels`).
+const CANCELS_INTERFACE: &str = "rollway:plugin/cancels@0.1.5";
 /// Most items in one batched plugin call, and most status payload bytes:
 /// a batch shares the call's memory budget.
 const BATCH_ITEMS: usize = 512;
@@ -257,6 +259,8 @@ pub struct Plugin {
     parse_presence: Option<ComponentExportIndex>,
     /// `control.parse-reports` (0.1.4).
     parse_reports: Option<ComponentExportIndex>,
+    /// `cancels.build-cancels` (0.1.5).
+    build_cancels: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -290,6 +294,10 @@ pub struct PluginView {
     /// Whether the device plugin reports every state, `waiting` and
     /// `cancelled` too (exporting `control`, WIT 0.1.4).
     pub reports_every_state: bool,
+    /// Whether the device plugin tells its devices to stop an update that
+    /// is cancelled (exporting `cancels`, WIT 0.1.5); without it the
+    /// devices are not told.
+    pub sends_cancels: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -313,6 +321,7 @@ impl Plugin {
             takes_batches: self.takes_batches(),
             parses_presence: self.parses_presence(),
             reports_every_state: self.reports_every_state(),
+            sends_cancels: self.sends_cancels(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -338,6 +347,11 @@ impl Plugin {
     /// Whether the device plugin exports `control` (WIT 0.1.4).
     pub fn reports_every_state(&self) -> bool {
         self.parse_reports.is_some()
+    }
+
+    /// Whether the device plugin exports `cancels` (WIT 0.1.5).
+    pub fn sends_cancels(&self) -> bool {
+        self.build_cancels.is_some()
     }
 
     fn reason(&self) -> Option<String> {
@@ -552,6 +566,7 @@ impl PluginRegistry {
         let build_commands = export(BATCH_INTERFACE, "build-commands");
         let parse_presence = export(PRESENCE_INTERFACE, "parse-presence");
         let parse_reports = export(CONTROL_INTERFACE, "parse-reports");
+        let build_cancels = export(CANCELS_INTERFACE, "build-cancels");
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -567,6 +582,7 @@ impl PluginRegistry {
             build_commands,
             parse_presence,
             parse_reports,
+            build_cancels,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -973,7 +989,7 @@ impl PluginRegistry {
                     .call_build_command(store, config, request)
             })?
             .map_err(|reason| Self::refused(&plugin, reason))?;
-        Self::checked_command(&plugin, request, command)
+        Self::checked_command(&plugin, "build-command", &request.device, command)
     }
 
     /// Builds the commands of many devices of `family`: in one instance per
@@ -1009,8 +1025,73 @@ impl PluginRegistry {
             |request, answer: Result<Command, String>| {
                 answer
                     .map_err(|reason| Self::refused(&plugin, reason))
-                    .and_then(|command| Self::checked_command(&plugin, request, command))
+                    .and_then(|command| {
+                        Self::checked_command(&plugin, "build-command", &request.device, command)
+                    })
             },
+        )
+    }
+
+    /// Builds the cancel messages of many devices of `family` (`cancels`,
+    /// WIT 0.1.5): in one instance per batch, and a batch that fails again
+    /// request by request, so that one poisonous request fails alone. One
+    /// answer per request, in order; every one refused when the plugin
+    /// does not export `cancels` (see [`Plugin::sends_cancels`]).
+    pub fn build_cancels(
+        &self,
+        family: &str,
+        config: &str,
+        requests: &[CancelRequest],
+    ) -> Vec<Result<Command, PluginError>> {
+        let plugin = match self.device_plugin(family) {
+            Ok(plugin) => plugin,
+            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+        };
+        let Some(index) = &plugin.build_cancels else {
+            let error = Self::refused(
+                &plugin,
+                "the plugin does not send cancels (it predates WIT 0.1.5)".into(),
+            );
+            return requests.iter().map(|_| Err(error.clone())).collect();
+        };
+        let answer = |request: &CancelRequest, answer: Result<Command, String>| {
+            answer
+                .map_err(|reason| Self::refused(&plugin, reason))
+                .and_then(|command| {
+                    Self::checked_command(&plugin, "build-cancels", &request.device, command)
+                })
+        };
+        let one_by_one = |requests: &[CancelRequest]| -> Vec<Result<Command, PluginError>> {
+            requests
+                .iter()
+                .map(|request| {
+                    let alone = std::slice::from_ref(request);
+                    let built =
+                        self.device_instance_call(&plugin, "build-cancels", |store, i| {
+                            let function = i.get_typed_func::<(&str, &[CancelRequest]), (
+                            Vec<Result<Command, String>>,
+                        )>(&mut *store, index)?;
+                            let (answers,) = function.call(&mut *store, (config, alone))?;
+                            Ok(answers)
+                        })?;
+                    match <[_; 1]>::try_from(built) {
+                        Ok([one]) => answer(request, one),
+                        Err(built) => Err(Self::nonsense(
+                            &plugin,
+                            format!("build-cancels answered {} items for one", built.len()),
+                        )),
+                    }
+                })
+                .collect()
+        };
+        self.in_batches(
+            &plugin,
+            "build-cancels",
+            index,
+            config,
+            requests.chunks(BATCH_ITEMS).collect(),
+            one_by_one,
+            answer,
         )
     }
 
@@ -1062,7 +1143,8 @@ impl PluginRegistry {
     /// gateway, its size and QoS are in bounds.
     fn checked_command(
         plugin: &Plugin,
-        request: &CommandRequest,
+        function: &str,
+        device: &DeviceInfo,
         command: Command,
     ) -> Result<Command, PluginError> {
         let topic_ok = !command.topic.is_empty()
@@ -1072,22 +1154,16 @@ impl PluginRegistry {
         if !topic_ok {
             return Err(Self::nonsense(
                 plugin,
-                format!(
-                    "build-command returned an invalid topic {:?}",
-                    command.topic
-                ),
+                format!("{function} returned an invalid topic {:?}", command.topic),
             ));
         }
-        let own = [
-            Some(request.device.id.as_str()),
-            request.device.gateway_id.as_deref(),
-        ];
+        let own = [Some(device.id.as_str()), device.gateway_id.as_deref()];
         let first = command.topic.split('/').next();
         if !own.contains(&first) {
             return Err(Self::nonsense(
                 plugin,
                 format!(
-                    "build-command addressed {:?}, which is neither the device nor its gateway",
+                    "{function} addressed {:?}, which is neither the device nor its gateway",
                     command.topic
                 ),
             ));
@@ -1095,7 +1171,7 @@ impl PluginRegistry {
         if command.payload.len() > MAX_COMMAND_BYTES || command.qos > 2 {
             return Err(Self::nonsense(
                 plugin,
-                "build-command returned an oversized payload or a QoS above 2".into(),
+                format!("{function} returned an oversized payload or a QoS above 2"),
             ));
         }
         Ok(command)
@@ -1317,6 +1393,20 @@ impl Plugins {
             .await
     }
 
+    /// The cancel messages of many requests of one family, in order (see
+    /// [`PluginRegistry::build_cancels`]). `Err` only when the call's
+    /// thread itself failed.
+    pub async fn build_cancels(
+        &self,
+        family: &str,
+        config: &str,
+        requests: Vec<CancelRequest>,
+    ) -> Result<Vec<Result<Command, PluginError>>, PluginError> {
+        let (family, config) = (family.to_owned(), config.to_owned());
+        self.blocking(move |r| r.build_cancels(&family, &config, &requests))
+            .await
+    }
+
     /// The devices a presence payload speaks for (see
     /// [`PluginRegistry::parse_presence`]).
     pub async fn parse_presence(
@@ -1361,6 +1451,25 @@ impl Plugins {
         })
         .await
     }
+}
+
+/// `cancels.cancel-request` (0.1.5): what a device plugin is told about
+/// one cancel.
+#[derive(Debug, Clone, wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub struct CancelRequest {
+    pub device: DeviceInfo,
+    #[component(name = "job-id")]
+    pub job_id: String,
+    #[component(name = "execution-id")]
+    pub execution_id: u64,
+    /// The attempt cancelled: the latest sent to the device.
+    pub attempt: u32,
+    /// The signed cancel (JSON) and its signature, base64.
+    pub manifest: String,
+    pub signature: String,
+    #[component(name = "key-id")]
+    pub key_id: String,
 }
 
 /// `presence.device-presence`, lifted from a plugin's answer.

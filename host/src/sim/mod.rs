@@ -23,7 +23,29 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::InstallPolicy;
-use crate::manifest::Manifest;
+use crate::manifest::{CancelManifest, Manifest};
+
+/// What a device that stopped an update says.
+const CANCEL_REASON: &str = "cancelled by the operator";
+
+/// Why an update did not finish.
+enum Stop {
+    Failed(String),
+    /// A cancel came before flashing.
+    Cancelled,
+}
+
+impl From<String> for Stop {
+    fn from(reason: String) -> Self {
+        Stop::Failed(reason)
+    }
+}
+
+impl From<&str> for Stop {
+    fn from(reason: &str) -> Self {
+        Stop::Failed(reason.to_owned())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {
@@ -85,6 +107,9 @@ pub struct SimOptions {
     pub wait_parked: f64,
     /// How long a waiting device waits, at least and at most.
     pub parked_after: (Duration, Duration),
+    /// How long flashing takes (a cancel that arrives meanwhile is
+    /// ignored: the device finishes and reports its truth).
+    pub flash_time: Duration,
 }
 
 impl SimOptions {
@@ -118,6 +143,7 @@ impl SimOptions {
             hand_flashed: 0,
             wait_parked: 0.0,
             parked_after: (Duration::from_secs(5), Duration::from_secs(20)),
+            flash_time: Duration::ZERO,
         }
     }
 }
@@ -125,7 +151,8 @@ impl SimOptions {
 /// A device's final state as the simulator saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceTruth {
-    /// `done`, `error`, or `idle` when no update was asked.
+    /// `done`, `error`, `cancelled` (it stopped an update, as a cancel
+    /// told it), or `idle` when no update was asked.
     pub state: String,
     pub version: Option<String>,
     pub reason: Option<String>,
@@ -154,6 +181,12 @@ pub struct DeviceTruth {
     /// was parked and flashed (`--wait-parked`).
     #[serde(default)]
     pub waited_secs: u64,
+    /// Signed cancels the device accepted, and whether one came while it
+    /// was flashing (it finished).
+    #[serde(default)]
+    pub cancels: u32,
+    #[serde(default)]
+    pub cancelled_while_flashing: bool,
 }
 
 #[derive(Clone, Default)]
@@ -252,6 +285,8 @@ impl Simulator {
             truth: truth.clone(),
             devices: by_id,
             commands: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            flashing: Mutex::new(std::collections::HashSet::new()),
             away: Mutex::new(Away::default()),
             replay: replay_tx,
         });
@@ -502,6 +537,10 @@ struct Shared {
     /// Each device's latest command (execution, attempt), to recognise a
     /// repeat.
     commands: Mutex<HashMap<String, (Option<u64>, u64)>>,
+    /// Each device's cancelled execution, the latest, and the executions
+    /// it is flashing now.
+    cancels: Mutex<HashMap<String, u64>>,
+    flashing: Mutex<std::collections::HashSet<(String, u64)>>,
     /// Links (a device, or a gateway with the devices behind it) that have
     /// been drawn for `offline`, and the commands queued for those away now.
     away: Mutex<Away>,
@@ -698,6 +737,10 @@ impl Shared {
         if self.options.offline > 0.0 && self.away(&link, payload).await {
             return;
         }
+        if command["type"] == "cancel" {
+            self.handle_cancel(&device, &command).await;
+            return;
+        }
         let execution_id = command["execution_id"].as_u64();
         let attempt = command["attempt"].as_u64().unwrap_or(1);
         let first = attempt == 1;
@@ -728,6 +771,74 @@ impl Shared {
         }
         self.truth.update(&device.id, |t| t.commands += 1);
         self.act(&device, &command, &mut reporter, first).await;
+    }
+
+    /// A signed cancel: checked as a manifest is (signature, device,
+    /// execution, expiry). A device that has not started flashing the
+    /// execution's image stops and reports `cancelled`; one that is
+    /// flashing finishes and reports its truth. A cancel of an execution
+    /// whose command never reached the device (it was away, its session
+    /// lost) is answered `cancelled` at once, and its command, should it
+    /// come later, is ignored.
+    async fn handle_cancel(&self, device: &SimDevice, command: &Value) {
+        let cancel = match self.verify_cancel(device, command).await {
+            Ok(cancel) => cancel,
+            Err(reason) => {
+                tracing::warn!(device = %device.id, reason, "simulator: cancel refused");
+                return;
+            }
+        };
+        let execution = cancel.execution_id as u64;
+        let attempt = cancel.attempt.max(1) as u64;
+        if let Ok(mut cancels) = self.cancels.lock() {
+            cancels.insert(device.id.clone(), execution);
+        }
+        let flashing = self
+            .flashing
+            .lock()
+            .is_ok_and(|f| f.contains(&(device.id.clone(), execution)));
+        self.truth.update(&device.id, |t| {
+            t.cancels += 1;
+            t.cancelled_while_flashing |= flashing;
+        });
+        // Whether the device ever had this execution's command: then the
+        // update under way stops itself before flashing (or finished).
+        let known = self
+            .commands
+            .lock()
+            .map(|mut commands| match commands.get(&device.id) {
+                Some(&(Some(latest), _)) if latest == execution => true,
+                _ => {
+                    commands.insert(device.id.clone(), (Some(execution), attempt));
+                    false
+                }
+            })
+            .unwrap_or(true);
+        if known {
+            return;
+        }
+        let mut reporter = Reporter {
+            shared: self,
+            device,
+            execution_id: Some(execution),
+            attempt,
+            sequence: 0,
+        };
+        if reporter.stopped(CANCEL_REASON).await {
+            self.truth.update(&device.id, |t| {
+                t.state = "cancelled".into();
+                t.reason = Some(CANCEL_REASON.into());
+            });
+        }
+    }
+
+    /// Whether the device was told to cancel `execution`.
+    fn is_cancelled(&self, device: &str, execution: Option<u64>) -> bool {
+        execution.is_some_and(|execution| {
+            self.cancels
+                .lock()
+                .is_ok_and(|c| c.get(device) == Some(&execution))
+        })
     }
 
     /// Whether (execution, attempt) is still the device's latest command;
@@ -766,7 +877,13 @@ impl Shared {
             }
             return;
         }
-        match self.update(device, command, reporter).await {
+        let result = self.update(device, command, reporter).await;
+        if let Some(execution) = reporter.execution_id
+            && let Ok(mut flashing) = self.flashing.lock()
+        {
+            flashing.remove(&(device.id.clone(), execution));
+        }
+        match result {
             Ok(version) => {
                 if reporter.send("done", None, None).await {
                     self.truth.update(&device.id, |t| {
@@ -776,7 +893,15 @@ impl Shared {
                     });
                 }
             }
-            Err(reason) => {
+            Err(Stop::Cancelled) => {
+                if reporter.stopped(CANCEL_REASON).await {
+                    self.truth.update(&device.id, |t| {
+                        t.state = "cancelled".into();
+                        t.reason = Some(CANCEL_REASON.into());
+                    });
+                }
+            }
+            Err(Stop::Failed(reason)) => {
                 if reporter.send("error", None, Some(&reason)).await {
                     self.truth.update(&device.id, |t| {
                         t.state = "error".into();
@@ -787,13 +912,23 @@ impl Shared {
         }
     }
 
-    /// The device's side of an update; returns the installed version.
+    /// The device's side of an update; returns the installed version. A
+    /// cancel stops it until it starts flashing.
     async fn update(
         &self,
         device: &SimDevice,
         command: &Value,
         reporter: &mut Reporter<'_>,
-    ) -> Result<String, String> {
+    ) -> Result<String, Stop> {
+        let execution = reporter.execution_id;
+        let stop_if_cancelled = || {
+            if self.is_cancelled(&device.id, execution) {
+                Err(Stop::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
+        stop_if_cancelled()?;
         let manifest = self.verify(device, command).await?;
         reporter.send("init", None, None).await;
         let url = command["firmware"]["url"]
@@ -804,16 +939,17 @@ impl Shared {
             .download(url, manifest.size as u64, interrupted, reporter)
             .await?;
         if bytes.len() as i64 != manifest.size {
-            return Err(format!(
+            return Err(Stop::Failed(format!(
                 "downloaded {} bytes, the manifest says {}",
                 bytes.len(),
                 manifest.size
-            ));
+            )));
         }
         let digest = hex::encode(Sha256::digest(&bytes));
         if digest != manifest.sha256 {
-            return Err(format!("digest mismatch: got {digest}"));
+            return Err(Stop::Failed(format!("digest mismatch: got {digest}")));
         }
+        stop_if_cancelled()?;
         if rand::rng().random_bool(self.options.dropouts.clamp(0.0, 1.0)) {
             let gap = Duration::from_millis(rand::rng().random_range(1000..3000));
             tokio::time::sleep(gap).await;
@@ -827,9 +963,19 @@ impl Shared {
                 .random_range(least.as_millis()..=most.as_millis().max(least.as_millis()));
             let wait = Duration::from_millis(wait as u64);
             reporter.wait("engine-running").await;
-            tokio::time::sleep(wait).await;
+            let parked = tokio::time::Instant::now() + wait;
+            while tokio::time::Instant::now() < parked {
+                stop_if_cancelled()?;
+                tokio::time::sleep(Duration::from_millis(100).min(wait)).await;
+            }
             self.truth
                 .update(&device.id, |t| t.waited_secs = wait.as_secs());
+        }
+        stop_if_cancelled()?;
+        if let Some(execution) = execution
+            && let Ok(mut flashing) = self.flashing.lock()
+        {
+            flashing.insert((device.id.clone(), execution));
         }
         let fail_rate = self
             .options
@@ -839,9 +985,12 @@ impl Shared {
             .unwrap_or(self.options.fail_rate);
         if rand::rng().random_bool(fail_rate.clamp(0.0, 1.0)) {
             reporter.send("flashing", None, None).await;
-            return Err("flash verification failed (simulated)".into());
+            return Err(Stop::Failed("flash verification failed (simulated)".into()));
         }
         reporter.send("flashing", None, None).await;
+        if !self.options.flash_time.is_zero() {
+            tokio::time::sleep(self.options.flash_time).await;
+        }
         if rand::rng().random_bool(self.options.out_of_order.clamp(0.0, 1.0)) {
             // A stale status arriving late: the host must refuse to go back.
             reporter.send("downloading", Some(100), None).await;
@@ -912,18 +1061,7 @@ impl Shared {
     /// trusted key, then the signed fields against the device and the
     /// command (mix-and-match), expiry (freeze), counter (rollback).
     async fn verify(&self, device: &SimDevice, command: &Value) -> Result<Manifest, String> {
-        let text = command["manifest"]
-            .as_str()
-            .ok_or("the command has no manifest")?;
-        let key_id = command["key_id"].as_str().unwrap_or_default();
-        let key = self.key(key_id).await?;
-        let signature = command["signature"]
-            .as_str()
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-            .and_then(|raw| <[u8; 64]>::try_from(raw.as_slice()).ok())
-            .ok_or("the manifest signature is malformed")?;
-        key.verify_strict(text.as_bytes(), &Signature::from_bytes(&signature))
-            .map_err(|_| "manifest signature rejected".to_owned())?;
+        let text = self.signed(command).await?;
         let manifest: Manifest =
             serde_json::from_str(text).map_err(|e| format!("manifest unreadable: {e}"))?;
         if manifest.device_id != device.id {
@@ -955,6 +1093,53 @@ impl Shared {
             return Err("the command's image size differs from the signed manifest's".into());
         }
         Ok(manifest)
+    }
+
+    /// The signed text of a command (an update's manifest, a cancel), once
+    /// its signature by a trusted key is checked.
+    async fn signed<'c>(&self, command: &'c Value) -> Result<&'c str, String> {
+        let text = command["manifest"]
+            .as_str()
+            .ok_or("the command has no manifest")?;
+        let key_id = command["key_id"].as_str().unwrap_or_default();
+        let key = self.key(key_id).await?;
+        let signature = command["signature"]
+            .as_str()
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .and_then(|raw| <[u8; 64]>::try_from(raw.as_slice()).ok())
+            .ok_or("the manifest signature is malformed")?;
+        key.verify_strict(text.as_bytes(), &Signature::from_bytes(&signature))
+            .map_err(|_| "manifest signature rejected".to_owned())?;
+        Ok(text)
+    }
+
+    /// A cancel's checks: signature by a trusted key, a cancel (not an
+    /// update manifest), for this device and the command's execution, not
+    /// expired.
+    async fn verify_cancel(
+        &self,
+        device: &SimDevice,
+        command: &Value,
+    ) -> Result<CancelManifest, String> {
+        let text = self.signed(command).await?;
+        let cancel: CancelManifest =
+            serde_json::from_str(text).map_err(|e| format!("cancel unreadable: {e}"))?;
+        if cancel.kind != CancelManifest::KIND {
+            return Err(format!("a signed {:?} is not a cancel", cancel.kind));
+        }
+        if cancel.device_id != device.id {
+            return Err(format!(
+                "cancel is for {}, not {}",
+                cancel.device_id, device.id
+            ));
+        }
+        if command["execution_id"].as_i64() != Some(cancel.execution_id) {
+            return Err("the cancel names another execution than its command".into());
+        }
+        if cancel.expires_at < chrono::Utc::now() {
+            return Err(format!("cancel expired at {}", cancel.expires_at));
+        }
+        Ok(cancel)
     }
 
     /// Downloads an image of `size` bytes as a device on a poor link does:
@@ -1113,6 +1298,11 @@ impl Reporter<'_> {
     /// Says the device holds its downloaded image, and why.
     async fn wait(&mut self, reason: &str) -> bool {
         self.publish("waiting", None, None, Some(reason)).await
+    }
+
+    /// Says the device stopped the update, as a cancel told it.
+    async fn stopped(&mut self, reason: &str) -> bool {
+        self.publish("cancelled", None, None, Some(reason)).await
     }
 
     async fn publish(

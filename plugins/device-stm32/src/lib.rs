@@ -8,6 +8,7 @@
 
 wit_bindgen::generate!({ world: "device-protocol-attempts", path: "../../wit" });
 
+use rollway_plugin_sdk::cancel::CancelRequest;
 use rollway_plugin_sdk::command::Request;
 use rollway_plugin_sdk::device::{DeviceFamily, Image, ImageFacts};
 use rollway_plugin_sdk::image::Reader;
@@ -251,6 +252,20 @@ impl DeviceFamily for Stm32 {
         Ok(match &request.gateway_id {
             Some(gateway) => json!({
                 "relay": { "via": gateway, "bus": config.bus, "target": request.device_id, "chunk_size": config.chunk_size }
+            }),
+            None => json!({}),
+        })
+    }
+
+    /// The gateway that relays the MCU's update is told which bus and
+    /// target to stop.
+    fn cancel_fields(
+        config: &Config,
+        request: &CancelRequest,
+    ) -> Result<serde_json::Value, String> {
+        Ok(match &request.gateway_id {
+            Some(gateway) => json!({
+                "relay": { "via": gateway, "bus": config.bus, "target": request.device_id }
             }),
             None => json!({}),
         })

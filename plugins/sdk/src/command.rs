@@ -47,7 +47,7 @@ impl Request {
 
     /// The standard command payload, with family-specific fields merged in.
     pub fn payload(&self, extra: Value) -> Vec<u8> {
-        let mut body = json!({
+        let body = json!({
             "type": "update",
             "device_id": self.device_id,
             "job_id": self.job_id,
@@ -64,11 +64,16 @@ impl Request {
             "signature": self.signature,
             "key_id": self.key_id,
         });
-        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
-            body.extend(extra);
-        }
-        serde_json::to_vec(&body).unwrap_or_default()
+        with_fields(body, extra)
     }
+}
+
+/// `body` with the object `extra`'s fields merged in, as bytes.
+pub(crate) fn with_fields(mut body: Value, extra: Value) -> Vec<u8> {
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::cancel::CancelRequest;
 use crate::command::Request;
 use crate::image::Reader;
 use crate::presence::Presence;
@@ -64,6 +65,21 @@ pub trait DeviceFamily {
         })
     }
 
+    /// Family-specific fields merged into the standard cancel payload.
+    fn cancel_fields(_config: &Self::Config, _request: &CancelRequest) -> Result<Value, String> {
+        Ok(json!({}))
+    }
+
+    /// The cancel for one device: by default the standard payload on the
+    /// topic its update command came on, at QoS 1.
+    fn build_cancel(config: &Self::Config, request: &CancelRequest) -> Result<Outgoing, String> {
+        Ok(Outgoing {
+            topic: request.topic(),
+            payload: request.payload(Self::cancel_fields(config, request)?),
+            qos: 1,
+        })
+    }
+
     /// Parses a status payload; by default the standard JSON message.
     fn parse_status(
         _config: &Self::Config,
@@ -97,8 +113,9 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 /// component exports `device`, `attempts` (statuses name their attempt),
 /// `batch` (many statuses or commands in one call, each parsed or built as
 /// alone, the configuration read once), `presence` (what devices say
-/// about themselves when they connect) and `control` (every state a
-/// device reports: `waiting` and `cancelled` too, with their reason).
+/// about themselves when they connect), `control` (every state a
+/// device reports: `waiting` and `cancelled` too, with their reason) and
+/// `cancels` (telling devices to stop an update that was cancelled).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -305,6 +322,40 @@ macro_rules! device_plugin {
                         .collect(),
                     Err(reason) => statuses.iter().map(|_| Err(reason.clone())).collect(),
                 }
+            }
+        }
+
+        impl exports::rollway::plugin::cancels::Guest for RollwayDeviceGuest {
+            fn build_cancels(
+                config: String,
+                requests: Vec<exports::rollway::plugin::cancels::CancelRequest>,
+            ) -> Vec<Result<exports::rollway::plugin::device::Command, String>> {
+                let config = match $crate::device::load_config::<$family>(&config) {
+                    Ok(config) => config,
+                    Err(reason) => return requests.iter().map(|_| Err(reason.clone())).collect(),
+                };
+                requests
+                    .iter()
+                    .map(|r| {
+                        let request = $crate::cancel::CancelRequest {
+                            device_id: r.device.id.clone(),
+                            model: r.device.model.clone(),
+                            gateway_id: r.device.gateway_id.clone(),
+                            job_id: r.job_id.clone(),
+                            execution_id: r.execution_id,
+                            attempt: r.attempt,
+                            manifest: r.manifest.clone(),
+                            signature: r.signature.clone(),
+                            key_id: r.key_id.clone(),
+                        };
+                        <$family as $crate::device::DeviceFamily>::build_cancel(&config, &request)
+                            .map(|out| exports::rollway::plugin::device::Command {
+                                topic: out.topic,
+                                payload: out.payload,
+                                qos: out.qos,
+                            })
+                    })
+                    .collect()
             }
         }
 

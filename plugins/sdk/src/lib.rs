@@ -16,6 +16,7 @@
 //! generates those for its one world), so strategies and validators are
 //! unit-tested natively; the macros bridge its types to the generated ones.
 
+pub mod cancel;
 pub mod command;
 pub mod config;
 pub mod device;
