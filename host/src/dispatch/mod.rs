@@ -280,7 +280,10 @@ impl Dispatcher {
                        -- A probe of the in-flight index per candidate. (As
                        -- NOT EXISTS, the planner could compare every
                        -- candidate with every execution in flight on a
-                       -- fresh table.)
+                       -- fresh table; the sweep's index on `dispatched_at`
+                       -- has a predicate this does not imply, so that it
+                       -- cannot serve the probe either: migration
+                       -- 20261210000002.)
                        AND (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
                             AND x.stage = 'in_flight'
                             LIMIT 1) IS NULL

@@ -35,6 +35,13 @@ export function timelineList(view) {
       entry.message ? h('span', { class: ['timeline-message', ['error', 'timed_out', 'expired'].includes(entry.status) ? 'is-error' : null] }, entry.message) : null)));
 }
 
+/** Where a cancel owed to the device stands (`cancel_delivery`). */
+const CANCEL_DELIVERY = {
+  pending: 'to be sent to the device',
+  sent: 'sent to the device, no answer yet (sent again when it says hello)',
+  answered: 'the device answered',
+};
+
 /**
  * Loads `GET /executions/{id}` into `container` (with loading and error
  * states). Resolves with the execution view, or null when it failed.
@@ -45,6 +52,11 @@ export async function loadTimeline(container, executionId, { quiet = false } = {
     const view = await get(`/executions/${encodeURIComponent(executionId)}`);
     setChildren(container,
       view.last_error ? h('p', { class: 'exec-error' }, h('strong', {}, 'Last error: '), view.last_error) : null,
+      view.waiting_reason ? h('p', { class: 'muted' }, h('strong', {}, 'Waiting: '), view.waiting_reason) : null,
+      view.cancel_delivery
+        ? h('p', { class: 'muted', dataset: { testid: 'cancel-delivery', cancel: view.cancel_delivery } },
+          h('strong', {}, 'Cancel: '), CANCEL_DELIVERY[view.cancel_delivery] ?? view.cancel_delivery)
+        : null,
       timelineList(view));
     return view;
   } catch (err) {
