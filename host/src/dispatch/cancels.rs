@@ -103,6 +103,7 @@ impl Dispatcher {
                 });
         }
         for (family, requests) in by_family {
+            let ids: Vec<i64> = requests.iter().map(|r| r.execution_id as i64).collect();
             let sends = self
                 .plugins
                 .device_plugin(&family)
@@ -110,7 +111,6 @@ impl Dispatcher {
             if !sends {
                 // Nothing to tell the device with: what it reports later
                 // is still recorded.
-                let ids: Vec<i64> = requests.iter().map(|r| r.execution_id as i64).collect();
                 self.cancels_settled(&ids, "unsupported").await?;
                 tracing::info!(
                     family,
@@ -119,7 +119,6 @@ impl Dispatcher {
                 );
                 continue;
             }
-            let ids: Vec<i64> = requests.iter().map(|r| r.execution_id as i64).collect();
             let built = self.plugins.build_cancels(&family, "{}", requests).await?;
             for (execution_id, cancel) in ids.into_iter().zip(built) {
                 self.send_cancel(execution_id, cancel).await?;
