@@ -32,6 +32,15 @@ pub async fn say(device: &ManualDevice, prefix: &str, id: &str, state: &str) {
         .unwrap();
 }
 
+/// Whether `device`'s execution was last sent in answer to its hello.
+async fn sent_on_hello(app: &TestApp, device: &str) -> bool {
+    sqlx::query_scalar("SELECT hello_at IS NOT NULL FROM executions WHERE device_id = $1")
+        .bind(device)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 async fn wait_online(app: &TestApp, id: &str, online: bool) {
     let started = Instant::now();
     loop {
@@ -59,20 +68,29 @@ async fn connected(app: &TestApp, prefix: &str, id: &str) -> ManualDevice {
     device
 }
 
-#[tokio::test]
-async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
+/// A connected ESP32 `id` with a job of its own (`extra`'s settings) and
+/// the command it received; returns the app, the topic prefix, the
+/// device, the job and the execution id.
+async fn device_with_a_job(
+    id: &str,
+    extra: Value,
+) -> (TestApp, String, ManualDevice, String, Value) {
     let (app, prefix) = spawn_pipeline().await;
     let fw = app.upload_esp32("9.0.0").await;
-    let mut device = connected(&app, &prefix, "VIN-AWAY").await;
-    let job = one_device_job(
-        &app,
-        &fw,
-        "VIN-AWAY",
-        json!({ "progress_timeout_secs": 1, "max_retries": 0, "delivery_deadline_secs": 600 }),
-    )
-    .await;
+    let mut device = connected(&app, &prefix, id).await;
+    let job = one_device_job(&app, &fw, id, extra).await;
     let first = device.next_command(Duration::from_secs(20)).await;
     let execution = first["execution_id"].clone();
+    (app, prefix, device, job, execution)
+}
+
+#[tokio::test]
+async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
+    let (app, prefix, mut device, job, execution) = device_with_a_job(
+        "VIN-AWAY",
+        json!({ "progress_timeout_secs": 2, "max_retries": 0, "delivery_deadline_secs": 600 }),
+    )
+    .await;
     device
         .report(
             json!({ "message_id": "a-down", "state": "downloading", "progress": 10,
@@ -83,8 +101,8 @@ async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
     // The truck leaves coverage (its broker publishes its will).
     say(&device, &prefix, "VIN-AWAY", "offline").await;
     wait_online(&app, "VIN-AWAY", false).await;
-    // Many progress timeouts later it is still waited for.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Several progress timeouts later it is still waited for.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(status_of(&app, "VIN-AWAY").await, "downloading");
     // Back: the command again, and the update finishes in its one attempt.
     say(&device, &prefix, "VIN-AWAY", "online").await;
@@ -120,6 +138,50 @@ async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
     )
     .await;
     assert_eq!(view["counts"]["timed_out"], 1, "{view}");
+}
+
+/// A broker restart lost a device's statuses: the host heard nothing of
+/// its command. Connected, it is not timed out for that (the command may
+/// not have reached it); but the command its hello brings went to a
+/// connected device, and a device that ignores it (it finished that
+/// attempt) is stalled: the retry brings a new attempt.
+#[tokio::test]
+async fn a_command_brought_by_a_hello_and_left_unanswered_is_a_stall() {
+    let (app, prefix, mut device, job, execution) = device_with_a_job(
+        "VIN-HUSH",
+        json!({ "progress_timeout_secs": 2, "max_retries": 1, "delivery_deadline_secs": 600 }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(status_of(&app, "VIN-HUSH").await, "dispatched");
+    say(&device, &prefix, "VIN-HUSH", "online").await;
+    let again = device.next_command(Duration::from_secs(20)).await;
+    assert_eq!(
+        (&again["execution_id"], &again["attempt"]),
+        (&execution, &json!(1)),
+        "{again}"
+    );
+    assert!(sent_on_hello(&app, "VIN-HUSH").await);
+    // Ignored: after the progress timeout, the second attempt.
+    let retry = device.next_command(Duration::from_secs(30)).await;
+    assert_eq!(
+        (&retry["execution_id"], &retry["attempt"]),
+        (&execution, &json!(2)),
+        "{retry}"
+    );
+    let stalls: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM event_outbox
+         WHERE event_type = 'execution.status.changed' AND payload->>'cause' = 'timeout'
+           AND payload->>'to' = 'queued'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stalls, 1);
+    device.finish(&app, &job, &execution, 2, "h").await;
+    assert_eq!(status_of(&app, "VIN-HUSH").await, "done");
+    // The new attempt was sent without a hello.
+    assert!(!sent_on_hello(&app, "VIN-HUSH").await);
 }
 
 #[tokio::test]

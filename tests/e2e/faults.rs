@@ -88,10 +88,22 @@ async fn wait_job_finished(pool: &PgPool, job: &str, timeout: Duration) -> Strin
         if ["completed", "failed", "cancelled", "paused"].contains(&status.as_str()) {
             return status;
         }
-        assert!(
-            started.elapsed() < timeout,
-            "job {job} still {status} after {timeout:?}"
-        );
+        if started.elapsed() >= timeout {
+            // What holds the job: its executions by state.
+            let held: Vec<(String, bool, bool, bool, i32, i64)> = sqlx::query_as(
+                "SELECT status, coalesce(reported_at > dispatched_at, false), hello_at IS NOT NULL,
+                        coalesce(d.online, false), attempts, count(*)
+                 FROM executions e LEFT JOIN devices d ON d.id = e.device_id
+                 WHERE stage <> 'finished' GROUP BY 1, 2, 3, 4, 5 ORDER BY 6 DESC",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+            panic!(
+                "job {job} still {status} after {timeout:?}; unfinished executions \
+                 (status, answered, sent on hello, online, attempts, count): {held:?}"
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -236,9 +248,7 @@ async fn nothing_is_lost_when_the_host_and_the_brokers_fail() {
         Some(brokers.clone()),
     )
     .await;
-    rollway::ingest::kafka::ensure_topic(&brokers, &cluster.events_topic, 3)
-        .await
-        .unwrap();
+    crate::relay::make_topic(&brokers, &cluster.events_topic, 3).await;
     // Few attempts: an outage counted against events would dead-letter them.
     let mut host = cluster.host("fault-host", &[("ROLLWAY_OUTBOX_MAX_ATTEMPTS", "3")]);
     start_host(&mut host).await;

@@ -285,6 +285,7 @@ impl Simulator {
             truth: truth.clone(),
             devices: by_id,
             commands: Mutex::new(HashMap::new()),
+            finals: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             flashing: Mutex::new(std::collections::HashSet::new()),
             away: Mutex::new(Away::default()),
@@ -537,6 +538,9 @@ struct Shared {
     /// Each device's latest command (execution, attempt), to recognise a
     /// repeat.
     commands: Mutex<HashMap<String, (Option<u64>, u64)>>,
+    /// Each device's last final status (execution, attempt, topic,
+    /// message), sent again when a repeat of that command arrives.
+    finals: Mutex<HashMap<String, FinalStatus>>,
     /// Each device's cancelled execution, the latest, and the executions
     /// it is flashing now.
     cancels: Mutex<HashMap<String, u64>>,
@@ -767,10 +771,33 @@ impl Shared {
             })
             .unwrap_or(true);
         if !fresh {
+            self.answer_repeat(&device.id, execution_id, attempt).await;
             return;
         }
         self.truth.update(&device.id, |t| t.commands += 1);
         self.act(&device, &command, &mut reporter, first).await;
+    }
+
+    /// Answers the repeat of a command the device finished with its final
+    /// status again, the same message (a broker restart may have lost it);
+    /// a repeat of one under way changes nothing.
+    async fn answer_repeat(&self, device: &str, execution_id: Option<u64>, attempt: u64) {
+        let last = self.finals.lock().ok().and_then(|finals| {
+            finals
+                .get(device)
+                .filter(|f| f.execution_id == execution_id && f.attempt == attempt)
+                .cloned()
+        });
+        let Some(last) = last else {
+            return;
+        };
+        if let Err(error) = self
+            .client
+            .publish(last.topic, QoS::AtLeastOnce, false, last.payload)
+            .await
+        {
+            tracing::warn!(%error, "simulator: publishing a final status again");
+        }
     }
 
     /// A signed cancel: checked as a manifest is (signature, device,
@@ -1362,11 +1389,33 @@ impl Reporter<'_> {
                 tracing::warn!(%error, "simulator: publishing a status");
             }
         }
+        if ["done", "error", "cancelled"].contains(&state)
+            && let Ok(mut finals) = self.shared.finals.lock()
+        {
+            finals.insert(
+                self.device.id.clone(),
+                FinalStatus {
+                    execution_id: self.execution_id,
+                    attempt: self.attempt,
+                    topic,
+                    payload,
+                },
+            );
+        }
         self.shared.truth.update(&self.device.id, |t| {
             t.last_status = Some((message_id, now_ms));
         });
         true
     }
+}
+
+/// A device's last final status, as it was published.
+#[derive(Clone)]
+struct FinalStatus {
+    execution_id: Option<u64>,
+    attempt: u64,
+    topic: String,
+    payload: Vec<u8>,
 }
 
 #[cfg(test)]
