@@ -23,6 +23,7 @@ pub mod firmware;
 pub mod fleet;
 pub mod ingest;
 pub mod jobs;
+pub mod kafka;
 pub mod live;
 pub mod manifest;
 pub mod metrics;

@@ -5,8 +5,8 @@
 //! prometheus types are thread-safe: no mutex is ever put around them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -19,6 +19,7 @@ pub struct Metrics {
     pub download_duration_seconds: Histogram,
     pub dispatcher_mqtt_errors_total: IntCounterVec,
     pub outbox_pending_total: IntGauge,
+    pub outbox_oldest_pending_seconds: Gauge,
     pub outbox_errors_total: IntCounter,
     pub mqtt_sessions_adopted: IntGauge,
     pub mqtt_broker_messages_dropped: IntGauge,
@@ -63,6 +64,11 @@ impl Metrics {
             "Events written to the outbox and not yet published",
         )?;
         registry.register(Box::new(outbox_pending_total.clone()))?;
+        let outbox_oldest_pending_seconds = Gauge::new(
+            "outbox_oldest_pending_seconds",
+            "Age of the oldest event not yet published (the relay's lag; 0 when none waits)",
+        )?;
+        registry.register(Box::new(outbox_oldest_pending_seconds.clone()))?;
         let live_stream_clients = IntGauge::new(
             "live_stream_clients",
             "Clients connected to /api/v1/events/stream on this replica",
@@ -122,6 +128,7 @@ impl Metrics {
                 &["reason"],
             )?,
             outbox_pending_total,
+            outbox_oldest_pending_seconds,
             live_stream_clients,
             mqtt_sessions_adopted,
             mqtt_broker_messages_dropped,

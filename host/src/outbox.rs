@@ -156,6 +156,12 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The Kafka record key, `{aggregate_type}:{aggregate_id}`: one
+    /// aggregate's events share a partition.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.aggregate_type, self.aggregate_id)
+    }
+
     /// Whether the event concerns the job: the job's own events and the
     /// status changes of its executions.
     pub fn concerns_job(&self, job_id: &str) -> bool {
@@ -200,6 +206,9 @@ pub async fn sent_after(
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: Uuid,
+    /// Its place in the stream, which a replay keeps (null for events
+    /// dead-lettered by versions before this field).
+    pub seq: Option<i64>,
     pub aggregate_type: String,
     pub aggregate_id: String,
     pub event_type: String,
@@ -211,11 +220,12 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
 }
 
-/// The dead letters, newest first.
+/// The dead letters, oldest first (in `seq` order, the order to replay
+/// them in).
 pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error, failed_at
-         FROM event_dead_letter ORDER BY failed_at DESC, id LIMIT $1",
+        "SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error, failed_at
+         FROM event_dead_letter ORDER BY seq NULLS LAST, failed_at, id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -226,8 +236,8 @@ pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, 
 pub async fn bury(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH dead AS (DELETE FROM event_outbox WHERE id = $1 RETURNING *)
-         INSERT INTO event_dead_letter (id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error)
-         SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error FROM dead",
+         INSERT INTO event_dead_letter (id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error)
+         SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error FROM dead",
     )
     .bind(id)
     .execute(conn)
@@ -236,11 +246,18 @@ pub async fn bury(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> 
 }
 
 /// Puts a dead-lettered event back into the outbox; false when unknown.
+/// It keeps its id and `seq`, and the failures it had: the relay finds it
+/// among the retries below its floor, in `seq` order with the other
+/// replayed events, and one more failure that counts buries it again. (One
+/// dead-lettered before `seq` was kept takes a new number.)
 pub async fn replay(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
     let moved = sqlx::query(
         "WITH dead AS (DELETE FROM event_dead_letter WHERE id = $1 RETURNING *)
-         INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload, occurred_at)
-         SELECT id, aggregate_type, aggregate_id, event_type, payload, occurred_at FROM dead",
+         INSERT INTO event_outbox (id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at,
+                                   attempts, last_error)
+         SELECT id, coalesce(seq, rollway_outbox_seq()), aggregate_type, aggregate_id, event_type, payload,
+                occurred_at, CASE WHEN seq IS NULL THEN 0 ELSE greatest(attempts, 1) END, last_error
+         FROM dead",
     )
     .bind(id)
     .execute(conn)

@@ -1,7 +1,10 @@
 //! The outbox relay: publishes `event_outbox` rows to Kafka, marks them
 //! sent (announcing them to every replica's live feed, `live.rs`), retries
-//! failures with backoff and moves an event that failed `max_attempts` times
-//! to `event_dead_letter`.
+//! failures, and moves an event the broker refused for what it is (too
+//! large, invalid) `max_attempts` times to `event_dead_letter`. Outages, a
+//! missing topic (created again) and a producer the broker no longer knows
+//! (replaced) are nobody's event's fault: those events wait. A key whose
+//! event failed holds its later events back until it is sent or buried.
 //!
 //! One host relays at a time, holding a lease row in `relay_leases` (a value
 //! with an expiry, not a database lock), so events of one aggregate leave in
@@ -10,7 +13,7 @@
 //! dies after publishing and before marking re-publishes on its successor;
 //! consumers deduplicate by the event id.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::kafka::{TopicError, TopicSpec};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Envelope};
 
@@ -28,6 +32,12 @@ use crate::outbox::{self, Envelope};
 const BATCH: i64 = 500;
 const LEASE: &str = "outbox";
 const LEASE_SECS: f64 = 15.0;
+/// How long creating the events topic may take, and how often the relay
+/// tries while no broker answers.
+const TOPIC_WAIT: Duration = Duration::from_secs(5);
+const TOPIC_RETRY: Duration = Duration::from_secs(5);
+/// How long the relay waits for the broker to acknowledge an event.
+const DELIVERY_WAIT: Duration = Duration::from_secs(15);
 /// How often `outbox_pending_total` is counted. Counting reads the whole
 /// backlog: after every round, that cost PostgreSQL 50 ms a round under a
 /// backlog, the largest single cost of status ingestion (BENCHMARKS.md,
@@ -74,18 +84,74 @@ pub struct Floor {
 }
 
 /// The relay's Kafka producer, replaced when it fails fatally (an
-/// idempotent producer fenced or out of sequence cannot send again).
+/// idempotent producer fenced or out of sequence cannot send again), and
+/// how to create the events topic.
 pub struct Kafka {
     brokers: String,
     producer: std::sync::RwLock<FutureProducer>,
+    spec: TopicSpec,
+    topic: Mutex<Topic>,
 }
 
 impl Kafka {
-    pub fn connect(brokers: &str) -> anyhow::Result<Self> {
+    pub fn connect(brokers: &str, spec: TopicSpec) -> anyhow::Result<Self> {
         Ok(Self {
             brokers: brokers.to_owned(),
             producer: std::sync::RwLock::new(producer(brokers)?),
+            spec,
+            topic: Mutex::new(Topic::Unknown),
         })
+    }
+
+    /// Creates `topic` when it is missing. A broker that refuses is an
+    /// error; one that does not answer leaves the topic to the relay, which
+    /// tries again before it publishes.
+    pub async fn make_topic(&self, topic: &str) -> Result<(), TopicError> {
+        match crate::kafka::ensure_topic(&self.brokers, topic, self.spec, TOPIC_WAIT).await {
+            Ok(created) => {
+                if created {
+                    tracing::info!(
+                        topic,
+                        partitions = self.spec.partitions,
+                        replication = self.spec.replication,
+                        "created the events topic"
+                    );
+                }
+                *self.topic.lock().unwrap_or_else(|e| e.into_inner()) = Topic::Exists;
+                Ok(())
+            }
+            Err(error) => {
+                *self.topic.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Topic::TriedAt(Instant::now());
+                Err(error)
+            }
+        }
+    }
+
+    /// The topic was found missing (deleted, or a new broker without it):
+    /// created again before the next publication.
+    fn forget_topic(&self) {
+        *self.topic.lock().unwrap_or_else(|e| e.into_inner()) = Topic::Unknown;
+    }
+
+    /// Whether the topic is known to exist; else tries to create it (at
+    /// most every few seconds) and says whether that worked.
+    async fn topic_ready(&self, topic: &str) -> bool {
+        let due = match *self.topic.lock().unwrap_or_else(|e| e.into_inner()) {
+            Topic::Exists => return true,
+            Topic::Unknown => true,
+            Topic::TriedAt(at) => at.elapsed() >= TOPIC_RETRY,
+        };
+        if !due {
+            return false;
+        }
+        match self.make_topic(topic).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, topic, "the events topic is not there yet; events wait");
+                false
+            }
+        }
     }
 
     fn current(&self) -> FutureProducer {
@@ -95,14 +161,14 @@ impl Kafka {
         }
     }
 
-    /// Replaces the producer if it failed fatally or the broker no longer
-    /// knows its identity (`identity_lost`); returns whether it did.
-    fn renew(&self, used: &FutureProducer, identity_lost: bool) -> bool {
+    /// Replaces the producer if it failed fatally, or for `reason`;
+    /// returns whether it did.
+    fn renew(&self, used: &FutureProducer, reason: Option<&str>) -> bool {
         use rdkafka::producer::Producer as _;
-        let reason = match used.client().fatal_error() {
-            Some((code, reason)) => format!("{code:?}: {reason}"),
-            None if identity_lost => "the broker refused the producer's identity".to_owned(),
-            None => return false,
+        let reason = match (used.client().fatal_error(), reason) {
+            (Some((code, fatal)), _) => format!("{code:?}: {fatal}"),
+            (None, Some(reason)) => reason.to_owned(),
+            (None, None) => return false,
         };
         tracing::warn!(
             reason,
@@ -125,6 +191,15 @@ impl Kafka {
             }
         }
     }
+}
+
+/// What the relay knows of the events topic.
+#[derive(Debug, Clone, Copy)]
+enum Topic {
+    Unknown,
+    /// Creating it failed then (no broker answered, or one refused).
+    TriedAt(Instant),
+    Exists,
 }
 
 /// A Kafka producer for events: idempotent, acks from all replicas.
@@ -164,9 +239,9 @@ impl Relay {
                     due
                 };
                 if due {
-                    self.metrics
-                        .outbox_pending_total
-                        .set(pending(&self.pool).await?);
+                    let (pending, oldest) = backlog(&self.pool).await?;
+                    self.metrics.outbox_pending_total.set(pending);
+                    self.metrics.outbox_oldest_pending_seconds.set(oldest);
                 }
                 Ok(count)
             },
@@ -268,6 +343,11 @@ impl Relay {
         let Some(floor) = self.lead().await? else {
             return Ok(0);
         };
+        if let Some(kafka) = &self.kafka
+            && !kafka.topic_ready(&self.topic).await
+        {
+            return Ok(0);
+        }
         // From the floor, and the failed ones below it due for a retry.
         // Each part stops at BATCH rows in seq order: as one sorted union,
         // the planner read the whole backlog and sorted it every round.
@@ -290,63 +370,93 @@ impl Relay {
         .persistent(false)
         .fetch_all(&mut *tx)
         .await?;
+        // Keys with an earlier event that failed and waits for its retry
+        // (or is held back itself), and the first such `seq`: their later
+        // events wait behind it, in this round and the next ones.
+        let waiting: Vec<(String, i64)> = match (&self.kafka, events.last()) {
+            (Some(_), Some(last)) => {
+                // Two index ranges, as the round reads: from the floor to
+                // the round's last event, and the retries below the floor.
+                sqlx::query_as(
+                    "SELECT aggregate_type || ':' || aggregate_id, min(seq) FROM (
+                         SELECT aggregate_type, aggregate_id, seq FROM event_outbox
+                         WHERE seq >= $1 AND seq <= $2 AND sent_at IS NULL AND next_attempt_at > now()
+                         UNION ALL
+                         SELECT aggregate_type, aggregate_id, seq FROM event_outbox
+                         WHERE seq < $1 AND attempts > 0 AND sent_at IS NULL AND next_attempt_at > now()
+                     ) w GROUP BY 1",
+                )
+                .bind(floor)
+                .bind(last.seq)
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            _ => Vec::new(),
+        };
         tx.commit().await?;
         self.raise_floor().await?;
         let count = events.len();
         if count == 0 {
             return Ok(0);
         }
+        let waiting: HashMap<String, i64> = waiting.into_iter().collect();
         let mut sent = Vec::with_capacity(count);
-        let mut failed: Vec<(Uuid, String)> = Vec::new();
-        // An aggregate whose event failed keeps its later events back.
+        // Failed events, and later events of their keys held back behind
+        // them (not their own failure: not counted).
+        let mut failed: Vec<(Uuid, String, Failure)> = Vec::new();
+        let mut held: Vec<Uuid> = Vec::new();
+        // Keys whose event failed: their later events are held back.
         let mut blocked: HashSet<String> = HashSet::new();
-        // Whether the broker refused the producer's identity this round.
-        let mut identity_lost_seen = false;
         let producer = self.kafka.as_ref().map(|kafka| kafka.current());
         match &producer {
             Some(producer) => {
-                let mut pending = Vec::with_capacity(count);
+                // Enqueued in `seq` order by this one task: the producer
+                // keeps a partition's records in the order they were
+                // enqueued (through its own retries too, being idempotent),
+                // so the events of one key reach Kafka in `seq` order. (A
+                // task per event enqueued them in scheduling order.) The
+                // deliveries are awaited after all are enqueued.
+                let mut deliveries = Vec::with_capacity(count);
                 for event in &events {
-                    if blocked.contains(&event.aggregate_id) {
+                    let key = event.key();
+                    if blocked.contains(&key) || waiting.get(&key).is_some_and(|&w| w < event.seq) {
+                        held.push(event.id);
                         continue;
                     }
                     let body = serde_json::to_vec(event)?;
-                    let producer = producer.clone();
-                    let topic = self.topic.clone();
-                    let key = format!("{}:{}", event.aggregate_type, event.aggregate_id);
-                    pending.push((
-                        event,
-                        tokio::spawn(async move {
-                            let delivery = producer.send(
-                                FutureRecord::to(&topic).key(&key).payload(&body),
-                                Duration::from_secs(5),
-                            );
-                            match tokio::time::timeout(Duration::from_secs(15), delivery).await {
-                                Ok(Ok(delivery)) => {
-                                    tracing::debug!(
-                                        partition = delivery.partition,
-                                        offset = delivery.offset,
-                                        "event delivered"
-                                    );
-                                    Ok(())
-                                }
-                                Ok(Err((e, _))) => Err((e.to_string(), identity_lost(&e))),
-                                Err(_) => Err(("no delivery report within 15 s".to_owned(), false)),
-                            }
-                        }),
-                    ));
-                }
-                for (event, handle) in pending {
-                    let result = handle.await.unwrap_or_else(|e| Err((e.to_string(), false)));
-                    match result {
-                        Ok(()) if !blocked.contains(&event.aggregate_id) => sent.push(event),
-                        Ok(()) => {
-                            failed.push((event.id, "held back behind an earlier event".into()))
+                    match producer
+                        .send_result(FutureRecord::to(&self.topic).key(&key).payload(&body))
+                    {
+                        Ok(delivery) => deliveries.push((event, key, delivery)),
+                        Err((error, _)) => {
+                            failed.push((event.id, error.to_string(), Failure::of(&error)));
+                            blocked.insert(key);
                         }
-                        Err((error, lost)) => {
-                            identity_lost_seen |= lost;
-                            blocked.insert(event.aggregate_id.clone());
-                            failed.push((event.id, error));
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + DELIVERY_WAIT;
+                for (event, key, delivery) in deliveries {
+                    let result = match tokio::time::timeout_at(deadline, delivery).await {
+                        Ok(Ok(Ok(_))) => Ok(()),
+                        Ok(Ok(Err((error, _)))) => Err((error.to_string(), Failure::of(&error))),
+                        Ok(Err(_)) => Err((
+                            "the producer dropped the delivery".to_owned(),
+                            Failure::Transient,
+                        )),
+                        Err(_) => Err((
+                            format!("no delivery report within {DELIVERY_WAIT:?}"),
+                            Failure::TimedOut,
+                        )),
+                    };
+                    match result {
+                        // Delivered after an earlier event of its key failed:
+                        // sent again once that one is.
+                        Ok(()) if blocked.contains(&key) => held.push(event.id),
+                        Ok(()) => sent.push(event),
+                        Err((error, kind)) => {
+                            blocked.insert(key);
+                            failed.push((event.id, error, kind));
                         }
                     }
                 }
@@ -365,27 +475,57 @@ impl Relay {
         .bind(outbox::CHANNEL)
         .execute(&self.pool)
         .await?;
-        // A broker outage, or a producer that failed fatally, is nobody's
-        // event's fault: such failures do not count towards the dead letter
-        // table, however long they last.
-        let outage = match (&self.kafka, &producer, failed.is_empty()) {
-            (Some(kafka), Some(producer), false) => {
-                kafka.renew(producer, identity_lost_seen) || !broker_reachable(producer).await
-            }
-            _ => false,
-        };
-        if outage {
-            tracing::warn!(
-                failed = failed.len(),
-                "the Kafka brokers are unreachable; events wait in the outbox"
-            );
+        if let (Some(kafka), Some(producer), false) = (&self.kafka, &producer, failed.is_empty()) {
+            self.recover(kafka, producer, &failed).await;
         }
-        for (id, error) in failed {
+        // Only an event refused for what it is counts towards the dead
+        // letter table. An outage, a missing topic, a producer the broker
+        // no longer knows are nobody's event's fault: the events wait,
+        // however long that lasts.
+        for (id, error, kind) in failed {
             self.metrics.outbox_errors_total.inc();
-            tracing::warn!(event_id = %id, %error, "publishing an event failed");
-            self.record_failure(id, &error, !outage).await?;
+            tracing::warn!(event_id = %id, %error, ?kind, "publishing an event failed");
+            self.record_failure(id, &error, kind == Failure::Poison)
+                .await?;
+        }
+        for id in held {
+            self.record_failure(id, "held back behind an earlier event of its key", false)
+                .await?;
         }
         Ok(count)
+    }
+
+    /// After failures: a producer that failed fatally, that the broker no
+    /// longer recognises, or whose sends time out while a broker answers
+    /// (a replaced broker that does not know its idempotent identity) is
+    /// replaced; a topic found missing is created again before the next
+    /// publication.
+    async fn recover(
+        &self,
+        kafka: &Kafka,
+        producer: &FutureProducer,
+        failed: &[(Uuid, String, Failure)],
+    ) {
+        let any = |kind: Failure| failed.iter().any(|(_, _, k)| *k == kind);
+        if any(Failure::TopicMissing) {
+            kafka.forget_topic();
+        }
+        let reason = if any(Failure::IdentityLost) {
+            Some("the broker refused the producer's identity")
+        } else if any(Failure::TimedOut) {
+            if broker_reachable(producer).await {
+                Some("sends time out while a broker answers")
+            } else {
+                tracing::warn!(
+                    failed = failed.len(),
+                    "the Kafka brokers are unreachable; events wait in the outbox"
+                );
+                None
+            }
+        } else {
+            None
+        };
+        kafka.renew(producer, reason);
     }
 
     /// Records a failure. A counted one backs off exponentially, and after
@@ -419,26 +559,36 @@ impl Relay {
     }
 }
 
-/// Events not sent yet: from the recorded floor, and the failed ones below
-/// it waiting for a retry. Up to [`COUNT_UP_TO`] sequence numbers from the
+/// Events not sent yet, and the age in seconds of the oldest of them (0
+/// when none): from the recorded floor, and the failed ones below it
+/// waiting for a retry. Up to [`COUNT_UP_TO`] sequence numbers from the
 /// floor, the unsent rows there are counted; above, every number from the
 /// floor to the newest counts as an event not sent. The relay sends in
 /// `seq` order from the floor, so of those numbers only the ones sent since
 /// the floor last rose (a round's worth) and those of rolled-back
 /// transactions are not events waiting: the figure is that close, and
 /// costs nothing where a count read every row of the backlog (300 ms every
-/// 2 s under a backlog of a million events, BENCHMARKS.md item 32).
-pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+/// 2 s under a backlog of a million events, BENCHMARKS.md item 32). The
+/// oldest is the first unsent event from the floor (the relay sends in
+/// `seq` order) or an older one waiting for its retry.
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
         "WITH f AS (SELECT coalesce((SELECT floor_seq FROM relay_leases WHERE name = $1), 0) AS seq),
               numbers AS (SELECT greatest(coalesce(pg_sequence_last_value('event_outbox_seq'), 0)
-                                          - f.seq + 1, 0) AS n FROM f)
+                                          - f.seq + 1, 0) AS n FROM f),
+              oldest AS (
+                  SELECT least(
+                      (SELECT e.occurred_at FROM event_outbox e, f
+                       WHERE e.seq >= f.seq AND e.sent_at IS NULL ORDER BY e.seq LIMIT 1),
+                      (SELECT min(e.occurred_at) FROM event_outbox e, f
+                       WHERE e.seq < f.seq AND e.attempts > 0 AND e.sent_at IS NULL)) AS at)
          SELECT CASE WHEN numbers.n > $2 THEN numbers.n
                      ELSE (SELECT count(*) FROM event_outbox, f
                            WHERE event_outbox.seq >= f.seq AND sent_at IS NULL) END
               + (SELECT count(*) FROM event_outbox, f
-                 WHERE event_outbox.seq < f.seq AND attempts > 0 AND sent_at IS NULL)
-         FROM numbers",
+                 WHERE event_outbox.seq < f.seq AND attempts > 0 AND sent_at IS NULL),
+                coalesce(extract(epoch FROM now() - oldest.at)::float8, 0)
+         FROM numbers, oldest",
     )
     .bind(LEASE)
     .bind(COUNT_UP_TO)
@@ -465,20 +615,52 @@ async fn in_seq_order(
     Ok(tx)
 }
 
-/// Errors after which an idempotent producer cannot send again: the broker
-/// fenced it or lost its id and sequence (after a broker restart, say).
-fn identity_lost(error: &rdkafka::error::KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            C::ProducerFenced
+/// Why a publication failed, as far as the relay acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The broker (or the producer) refuses the record for what it is: too
+    /// large, invalid. The only kind that counts towards dead-lettering.
+    Poison,
+    /// The topic does not exist (yet, or any more).
+    TopicMissing,
+    /// The broker fenced the producer or lost its id and sequence (after
+    /// a broker restart or replacement): it cannot send again.
+    IdentityLost,
+    /// No acknowledgement in time.
+    TimedOut,
+    /// Anything else (no broker, a leader change, not enough replicas,
+    /// authorisation): it waits.
+    Transient,
+}
+
+impl Failure {
+    fn of(error: &rdkafka::error::KafkaError) -> Self {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(
+                C::MessageSizeTooLarge
+                | C::MessageBatchTooLarge
+                | C::InvalidMessage
+                | C::InvalidRecord
+                | C::InvalidDifferentRecord
+                | C::InvalidTimestamp
+                | C::UnsupportedForMessageFormat
+                | C::BadMessage,
+            ) => Self::Poison,
+            Some(C::UnknownTopic | C::UnknownTopicOrPartition | C::UnknownTopicId) => {
+                Self::TopicMissing
+            }
+            Some(
+                C::ProducerFenced
                 | C::UnknownProducerId
                 | C::OutOfOrderSequenceNumber
                 | C::InvalidProducerEpoch
-                | C::InvalidProducerIdMapping
-        )
-    )
+                | C::InvalidProducerIdMapping,
+            ) => Self::IdentityLost,
+            Some(C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut) => Self::TimedOut,
+            _ => Self::Transient,
+        }
+    }
 }
 
 /// Whether any broker answers a metadata request within a few seconds.

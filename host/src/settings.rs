@@ -88,6 +88,16 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_EVENTS_TOPIC", global = true)]
     pub events_topic: Option<String>,
 
+    /// Partitions of the events topic when Rollway creates it (at start,
+    /// when it is missing).
+    #[arg(long, env = "ROLLWAY_EVENTS_TOPIC_PARTITIONS", global = true)]
+    pub events_topic_partitions: Option<i32>,
+
+    /// Replicas of each partition of the events topic when Rollway creates
+    /// it; -1, the default, takes the broker's `default.replication.factor`.
+    #[arg(long, env = "ROLLWAY_EVENTS_TOPIC_REPLICATION", global = true)]
+    pub events_topic_replication: Option<i32>,
+
     /// Failed publications before an event moves to the dead letter table.
     #[arg(long, env = "ROLLWAY_OUTBOX_MAX_ATTEMPTS", global = true)]
     pub outbox_max_attempts: Option<i32>,
@@ -173,6 +183,8 @@ pub struct Settings {
     pub status_source: StatusSource,
     pub status_topic: String,
     pub events_topic: String,
+    /// How the events topic is created when it is missing.
+    pub events_topic_spec: crate::kafka::TopicSpec,
     pub outbox_max_attempts: i32,
     pub instance_id: String,
     pub replica_timeout: std::time::Duration,
@@ -272,6 +284,26 @@ impl Settings {
                 .unwrap_or_else(|| "rollway.device-status".to_owned()),
             events_topic: pick(&args.events_topic, &file.events_topic)
                 .unwrap_or_else(|| "rollway.events".to_owned()),
+            events_topic_spec: crate::kafka::TopicSpec {
+                partitions: match args
+                    .events_topic_partitions
+                    .or(file.events_topic_partitions)
+                    .unwrap_or(6)
+                {
+                    n if n >= 1 => n,
+                    _ => bail!("ROLLWAY_EVENTS_TOPIC_PARTITIONS must be at least 1"),
+                },
+                replication: match args
+                    .events_topic_replication
+                    .or(file.events_topic_replication)
+                    .unwrap_or(-1)
+                {
+                    n if n == -1 || n >= 1 => n,
+                    _ => bail!(
+                        "ROLLWAY_EVENTS_TOPIC_REPLICATION must be at least 1, or -1 for the broker's default"
+                    ),
+                },
+            },
             outbox_max_attempts: match args
                 .outbox_max_attempts
                 .or(file.outbox_max_attempts)

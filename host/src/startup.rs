@@ -37,6 +37,8 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     state: AppState,
+    /// The relay's Kafka producer, when KAFKA_BROKERS is set.
+    kafka: Option<Arc<crate::relay::Kafka>>,
 }
 
 impl Application {
@@ -75,6 +77,34 @@ impl Application {
             None => Keyring::load_or_create(&pool).await,
         }
         .context("loading the manifest signing key")?;
+        let kafka = match &settings.kafka_brokers {
+            Some(brokers) => {
+                let kafka = crate::relay::Kafka::connect(brokers, settings.events_topic_spec)?;
+                // A broker that refuses to create the topic stops the start;
+                // one that does not answer leaves it to the relay.
+                match kafka.make_topic(&settings.events_topic).await {
+                    Ok(()) => {}
+                    Err(error @ crate::kafka::TopicError::Refused { .. }) => {
+                        return Err(anyhow::Error::new(error).context(format!(
+                            "the events topic {} (ROLLWAY_EVENTS_TOPIC) is missing and cannot be created",
+                            settings.events_topic
+                        )));
+                    }
+                    Err(error) => tracing::warn!(
+                        %error,
+                        topic = settings.events_topic,
+                        "the events topic could not be made sure of; the relay tries again"
+                    ),
+                }
+                Some(Arc::new(kafka))
+            }
+            None => {
+                tracing::info!(
+                    "KAFKA_BROKERS is not set: outbox events reach the live stream only"
+                );
+                None
+            }
+        };
         let auth_failures = crate::auth::FailureLimiter::new(settings.auth_failure_limit);
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -96,6 +126,7 @@ impl Application {
                 scheduler_wakeup: Arc::new(Notify::new()),
                 mqtt: mqtt::LinkState::not_configured(),
             },
+            kafka,
         })
     }
 
@@ -160,19 +191,10 @@ impl Application {
             keep: settings.retention,
         };
         handles.push(tokio::spawn(retention.run(token.clone())));
-        let kafka = match &settings.kafka_brokers {
-            Some(brokers) => Some(Arc::new(crate::relay::Kafka::connect(brokers)?)),
-            None => {
-                tracing::info!(
-                    "KAFKA_BROKERS is not set: outbox events reach the live stream only"
-                );
-                None
-            }
-        };
         let relay = Relay {
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
-            kafka,
+            kafka: self.kafka.clone(),
             topic: settings.events_topic.clone(),
             max_attempts: settings.outbox_max_attempts,
             wakeup: Arc::new(Notify::new()),
@@ -279,7 +301,12 @@ impl Application {
             let topic = settings.status_topic.clone();
             let token = token.clone();
             handles.push(tokio::spawn(async move {
-                if let Err(error) = crate::ingest::kafka::ensure_topic(&brokers, &topic, 4).await {
+                let spec = crate::kafka::TopicSpec {
+                    partitions: 4,
+                    replication: -1,
+                };
+                let wait = Duration::from_secs(10);
+                if let Err(error) = crate::kafka::ensure_topic(&brokers, &topic, spec, wait).await {
                     tracing::warn!(
                         error = format!("{error:#}"),
                         topic,

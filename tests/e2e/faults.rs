@@ -181,6 +181,8 @@ async fn assert_events_exactly_once(app: &TestApp, brokers: &str, topic: &str) {
         .unwrap();
     let expected: HashSet<String> = ids.iter().map(ToString::to_string).collect();
     let envelopes = consume_from(brokers, topic, &expected, Duration::from_secs(90)).await;
+    // Through the outage and the kills, each key arrived in `seq` order.
+    crate::relay::assert_keys_in_seq_order(&envelopes);
     let mut unique: BTreeMap<String, Value> = BTreeMap::new();
     for envelope in envelopes {
         unique.insert(envelope["id"].as_str().unwrap().to_owned(), envelope);

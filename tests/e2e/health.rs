@@ -12,6 +12,12 @@ async fn health_and_readiness_answer() {
     assert_eq!(ready.status(), StatusCode::OK);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["database"], "ok");
+    // The event backlog is reported, and does not make the host unready.
+    assert_eq!(body["events"]["pending"], 0, "{body}");
+    assert!(
+        body["events"]["oldest_pending_seconds"].is_number(),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -46,6 +52,7 @@ async fn metrics_expose_the_names_operators_alert_on() {
         "update_requests_total",
         "download_duration_seconds",
         "outbox_pending_total",
+        "outbox_oldest_pending_seconds",
         "outbox_errors_total",
         "event_processing_lag_seconds",
         "http_requests_total",

@@ -54,20 +54,7 @@ pub async fn spawn_app() -> TestApp {
 /// Like `spawn_app`, letting the test adjust the settings first.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let admin_token = format!("rw_test_{}", Uuid::new_v4().simple());
-    let data_dir = temp_dir("data");
-    let args = SettingsArgs {
-        database_url: Some(fresh_database().await),
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        store: Some(format!("file://{}", data_dir.join("store").display())),
-        data_dir: Some(data_dir),
-        bootstrap_token: Some(admin_token.clone()),
-        db_pool_size: Some(16),
-        // Its own MQTT session: test hosts share one broker.
-        instance_id: Some(format!("test-{}", Uuid::new_v4().simple())),
-        ..SettingsArgs::default()
-    };
-    let mut settings = Settings::load(&args).expect("test settings");
-    configure(&mut settings);
+    let settings = test_settings(&admin_token, configure).await;
     let store_url = settings.store.clone();
     let database_url = secrecy::ExposeSecret::expose_secret(
         settings.database_url.as_ref().expect("a database URL"),
@@ -87,6 +74,26 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         store_url,
         database_url,
     }
+}
+
+/// A test host's settings: a fresh database, a private store and data
+/// directory, `admin_token` as the bootstrap token; then `configure`.
+pub async fn test_settings(admin_token: &str, configure: impl FnOnce(&mut Settings)) -> Settings {
+    let data_dir = temp_dir("data");
+    let args = SettingsArgs {
+        database_url: Some(fresh_database().await),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        store: Some(format!("file://{}", data_dir.join("store").display())),
+        data_dir: Some(data_dir),
+        bootstrap_token: Some(admin_token.to_owned()),
+        db_pool_size: Some(16),
+        // Its own MQTT session: test hosts share one broker.
+        instance_id: Some(format!("test-{}", Uuid::new_v4().simple())),
+        ..SettingsArgs::default()
+    };
+    let mut settings = Settings::load(&args).expect("test settings");
+    configure(&mut settings);
+    settings
 }
 
 /// The S3 store URL for tests, when the S3 server is configured.

@@ -491,9 +491,7 @@ async fn the_kafka_status_path_gives_the_same_result() {
         .expect("KAFKA_BROKERS is not set; run the tests through scripts/test.sh");
     let prefix = format!("t{}", Uuid::new_v4().simple());
     let kafka_topic = format!("statuses-{}", Uuid::new_v4().simple());
-    rollway::ingest::kafka::ensure_topic(&brokers, &kafka_topic, 4)
-        .await
-        .unwrap();
+    crate::relay::make_topic(&brokers, &kafka_topic, 4).await;
     let bridge = start_bridge(&prefix, &brokers, &kafka_topic);
     let (topic_prefix, status_topic, kafka) =
         (prefix.clone(), kafka_topic.clone(), brokers.clone());

@@ -195,7 +195,12 @@ pub async fn mosquitto_with(dir: &Path, config: impl FnOnce(u16) -> String) -> S
 /// A private Kafka-API broker (tansu) keeping its data in an SQLite file in
 /// `dir`, so that it can be stopped and started again without losing topics.
 pub async fn kafka(dir: &Path) -> Service {
-    let port = free_port();
+    kafka_with(dir, free_port(), "sqlite://tansu.db").await
+}
+
+/// A Kafka-API broker of its own on `port`, storing in `storage`
+/// (`memory://tansu/` forgets everything when it stops: a fresh broker).
+pub async fn kafka_with(dir: &Path, port: u16, storage: &str) -> Service {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut service = Service::new(
         "tansu",
@@ -208,8 +213,8 @@ pub async fn kafka(dir: &Path) -> Service {
             "--advertised-listener-url".into(),
             url,
             "--storage-engine".into(),
-            // Relative to the working directory.
-            "sqlite://tansu.db".into(),
+            // A file path is relative to the working directory.
+            storage.into(),
             "--cluster-id".into(),
             format!("rollway-test-{}", uuid::Uuid::new_v4().simple()),
         ],

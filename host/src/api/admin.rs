@@ -362,7 +362,7 @@ async fn retire_signing_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Events that failed to publish too often, newest first.
+/// Events that failed to publish too often, oldest first (`seq` order).
 #[utoipa::path(
     get, path = "/events/dead-letter", tag = "admin",
     responses((status = 200, body = Vec<crate::outbox::DeadLetter>), (status = 403, body = super::error::Problem)),
@@ -376,7 +376,8 @@ async fn list_dead_letters(
     ))
 }
 
-/// Puts a dead-lettered event back into the outbox to be published again.
+/// Puts a dead-lettered event back into the outbox to be published again,
+/// with its own id and `seq`; one more failure that counts buries it again.
 #[utoipa::path(
     post, path = "/events/dead-letter/{id}/replay", tag = "admin",
     params(("id" = Uuid, Path)),

@@ -159,7 +159,8 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when the database answers and, when a broker is configured, the
 /// MQTT connection is up (without it no command leaves and no status is
-/// applied).
+/// applied). The event backlog is reported too: events waiting for Kafka
+/// make nobody wait, so they do not make the host unready.
 async fn readyz(State(state): State<AppState>) -> Response {
     let check = tokio::time::timeout(
         Duration::from_secs(2),
@@ -183,6 +184,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "status": "ready",
             "database": "ok",
             "mqtt": if connected.is_some() { "ok" } else { "not configured" },
+            "events": {
+                "pending": state.metrics.outbox_pending_total.get(),
+                "oldest_pending_seconds": state.metrics.outbox_oldest_pending_seconds.get(),
+            },
         }))
         .into_response(),
     }
