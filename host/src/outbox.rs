@@ -59,10 +59,13 @@ pub enum EventType {
     FirmwareDeleted,
     PluginUploaded,
     PluginStateChanged,
+    /// An event of the same aggregate was dead-lettered: a gap in its
+    /// stream.
+    EventDeadLettered,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         EventType::JobCreated,
         EventType::JobStatusChanged,
         EventType::JobBatchStarted,
@@ -74,6 +77,7 @@ impl EventType {
         EventType::FirmwareDeleted,
         EventType::PluginUploaded,
         EventType::PluginStateChanged,
+        EventType::EventDeadLettered,
     ];
 
     /// The envelope's `type`.
@@ -90,21 +94,26 @@ impl EventType {
             EventType::FirmwareDeleted => "firmware.deleted",
             EventType::PluginUploaded => "plugin.uploaded",
             EventType::PluginStateChanged => "plugin.state.changed",
+            EventType::EventDeadLettered => "event.dead_lettered",
         }
     }
 
-    /// The aggregate events of this kind belong to.
-    pub fn aggregate(self) -> Aggregate {
+    /// The aggregate events of this kind belong to; `None` for a marker
+    /// that belongs to the aggregate of the event it is about ([`bury`]).
+    pub fn aggregate(self) -> Option<Aggregate> {
         match self {
             EventType::JobCreated
             | EventType::JobStatusChanged
             | EventType::JobBatchStarted
-            | EventType::JobRolloutDecision => Aggregate::Job,
-            EventType::ExecutionStatusChanged | EventType::DeviceDriftDetected => Aggregate::Device,
+            | EventType::JobRolloutDecision => Some(Aggregate::Job),
+            EventType::ExecutionStatusChanged | EventType::DeviceDriftDetected => {
+                Some(Aggregate::Device)
+            }
             EventType::FirmwareUploaded
             | EventType::FirmwareDowngradeChanged
-            | EventType::FirmwareDeleted => Aggregate::Firmware,
-            EventType::PluginUploaded | EventType::PluginStateChanged => Aggregate::Plugin,
+            | EventType::FirmwareDeleted => Some(Aggregate::Firmware),
+            EventType::PluginUploaded | EventType::PluginStateChanged => Some(Aggregate::Plugin),
+            EventType::EventDeadLettered => None,
         }
     }
 }
@@ -119,6 +128,12 @@ pub struct Event<'a> {
 
 /// Writes an event in the caller's transaction.
 pub async fn enqueue(conn: &mut PgConnection, event: Event<'_>) -> Result<Uuid, sqlx::Error> {
+    let Some(aggregate) = event.kind.aggregate() else {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} events are written with the event they are about",
+            event.kind.as_str()
+        )));
+    };
     let id = Uuid::now_v7();
     let mut payload = event.payload;
     if let Value::Object(fields) = &mut payload {
@@ -129,7 +144,7 @@ pub async fn enqueue(conn: &mut PgConnection, event: Event<'_>) -> Result<Uuid, 
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(id)
-    .bind(event.kind.aggregate().as_str())
+    .bind(aggregate.as_str())
     .bind(event.aggregate_id)
     .bind(event.kind.as_str())
     .bind(payload)
@@ -232,36 +247,54 @@ pub async fn dead_letters(pool: &PgPool, limit: i64) -> Result<Vec<DeadLetter>, 
     .await
 }
 
-/// Moves an event that failed too often to the dead letter table.
+/// Moves an event that failed too often to the dead letter table, and
+/// writes an `event.dead_lettered` marker in its place on its aggregate's
+/// stream (a small event, published after the ones of its key that waited
+/// behind it), so that consumers see the gap.
 pub async fn bury(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH dead AS (DELETE FROM event_outbox WHERE id = $1 RETURNING *)
-         INSERT INTO event_dead_letter (id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error)
-         SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts, last_error FROM dead",
+        "WITH dead AS (DELETE FROM event_outbox WHERE id = $1 RETURNING *),
+              buried AS (
+                  INSERT INTO event_dead_letter (id, seq, aggregate_type, aggregate_id, event_type, payload,
+                                                 occurred_at, attempts, last_error)
+                  SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts,
+                         last_error
+                  FROM dead
+                  RETURNING id, seq, aggregate_type, aggregate_id, event_type, last_error)
+         INSERT INTO event_outbox (id, aggregate_type, aggregate_id, event_type, payload)
+         SELECT $2, aggregate_type, aggregate_id, $3,
+                jsonb_build_object('schema', $4::int, 'event_id', id, 'event_type', event_type,
+                                   'seq', seq, 'reason', last_error)
+         FROM buried",
     )
     .bind(id)
+    .bind(Uuid::now_v7())
+    .bind(EventType::EventDeadLettered.as_str())
+    .bind(SCHEMA as i32)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Puts a dead-lettered event back into the outbox; false when unknown.
-/// It keeps its id and `seq`, and the failures it had: the relay finds it
-/// among the retries below its floor, in `seq` order with the other
-/// replayed events, and one more failure that counts buries it again. (One
-/// dead-lettered before `seq` was kept takes a new number.)
-pub async fn replay(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+/// Puts the dead-lettered event `id` back into the outbox, or all of them
+/// (`None`, in one transaction, so the relay sees them together); returns
+/// how many. Each keeps its id and `seq`, and the failures it had: the
+/// relay finds it among the retries below its floor, in `seq` order with
+/// the other replayed events, and one more failure that counts buries it
+/// again. (One dead-lettered before `seq` was kept takes a new number, in
+/// the order they failed.)
+pub async fn replay(conn: &mut PgConnection, id: Option<Uuid>) -> Result<u64, sqlx::Error> {
     let moved = sqlx::query(
-        "WITH dead AS (DELETE FROM event_dead_letter WHERE id = $1 RETURNING *)
+        "WITH dead AS (DELETE FROM event_dead_letter WHERE $1::uuid IS NULL OR id = $1 RETURNING *)
          INSERT INTO event_outbox (id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at,
                                    attempts, last_error)
          SELECT id, coalesce(seq, rollway_outbox_seq()), aggregate_type, aggregate_id, event_type, payload,
                 occurred_at, CASE WHEN seq IS NULL THEN 0 ELSE greatest(attempts, 1) END, last_error
-         FROM dead",
+         FROM (SELECT * FROM dead ORDER BY seq NULLS LAST, failed_at) ordered",
     )
     .bind(id)
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(moved == 1)
+    Ok(moved)
 }

@@ -38,13 +38,14 @@ const TOPIC_WAIT: Duration = Duration::from_secs(5);
 const TOPIC_RETRY: Duration = Duration::from_secs(5);
 /// How long the relay waits for the broker to acknowledge an event.
 const DELIVERY_WAIT: Duration = Duration::from_secs(15);
-/// How often `outbox_pending_total` is counted. Counting reads the whole
+/// How often `outbox_pending_total` is counted (within a second or two of
+/// the truth, outage or not). Counting reads the whole
 /// backlog: after every round, that cost PostgreSQL 50 ms a round under a
 /// backlog, the largest single cost of status ingestion (BENCHMARKS.md,
 /// item 22).
 const PENDING_EVERY: Duration = Duration::from_secs(2);
 /// Above this many sequence numbers from the floor, the backlog is not
-/// counted row by row but from the numbers (see [`pending`]).
+/// counted row by row but from the numbers (see [`backlog`]).
 const COUNT_UP_TO: i64 = 10_000;
 
 #[derive(Clone)]
@@ -220,33 +221,25 @@ fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 
 impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
+        // The backlog is counted on a clock of its own: during an outage a
+        // round waits on the broker for seconds, and the gauges must not
+        // wait with it.
+        let counting = tokio::spawn(count_backlog(
+            self.pool.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         let wakeup = self.wakeup.clone();
-        let counted_at: Mutex<Option<Instant>> = Mutex::new(None);
         crate::worker::run_rounds(
             "relaying the outbox",
             Duration::from_millis(250),
             BATCH as usize,
             &wakeup,
             &shutdown,
-            || async {
-                let count = self.round().await?;
-                let due = {
-                    let mut at = counted_at.lock().unwrap_or_else(|e| e.into_inner());
-                    let due = at.is_none_or(|t| t.elapsed() >= PENDING_EVERY);
-                    if due {
-                        *at = Some(Instant::now());
-                    }
-                    due
-                };
-                if due {
-                    let (pending, oldest) = backlog(&self.pool).await?;
-                    self.metrics.outbox_pending_total.set(pending);
-                    self.metrics.outbox_oldest_pending_seconds.set(oldest);
-                }
-                Ok(count)
-            },
+            || self.round(),
         )
         .await;
+        let _ = counting.await;
     }
 
     fn floor(&self) -> MutexGuard<'_, Floor> {
@@ -550,12 +543,32 @@ impl Relay {
         .bind(counted)
         .fetch_optional(&mut *tx)
         .await?;
-        if attempts.is_some_and(|n| n >= self.max_attempts) {
+        if counted && attempts.is_some_and(|n| n >= self.max_attempts) {
             outbox::bury(&mut tx, id).await?;
             tracing::error!(event_id = %id, attempts, "event moved to the dead letter table");
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Sets `outbox_pending_total` and `outbox_oldest_pending_seconds` every
+/// [`PENDING_EVERY`] until shutdown.
+async fn count_backlog(pool: PgPool, metrics: Metrics, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PENDING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match backlog(&pool).await {
+            Ok((pending, oldest)) => {
+                metrics.outbox_pending_total.set(pending);
+                metrics.outbox_oldest_pending_seconds.set(oldest);
+            }
+            Err(error) => tracing::warn!(%error, "counting the outbox backlog"),
+        }
     }
 }
 

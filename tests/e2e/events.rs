@@ -141,6 +141,15 @@ async fn every_event_written_has_exactly_its_documented_fields() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // An event Kafka refused for good leaves a marker in its place.
+    let refused: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM event_outbox WHERE event_type = 'execution.status.changed' ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    crate::relay::bury_as_refused(&app, &refused.to_string()).await;
+
     let documented = documented();
     let events: Vec<(String, Value)> =
         sqlx::query_as("SELECT event_type, payload FROM event_outbox ORDER BY seq")

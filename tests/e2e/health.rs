@@ -123,6 +123,7 @@ async fn openapi_document_lists_every_route() {
         ("/api/v1/firmware/{id}/allow-downgrade", "delete"),
         ("/api/v1/events/dead-letter", "get"),
         ("/api/v1/events/dead-letter/{id}/replay", "post"),
+        ("/api/v1/events/dead-letter/replay", "post"),
         ("/api/v1/plugins", "get"),
         ("/api/v1/plugins", "post"),
         ("/api/v1/plugins/{name}/enable", "post"),

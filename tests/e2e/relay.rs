@@ -202,6 +202,21 @@ async fn insert_event(app: &TestApp, key: &str, bytes: usize, wait: f64) -> (Str
     (id.to_string(), seq)
 }
 
+/// Moves the outbox event `id` to the dead letters as the relay does after
+/// the broker refused it three times.
+pub async fn bury_as_refused(app: &TestApp, id: &str) {
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("UPDATE event_outbox SET attempts = 3, last_error = 'refused' WHERE id = $1::uuid")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    rollway::outbox::bury(&mut tx, id.parse().unwrap())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 async fn dead_ids(app: &TestApp) -> Vec<String> {
     let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM event_dead_letter ORDER BY seq")
         .fetch_all(&app.pool)
@@ -218,7 +233,7 @@ async fn only_poison_is_dead_lettered_and_its_key_goes_on() {
     // Larger than any broker takes (the producer refuses over 1 MB): the
     // event itself is at fault. The next event of its key waits behind it,
     // then goes on.
-    let (poison, _) = insert_event(&app, "poisoned", 1_200_000, 0.0).await;
+    let (poison, poison_seq) = insert_event(&app, "poisoned", 1_200_000, 0.0).await;
     let (after, _) = insert_event(&app, "poisoned", 10, 0.0).await;
     let started = Instant::now();
     while dead_ids(&app).await.is_empty() {
@@ -264,6 +279,26 @@ async fn only_poison_is_dead_lettered_and_its_key_goes_on() {
     expected.remove(&poison);
     let envelopes = consume(&topic, &expected).await;
     assert!(envelopes.iter().all(|e| e["id"] != poison));
+    // In its place on its key's stream, a marker says what is missing.
+    let marker = envelopes
+        .iter()
+        .find(|e| e["type"] == "event.dead_lettered")
+        .expect("a dead letter marker");
+    assert_eq!(
+        (
+            &marker["aggregate_type"],
+            &marker["aggregate_id"],
+            &marker["payload"]["event_id"],
+            &marker["payload"]["seq"],
+        ),
+        (
+            &json!("test"),
+            &json!("poisoned"),
+            &json!(poison),
+            &json!(poison_seq)
+        ),
+        "{marker}"
+    );
 }
 
 #[tokio::test]
@@ -276,18 +311,7 @@ async fn a_replayed_dead_letter_keeps_its_id_and_seq() {
     let mut buried = Vec::new();
     for _ in 0..2 {
         let (id, seq) = insert_event(&app, "buried", 10, 3600.0).await;
-        let mut tx = app.pool.begin().await.unwrap();
-        sqlx::query(
-            "UPDATE event_outbox SET attempts = 3, last_error = 'refused' WHERE id = $1::uuid",
-        )
-        .bind(&id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        rollway::outbox::bury(&mut tx, id.parse().unwrap())
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        bury_as_refused(&app, &id).await;
         buried.push((id, seq));
     }
     let listed: Value = app.json("/api/v1/events/dead-letter").await;
@@ -303,18 +327,16 @@ async fn a_replayed_dead_letter_keeps_its_id_and_seq() {
         })
         .collect();
     assert_eq!(listed, buried, "dead letters are listed oldest first");
-    // Replayed newest first, as an operator might: the seq decides.
-    for (id, _) in buried.iter().rev() {
-        let replayed = app
-            .request(
-                Method::POST,
-                &format!("/api/v1/events/dead-letter/{id}/replay"),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(replayed.status(), StatusCode::ACCEPTED);
-    }
+    // An operator may not replay them; an admin replays them all at once.
+    let operator = app.token("operator").await;
+    let forbidden = app
+        .request_as(&operator, Method::POST, "/api/v1/events/dead-letter/replay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let replayed = app.act("/api/v1/events/dead-letter/replay").await;
+    assert_eq!(replayed["replayed"], 2, "{replayed}");
     let missing = app
         .request(
             Method::POST,
@@ -324,12 +346,32 @@ async fn a_replayed_dead_letter_keeps_its_id_and_seq() {
         .await
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    // One replayed by its id.
+    let (single, single_seq) = insert_event(&app, "single", 10, 3600.0).await;
+    bury_as_refused(&app, &single).await;
+    let replayed = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/events/dead-letter/{single}/replay"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), StatusCode::ACCEPTED);
     wait_all_sent(&app, Duration::from_secs(30)).await;
-    let expected: HashSet<String> = buried.iter().map(|(id, _)| id.clone()).collect();
+    let mut expected: HashSet<String> = buried.iter().map(|(id, _)| id.clone()).collect();
+    expected.insert(single.clone());
     let envelopes = consume(&topic, &expected).await;
+    assert!(
+        envelopes
+            .iter()
+            .any(|e| e["id"] == single && e["seq"] == single_seq),
+        "the event replayed by id lost its seq"
+    );
     let published: Vec<(String, i64)> = envelopes
         .iter()
-        .filter(|e| e["aggregate_id"] == "buried")
+        // (The markers of the gaps are on the same key.)
+        .filter(|e| e["aggregate_id"] == "buried" && e["type"] == "test.order")
         .map(|e| {
             (
                 e["id"].as_str().unwrap().to_owned(),
@@ -642,6 +684,16 @@ async fn a_replaced_broker_gets_every_later_event_and_none_is_buried() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
+    // While no broker answers, the backlog shows within seconds (a round
+    // waits on the broker far longer).
+    let down = Instant::now();
+    while metric(&app, "outbox_pending_total", &[]).await == 0.0 {
+        assert!(
+            down.elapsed() < Duration::from_secs(8),
+            "the backlog did not show"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _second = crate::procs::kafka_with(
         &crate::helpers::temp_dir("kafka-b"),
         port,

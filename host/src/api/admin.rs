@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retire_signing_key))
         .routes(routes!(list_dead_letters))
         .routes(routes!(replay_dead_letter))
+        .routes(routes!(replay_dead_letters))
         .routes(routes!(list_replicas))
         .routes(routes!(whoami))
 }
@@ -391,7 +392,7 @@ async fn replay_dead_letter(
 ) -> ApiResult<StatusCode> {
     let principal = &caller.0;
     let mut tx = state.pool.begin().await?;
-    if !crate::outbox::replay(&mut tx, id).await? {
+    if crate::outbox::replay(&mut tx, Some(id)).await? == 0 {
         return Err(ApiError::NotFound(format!("dead-lettered event {id}")));
     }
     audit::record(
@@ -405,4 +406,38 @@ async fn replay_dead_letter(
     .await?;
     tx.commit().await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// How many dead letters a replay put back.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub replayed: u64,
+}
+
+/// Puts every dead-lettered event back into the outbox at once, each with
+/// its own id and `seq`: the relay publishes them in `seq` order, one
+/// aggregate's events in the order they happened.
+#[utoipa::path(
+    post, path = "/events/dead-letter/replay", tag = "admin",
+    responses((status = 200, body = Replayed), (status = 403, body = super::error::Problem)),
+    security(("bearer" = ["admin"]))
+)]
+async fn replay_dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<axum::Json<Replayed>> {
+    let principal = &caller.0;
+    let mut tx = state.pool.begin().await?;
+    let replayed = crate::outbox::replay(&mut tx, None).await?;
+    audit::record(
+        &mut tx,
+        &principal.actor(),
+        "event.replay",
+        "event",
+        "*",
+        json!({ "replayed": replayed }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(axum::Json(Replayed { replayed }))
 }
