@@ -8,6 +8,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode as Code;
 
@@ -34,12 +35,17 @@ pub enum TopicError {
 }
 
 /// Creates `topic` when it does not exist; returns whether it created it.
+/// The topic is looked up first: an account that may produce but not
+/// create topics is refused a creation even of a topic that exists.
 pub async fn ensure_topic(
     brokers: &str,
     topic: &str,
     spec: TopicSpec,
     wait: Duration,
 ) -> Result<bool, TopicError> {
+    if exists(brokers, topic, wait).await? {
+        return Ok(false);
+    }
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -79,6 +85,24 @@ pub async fn ensure_topic(
         }
     }
     Ok(created)
+}
+
+/// Whether the cluster knows `topic` (without asking it to create it).
+async fn exists(brokers: &str, topic: &str, wait: Duration) -> Result<bool, TopicError> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .map_err(|e| TopicError::Unreachable(format!("a metadata client: {e}")))?;
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || client.fetch_metadata(Some(&name), wait))
+        .await
+        .map_err(|e| TopicError::Unreachable(e.to_string()))?
+        .map_err(|e| TopicError::Unreachable(e.to_string()))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
 }
 
 fn classify(topic: &str, error: &KafkaError) -> TopicError {

@@ -230,6 +230,7 @@ pub struct DeadLetter {
     #[schema(value_type = Object)]
     pub payload: sqlx::types::Json<serde_json::Value>,
     pub occurred_at: DateTime<Utc>,
+    /// How many times Kafka refused it for what it is.
     pub attempts: i32,
     pub last_error: String,
     pub failed_at: DateTime<Utc>,
@@ -257,7 +258,7 @@ pub async fn bury(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> 
               buried AS (
                   INSERT INTO event_dead_letter (id, seq, aggregate_type, aggregate_id, event_type, payload,
                                                  occurred_at, attempts, last_error)
-                  SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, attempts,
+                  SELECT id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at, refusals,
                          last_error
                   FROM dead
                   RETURNING id, seq, aggregate_type, aggregate_id, event_type, last_error)
@@ -287,9 +288,9 @@ pub async fn replay(conn: &mut PgConnection, id: Option<Uuid>) -> Result<u64, sq
     let moved = sqlx::query(
         "WITH dead AS (DELETE FROM event_dead_letter WHERE $1::uuid IS NULL OR id = $1 RETURNING *)
          INSERT INTO event_outbox (id, seq, aggregate_type, aggregate_id, event_type, payload, occurred_at,
-                                   attempts, last_error)
+                                   attempts, refusals, last_error)
          SELECT id, coalesce(seq, rollway_outbox_seq()), aggregate_type, aggregate_id, event_type, payload,
-                occurred_at, CASE WHEN seq IS NULL THEN 0 ELSE greatest(attempts, 1) END, last_error
+                occurred_at, CASE WHEN seq IS NULL THEN 0 ELSE 1 END, attempts, last_error
          FROM (SELECT * FROM dead ORDER BY seq NULLS LAST, failed_at) ordered",
     )
     .bind(id)

@@ -36,8 +36,10 @@ const LEASE_SECS: f64 = 15.0;
 /// tries while no broker answers.
 const TOPIC_WAIT: Duration = Duration::from_secs(5);
 const TOPIC_RETRY: Duration = Duration::from_secs(5);
-/// How long the relay waits for the broker to acknowledge an event.
-const DELIVERY_WAIT: Duration = Duration::from_secs(15);
+/// How long the relay waits for the broker to acknowledge a round's events
+/// (the producer gives up on one after 5 s): with the broker check after
+/// failures (3 s), a round ends well within its lease (`LEASE_SECS`).
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
 /// How often `outbox_pending_total` is counted (within a second or two of
 /// the truth, outage or not). Counting reads the whole
 /// backlog: after every round, that cost PostgreSQL 50 ms a round under a
@@ -63,8 +65,10 @@ pub struct Relay {
     pub floor: Arc<Mutex<Floor>>,
 }
 
-/// Every event below `seq` is sent, dead-lettered, or failed and waiting
-/// for its retry (found through `event_outbox_retry_idx`, `attempts > 0`).
+/// Every event below `seq` is sent, dead-lettered, or failed (or held back
+/// behind an earlier event of its key) and waiting for its retry, found
+/// through `event_outbox_retry_idx` (`attempts > 0`; sending resets it,
+/// which leaves the index and keeps the index small).
 /// The relay reads unsent events from there in `seq` order, so the cost of
 /// a round does not grow with the events already sent.
 ///
@@ -333,14 +337,16 @@ impl Relay {
 
     /// Publishes one round of due events; returns how many were read.
     pub async fn round(&self) -> anyhow::Result<usize> {
-        let Some(floor) = self.lead().await? else {
-            return Ok(0);
-        };
+        // Before the lease is taken or renewed: making sure of the topic
+        // may take seconds, and a round must end within the lease.
         if let Some(kafka) = &self.kafka
             && !kafka.topic_ready(&self.topic).await
         {
             return Ok(0);
         }
+        let Some(floor) = self.lead().await? else {
+            return Ok(0);
+        };
         // From the floor, and the failed ones below it due for a retry.
         // Each part stops at BATCH rows in seq order: as one sorted union,
         // the planner read the whole backlog and sorted it every round.
@@ -459,9 +465,11 @@ impl Relay {
         let ids: Vec<Uuid> = sent.iter().map(|e| e.id).collect();
         // Marked and announced to every replica's live feed together. At
         // most BATCH seqs of up to 12 digits fit PostgreSQL's 8000-byte
-        // notification payload.
+        // notification payload. `attempts` back to 0 leaves the retry
+        // index; for the (nearly all) events already at 0 it changes no
+        // indexed value, and the update stays heap-only.
         sqlx::query(
-            "WITH marked AS (UPDATE event_outbox SET sent_at = now() WHERE id = ANY($1) RETURNING seq)
+            "WITH marked AS (UPDATE event_outbox SET sent_at = now(), attempts = 0 WHERE id = ANY($1) RETURNING seq)
              SELECT pg_notify($2, string_agg(seq::text, ',' ORDER BY seq)) FROM marked HAVING count(*) > 0",
         )
         .bind(&ids)
@@ -531,21 +539,24 @@ impl Relay {
         counted: bool,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let attempts: Option<i32> = sqlx::query_scalar(
+        // Any failed (or held) try takes the event out of the floor's way,
+        // into the retry index; only refusals count and back off.
+        let refusals: Option<i32> = sqlx::query_scalar(
             "UPDATE event_outbox
-             SET attempts = attempts + CASE WHEN $3 THEN 1 ELSE 0 END, last_error = $2,
-                 next_attempt_at = now() + CASE WHEN $3 THEN make_interval(secs => least(60, 0.1 * power(2, attempts)))
+             SET attempts = attempts + 1, refusals = refusals + CASE WHEN $3 THEN 1 ELSE 0 END,
+                 last_error = $2,
+                 next_attempt_at = now() + CASE WHEN $3 THEN make_interval(secs => least(60, 0.1 * power(2, refusals)))
                                                  ELSE interval '2 seconds' END
-             WHERE id = $1 RETURNING attempts",
+             WHERE id = $1 RETURNING refusals",
         )
         .bind(id)
         .bind(error)
         .bind(counted)
         .fetch_optional(&mut *tx)
         .await?;
-        if counted && attempts.is_some_and(|n| n >= self.max_attempts) {
+        if counted && refusals.is_some_and(|n| n >= self.max_attempts) {
             outbox::bury(&mut tx, id).await?;
-            tracing::error!(event_id = %id, attempts, "event moved to the dead letter table");
+            tracing::error!(event_id = %id, refusals, "event moved to the dead letter table");
         }
         tx.commit().await?;
         Ok(())

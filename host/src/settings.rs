@@ -98,7 +98,9 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_EVENTS_TOPIC_REPLICATION", global = true)]
     pub events_topic_replication: Option<i32>,
 
-    /// Failed publications before an event moves to the dead letter table.
+    /// Refusals of an event for what it is (too large, invalid) before it
+    /// moves to the dead letter table; outages and a missing topic do not
+    /// count.
     #[arg(long, env = "ROLLWAY_OUTBOX_MAX_ATTEMPTS", global = true)]
     pub outbox_max_attempts: Option<i32>,
 

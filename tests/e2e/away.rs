@@ -88,7 +88,7 @@ async fn device_with_a_job(
 async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
     let (app, prefix, mut device, job, execution) = device_with_a_job(
         "VIN-AWAY",
-        json!({ "progress_timeout_secs": 2, "max_retries": 0, "delivery_deadline_secs": 600 }),
+        json!({ "progress_timeout_secs": 4, "max_retries": 0, "delivery_deadline_secs": 600 }),
     )
     .await;
     device
@@ -101,8 +101,8 @@ async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
     // The truck leaves coverage (its broker publishes its will).
     say(&device, &prefix, "VIN-AWAY", "offline").await;
     wait_online(&app, "VIN-AWAY", false).await;
-    // Several progress timeouts later it is still waited for.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Past its progress timeout it is still waited for.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(status_of(&app, "VIN-AWAY").await, "downloading");
     // Back: the command again, and the update finishes in its one attempt.
     say(&device, &prefix, "VIN-AWAY", "online").await;
@@ -149,10 +149,10 @@ async fn an_away_device_is_not_timed_out_and_updates_when_it_is_back() {
 async fn a_command_brought_by_a_hello_and_left_unanswered_is_a_stall() {
     let (app, prefix, mut device, job, execution) = device_with_a_job(
         "VIN-HUSH",
-        json!({ "progress_timeout_secs": 2, "max_retries": 1, "delivery_deadline_secs": 600 }),
+        json!({ "progress_timeout_secs": 4, "max_retries": 1, "delivery_deadline_secs": 600 }),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(status_of(&app, "VIN-HUSH").await, "dispatched");
     say(&device, &prefix, "VIN-HUSH", "online").await;
     let again = device.next_command(Duration::from_secs(20)).await;

@@ -352,7 +352,9 @@ impl Scheduler {
                        WHERE status IN ('running', 'paused')))
                    AND CASE WHEN e.reported_at > e.dispatched_at
                             THEN e.reported_at < now() - make_interval(secs => j.device_timeout_secs)
-                            ELSE e.hello_at IS NOT NULL
+                            -- (Sent: a command still to be sent, as for a
+                            -- paused job, is not the device's to answer.)
+                            ELSE e.hello_at IS NOT NULL AND NOT e.resend
                                  AND e.dispatched_at < now() - make_interval(secs => j.device_timeout_secs)
                        END
                    AND d.online
