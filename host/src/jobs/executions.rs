@@ -362,13 +362,15 @@ pub async fn resend_to<'e>(
     let resent = sqlx::query(
         "WITH picked AS (
              SELECT x.id, (x.stage = 'in_flight') AS command
-             FROM executions x JOIN jobs j ON j.id = x.job_id
+             FROM executions x
              WHERE x.device_id = ANY($1)
                AND ((x.stage = 'in_flight' AND NOT x.resend)
                     OR (x.cancel_delivery = 'sent'
-                        AND x.finished_at > now() - make_interval(secs => j.delivery_deadline_secs)))
+                        -- The job, only for a cancel.
+                        AND x.finished_at > now() - make_interval(secs => (
+                            SELECT j.delivery_deadline_secs FROM jobs j WHERE j.id = x.job_id))))
              ORDER BY x.device_id, x.id
-             FOR UPDATE OF x
+             FOR UPDATE
          )
          UPDATE executions e
          SET resend = e.resend OR p.command,

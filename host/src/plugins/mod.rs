@@ -1061,19 +1061,14 @@ impl PluginRegistry {
                     Self::checked_command(&plugin, "build-cancels", &request.device, command)
                 })
         };
+        // The export takes batches only: a batch that failed is asked
+        // again one request at a time.
         let one_by_one = |requests: &[CancelRequest]| -> Vec<Result<Command, PluginError>> {
             requests
                 .iter()
                 .map(|request| {
                     let alone = std::slice::from_ref(request);
-                    let built =
-                        self.device_instance_call(&plugin, "build-cancels", |store, i| {
-                            let function = i.get_typed_func::<(&str, &[CancelRequest]), (
-                            Vec<Result<Command, String>>,
-                        )>(&mut *store, index)?;
-                            let (answers,) = function.call(&mut *store, (config, alone))?;
-                            Ok(answers)
-                        })?;
+                    let built = self.call_batch(&plugin, "build-cancels", index, config, alone)?;
                     match <[_; 1]>::try_from(built) {
                         Ok([one]) => answer(request, one),
                         Err(built) => Err(Self::nonsense(
@@ -1116,13 +1111,7 @@ impl PluginRegistry {
     {
         let mut answers = Vec::new();
         for chunk in chunks {
-            let batch = self.device_instance_call(plugin, function, |store, instance| {
-                let function =
-                    instance.get_typed_func::<(&str, &[I]), (Vec<A>,)>(&mut *store, index)?;
-                let (answers,) = function.call(&mut *store, (config, chunk))?;
-                Ok(answers)
-            });
-            match batch {
+            match self.call_batch(plugin, function, index, config, chunk) {
                 Ok(batch) if batch.len() == chunk.len() => {
                     answers.extend(chunk.iter().zip(batch).map(|(item, a)| answer(item, a)));
                 }
@@ -1137,6 +1126,29 @@ impl PluginRegistry {
             }
         }
         answers
+    }
+
+    /// Calls the batch export at `index` (`function(config, items)`) in a
+    /// fresh instance; its answers, one per item if the plugin keeps to
+    /// its contract.
+    fn call_batch<I, A>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        index: &ComponentExportIndex,
+        config: &str,
+        items: &[I],
+    ) -> Result<Vec<A>, PluginError>
+    where
+        I: wasmtime::component::Lower,
+        A: wasmtime::component::Lift + Send + Sync + 'static,
+    {
+        self.device_instance_call(plugin, function, |store, instance| {
+            let function =
+                instance.get_typed_func::<(&str, &[I]), (Vec<A>,)>(&mut *store, index)?;
+            let (answers,) = function.call(&mut *store, (config, items))?;
+            Ok(answers)
+        })
     }
 
     /// Checks a command a plugin built: its topic names the device or its
