@@ -90,18 +90,18 @@ async fn wait_job_finished(pool: &PgPool, job: &str, timeout: Duration) -> Strin
         }
         if started.elapsed() >= timeout {
             // What holds the job: its executions by state.
-            let held: Vec<(String, bool, bool, bool, i32, i64)> = sqlx::query_as(
-                "SELECT status, coalesce(reported_at > dispatched_at, false), hello_at IS NOT NULL,
+            let held: Vec<(String, bool, bool, i32, i64)> = sqlx::query_as(
+                "SELECT status, coalesce(reported_at > dispatched_at, false),
                         coalesce(d.online, false), attempts, count(*)
                  FROM executions e LEFT JOIN devices d ON d.id = e.device_id
-                 WHERE stage <> 'finished' GROUP BY 1, 2, 3, 4, 5 ORDER BY 6 DESC",
+                 WHERE stage <> 'finished' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC",
             )
             .fetch_all(pool)
             .await
             .unwrap_or_default();
             panic!(
                 "job {job} still {status} after {timeout:?}; unfinished executions \
-                 (status, answered, sent on hello, online, attempts, count): {held:?}"
+                 (status, answered, online, attempts, count): {held:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

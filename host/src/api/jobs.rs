@@ -98,10 +98,9 @@ pub struct CreateJobRequest {
     /// The progress timeout (also accepted as `progress_timeout_secs`):
     /// how long a connected device that answered its command may go
     /// without progress, counted from its last status, before the attempt
-    /// times out (default 3600 s); a command sent again when the device
-    /// said hello is to be answered within it too. A device that is away,
-    /// or never answered a command sent without a hello, is not timed out:
-    /// it waits for its next hello or the delivery deadline.
+    /// times out (default 3600 s). A device that is away, or never
+    /// answered, is not timed out: it waits for its next hello or the
+    /// delivery deadline.
     #[serde(alias = "progress_timeout_secs")]
     #[schema(minimum = 1, maximum = 604_800)]
     device_timeout_secs: Option<i32>,

@@ -200,8 +200,7 @@ pub(super) struct JobCreateArgs {
     rollout_config: Option<Value>,
     /// Seconds a connected device that answered its command may go
     /// without progress, from its last status (the server's default: 3600).
-    /// A device that is away, or never answered a command sent without a
-    /// hello, waits for its next hello.
+    /// A device that is away, or never answered, waits for its next hello.
     #[arg(long, alias = "progress-timeout", value_name = "SECS")]
     device_timeout: Option<u32>,
     /// Seconds after the job's start that its devices may still be

@@ -129,8 +129,6 @@ pub fn statement(choose: &str, select: &str) -> String {
                  attempts = e.attempts + CASE WHEN m.next = 'dispatched' THEN 1 ELSE 0 END,
                  dispatched_at = CASE WHEN m.next = 'dispatched' THEN now() ELSE e.dispatched_at END,
                  dispatched_by = CASE WHEN m.next = 'dispatched' THEN m.dispatcher ELSE e.dispatched_by END,
-                 -- A new attempt is not an answer to a hello.
-                 hello_at = CASE WHEN m.next = 'dispatched' THEN NULL ELSE e.hello_at END,
                  progress = CASE WHEN m.next = 'dispatched' THEN NULL ELSE e.progress END,
                  -- A retry keeps the error it retries; the log says who retried.
                  last_error = CASE WHEN m.cause = 'retry' THEN e.last_error
@@ -344,9 +342,7 @@ struct MoveColumns<'a> {
 /// again: a device back from a shift out of coverage, or back with a clean
 /// session, has lost its command or holds one whose manifest has expired.
 /// The dispatcher sends each again with a freshly signed manifest, for the
-/// same attempt; it is to be answered within the job's progress timeout,
-/// as the device is connected (`hello_at`, which `sweep_timeouts` reads).
-/// So are the cancels those devices have not answered, while
+/// same attempt. So are the cancels those devices have not answered, while
 /// the job's delivery deadline, counted from the cancel, holds. Returns
 /// how many commands and cancels.
 pub async fn resend_to<'e>(
@@ -375,7 +371,6 @@ pub async fn resend_to<'e>(
          UPDATE executions e
          SET resend = e.resend OR p.command,
              dispatched_at = CASE WHEN p.command THEN now() ELSE e.dispatched_at END,
-             hello_at = CASE WHEN p.command THEN now() ELSE e.hello_at END,
              cancel_delivery = CASE WHEN p.command THEN e.cancel_delivery ELSE 'pending' END,
              updated_at = now(), version = e.version + 1
          FROM picked p WHERE e.id = p.id",

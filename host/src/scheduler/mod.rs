@@ -323,15 +323,11 @@ impl Scheduler {
     /// Times out executions whose connected device made no progress within
     /// the job's timeout, counted from its last status that moved the
     /// update on; re-queues them while retries are left. A device stalls
-    /// once it has answered the command it holds (a status since the
-    /// command was last sent) and then makes no progress, or when the
-    /// command sent in answer to its hello goes unanswered (it said hello:
-    /// it is connected; one that ignores the repeat of an update whose
-    /// final status was lost gets a new attempt). One that never answered
-    /// a command sent without a hello may not have it, and one that is away
-    /// is not stalled: both wait for the device's next hello, or the job's
-    /// delivery deadline, which expires what is still undelivered. A
-    /// device that said it is
+    /// only once it has answered the command it holds (a status since the
+    /// command was last sent): one that never did may not have it, and one
+    /// that is away is not stalled. Both wait for the device's next hello
+    /// (which sends the command again), or the job's delivery deadline,
+    /// which expires what is still undelivered. A device that said it is
     /// `waiting` for a safe moment to install is not stalled either: a
     /// truck may drive for a shift; the deadline bounds that wait too.
     pub async fn sweep_timeouts(&self) -> anyhow::Result<u64> {
@@ -345,18 +341,12 @@ impl Scheduler {
                  WHERE e.stage = 'in_flight'
                    -- An index range first: sent before the shortest timeout
                    -- of any active job; then each job's own timeout, from
-                   -- the device's last status since the command was sent,
-                   -- or, unanswered, from a send that answered its hello.
+                   -- the device's last status since the command was sent.
                    AND e.dispatched_at < now() - make_interval(secs => (
                        SELECT coalesce(min(device_timeout_secs), 0) FROM jobs
                        WHERE status IN ('running', 'paused')))
-                   AND CASE WHEN e.reported_at > e.dispatched_at
-                            THEN e.reported_at < now() - make_interval(secs => j.device_timeout_secs)
-                            -- (Sent: a command still to be sent, as for a
-                            -- paused job, is not the device's to answer.)
-                            ELSE e.hello_at IS NOT NULL AND NOT e.resend
-                                 AND e.dispatched_at < now() - make_interval(secs => j.device_timeout_secs)
-                       END
+                   AND e.reported_at > e.dispatched_at
+                   AND e.reported_at < now() - make_interval(secs => j.device_timeout_secs)
                    AND d.online
                    AND e.status <> 'waiting'
                  ORDER BY e.dispatched_at LIMIT 1000
