@@ -166,34 +166,27 @@ impl Kafka {
         }
     }
 
-    /// Replaces the producer if it failed fatally, or for `reason`;
-    /// returns whether it did.
-    fn renew(&self, used: &FutureProducer, reason: Option<&str>) -> bool {
+    /// Replaces the producer if it failed fatally, or for `reason`.
+    fn renew(&self, used: &FutureProducer, reason: Option<&str>) {
         use rdkafka::producer::Producer as _;
         let reason = match (used.client().fatal_error(), reason) {
             (Some((code, fatal)), _) => format!("{code:?}: {fatal}"),
             (None, Some(reason)) => reason.to_owned(),
-            (None, None) => return false,
+            (None, None) => return,
         };
         tracing::warn!(
             reason,
             "the Kafka producer cannot send again; creating a new one"
         );
         match producer(&self.brokers) {
-            Ok(fresh) => {
-                match self.producer.write() {
-                    Ok(mut slot) => *slot = fresh,
-                    Err(poisoned) => *poisoned.into_inner() = fresh,
-                }
-                true
-            }
-            Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "recreating the Kafka producer"
-                );
-                true
-            }
+            Ok(fresh) => match self.producer.write() {
+                Ok(mut slot) => *slot = fresh,
+                Err(poisoned) => *poisoned.into_inner() = fresh,
+            },
+            Err(error) => tracing::error!(
+                error = format!("{error:#}"),
+                "recreating the Kafka producer"
+            ),
         }
     }
 }
@@ -483,16 +476,23 @@ impl Relay {
         // letter table. An outage, a missing topic, a producer the broker
         // no longer knows are nobody's event's fault: the events wait,
         // however long that lasts.
+        let mut waits: Vec<(Uuid, String)> = Vec::with_capacity(failed.len() + held.len());
         for (id, error, kind) in failed {
             self.metrics.outbox_errors_total.inc();
             tracing::warn!(event_id = %id, %error, ?kind, "publishing an event failed");
-            self.record_failure(id, &error, kind == Failure::Poison)
-                .await?;
+            if kind == Failure::Poison {
+                self.record_refusal(id, &error).await?;
+            } else {
+                waits.push((id, error));
+            }
         }
-        for id in held {
-            self.record_failure(id, "held back behind an earlier event of its key", false)
-                .await?;
-        }
+        waits.extend(held.into_iter().map(|id| {
+            (
+                id,
+                "held back behind an earlier event of its key".to_owned(),
+            )
+        }));
+        self.record_waits(&waits).await?;
         Ok(count)
     }
 
@@ -529,36 +529,53 @@ impl Relay {
         kafka.renew(producer, reason);
     }
 
-    /// Records a failure. A counted one backs off exponentially, and after
-    /// `max_attempts` the event moves to the dead letter table in the same
-    /// transaction; one during an outage is retried in a few seconds.
-    async fn record_failure(
-        &self,
-        id: Uuid,
-        error: &str,
-        counted: bool,
-    ) -> Result<(), sqlx::Error> {
+    /// Records a refusal of the event for what it is: it backs off
+    /// exponentially, and at `max_attempts` refusals moves to the dead
+    /// letter table in the same transaction.
+    async fn record_refusal(&self, id: Uuid, error: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // Any failed (or held) try takes the event out of the floor's way,
-        // into the retry index; only refusals count and back off.
+        // `attempts` too: out of the floor's way, into the retry index.
         let refusals: Option<i32> = sqlx::query_scalar(
             "UPDATE event_outbox
-             SET attempts = attempts + 1, refusals = refusals + CASE WHEN $3 THEN 1 ELSE 0 END,
-                 last_error = $2,
-                 next_attempt_at = now() + CASE WHEN $3 THEN make_interval(secs => least(60, 0.1 * power(2, refusals)))
-                                                 ELSE interval '2 seconds' END
+             SET attempts = attempts + 1, refusals = refusals + 1, last_error = $2,
+                 next_attempt_at = now() + make_interval(secs => least(60, 0.1 * power(2, refusals)))
              WHERE id = $1 RETURNING refusals",
         )
         .bind(id)
         .bind(error)
-        .bind(counted)
         .fetch_optional(&mut *tx)
         .await?;
-        if counted && refusals.is_some_and(|n| n >= self.max_attempts) {
+        if refusals.is_some_and(|n| n >= self.max_attempts) {
             outbox::bury(&mut tx, id).await?;
             tracing::error!(event_id = %id, refusals, "event moved to the dead letter table");
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the events that failed through no fault of their own, or
+    /// waited behind an earlier event of their key, in one statement: they
+    /// leave the floor's way (the retry index) and are tried again in a
+    /// few seconds, counting towards nothing.
+    async fn record_waits(&self, waits: &[(Uuid, String)]) -> Result<(), sqlx::Error> {
+        if waits.is_empty() {
+            return Ok(());
+        }
+        let (ids, errors): (Vec<Uuid>, Vec<&str>) = waits
+            .iter()
+            .map(|(id, error)| (*id, error.as_str()))
+            .unzip();
+        sqlx::query(
+            "UPDATE event_outbox e
+             SET attempts = e.attempts + 1, last_error = w.error,
+                 next_attempt_at = now() + interval '2 seconds'
+             FROM unnest($1::uuid[], $2::text[]) AS w(id, error)
+             WHERE e.id = w.id",
+        )
+        .bind(&ids)
+        .bind(&errors)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }
