@@ -76,7 +76,8 @@ status=0
     --report junit,ndjson --report-dir "$report" \
     --seed "${ROLLWAY_API_FUZZ_SEED:-$RANDOM}" \
     >"$report/run.txt" 2>&1 || status=$?
-tail -40 "$report/run.txt"
+# A failed run prints whole (its errors come before the summary).
+if [ "$status" = 0 ]; then tail -40 "$report/run.txt"; else cat "$report/run.txt"; fi
 # A server error the checks did not see is still a failure.
 if grep '"level":"ERROR"' "$data/host.log" | grep -q '"target":"rollway'; then
     echo "api-fuzz: the host logged errors:" >&2

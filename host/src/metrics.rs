@@ -31,6 +31,7 @@ pub struct Metrics {
     pub status_batch_fallbacks_total: IntCounter,
     pub plugin_calls_total: IntCounterVec,
     pub plugin_traps_total: IntCounterVec,
+    pub plugin_call_duration_seconds: HistogramVec,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub api_errors_total: IntCounterVec,
@@ -92,6 +93,20 @@ impl Metrics {
             &["method", "route"],
         )?;
         registry.register(Box::new(http_request_duration_seconds.clone()))?;
+        // A call is tens of microseconds (a status), milliseconds (a batch
+        // of commands) or up to its budget (an image, a runaway plugin).
+        let plugin_call_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "plugin_call_duration_seconds",
+                "Time of a plugin call, fresh instance included, failed calls too",
+            )
+            .buckets(vec![
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 120.0,
+            ]),
+            &["plugin", "function"],
+        )?;
+        registry.register(Box::new(plugin_call_duration_seconds.clone()))?;
 
         Ok(Self {
             update_requests_total: counter(
@@ -178,6 +193,7 @@ impl Metrics {
                 &["method", "route", "status"],
             )?,
             http_request_duration_seconds,
+            plugin_call_duration_seconds,
             api_errors_total: counter_vec(
                 "api_errors_total",
                 "API requests refused or failed, by problem type",

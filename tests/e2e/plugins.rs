@@ -421,6 +421,21 @@ async fn hostile_plugins_are_contained() {
         let health = app.client.get(app.url("/healthz")).send().await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
     }
+    // A plugin reads no clock and no entropy of the host's: a call
+    // without a time of its own sees the Unix epoch, stopped.
+    let probe = job_with_rollout(
+        &app,
+        &fw,
+        json!({ "plugin": "hostile", "config": { "mode": "probe" } }),
+    )
+    .await;
+    let problem = assert_problem(probe, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("wall_ms=0 monotonic_ns=0 elapsed_ns=0 "),
+        "{problem}"
+    );
+
     // An enormous answer is cut down to size.
     let huge = job_with_rollout(
         &app,
@@ -440,6 +455,25 @@ async fn hostile_plugins_are_contained() {
         .await;
         assert!(traps >= 1.0, "no {reason} trap counted");
     }
+    // Every call is timed, a runaway one at its budget.
+    let timed = metric(
+        &app,
+        "plugin_call_duration_seconds_count",
+        &[("plugin", "hostile"), ("function", "validate-config")],
+    )
+    .await;
+    assert!(timed >= 6.0, "{timed} calls timed");
+    let slowest = metric(
+        &app,
+        "plugin_call_duration_seconds_bucket",
+        &[
+            ("plugin", "hostile"),
+            ("function", "validate-config"),
+            ("le", "1"),
+        ],
+    )
+    .await;
+    assert!(slowest < timed, "the endless loop ran to its 2 s budget");
 
     // Five failures in a row disable the plugin.
     for _ in 0..5 {
@@ -839,6 +873,73 @@ fn batches_take_one_instance_and_a_poisonous_item_fails_alone() {
     assert_eq!(view().traps, 4);
     // Failures in a row never reached the limit: healthy calls came between.
     assert_eq!(view().state, "enabled");
+}
+
+/// A plugin is sealed: the WASI clocks answer the call's logical time and
+/// never move, the random interfaces a stream seeded by the call's inputs;
+/// the same call answers the same on every replica.
+#[test]
+fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
+    let replica = || {
+        let registry = PluginRegistry::new(Metrics::new().unwrap(), Limits::default()).unwrap();
+        let plugin = registry
+            .load(&fixture("hostile_plugin.wasm"), PluginSource::Uploaded)
+            .unwrap();
+        registry.admit(plugin).unwrap();
+        registry
+    };
+    let (one, two) = (replica(), replica());
+    let field = |reading: &str, name: &str| -> String {
+        let prefix = format!("{name}=");
+        reading
+            .split(' ')
+            .find_map(|f| f.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in {reading}"))
+            .to_owned()
+    };
+    let validated = |registry: &PluginRegistry, config: &str| match registry
+        .validate_rollout_config("hostile", config)
+    {
+        Err(PluginError::Refused { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    };
+    let config = r#"{"mode": "probe"}"#;
+    let first = validated(&one, config);
+    // No time of its own: the Unix epoch, on clocks that do not move.
+    for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
+        assert_eq!(field(&first, name), "0", "{first}");
+    }
+    // The same inputs: the same readings, again and on another replica.
+    assert_eq!(validated(&one, config), first);
+    assert_eq!(validated(&two, config), first);
+    // Each random interface its own stream.
+    assert_ne!(field(&first, "random"), field(&first, "insecure"));
+    // Other inputs, other streams.
+    let other = validated(&one, r#"{"mode": "probe", "other": 1}"#);
+    for name in ["random", "insecure", "seed", "hash"] {
+        assert_ne!(field(&other, name), field(&first, name), "{name}");
+    }
+
+    // `evaluate` lives at its snapshot's time.
+    let at = |now: u64| Snapshot {
+        now,
+        job_started_at: 1_765_000_000_000,
+        batches: vec![],
+    };
+    let evaluated = |registry: &PluginRegistry, snapshot: &Snapshot| match registry
+        .evaluate("hostile", config, snapshot)
+        .unwrap()
+    {
+        Decision::Pause(reason) => reason,
+        other => panic!("{other:?}"),
+    };
+    let now = evaluated(&one, &at(1_765_000_000_123));
+    assert_eq!(field(&now, "wall_ms"), "1765000000123");
+    assert_eq!(field(&now, "monotonic_ns"), "1765000000123000000");
+    assert_eq!(field(&now, "elapsed_ns"), "0");
+    assert_eq!(evaluated(&two, &at(1_765_000_000_123)), now);
+    let later = evaluated(&one, &at(1_765_000_000_124));
+    assert_ne!(field(&later, "random"), field(&now, "random"));
 }
 
 #[test]

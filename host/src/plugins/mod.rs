@@ -9,6 +9,7 @@
 pub mod bindings;
 pub mod check;
 pub mod runtime;
+pub mod seal;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use bindings::device::{DeviceProtocol, DeviceProtocolPre};
 use bindings::rollout::exports::rollway::plugin::rollout as ro;
 use bindings::rollout::{RolloutStrategy, RolloutStrategyPre};
 use runtime::{ImageSource, Limits, Runtime, State};
+use seal::{Seal, Sealed};
 
 use crate::metrics::Metrics;
 pub use rollway_plugin_sdk::presence::Presence;
@@ -591,14 +593,18 @@ impl PluginRegistry {
         };
         let info = match kind {
             PluginKind::Rollout => self
-                .rollout_call(&plugin, "info", |store, i| {
+                .rollout_call(&plugin, "info", Seal::new("info", 0, &[]), |store, i| {
                     i.rollway_plugin_rollout().call_info(store)
                 })
                 .map(|i| (i.name, i.version, i.description))?,
             PluginKind::Device => self
-                .device_call(&plugin, "info", None, |store, i| {
-                    i.rollway_plugin_device().call_info(store)
-                })
+                .device_call(
+                    &plugin,
+                    "info",
+                    None,
+                    Seal::new("info", 0, &[]),
+                    |store, i| i.rollway_plugin_device().call_info(store),
+                )
                 .map(|i| (i.name, i.version, i.description))?,
         };
         if !valid_name(&info.0) {
@@ -611,9 +617,13 @@ impl PluginRegistry {
         plugin.description.truncate(200);
         plugin.version.truncate(64);
         if kind == PluginKind::Device {
-            let families = self.device_call(&plugin, "families", None, |store, i| {
-                i.rollway_plugin_device().call_families(store)
-            })?;
+            let families = self.device_call(
+                &plugin,
+                "families",
+                None,
+                Seal::new("families", 0, &[]),
+                |store, i| i.rollway_plugin_device().call_families(store),
+            )?;
             if families.is_empty()
                 || families.len() > 16
                 || families.iter().any(|f| !valid_name(f) || f.len() > 32)
@@ -749,6 +759,7 @@ impl PluginRegistry {
         plugin: &Plugin,
         function: &'static str,
         timeout: Duration,
+        seal: Seal,
         body: impl FnOnce(&mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         self.metrics
@@ -757,8 +768,14 @@ impl PluginRegistry {
             .inc();
         plugin.calls.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = Arc::from(plugin.name.as_str());
-        let (mut store, stderr) = self.runtime.store(&name, &self.limits, timeout);
-        match body(&mut store) {
+        let started = std::time::Instant::now();
+        let (mut store, stderr) = self.runtime.store(&name, &self.limits, timeout, &seal);
+        let result = body(&mut store);
+        self.metrics
+            .plugin_call_duration_seconds
+            .with_label_values(&[&plugin.name, function])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(result) => {
                 plugin.consecutive_traps.store(0, Ordering::Relaxed);
                 Ok(result)
@@ -797,6 +814,7 @@ impl PluginRegistry {
         &self,
         plugin: &Plugin,
         function: &'static str,
+        seal: Seal,
         body: impl FnOnce(&mut Store<State>, &RolloutStrategy) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let Pre::Rollout(pre) = &plugin.pre else {
@@ -805,7 +823,7 @@ impl PluginRegistry {
                 plugin.name
             )));
         };
-        self.guarded(plugin, function, self.limits.call_timeout, |store| {
+        self.guarded(plugin, function, self.limits.call_timeout, seal, |store| {
             let instance = pre.instantiate(&mut *store)?;
             body(store, &instance)
         })
@@ -826,11 +844,12 @@ impl PluginRegistry {
         plugin: &Plugin,
         function: &'static str,
         timeout: Option<Duration>,
+        seal: Seal,
         body: impl FnOnce(&mut Store<State>, &DeviceProtocol) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let pre = Self::device_pre(plugin)?;
         let timeout = timeout.unwrap_or(self.limits.call_timeout);
-        self.guarded(plugin, function, timeout, |store| {
+        self.guarded(plugin, function, timeout, seal, |store| {
             let instance = pre.instantiate(&mut *store)?;
             body(store, &instance)
         })
@@ -842,10 +861,11 @@ impl PluginRegistry {
         &self,
         plugin: &Plugin,
         function: &'static str,
+        seal: Seal,
         body: impl FnOnce(&mut Store<State>, &wasmtime::component::Instance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let pre = Self::device_pre(plugin)?;
-        self.guarded(plugin, function, self.limits.call_timeout, |store| {
+        self.guarded(plugin, function, self.limits.call_timeout, seal, |store| {
             let instance = pre.instance_pre().instantiate(&mut *store)?;
             body(store, &instance)
         })
@@ -877,7 +897,8 @@ impl PluginRegistry {
     /// Checks a job's rollout configuration with its plugin.
     pub fn validate_rollout_config(&self, name: &str, config: &str) -> Result<(), PluginError> {
         let plugin = self.rollout_plugin(name)?;
-        self.rollout_call(&plugin, "validate-config", |store, i| {
+        let seal = Seal::new("validate-config", 0, &[&config]);
+        self.rollout_call(&plugin, "validate-config", seal, |store, i| {
             i.rollway_plugin_rollout()
                 .call_validate_config(store, config)
         })?
@@ -887,8 +908,9 @@ impl PluginRegistry {
     /// Splits `total` devices into batch sizes.
     pub fn plan(&self, name: &str, config: &str, total: u32) -> Result<Vec<u32>, PluginError> {
         let plugin = self.rollout_plugin(name)?;
+        let plan_seal = Seal::new("plan", 0, &[&config, &u64::from(total)]);
         let sizes = self
-            .rollout_call(&plugin, "plan", |store, i| {
+            .rollout_call(&plugin, "plan", plan_seal, |store, i| {
                 i.rollway_plugin_rollout().call_plan(store, config, total)
             })?
             .map_err(|reason| Self::refused(&plugin, reason))?;
@@ -913,8 +935,10 @@ impl PluginRegistry {
         snapshot: &Snapshot,
     ) -> Result<Decision, PluginError> {
         let plugin = self.rollout_plugin(name)?;
+        // The one call with a time of its own: the snapshot's.
+        let evaluate_seal = Seal::new("evaluate", snapshot.now, &[&config, snapshot]);
         let decision = self
-            .rollout_call(&plugin, "evaluate", |store, i| {
+            .rollout_call(&plugin, "evaluate", evaluate_seal, |store, i| {
                 i.rollway_plugin_rollout()
                     .call_evaluate(store, config, snapshot)
             })?
@@ -943,6 +967,7 @@ impl PluginRegistry {
                 &plugin,
                 "validate-image",
                 Some(self.limits.image_timeout),
+                Seal::new("validate-image", 0, &[&config, &image.size()]),
                 |store, i| {
                     let handle = Runtime::push_image(store, image)?;
                     i.rollway_plugin_device()
@@ -968,7 +993,8 @@ impl PluginRegistry {
     /// Checks a family's configuration.
     pub fn validate_device_config(&self, family: &str, config: &str) -> Result<(), PluginError> {
         let plugin = self.device_plugin(family)?;
-        self.device_call(&plugin, "validate-config", None, |store, i| {
+        let seal = Seal::new("validate-config", 0, &[&config]);
+        self.device_call(&plugin, "validate-config", None, seal, |store, i| {
             i.rollway_plugin_device()
                 .call_validate_config(store, config)
         })?
@@ -983,8 +1009,9 @@ impl PluginRegistry {
         request: &CommandRequest,
     ) -> Result<Command, PluginError> {
         let plugin = self.device_plugin(family)?;
+        let seal = Seal::new("build-command", 0, &[&config, request]);
         let command = self
-            .device_call(&plugin, "build-command", None, |store, i| {
+            .device_call(&plugin, "build-command", None, seal, |store, i| {
                 i.rollway_plugin_device()
                     .call_build_command(store, config, request)
             })?
@@ -1106,7 +1133,7 @@ impl PluginRegistry {
         answer: impl Fn(&I, A) -> Result<R, PluginError>,
     ) -> Vec<Result<R, PluginError>>
     where
-        I: wasmtime::component::Lower,
+        I: wasmtime::component::Lower + Sealed,
         A: wasmtime::component::Lift + Send + Sync + 'static,
     {
         let mut answers = Vec::new();
@@ -1140,10 +1167,11 @@ impl PluginRegistry {
         items: &[I],
     ) -> Result<Vec<A>, PluginError>
     where
-        I: wasmtime::component::Lower,
+        I: wasmtime::component::Lower + Sealed,
         A: wasmtime::component::Lift + Send + Sync + 'static,
     {
-        self.device_instance_call(plugin, function, |store, instance| {
+        let seal = Seal::new(function, 0, &[&config, &items]);
+        self.device_instance_call(plugin, function, seal, |store, instance| {
             let function =
                 instance.get_typed_func::<(&str, &[I]), (Vec<A>,)>(&mut *store, index)?;
             let (answers,) = function.call(&mut *store, (config, items))?;
@@ -1201,10 +1229,14 @@ impl PluginRegistry {
         payload: &[u8],
     ) -> Result<ParsedStatus, PluginError> {
         let plugin = self.device_plugin(family)?;
+        let seal = |function| Seal::new(function, 0, &[&config, &topic_device_id, &payload]);
         if let Some(index) = &plugin.parse_reports {
             type Answer = Result<Report, String>;
-            let mut answers =
-                self.device_instance_call(&plugin, "parse-reports", |store, instance| {
+            let mut answers = self.device_instance_call(
+                &plugin,
+                "parse-reports",
+                seal("parse-reports"),
+                |store, instance| {
                     let function = instance
                         .get_typed_func::<(&str, &[(&str, &[u8])]), (Vec<Answer>,)>(
                             &mut *store,
@@ -1213,7 +1245,8 @@ impl PluginRegistry {
                     let (answers,) =
                         function.call(&mut *store, (config, &[(topic_device_id, payload)]))?;
                     Ok(answers)
-                })?;
+                },
+            )?;
             if answers.len() != 1 {
                 return Err(Self::nonsense(
                     &plugin,
@@ -1226,25 +1259,34 @@ impl PluginRegistry {
                 .map_err(|reason| Self::refused(&plugin, reason));
         }
         let parsed = match &plugin.parse_status_attempt {
-            Some(index) => {
-                self.device_instance_call(&plugin, "parse-status", |store, instance| {
+            Some(index) => self.device_instance_call(
+                &plugin,
+                "parse-status",
+                seal("parse-status"),
+                |store, instance| {
                     type Answer = Result<(StatusReport, Option<u32>), String>;
                     let function = instance
                         .get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
                     let (answer,) =
                         function.call(&mut *store, (config, topic_device_id, payload))?;
                     Ok(answer)
-                })?
-            }
+                },
+            )?,
             None => self
-                .device_call(&plugin, "parse-status", None, |store, i| {
-                    i.rollway_plugin_device().call_parse_status(
-                        store,
-                        config,
-                        topic_device_id,
-                        payload,
-                    )
-                })?
+                .device_call(
+                    &plugin,
+                    "parse-status",
+                    None,
+                    seal("parse-status"),
+                    |store, i| {
+                        i.rollway_plugin_device().call_parse_status(
+                            store,
+                            config,
+                            topic_device_id,
+                            payload,
+                        )
+                    },
+                )?
                 .map(|report| (report, None)),
         };
         parsed
@@ -1516,12 +1558,14 @@ impl PluginRegistry {
                 .map_err(|reason| Self::refused(&plugin, reason));
         };
         type Answer = Result<Vec<DevicePresence>, String>;
-        let answer = self.device_instance_call(&plugin, "parse-presence", |store, instance| {
-            let function =
-                instance.get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
-            let (answer,) = function.call(&mut *store, (config, topic_device_id, payload))?;
-            Ok(answer)
-        })?;
+        let seal = Seal::new("parse-presence", 0, &[&config, &topic_device_id, &payload]);
+        let answer =
+            self.device_instance_call(&plugin, "parse-presence", seal, |store, instance| {
+                let function = instance
+                    .get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
+                let (answer,) = function.call(&mut *store, (config, topic_device_id, payload))?;
+                Ok(answer)
+            })?;
         let devices = answer.map_err(|reason| Self::refused(&plugin, reason))?;
         if devices.is_empty() || devices.len() > rollway_plugin_sdk::presence::MAX_DEVICES {
             return Err(Self::nonsense(

@@ -1,6 +1,8 @@
 //! The sandbox: one wasmtime `Engine` (component model, epoch interruption,
 //! pooling allocator when the address space allows), a fresh `Store` per
-//! call with a memory cap and a deadline, and WASI linked deny-all.
+//! call with a memory cap and a deadline, and WASI linked deny-all: no
+//! files, sockets, environment or arguments; clocks and random sealed to
+//! the call ([`Seal`]).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{device, rollout};
+use super::seal::Seal;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -250,16 +253,21 @@ impl Runtime {
         &self.device_linker
     }
 
-    /// A fresh store for one call of `plugin`, with its memory cap and a
-    /// deadline of `timeout`; returns the captured stderr pipe too.
+    /// A fresh store for one call of `plugin`, with its memory cap, a
+    /// deadline of `timeout` and the call's `seal`; returns the captured
+    /// stderr pipe too.
     pub fn store(
         &self,
         plugin: &Arc<str>,
         limits: &Limits,
         timeout: Duration,
+        seal: &Seal,
     ) -> (Store<State>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(limits.stderr_bytes);
-        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone());
+        seal.apply(&mut wasi);
+        let wasi = wasi.build();
         let state = State {
             wasi,
             table: ResourceTable::new(),

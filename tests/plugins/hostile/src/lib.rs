@@ -1,5 +1,7 @@
 //! Test fixture: a rollout plugin whose `validate-config` misbehaves as its
-//! configuration asks: `{"mode": "loop" | "bomb" | "panic" | "huge" | "ok"}`.
+//! configuration asks: `{"mode": "loop" | "bomb" | "panic" | "huge" | "ok"}`;
+//! with `"probe"`, `validate-config` refuses and `evaluate` pauses with what
+//! the plugin read from the WASI clocks and random interfaces.
 
 wit_bindgen::generate!({ world: "rollout-strategy", path: "../../../wit" });
 
@@ -11,6 +13,34 @@ fn mode(config: &str) -> String {
         .ok()
         .and_then(|v| v.get("mode").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// Everything a plugin can read of time and chance, through the standard
+/// library and through each WASI interface.
+fn probe() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(u128::MAX);
+    let started = Instant::now();
+    let mut spin: u64 = 0;
+    for i in 0..100_000u64 {
+        spin = std::hint::black_box(spin ^ i);
+    }
+    let elapsed = started.elapsed().as_nanos();
+    let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (seed_a, seed_b) = wasip2::random::insecure_seed::insecure_seed();
+    let hashed = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(
+        "wall_ms={wall} monotonic_ns={} elapsed_ns={elapsed} random={} insecure={} seed={seed_a:x}{seed_b:x} hash={hashed:x}",
+        wasip2::clocks::monotonic_clock::now(),
+        hex(wasip2::random::random::get_random_bytes(16)),
+        hex(wasip2::random::insecure::get_insecure_random_bytes(16)),
+    )
 }
 
 struct Hostile;
@@ -44,6 +74,7 @@ impl Guest for Hostile {
                 panic!("hostile plugin panics on purpose")
             }
             "huge" => Err("x".repeat(40 << 20)),
+            "probe" => Err(probe()),
             _ => Ok(()),
         }
     }
@@ -52,7 +83,10 @@ impl Guest for Hostile {
         Ok(vec![total])
     }
 
-    fn evaluate(_config: String, _snapshot: Snapshot) -> Result<Decision, String> {
+    fn evaluate(config: String, snapshot: Snapshot) -> Result<Decision, String> {
+        if mode(&config) == "probe" {
+            return Ok(Decision::Pause(format!("{} now={}", probe(), snapshot.now)));
+        }
         Ok(Decision::Complete)
     }
 }
