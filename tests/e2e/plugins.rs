@@ -653,6 +653,72 @@ async fn plugin_check_gives_a_verdict() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
 }
 
+/// A project of `rollway plugin new` builds outside the repository with
+/// plain cargo (its own manifest, WIT and SDK), its unit tests run
+/// natively, and its component passes `rollway plugin check`.
+#[test]
+fn a_new_plugin_project_builds_on_its_own() {
+    let root = crate::helpers::temp_dir("plugin-new");
+    // One target directory for both projects and every run: the second
+    // build and later runs reuse the dependencies.
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-new-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = |dir: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(&cargo)
+            .current_dir(dir)
+            .args(args)
+            // The registry's crates are on this machine already.
+            .arg("--offline")
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?} in {}:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (kind, name) in [("rollout", "rollout-mine"), ("device", "device-mine")] {
+        let dir = root.join(name);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "new", kind, name, "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("wit/plugin.wit"));
+        cargo(&dir, &["build", "--release", "--target", "wasm32-wasip2"]);
+        let component = target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "check"])
+            .arg(&component)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("plugin:      {name} ")),
+            "{name}: {stdout}"
+        );
+        // A second project in the same place is refused, not merged.
+        let again = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "new", kind, name, "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+    }
+    cargo(&root.join("rollout-mine"), &["test", "--lib"]);
+}
+
 #[tokio::test]
 async fn plugins_dir_is_loaded_at_start() {
     let dir = crate::helpers::temp_dir("plugins-dir");

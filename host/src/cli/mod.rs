@@ -207,6 +207,23 @@ struct SimArgs {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
+    /// Start a plugin project of its own: Cargo.toml, the WIT contract, the
+    /// SDK (vendored) and a template to edit. It builds anywhere with
+    /// `cargo build --release --target wasm32-wasip2`.
+    #[command(
+        after_help = "Examples:\n  rollway plugin new rollout rollout-quarry-by-quarry\n  rollway plugin new device device-nrf52 --dir ~/src/nrf52-plugin"
+    )]
+    New {
+        /// What the plugin implements.
+        kind: crate::plugins::scaffold::Kind,
+        /// The plugin's name: lowercase letters, digits and '-', starting
+        /// with a letter (e.g. `rollout-rings`, `device-nrf52`).
+        name: String,
+        /// Where to write the project (a new or empty folder; default:
+        /// ./NAME).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Load a plugin with production limits, print its world and version,
     /// and exercise it: a rollout plugin runs a synthetic fleet, a device
     /// plugin builds commands and parses sample statuses.
@@ -305,6 +322,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Firmware { api, command } => operator::run_firmware(&api, command).await,
         Command::Jobs { api, command } => operator::run_jobs(&api, command).await,
         Command::Devices { api, command } => operator::run_devices(&api, command).await,
+        Command::Plugin {
+            command: PluginCommand::New { kind, name, dir },
+        } => {
+            let dir = dir.unwrap_or_else(|| std::path::PathBuf::from(&name));
+            let files = crate::plugins::scaffold::create(kind, &name, &dir)?;
+            for file in files {
+                println!("{}", dir.join(file).display());
+            }
+            eprintln!(
+                "next: cd {} && cargo build --release --target wasm32-wasip2 \
+                 (once: rustup target add wasm32-wasip2)",
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Plugin {
             command:
                 PluginCommand::Check {

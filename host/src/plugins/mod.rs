@@ -9,6 +9,7 @@
 pub mod bindings;
 pub mod check;
 pub mod runtime;
+pub mod scaffold;
 pub mod seal;
 pub mod store;
 
