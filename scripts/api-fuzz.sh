@@ -3,7 +3,10 @@
 # (PyPI), every check on, the stateful phase included, against a running
 # `rollway up` (private PostgreSQL, embedded MQTT broker, demo firmware and
 # a simulated fleet, so that operations meet real data). Any failure fails
-# the run; the report is kept in ROLLWAY_CACHE/artifacts/api-fuzz.
+# the run; the report is kept in ROLLWAY_CACHE/artifacts/api-fuzz. An
+# exception inside schemathesis itself (its "Runtime Error", no failed
+# check) is printed with its traceback and the fuzzing runs once more,
+# with another seed, which decides.
 #
 #   scripts/api-fuzz.sh               ROLLWAY_API_FUZZ_SECONDS (180) of fuzzing
 #   ROLLWAY_BIN=path/to/rollway scripts/api-fuzz.sh
@@ -62,22 +65,53 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 
-echo "api-fuzz: schemathesis against http://127.0.0.1:$port for ${ROLLWAY_API_FUZZ_SECONDS:-180}s" >&2
+# One schemathesis run: fuzz RUN SEED; its output in $report/run-RUN.txt.
+fuzz() {
+    echo "api-fuzz: schemathesis against http://127.0.0.1:$port for ${ROLLWAY_API_FUZZ_SECONDS:-180}s (seed $2)" >&2
+    mkdir -p "$report/$1"
+    "$venv/bin/schemathesis" --config-file tests/api/schemathesis.toml run \
+        "http://127.0.0.1:$port/api/v1/openapi.json" \
+        --url "http://127.0.0.1:$port" \
+        -H "Authorization: Bearer $token" \
+        --checks all \
+        --phases examples,coverage,fuzzing,stateful \
+        --max-time "${ROLLWAY_API_FUZZ_SECONDS:-180}" \
+        --workers 2 \
+        --request-timeout 20 \
+        --report junit,ndjson --report-dir "$report/$1" \
+        --seed "$2" \
+        >"$report/$1/run.txt" 2>&1
+}
+
+# Only schemathesis's own exceptions: errors of its "Runtime Error" kind
+# (an exception inside the tool, not an answer of the API) and no failed
+# check. Network errors, schema errors and every failure count.
+tool_errors_only() {
+    local errors
+    grep -q '^Failures:' "$1" && return 1
+    errors=$(sed -n '/^Errors:/,/^$/p' "$1" | grep -E ': [0-9]+$' || true)
+    [ -n "$errors" ] && ! grep -qv 'Runtime Error: ' <<<"$errors"
+}
+
 status=0
-"$venv/bin/schemathesis" --config-file tests/api/schemathesis.toml run \
-    "http://127.0.0.1:$port/api/v1/openapi.json" \
-    --url "http://127.0.0.1:$port" \
-    -H "Authorization: Bearer $token" \
-    --checks all \
-    --phases examples,coverage,fuzzing,stateful \
-    --max-time "${ROLLWAY_API_FUZZ_SECONDS:-180}" \
-    --workers 2 \
-    --request-timeout 20 \
-    --report junit,ndjson --report-dir "$report" \
-    --seed "${ROLLWAY_API_FUZZ_SEED:-$RANDOM}" \
-    >"$report/run.txt" 2>&1 || status=$?
-# A failed run prints whole (its errors come before the summary).
-if [ "$status" = 0 ]; then tail -40 "$report/run.txt"; else cat "$report/run.txt"; fi
+fuzz 1 "${ROLLWAY_API_FUZZ_SEED:-$RANDOM}" || status=$?
+# A failed run prints whole (its errors come before the summary), with
+# the tracebacks of the JUnit report.
+if [ "$status" = 0 ]; then tail -40 "$report/1/run.txt"; else
+    cat "$report/1/run.txt"
+    grep -h -A40 '<error' "$report"/1/junit-*.xml 2>/dev/null | head -120 || true
+    # A fault of the tool is reported above and gets one more run, with
+    # another seed, which decides.
+    if tool_errors_only "$report/1/run.txt"; then
+        echo "api-fuzz: schemathesis itself failed (above); running it once more" >&2
+        status=0
+        fuzz 2 "$RANDOM" || status=$?
+        if [ "$status" = 0 ]; then tail -40 "$report/2/run.txt"; else
+            cat "$report/2/run.txt"
+            grep -h -A40 '<error' "$report"/2/junit-*.xml 2>/dev/null | head -120 || true
+        fi
+    fi
+fi
 # A server error the checks did not see is still a failure.
 if grep '"level":"ERROR"' "$data/host.log" | grep -q '"target":"rollway'; then
     echo "api-fuzz: the host logged errors:" >&2
