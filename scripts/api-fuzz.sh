@@ -17,16 +17,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROLLWAY_CACHE=${ROLLWAY_CACHE:-/var/cache/rollway}
-SCHEMATHESIS_VERSION=4.32.5
+source scripts/pip-tool.sh
+ensure_pip_tool schemathesis 4.32.5
 venv=$ROLLWAY_CACHE/schemathesis
-if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
-    echo "api-fuzz: installing schemathesis $SCHEMATHESIS_VERSION (once)" >&2
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
-        python3 -m venv "$venv"
-    fi
-    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2
-fi
 
 binary=${ROLLWAY_BIN:-${CARGO_TARGET_DIR:-$ROLLWAY_CACHE/target}/debug/rollway}
 [ -x "$binary" ] || { echo "api-fuzz: no rollway binary at $binary (build it first)" >&2; exit 2; }

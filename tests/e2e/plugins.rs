@@ -69,6 +69,32 @@ fn fixtures() -> PathBuf {
         .clone()
 }
 
+/// Builds the plugins in other languages (`scripts/build-examples.sh`:
+/// the Python example strategy and probe) once per test run and returns
+/// the directory holding the components.
+fn examples() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("examples");
+            let status = std::process::Command::new("bash")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../scripts/build-examples.sh"
+                ))
+                .arg(&out)
+                .status()
+                .expect("running scripts/build-examples.sh");
+            assert!(status.success(), "building the example plugins failed");
+            out
+        })
+        .clone()
+}
+
+fn example(file: &str) -> Vec<u8> {
+    std::fs::read(examples().join(file)).unwrap_or_else(|e| panic!("reading example {file}: {e}"))
+}
+
 pub fn fixture(file: &str) -> Vec<u8> {
     let dir = fixtures();
     std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("reading fixture {file}: {e}"))
@@ -941,34 +967,42 @@ fn batches_take_one_instance_and_a_poisonous_item_fails_alone() {
     assert_eq!(view().state, "enabled");
 }
 
+/// A registry as one replica holds it, with the component `bytes` loaded.
+fn replica_with(bytes: &[u8]) -> PluginRegistry {
+    let registry = PluginRegistry::new(Metrics::new().unwrap(), Limits::default()).unwrap();
+    let plugin = registry.load(bytes, PluginSource::Uploaded).unwrap();
+    registry.admit(plugin).unwrap();
+    registry
+}
+
+/// The value of `name=` in a probe's readings (`wall_ms=0 monotonic_ns=0 …`).
+fn reading(readings: &str, name: &str) -> String {
+    let prefix = format!("{name}=");
+    readings
+        .split(' ')
+        .find_map(|f| f.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name} in {readings}"))
+        .to_owned()
+}
+
+/// What a probe answered `validate-config` with: its readings.
+fn validated(registry: &PluginRegistry, plugin: &str, config: &str) -> String {
+    match registry.validate_rollout_config(plugin, config) {
+        Err(PluginError::Refused { reason, .. }) => reason,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A plugin is sealed: the WASI clocks answer the call's logical time and
 /// never move, the random interfaces a stream seeded by the call's inputs;
 /// the same call answers the same on every replica.
 #[test]
 fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
-    let replica = || {
-        let registry = PluginRegistry::new(Metrics::new().unwrap(), Limits::default()).unwrap();
-        let plugin = registry
-            .load(&fixture("hostile_plugin.wasm"), PluginSource::Uploaded)
-            .unwrap();
-        registry.admit(plugin).unwrap();
-        registry
-    };
-    let (one, two) = (replica(), replica());
-    let field = |reading: &str, name: &str| -> String {
-        let prefix = format!("{name}=");
-        reading
-            .split(' ')
-            .find_map(|f| f.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no {name} in {reading}"))
-            .to_owned()
-    };
-    let validated = |registry: &PluginRegistry, config: &str| match registry
-        .validate_rollout_config("hostile", config)
-    {
-        Err(PluginError::Refused { reason, .. }) => reason,
-        other => panic!("{other:?}"),
-    };
+    let hostile = fixture("hostile_plugin.wasm");
+    let (one, two) = (replica_with(&hostile), replica_with(&hostile));
+    let field = reading;
+    let validated =
+        |registry: &PluginRegistry, config: &str| validated(registry, "hostile", config);
     let config = r#"{"mode": "probe"}"#;
     let first = validated(&one, config);
     // No time of its own: the Unix epoch, on clocks that do not move.
@@ -1006,6 +1040,95 @@ fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
     assert_eq!(evaluated(&two, &at(1_765_000_000_123)), now);
     let later = evaluated(&one, &at(1_765_000_000_124));
     assert_ne!(field(&later, "random"), field(&now, "random"));
+}
+
+/// Python's clocks and entropy (`time`, `os.urandom`, `uuid`) are the
+/// call's too: the same readings on two replicas, the snapshot's time in
+/// `evaluate`.
+#[test]
+fn a_python_plugin_is_sealed_too() {
+    let bytes = example("python_probe.wasm");
+    let (one, two) = (replica_with(&bytes), replica_with(&bytes));
+    let field = reading;
+    let validated =
+        |registry: &PluginRegistry, config: &str| validated(registry, "python-probe", config);
+    let first = validated(&one, "{}");
+    for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
+        assert_eq!(field(&first, name), "0", "{first}");
+    }
+    assert_eq!(validated(&two, "{}"), first);
+    let other = validated(&one, "{ }");
+    for name in ["urandom", "random", "uuid"] {
+        assert_ne!(field(&other, name), field(&first, name), "{name}");
+    }
+    let snapshot = Snapshot {
+        now: 1_765_000_000_123,
+        job_started_at: 1_765_000_000_000,
+        batches: vec![],
+    };
+    let evaluated = |registry: &PluginRegistry| match registry
+        .evaluate("python-probe", "{}", &snapshot)
+        .unwrap()
+    {
+        Decision::Pause(reason) => reason,
+        other => panic!("{other:?}"),
+    };
+    let started = Instant::now();
+    let now = evaluated(&one);
+    eprintln!("a Python evaluate call: {:?}", started.elapsed());
+    assert_eq!(field(&now, "wall_ms"), "1765000000123");
+    assert_eq!(evaluated(&two), now);
+}
+
+/// The Python example strategy (`examples/rollout-python`) runs a real
+/// job over a simulated fleet: uploaded over the API, planned in waves
+/// of growing size, each released when the last one finished.
+#[tokio::test]
+async fn a_python_strategy_runs_a_job() {
+    use crate::pipeline::{create_job, sim_options, spawn_pipeline, wait_for};
+    let (app, prefix) = spawn_pipeline().await;
+    let uploaded = upload_plugin(&app, example("rollout_waves.wasm")).await;
+    let view: Value = uploaded.json().await.unwrap();
+    assert_eq!(view["name"], "rollout-waves", "{view}");
+    let sim = rollway::sim::Simulator::start(sim_options(&app, &prefix, 30, &["esp32"]))
+        .await
+        .unwrap();
+    let firmware = app.upload_esp32("2.0.0").await;
+    let refused = app
+        .post_json(
+            "/api/v1/jobs",
+            &json!({ "firmware_id": firmware["id"], "targets": { "filter": { "tags": { "fleet": "simulated" } } },
+                     "rollout": { "plugin": "rollout-waves", "config": { "growth": 0.5 } } }),
+        )
+        .await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("'growth'"),
+        "{problem}"
+    );
+    let job = create_job(
+        &app,
+        &firmware,
+        json!({ "plugin": "rollout-waves", "config": { "first": 3, "growth": 3, "soak_secs": 0 } }),
+    )
+    .await;
+    let view = wait_for(
+        &app,
+        &job,
+        &["completed", "failed", "paused", "cancelled"],
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(view["status"], "completed", "{view}");
+    let sizes: Vec<i64> = view["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["total"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sizes, [3, 9, 18], "{view}");
+    assert_eq!(view["counts"]["done"], 30, "{view}");
+    sim.stop().await;
 }
 
 #[test]
