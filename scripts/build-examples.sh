@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the plugins written in other languages than Rust into OUT (default
 # $ROLLWAY_CACHE/examples): the Python example strategy (examples/
-# rollout-python) and the Python test probe (tests/plugins/python-probe),
+# rollout-python) and the Python test probe (tests/plugins/python-probe)
 # with componentize-py from PyPI, installed once into a virtualenv of the
-# cache. The tests call it; plugin authors can read it as a recipe.
+# cache; the JavaScript example strategy (examples/rollout-js) with
+# componentize-js from npm, installed once into the cache. The tests call
+# it; plugin authors can read it as a recipe.
 #
 #   scripts/build-examples.sh [OUT]
 set -euo pipefail
@@ -27,4 +29,21 @@ componentize_python() {
 
 componentize_python examples/rollout-python rollout_waves.wasm
 componentize_python tests/plugins/python-probe python_probe.wasm
-echo "$out"
+
+source scripts/services.sh
+ensure_node
+COMPONENTIZE_JS_VERSION=0.23.0
+js=$ROLLWAY_CACHE/componentize-js
+if [ "$(cat "$js/version" 2>/dev/null)" != "$COMPONENTIZE_JS_VERSION" ]; then
+    echo "installing componentize-js $COMPONENTIZE_JS_VERSION from npm (once)" >&2
+    rm -rf "$js" && mkdir -p "$js"
+    npm install --prefix "$js" --no-audit --no-fund --silent \
+        "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION" >&2
+    echo "$COMPONENTIZE_JS_VERSION" >"$js/version"
+fi
+# The host links WASI 0.2 without wasi:http: the engine's HTTP features off.
+tmp=$(mktemp "$out/.rollout_steps.wasm.XXXXXX")
+node "$js/node_modules/@bytecodealliance/componentize-js/src/cli.js" examples/rollout-js/strategy.js \
+    --wit wit --world-name rollout-strategy --disable http fetch-event -o "$tmp" >/dev/null
+mv "$tmp" "$out/rollout_steps.wasm"
+

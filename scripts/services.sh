@@ -169,15 +169,19 @@ ensure_kafka() {
     _log "started tansu on $port"
 }
 
+ensure_node() {
+    local missing=()
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then _apt_install "${missing[@]}"; fi
+}
+
 ensure_browser() {
     # The dashboard's browser tests: Debian's Chromium, Node.js, and
     # playwright-core from npm (it drives the installed Chromium; it never
     # downloads a browser).
-    local missing=()
-    command -v chromium >/dev/null || missing+=(chromium)
-    command -v node >/dev/null || missing+=(nodejs)
-    command -v npm >/dev/null || missing+=(npm)
-    if [ ${#missing[@]} -gt 0 ]; then _apt_install "${missing[@]}"; fi
+    command -v chromium >/dev/null || _apt_install chromium
+    ensure_node
     export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
     local dir=tests/browser
     if [ ! -f "$dir/node_modules/playwright-core/package.json" ] \

@@ -1080,16 +1080,55 @@ fn a_python_plugin_is_sealed_too() {
     assert_eq!(evaluated(&two), now);
 }
 
-/// The Python example strategy (`examples/rollout-python`) runs a real
-/// job over a simulated fleet: uploaded over the API, planned in waves
-/// of growing size, each released when the last one finished.
+/// The Python example strategy (`examples/rollout-python`, componentize-py)
+/// runs a real job: waves of 3, then 9, then the 18 devices left.
 #[tokio::test]
 async fn a_python_strategy_runs_a_job() {
+    strategy_runs_a_job(
+        "rollout_waves.wasm",
+        "rollout-waves",
+        json!({ "growth": 0.5 }),
+        "'growth'",
+        json!({ "first": 3, "growth": 3, "soak_secs": 0 }),
+        &[3, 9, 18],
+    )
+    .await;
+}
+
+/// The JavaScript example strategy (`examples/rollout-js`,
+/// componentize-js) runs a real job: steps of 4, then 10, then the 16
+/// devices left.
+#[tokio::test]
+async fn a_javascript_strategy_runs_a_job() {
+    strategy_runs_a_job(
+        "rollout_steps.wasm",
+        "rollout-steps",
+        json!({ "steps": [0] }),
+        "'steps'",
+        json!({ "steps": [4, 10] }),
+        &[4, 10, 16],
+    )
+    .await;
+}
+
+/// Uploads the example component `file` (plugin `name`) over the API; a
+/// job with `bad` configuration is refused with `refusal` in its detail;
+/// a job with `config` over 30 simulated devices completes in batches of
+/// `sizes`.
+async fn strategy_runs_a_job(
+    file: &str,
+    name: &str,
+    bad: Value,
+    refusal: &str,
+    config: Value,
+    sizes: &[i64],
+) {
     use crate::pipeline::{create_job, sim_options, spawn_pipeline, wait_for};
     let (app, prefix) = spawn_pipeline().await;
-    let uploaded = upload_plugin(&app, example("rollout_waves.wasm")).await;
+    let uploaded = upload_plugin(&app, example(file)).await;
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
     let view: Value = uploaded.json().await.unwrap();
-    assert_eq!(view["name"], "rollout-waves", "{view}");
+    assert_eq!(view["name"], name, "{view}");
     let sim = rollway::sim::Simulator::start(sim_options(&app, &prefix, 30, &["esp32"]))
         .await
         .unwrap();
@@ -1098,20 +1137,15 @@ async fn a_python_strategy_runs_a_job() {
         .post_json(
             "/api/v1/jobs",
             &json!({ "firmware_id": firmware["id"], "targets": { "filter": { "tags": { "fleet": "simulated" } } },
-                     "rollout": { "plugin": "rollout-waves", "config": { "growth": 0.5 } } }),
+                     "rollout": { "plugin": name, "config": bad } }),
         )
         .await;
     let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert!(
-        problem["detail"].as_str().unwrap().contains("'growth'"),
+        problem["detail"].as_str().unwrap().contains(refusal),
         "{problem}"
     );
-    let job = create_job(
-        &app,
-        &firmware,
-        json!({ "plugin": "rollout-waves", "config": { "first": 3, "growth": 3, "soak_secs": 0 } }),
-    )
-    .await;
+    let job = create_job(&app, &firmware, json!({ "plugin": name, "config": config })).await;
     let view = wait_for(
         &app,
         &job,
@@ -1120,14 +1154,22 @@ async fn a_python_strategy_runs_a_job() {
     )
     .await;
     assert_eq!(view["status"], "completed", "{view}");
-    let sizes: Vec<i64> = view["batches"]
+    let planned: Vec<i64> = view["batches"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b["total"].as_i64().unwrap())
         .collect();
-    assert_eq!(sizes, [3, 9, 18], "{view}");
+    assert_eq!(planned, sizes, "{view}");
     assert_eq!(view["counts"]["done"], 30, "{view}");
+    let labels = [("plugin", name), ("function", "evaluate")];
+    let calls = metric(&app, "plugin_call_duration_seconds_count", &labels).await;
+    let seconds = metric(&app, "plugin_call_duration_seconds_sum", &labels).await;
+    assert!(calls >= sizes.len() as f64, "{calls} evaluations");
+    eprintln!(
+        "{name}: {calls} evaluations, {:.1} ms each on average",
+        seconds * 1000.0 / calls
+    );
     sim.stop().await;
 }
 
