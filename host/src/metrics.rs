@@ -32,6 +32,7 @@ pub struct Metrics {
     pub plugin_calls_total: IntCounterVec,
     pub plugin_traps_total: IntCounterVec,
     pub plugin_call_duration_seconds: HistogramVec,
+    pub plugin_compilations_total: IntCounterVec,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub api_errors_total: IntCounterVec,
@@ -181,6 +182,12 @@ impl Metrics {
                 "plugin_calls_total",
                 "Calls into plugins",
                 &["plugin", "function"],
+            )?,
+            plugin_compilations_total: counter_vec(
+                "plugin_compilations_total",
+                "Plugin components made ready to run, by how: compiled, or from_cache \
+                 (read from ROLLWAY_PLUGIN_CACHE_DIR, compiled by an earlier start)",
+                &["result"],
             )?,
             plugin_traps_total: counter_vec(
                 "plugin_traps_total",

@@ -44,6 +44,12 @@ pub struct SettingsArgs {
     #[arg(long, env = "ROLLWAY_PLUGINS_DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
 
+    /// Where compiled plugins are kept between starts (default: the data
+    /// directory's `plugin-cache`). Its contents run as code: writable by
+    /// Rollway's user only.
+    #[arg(long, env = "ROLLWAY_PLUGIN_CACHE_DIR", global = true)]
+    pub plugin_cache_dir: Option<PathBuf>,
+
     /// Where `rollway up` keeps its private database, files and keys.
     #[arg(long, env = "ROLLWAY_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
@@ -175,6 +181,7 @@ pub struct Settings {
     pub mqtt_url: Option<SecretString>,
     pub kafka_brokers: Option<String>,
     pub plugins_dir: Option<PathBuf>,
+    pub plugin_cache_dir: PathBuf,
     pub data_dir: PathBuf,
     pub bootstrap_token: Option<SecretString>,
     pub topic_prefix: String,
@@ -267,6 +274,11 @@ impl Settings {
             mqtt_url: pick(&args.mqtt_url, &file.mqtt_url).map(SecretString::from),
             kafka_brokers: pick(&args.kafka_brokers, &file.kafka_brokers),
             plugins_dir: args.plugins_dir.clone().or(file.plugins_dir),
+            plugin_cache_dir: args
+                .plugin_cache_dir
+                .clone()
+                .or(file.plugin_cache_dir)
+                .unwrap_or_else(|| data_dir.join("plugin-cache")),
             data_dir,
             bootstrap_token: pick(&args.bootstrap_token, &file.bootstrap_token)
                 .map(SecretString::from),

@@ -440,6 +440,7 @@ async fn load_plugins(
 ) -> anyhow::Result<Plugins> {
     let metrics = metrics.clone();
     let dir = settings.plugins_dir.clone();
+    crate::plugins::runtime::cache_compiled_in(settings.plugin_cache_dir.clone());
     let registry = tokio::task::spawn_blocking(move || -> anyhow::Result<PluginRegistry> {
         let registry = PluginRegistry::with_builtins(metrics, Limits::default())?;
         if let Some(dir) = dir {

@@ -679,6 +679,36 @@ async fn plugin_check_gives_a_verdict() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
 }
 
+/// A compiled plugin is kept on disk: the next process that loads it reads
+/// its machine code from the compile cache instead of compiling it again.
+#[test]
+fn compiled_plugins_are_kept_for_the_next_start() {
+    let dir = crate::helpers::temp_dir("compile-cache");
+    let file = dir.join("template_rollout.wasm");
+    std::fs::write(&file, fixture("template_rollout.wasm")).unwrap();
+    let cache = dir.join("cache");
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "check"])
+            .arg(&file)
+            .env("ROLLWAY_PLUGIN_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout
+            .lines()
+            .find(|line| line.starts_with("compiled:"))
+            .unwrap_or_else(|| panic!("no compile line in {stdout}"))
+            .to_owned()
+    };
+    let first = check();
+    assert!(!first.contains("from the compile cache"), "{first}");
+    assert!(std::fs::read_dir(&cache).unwrap().next().is_some());
+    let second = check();
+    assert!(second.contains("from the compile cache"), "{second}");
+}
+
 /// A project of `rollway plugin new` builds outside the repository with
 /// plain cargo (its own manifest, WIT and SDK), its unit tests run
 /// natively, and its component passes `rollway plugin check`.

@@ -349,6 +349,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if !(0.0..=1.0).contains(&failure_rate) {
                 anyhow::bail!("--failure-rate must be between 0 and 1");
             }
+            crate::plugins::runtime::cache_compiled_in(settings.plugin_cache_dir.clone());
             let options = crate::plugins::check::CheckOptions {
                 devices,
                 failure_rate,

@@ -32,6 +32,14 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
         }
     };
     println!("plugin:      {} {}", plugin.name, plugin.version);
+    println!(
+        "compiled:    {:.2} s{}",
+        plugin.compile_time.as_secs_f64(),
+        match plugin.compiled {
+            super::Compiled::FromCache => " (from the compile cache)",
+            _ => "",
+        }
+    );
     println!("description: {}", plugin.description);
     println!(
         "world:       rollway:plugin/{}@{}",

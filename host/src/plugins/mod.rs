@@ -252,6 +252,9 @@ pub struct Plugin {
     pub source: PluginSource,
     /// Device families (device plugins).
     pub families: Vec<String>,
+    /// Where its machine code came from, and how long that took.
+    pub compiled: Compiled,
+    pub compile_time: Duration,
     pre: Pre,
     /// `attempts.parse-status-attempt`, when the device plugin exports it.
     parse_status_attempt: Option<ComponentExportIndex>,
@@ -380,22 +383,55 @@ impl Plugin {
 /// Compiled components by SHA-256: compiling is the costly part of loading.
 static COMPILED: Mutex<Option<HashMap<String, Component>>> = Mutex::new(None);
 
-fn compile(runtime: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, PluginError> {
+/// Where a plugin's machine code came from when it was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiled {
+    /// Compiled already by this process.
+    InMemory,
+    /// Read from the compile cache on disk (`ROLLWAY_PLUGIN_CACHE_DIR`).
+    FromCache,
+    /// Compiled now (and kept in the cache on disk, when there is one).
+    Now,
+}
+
+impl Compiled {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compiled::InMemory => "in_memory",
+            Compiled::FromCache => "from_cache",
+            Compiled::Now => "compiled",
+        }
+    }
+}
+
+fn compile(
+    runtime: &Runtime,
+    bytes: &[u8],
+    sha256: &str,
+) -> Result<(Component, Compiled, Duration), PluginError> {
+    let started = std::time::Instant::now();
     if let Some(component) = COMPILED
         .lock()
         .ok()
         .and_then(|cache| cache.as_ref().and_then(|c| c.get(sha256).cloned()))
     {
-        return Ok(component);
+        return Ok((component, Compiled::InMemory, started.elapsed()));
     }
+    let before = runtime.compile_counts();
     let component = Component::new(runtime.engine(), bytes)
         .map_err(|e| PluginError::Invalid(format!("not a valid WebAssembly component: {e:#}")))?;
+    // Another thread's compilation in between can only blur the label of
+    // this one, never the component.
+    let how = match (before, runtime.compile_counts()) {
+        (Some(before), Some(after)) if after.cached > before.cached => Compiled::FromCache,
+        _ => Compiled::Now,
+    };
     if let Ok(mut cache) = COMPILED.lock() {
         cache
             .get_or_insert_with(HashMap::new)
             .insert(sha256.to_owned(), component.clone());
     }
-    Ok(component)
+    Ok((component, how, started.elapsed()))
 }
 
 /// Finds which world a component implements, and the WIT version.
@@ -541,7 +577,14 @@ impl PluginRegistry {
             )));
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let component = compile(&self.runtime, bytes, &sha256)?;
+        let (component, compiled, compile_time) = compile(&self.runtime, bytes, &sha256)?;
+        if compiled != Compiled::InMemory {
+            self.metrics
+                .plugin_compilations_total
+                .with_label_values(&[compiled.as_str()])
+                .inc();
+            tracing::debug!(%sha256, how = compiled.as_str(), seconds = compile_time.as_secs_f64(), "plugin component ready");
+        }
         let (kind, wit_version) = world_of(&self.runtime, &component)?;
         let pre = match kind {
             PluginKind::Rollout => self
@@ -579,6 +622,8 @@ impl PluginRegistry {
             sha256,
             source,
             families: Vec::new(),
+            compiled,
+            compile_time,
             pre,
             parse_status_attempt,
             parse_statuses,

@@ -4,13 +4,14 @@
 //! files, sockets, environment or arguments; clocks and random sealed to
 //! the call ([`Seal`]).
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder,
 };
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -157,9 +158,28 @@ pub struct Runtime {
     engine: Engine,
     rollout_linker: Linker<State>,
     device_linker: Linker<State>,
+    /// The compiled components kept on disk, when a directory was given.
+    cache: Option<Cache>,
 }
 
 static RUNTIME: OnceLock<Arc<Runtime>> = OnceLock::new();
+static CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Keeps compiled components in `dir` across starts (wasmtime's cache,
+/// keyed by the component's bytes, the engine's settings and wasmtime's
+/// version), so that a restart does not compile them again. Takes effect
+/// if called before the runtime's first use; the first directory given
+/// serves the whole process.
+pub fn cache_compiled_in(dir: PathBuf) {
+    let _ = CACHE_DIR.set(dir);
+}
+
+/// Compilations of the process so far: (from the disk cache, compiled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompileCounts {
+    pub cached: usize,
+    pub compiled: usize,
+}
 
 impl Runtime {
     /// The shared runtime, created on first use with its epoch ticker.
@@ -173,12 +193,27 @@ impl Runtime {
     }
 
     fn new() -> anyhow::Result<Self> {
-        let engine = Self::build_engine(true).or_else(|error| {
+        let cache = CACHE_DIR.get().and_then(|dir| {
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            let mut config = CacheConfig::new();
+            config.with_directory(&dir);
+            match Cache::new(config) {
+                Ok(cache) => Some(cache),
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"), dir = %dir.display(),
+                        "the plugin compile cache is unavailable; plugins are compiled at every start"
+                    );
+                    None
+                }
+            }
+        });
+        let engine = Self::build_engine(true, cache.as_ref()).or_else(|error| {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "pooling allocator unavailable; using on-demand allocation"
             );
-            Self::build_engine(false)
+            Self::build_engine(false, cache.as_ref())
         })?;
         let mut rollout_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut rollout_linker)
@@ -198,13 +233,24 @@ impl Runtime {
             engine,
             rollout_linker,
             device_linker,
+            cache,
         })
     }
 
-    fn build_engine(pooling: bool) -> anyhow::Result<Engine> {
+    /// How many components came from the disk cache and how many were
+    /// compiled; all compiled when there is no cache.
+    pub fn compile_counts(&self) -> Option<CompileCounts> {
+        self.cache.as_ref().map(|cache| CompileCounts {
+            cached: cache.cache_hits(),
+            compiled: cache.cache_misses(),
+        })
+    }
+
+    fn build_engine(pooling: bool, cache: Option<&Cache>) -> anyhow::Result<Engine> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.cache(cache.cloned());
         if pooling {
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(256)
