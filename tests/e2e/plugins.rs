@@ -662,6 +662,31 @@ async fn plugin_check_gives_a_verdict() {
             "{template}: {stdout}"
         );
     }
+    // A device plugin's validator runs on the images given.
+    let good = dir.join("app-2.1.0.bin");
+    std::fs::write(&good, images::esp32(images::ESP32S3, "2.1.0", 64 * 1024)).unwrap();
+    let bad = dir.join("random.bin");
+    std::fs::write(&bad, rollway::demo::pseudo_random_bytes(4096, 7)).unwrap();
+    let validated = |image: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
+            .args(["plugin", "check"])
+            .arg(dir.join("device-esp32.wasm"))
+            .arg("--image")
+            .arg(image)
+            .output()
+            .unwrap()
+    };
+    let out = validated(&good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("app-2.1.0.bin: version 2.1.0, target esp32s3"),
+        "{stdout}"
+    );
+    let out = validated(&bad);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("FAIL: validate-image"), "{stdout}");
     let abort = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
         .args(["plugin", "check", "--failure-rate", "0.5"])
         .arg(dir.join("rollout-percent.wasm"))

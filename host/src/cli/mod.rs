@@ -228,7 +228,7 @@ enum PluginCommand {
     /// and exercise it: a rollout plugin runs a synthetic fleet, a device
     /// plugin builds commands and parses sample statuses.
     #[command(
-        after_help = "Examples:\n  rollway plugin check target/wasm32-wasip2/release/my_rollout.wasm\n  rollway plugin check my_rollout.wasm --devices 10000 --failure-rate 0.05"
+        after_help = "Examples:\n  rollway plugin check target/wasm32-wasip2/release/my_rollout.wasm\n  rollway plugin check my_rollout.wasm --devices 10000 --failure-rate 0.05\n  rollway plugin check device_nrf52.wasm --image app-1.2.0.bin --image app-1.3.0.bin"
     )]
     Check {
         /// The component (`.wasm`).
@@ -242,6 +242,10 @@ enum PluginCommand {
         /// The plugin configuration (JSON).
         #[arg(long = "plugin-config", default_value = "{}")]
         plugin_config: String,
+        /// An image the device plugin's `validate-image` must accept (what
+        /// it finds is printed); repeat for more.
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<std::path::PathBuf>,
     },
 }
 
@@ -344,6 +348,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     devices,
                     failure_rate,
                     plugin_config,
+                    images,
                 },
         } => {
             if !(0.0..=1.0).contains(&failure_rate) {
@@ -354,6 +359,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 devices,
                 failure_rate,
                 config: plugin_config,
+                images,
             };
             let passed = tokio::task::spawn_blocking(move || {
                 crate::plugins::check::check_file(&file, &options)

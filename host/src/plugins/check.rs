@@ -1,11 +1,13 @@
 //! `rollway plugin check <file.wasm>`: loads a plugin with production
 //! limits, prints what it is, and exercises it.
 
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::runtime::Limits;
+use super::runtime::{ImageSource, Limits};
 use super::{
     BatchCounts, CancelRequest, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginKind,
     PluginRegistry, PluginSource, Snapshot,
@@ -18,6 +20,8 @@ pub struct CheckOptions {
     pub devices: u32,
     pub failure_rate: f64,
     pub config: String,
+    /// Images a device plugin's `validate-image` must accept.
+    pub images: Vec<PathBuf>,
 }
 
 /// Prints the verdict to stdout; returns whether the plugin passed.
@@ -87,6 +91,9 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match kind {
+        PluginKind::Rollout if !options.images.is_empty() => Err(anyhow::anyhow!(
+            "--image is for device plugins; this is a rollout strategy"
+        )),
         PluginKind::Rollout => check_rollout(&registry, &plugin.name, options),
         PluginKind::Device => check_device(&registry, &plugin.families, options),
     };
@@ -207,6 +214,27 @@ fn check_rollout(
     anyhow::bail!("the rollout neither completed nor stopped after 10,000 evaluations")
 }
 
+/// An image file, read in pieces as the plugin asks.
+struct FileImage {
+    file: std::fs::File,
+    size: u64,
+}
+
+impl ImageSource for FileImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, String> {
+        let len = u64::from(len).min(self.size.saturating_sub(offset));
+        let mut buffer = vec![0; len as usize];
+        self.file
+            .read_exact_at(&mut buffer, offset)
+            .map_err(|e| e.to_string())?;
+        Ok(buffer)
+    }
+}
+
 fn check_device(
     registry: &PluginRegistry,
     families: &[String],
@@ -216,6 +244,30 @@ fn check_device(
     println!("families: {}", families.join(", "));
     registry.validate_device_config(family, &options.config)?;
     println!("validate-config: ok ({})", options.config);
+    for path in &options.images {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let size = file.metadata()?.len();
+        let info = registry
+            .validate_image(family, &options.config, Arc::new(FileImage { file, size }))
+            .with_context(|| format!("validate-image {}", path.display()))?;
+        let details: Vec<String> = info
+            .details
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "validate-image {}: version {}, target {}{}",
+            path.display(),
+            info.version.as_deref().unwrap_or("(none)"),
+            info.target.as_deref().unwrap_or("(none)"),
+            if details.is_empty() {
+                String::new()
+            } else {
+                format!(", {}", details.join(", "))
+            }
+        );
+    }
     for (device, gateway) in [("SAMPLE-1", None), ("SAMPLE-2", Some("GATEWAY-1"))] {
         let request = CommandRequest {
             device: DeviceInfo {
