@@ -151,15 +151,17 @@ async fn shipped_plugins_are_loaded() {
         ]
     );
     for p in list.as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.5", "{p}");
+        assert_eq!(p["wit_version"], "0.1.6", "{p}");
         // Every shipped device plugin's statuses name their attempt, each
         // takes statuses and commands in batches, parses presence, reports
-        // every state and tells its devices of cancels.
+        // every state, tells its devices of cancels and says images'
+        // security counters.
         assert_eq!(p["reports_attempts"], p["kind"] == "device", "{p}");
         assert_eq!(p["takes_batches"], p["kind"] == "device", "{p}");
         assert_eq!(p["parses_presence"], p["kind"] == "device", "{p}");
         assert_eq!(p["reports_every_state"], p["kind"] == "device", "{p}");
         assert_eq!(p["sends_cancels"], p["kind"] == "device", "{p}");
+        assert_eq!(p["inspects_images"], p["kind"] == "device", "{p}");
         assert_eq!(p["state"], "enabled");
         assert_eq!(p["source"], "builtin");
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
@@ -185,6 +187,31 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
     assert_eq!(esp["metadata"]["target"], "esp32s3");
     assert_eq!(esp["metadata"]["details"]["project_name"], "brake-ecu");
     assert_eq!(esp["metadata"]["details"]["idf_version"], "v5.2.1");
+    assert_eq!(esp["security_counter"], 0, "{esp}");
+    // The image's anti-rollback counter (ESP-IDF's secure_version, in
+    // esp_app_desc_t after the image and segment headers) is the
+    // firmware's, unless the operator gives one.
+    let mut secured = images::esp32(images::ESP32S3, "2.4.0", 10_000);
+    secured[36..40].copy_from_slice(&3u32.to_le_bytes());
+    let from_image: Value = app
+        .post_bytes("/api/v1/firmware?family=esp32", secured.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(from_image["security_counter"], 3, "{from_image}");
+    assert_eq!(
+        from_image["metadata"]["details"]["security_counter"], "3",
+        "{from_image}"
+    );
+    secured[16 + 32..16 + 32 + 5].copy_from_slice(b"2.4.1");
+    let given: Value = app
+        .post_bytes("/api/v1/firmware?family=esp32&security_counter=5", secured)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(given["security_counter"], 5, "{given}");
 
     let mut broken = images::esp32(images::ESP32S3, "2.3.2", 10_000);
     broken[0] = 0x7F;
@@ -262,7 +289,10 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(count, 3);
+    assert_eq!(
+        count, 5,
+        "the ESP32, STM32 and Jetson images and the two with counters"
+    );
     let uploads =
         std::path::Path::new(app.store_url.strip_prefix("file://").unwrap()).join("uploads");
     assert_eq!(
@@ -273,10 +303,11 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
         metric(
             &app,
             "plugin_calls_total",
-            &[("plugin", "device-esp32"), ("function", "validate-image")]
+            &[("plugin", "device-esp32"), ("function", "inspect-image")]
         )
         .await
-            >= 3.0
+            >= 3.0,
+        "the ESP32 plugin of WIT 0.1.6 validates with inspect-image"
     );
 }
 

@@ -288,7 +288,7 @@ async fn check(
 /// The security counter a device plugin read from the image (the detail
 /// `security_counter`), 0 when it read none.
 fn image_security_counter(metadata: &serde_json::Value) -> Result<i64, UploadError> {
-    match metadata["details"]["security_counter"].as_str() {
+    match metadata["details"][crate::plugins::SECURITY_COUNTER_DETAIL].as_str() {
         None => Ok(0),
         Some(text) => text
             .trim()

@@ -88,6 +88,13 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
              WIT 0.1.5, whose device-protocol-attempts world exports cancels, so that they are"
         );
     }
+    if plugin.kind == PluginKind::Device && plugin.reports_attempts() && !plugin.inspects_images() {
+        println!(
+            "note:        images' security counters are read from a 'security_counter' detail; \
+             build against WIT 0.1.6, whose device-protocol-attempts world exports inspect, \
+             to say them in a field of their own"
+        );
+    }
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;
     let result = match kind {

@@ -23,13 +23,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use wasmtime::Store;
-use wasmtime::component::{Component, ComponentExportIndex};
+use wasmtime::component::{Component, ComponentExportIndex, Resource};
 
 use bindings::device::exports::rollway::plugin::device as dev;
 use bindings::device::{DeviceProtocol, DeviceProtocolPre};
 use bindings::rollout::exports::rollway::plugin::rollout as ro;
 use bindings::rollout::{RolloutStrategy, RolloutStrategyPre};
-use runtime::{ImageSource, Limits, Runtime, State};
+use runtime::{ImageHandle, ImageSource, Limits, Runtime, State};
 use seal::{Seal, Sealed};
 
 use crate::metrics::Metrics;
@@ -42,7 +42,7 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 5);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 6);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
@@ -55,6 +55,11 @@ const PRESENCE_INTERFACE: &str = "rollway:plugin/presence@0.1.3";
 const CONTROL_INTERFACE: &str = "rollway:plugin/control@0.1.4";
 /// The optional export of device plugins since 0.1.5 (`cancels`).
 const CANCELS_INTERFACE: &str = "rollway:plugin/cancels@0.1.5";
+/// The optional export of device plugins since 0.1.6 (`inspect`).
+const INSPECT_INTERFACE: &str = "rollway:plugin/inspect@0.1.6";
+/// The `details` key that carries an image's security counter for device
+/// plugins without `inspect` (and where the host keeps it).
+pub const SECURITY_COUNTER_DETAIL: &str = "security_counter";
 /// Most items in one batched plugin call, and most status payload bytes:
 /// a batch shares the call's memory budget.
 const BATCH_ITEMS: usize = 512;
@@ -267,6 +272,8 @@ pub struct Plugin {
     parse_reports: Option<ComponentExportIndex>,
     /// `cancels.build-cancels` (0.1.5).
     build_cancels: Option<ComponentExportIndex>,
+    /// `inspect.inspect-image` (0.1.6).
+    inspect_image: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -304,6 +311,10 @@ pub struct PluginView {
     /// is cancelled (exporting `cancels`, WIT 0.1.5); without it the
     /// devices are not told.
     pub sends_cancels: bool,
+    /// Whether the device plugin says an image's security counter in a
+    /// field of its own (exporting `inspect`, WIT 0.1.6); without it the
+    /// counter is read from the `security_counter` detail.
+    pub inspects_images: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -328,6 +339,7 @@ impl Plugin {
             parses_presence: self.parses_presence(),
             reports_every_state: self.reports_every_state(),
             sends_cancels: self.sends_cancels(),
+            inspects_images: self.inspects_images(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -358,6 +370,11 @@ impl Plugin {
     /// Whether the device plugin exports `cancels` (WIT 0.1.5).
     pub fn sends_cancels(&self) -> bool {
         self.build_cancels.is_some()
+    }
+
+    /// Whether the device plugin exports `inspect` (WIT 0.1.6).
+    pub fn inspects_images(&self) -> bool {
+        self.inspect_image.is_some()
     }
 
     fn reason(&self) -> Option<String> {
@@ -613,6 +630,7 @@ impl PluginRegistry {
         let parse_presence = export(PRESENCE_INTERFACE, "parse-presence");
         let parse_reports = export(CONTROL_INTERFACE, "parse-reports");
         let build_cancels = export(CANCELS_INTERFACE, "build-cancels");
+        let inspect_image = export(INSPECT_INTERFACE, "inspect-image");
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -631,6 +649,7 @@ impl PluginRegistry {
             parse_presence,
             parse_reports,
             build_cancels,
+            inspect_image,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -1008,19 +1027,38 @@ impl PluginRegistry {
         image: Arc<dyn ImageSource>,
     ) -> Result<ImageInfo, PluginError> {
         let plugin = self.device_plugin(family)?;
-        let info = self
-            .device_call(
-                &plugin,
-                "validate-image",
-                Some(self.limits.image_timeout),
-                Seal::new("validate-image", 0, &[&config, &image.size()]),
-                |store, i| {
-                    let handle = Runtime::push_image(store, image)?;
-                    i.rollway_plugin_device()
-                        .call_validate_image(store, config, handle)
-                },
-            )?
-            .map_err(|reason| Self::refused(&plugin, reason))?;
+        let seal = Seal::new("validate-image", 0, &[&config, &image.size()]);
+        let timeout = Some(self.limits.image_timeout);
+        let info = match &plugin.inspect_image {
+            Some(index) => {
+                type Answer = Result<ImageFacts, String>;
+                let pre = Self::device_pre(&plugin)?;
+                self.guarded(
+                    &plugin,
+                    "inspect-image",
+                    self.limits.image_timeout,
+                    seal,
+                    |store| {
+                        let instance = pre.instance_pre().instantiate(&mut *store)?;
+                        let handle = Runtime::push_image(store, image)?;
+                        let function = instance
+                            .get_typed_func::<(&str, Resource<ImageHandle>), (Answer,)>(
+                                &mut *store,
+                                index,
+                            )?;
+                        let (answer,) = function.call(&mut *store, (config, handle))?;
+                        Ok(answer)
+                    },
+                )?
+                .map(ImageFacts::into_info)
+            }
+            None => self.device_call(&plugin, "validate-image", timeout, seal, |store, i| {
+                let handle = Runtime::push_image(store, image)?;
+                i.rollway_plugin_device()
+                    .call_validate_image(store, config, handle)
+            })?,
+        }
+        .map_err(|reason| Self::refused(&plugin, reason))?;
         let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > 128);
         let details_size: usize = info.details.iter().map(|(k, v)| k.len() + v.len()).sum();
         if too_long(&info.version)
@@ -1550,6 +1588,35 @@ impl Plugins {
             r.parse_statuses(&family, &config, &items)
         })
         .await
+    }
+}
+
+/// `inspect.image-facts` (0.1.6), lifted from a plugin's answer.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
+struct ImageFacts {
+    version: Option<String>,
+    target: Option<String>,
+    #[component(name = "security-counter")]
+    security_counter: Option<u64>,
+    details: Vec<(String, String)>,
+}
+
+impl ImageFacts {
+    /// The facts as the host keeps them: the counter, when the image says
+    /// one, as the `security_counter` detail (in place of any such detail
+    /// the plugin also gave).
+    fn into_info(self) -> ImageInfo {
+        let mut details = self.details;
+        if let Some(counter) = self.security_counter {
+            details.retain(|(key, _)| key != SECURITY_COUNTER_DETAIL);
+            details.push((SECURITY_COUNTER_DETAIL.to_owned(), counter.to_string()));
+        }
+        ImageInfo {
+            version: self.version,
+            target: self.target,
+            details,
+        }
     }
 }
 

@@ -129,6 +129,8 @@ where
     Ok(ImageFacts {
         version: (!version.is_empty()).then_some(version),
         target: Some(chip.to_owned()),
+        // ESP-IDF's anti-rollback counter (eFuse-backed on the chip).
+        security_counter: Some(u64::from(secure_version)),
         details: vec![
             ("format".into(), "esp-idf-app".into()),
             ("chip".into(), chip.into()),

@@ -131,6 +131,7 @@ pub fn validate(source: impl Read) -> Result<ImageFacts, String> {
     Ok(ImageFacts {
         version: Some(manifest.version.unwrap_or(manifest.l4t_version)),
         target: Some(manifest.board),
+        security_counter: None,
         details,
     })
 }

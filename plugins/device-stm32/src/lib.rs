@@ -223,6 +223,7 @@ where
     Ok(ImageFacts {
         version: None,
         target: None,
+        security_counter: None,
         details: vec![
             ("format".into(), layout.format.into()),
             ("load_address".into(), format!("0x{:08X}", layout.base)),

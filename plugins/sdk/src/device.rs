@@ -19,7 +19,24 @@ pub struct ImageFacts {
     pub version: Option<String>,
     /// Chip or board the image is built for.
     pub target: Option<String>,
+    /// The image's anti-rollback counter, when its format carries one
+    /// (`inspect.image-facts`, WIT 0.1.6; for hosts before it, the macro
+    /// also gives it as the `security_counter` detail).
+    pub security_counter: Option<u64>,
     pub details: Vec<(String, String)>,
+}
+
+impl ImageFacts {
+    /// The details with the security counter among them, for
+    /// `device.validate-image` (hosts before WIT 0.1.6 read it there).
+    pub fn details_with_counter(&self) -> Vec<(String, String)> {
+        let mut details = self.details.clone();
+        if let Some(counter) = self.security_counter {
+            details.retain(|(key, _)| key != "security_counter");
+            details.push(("security_counter".into(), counter.to_string()));
+        }
+        details
+    }
 }
 
 /// An MQTT command.
@@ -114,8 +131,9 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 /// `batch` (many statuses or commands in one call, each parsed or built as
 /// alone, the configuration read once), `presence` (what devices say
 /// about themselves when they connect), `control` (every state a
-/// device reports: `waiting` and `cancelled` too, with their reason) and
-/// `cancels` (telling devices to stop an update that was cancelled).
+/// device reports: `waiting` and `cancelled` too, with their reason),
+/// `cancels` (telling devices to stop an update that was cancelled) and
+/// `inspect` (an image's security counter in a field of its own).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -147,19 +165,11 @@ macro_rules! device_plugin {
                 config: String,
                 image: &rollway::plugin::image::Image,
             ) -> Result<exports::rollway::plugin::device::ImageInfo, String> {
-                let config = $crate::device::load_config::<$family>(&config)?;
-                let mut reader: $crate::device::Image<'_> = $crate::image::Reader::new(
-                    image.size(),
-                    Box::new(|offset, len| image.read(offset, len)),
-                );
-                let facts = <$family as $crate::device::DeviceFamily>::validate_image(
-                    &config,
-                    &mut reader,
-                )?;
+                let facts = rollway_image_facts(&config, image)?;
                 Ok(exports::rollway::plugin::device::ImageInfo {
+                    details: facts.details_with_counter(),
                     version: facts.version,
                     target: facts.target,
-                    details: facts.details,
                 })
             }
 
@@ -356,6 +366,35 @@ macro_rules! device_plugin {
                             })
                     })
                     .collect()
+            }
+        }
+
+        /// What the family's validator finds in an image, for
+        /// `validate-image` and `inspect-image` alike.
+        fn rollway_image_facts(
+            config: &str,
+            image: &rollway::plugin::image::Image,
+        ) -> Result<$crate::device::ImageFacts, String> {
+            let config = $crate::device::load_config::<$family>(config)?;
+            let mut reader: $crate::device::Image<'_> = $crate::image::Reader::new(
+                image.size(),
+                Box::new(|offset, len| image.read(offset, len)),
+            );
+            <$family as $crate::device::DeviceFamily>::validate_image(&config, &mut reader)
+        }
+
+        impl exports::rollway::plugin::inspect::Guest for RollwayDeviceGuest {
+            fn inspect_image(
+                config: String,
+                image: &rollway::plugin::image::Image,
+            ) -> Result<exports::rollway::plugin::inspect::ImageFacts, String> {
+                let facts = rollway_image_facts(&config, image)?;
+                Ok(exports::rollway::plugin::inspect::ImageFacts {
+                    version: facts.version,
+                    target: facts.target,
+                    security_counter: facts.security_counter,
+                    details: facts.details,
+                })
             }
         }
 

@@ -25,6 +25,7 @@ impl DeviceFamily for Acme {
         Ok(ImageFacts {
             version: (!version.is_empty()).then_some(version),
             target: None,
+            security_counter: None,
             details: vec![("format".into(), "acme-fw-1".into())],
         })
     }
