@@ -397,11 +397,11 @@ async function run() {
     const row = page.locator(`#plugins-table tbody tr[data-plugin="${name}"]`);
     check(await row.count() === 1, `plugin ${name} is not listed`);
     const wit = (await row.locator('td[data-wit]').textContent())?.trim();
-    check(wit === '0.1.5', `plugin ${name} shows WIT version ${wit}, expected 0.1.5`);
+    check(wit === '0.1.6', `plugin ${name} shows WIT version ${wit}, expected 0.1.6`);
   }
   check(await page.locator('#plugins-table button').count() === 0, 'a viewer sees enable/disable buttons');
   check(await page.locator('#plugin-upload').count() === 0, 'a viewer sees the plugin upload form');
-  pass('plugins listed with WIT 0.1.5, no admin controls for a viewer');
+  pass('plugins listed with WIT 0.1.6, no admin controls for a viewer');
 
   // 11. an admin steers the plugins
   await page.locator('#signout').click();

@@ -122,7 +122,8 @@ async fn assert_upload_refused(
 
 pub async fn plugin(app: &TestApp, name: &str) -> Value {
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
-    list.as_array()
+    list["items"]
+        .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == name)
@@ -135,7 +136,9 @@ async fn shipped_plugins_are_loaded() {
     let app = spawn_app().await;
     let viewer = app.token("viewer").await;
     let list: Value = app.json_as(&viewer, "/api/v1/plugins").await;
-    let names: Vec<&str> = list
+    // A list like every other: one page of items, no next one.
+    assert!(list["next_cursor"].is_null(), "{list}");
+    let names: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -150,7 +153,7 @@ async fn shipped_plugins_are_loaded() {
             "rollout-percent"
         ]
     );
-    for p in list.as_array().unwrap() {
+    for p in list["items"].as_array().unwrap() {
         assert_eq!(p["wit_version"], "0.1.6", "{p}");
         // Every shipped device plugin's statuses name their attempt, each
         // takes statuses and commands in batches, parses presence, reports
@@ -628,7 +631,7 @@ async fn uploads_that_are_not_plugins_are_refused_clearly() {
     );
     assert_eq!(plugin(&app, "device-stm32").await["source"], "uploaded");
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 4);
+    assert_eq!(list["items"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -841,7 +844,7 @@ async fn plugins_dir_is_loaded_at_start() {
     let canary = plugin(&app, "rollout-canary").await;
     assert_eq!(canary["source"], "directory", "{canary}");
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 5);
+    assert_eq!(list["items"].as_array().unwrap().len(), 5);
     let fw = esp_fleet(&app).await;
     let job = job_with_rollout(
         &app,

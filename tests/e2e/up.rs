@@ -172,9 +172,8 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
     let summary = get("api/v1/fleet/summary".into()).await;
     assert_eq!(summary["total"], 30, "{summary}");
     let plugins = get("api/v1/plugins".into()).await;
-    let mut loaded: Vec<&str> = plugins
+    let mut loaded: Vec<&str> = plugins["items"]
         .as_array()
-        .or_else(|| plugins["items"].as_array())
         .expect("a plugin list")
         .iter()
         .filter(|p| p["state"] == "enabled")

@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiPath, Caller};
+use super::pagination::Page;
 use crate::plugins::{MAX_COMPONENT_BYTES, PluginView, store};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -21,11 +22,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// List loaded plugins with their WIT version, state and call counts.
 #[utoipa::path(
     get, path = "/plugins", tag = "plugins",
-    responses((status = 200, body = Vec<PluginView>)),
+    responses((status = 200, body = Page<PluginView>)),
     security(("bearer" = ["viewer"]))
 )]
-async fn list_plugins(State(state): State<AppState>) -> ApiResult<axum::Json<Vec<PluginView>>> {
-    Ok(axum::Json(state.plugins.list()))
+async fn list_plugins(State(state): State<AppState>) -> ApiResult<axum::Json<Page<PluginView>>> {
+    // Every plugin on one page: a host loads tens, not thousands.
+    Ok(axum::Json(Page {
+        items: state.plugins.list(),
+        next_cursor: None,
+    }))
 }
 
 /// Upload a plugin component (`.wasm`). Its world and WIT version are

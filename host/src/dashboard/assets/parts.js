@@ -93,9 +93,9 @@ export function forgetFirmware() {
 
 // ---- plugins --------------------------------------------------------------
 
-/** GET /plugins. */
-export function listPlugins() {
-  return get('/plugins');
+/** GET /plugins: every plugin (one page). */
+export async function listPlugins() {
+  return (await get('/plugins')).items;
 }
 
 /** Families served by device plugins, sorted; `enabledOnly` drops disabled ones. */
