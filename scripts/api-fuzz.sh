@@ -58,7 +58,7 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 
-# One schemathesis run: fuzz RUN SEED; its output in $report/run-RUN.txt.
+# One schemathesis run: fuzz RUN SEED; its output in $report/RUN/run.txt.
 fuzz() {
     echo "api-fuzz: schemathesis against http://127.0.0.1:$port for ${ROLLWAY_API_FUZZ_SECONDS:-180}s (seed $2)" >&2
     mkdir -p "$report/$1"

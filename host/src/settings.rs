@@ -65,8 +65,9 @@ pub struct SettingsArgs {
     pub plugins_dir: Option<PathBuf>,
 
     /// Where compiled plugins are kept between starts (default: the data
-    /// directory's `plugin-cache`). Its contents run as code: writable by
-    /// Rollway's user only.
+    /// directory's `plugin-cache`). A directory of its own: what the cache
+    /// does not know there is deleted. Its contents run as code: writable
+    /// by Rollway's user only.
     #[arg(
         long,
         env = "ROLLWAY_PLUGIN_CACHE_DIR",
@@ -400,11 +401,15 @@ impl Settings {
             mqtt_url: pick(&args.mqtt_url, &file.mqtt_url).map(SecretString::from),
             kafka_brokers: pick(&args.kafka_brokers, &file.kafka_brokers),
             plugins_dir: args.plugins_dir.clone().or(file.plugins_dir),
-            plugin_cache_dir: args
-                .plugin_cache_dir
-                .clone()
-                .or(file.plugin_cache_dir)
-                .unwrap_or_else(|| data_dir.join("plugin-cache")),
+            plugin_cache_dir: match args.plugin_cache_dir.clone().or(file.plugin_cache_dir) {
+                // The cache deletes what it does not know in its directory.
+                Some(dir) if data_dir.starts_with(&dir) => bail!(
+                    "ROLLWAY_PLUGIN_CACHE_DIR must be a directory of its own, not {} (which holds the data directory)",
+                    dir.display()
+                ),
+                Some(dir) => dir,
+                None => data_dir.join("plugin-cache"),
+            },
             data_dir,
             bootstrap_token: pick(&args.bootstrap_token, &file.bootstrap_token)
                 .map(SecretString::from),

@@ -720,7 +720,11 @@ async fn plugin_check_gives_a_verdict() {
     let out = validated(&bad);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("FAIL: validate-image"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL: validate-image")
+            && stdout.contains("not an ESP-IDF application image"),
+        "the plugin's reason is shown: {stdout}"
+    );
     let abort = std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
         .args(["plugin", "check", "--failure-rate", "0.5"])
         .arg(dir.join("rollout-percent.wasm"))
@@ -1093,7 +1097,14 @@ fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
     let validated =
         |registry: &PluginRegistry, config: &str| validated(registry, "hostile", config);
     let config = r#"{"mode": "probe"}"#;
+    let started = Instant::now();
     let first = validated(&one, config);
+    // The probe sleeps 30 s: a wait on the sealed clock is over at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     // No time of its own: the Unix epoch, on clocks that do not move.
     for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
         assert_eq!(field(&first, name), "0", "{first}");
@@ -1141,7 +1152,14 @@ fn a_python_plugin_is_sealed_too() {
     let field = reading;
     let validated =
         |registry: &PluginRegistry, config: &str| validated(registry, "python-probe", config);
+    let started = Instant::now();
     let first = validated(&one, "{}");
+    // time.sleep(30) in the probe is over at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
         assert_eq!(field(&first, name), "0", "{first}");
     }

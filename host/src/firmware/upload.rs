@@ -299,7 +299,7 @@ fn image_security_counter(metadata: &serde_json::Value) -> Result<i64, UploadErr
                 UploadError::Invalid(
                     "security_counter",
                     format!(
-                        "the image's security counter '{text}' is not a whole number of zero or more"
+                        "the image's security counter '{text}' is not a whole number from 0 to 9223372036854775807 (2^63 - 1)"
                     ),
                 )
             }),

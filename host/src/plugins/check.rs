@@ -110,7 +110,7 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
             Ok(true)
         }
         Err(error) => {
-            println!("FAIL: {error}");
+            println!("FAIL: {error:#}");
             Ok(false)
         }
     }

@@ -13,7 +13,9 @@ use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     StoreLimits, StoreLimitsBuilder,
 };
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::{DynPollable, Pollable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{device, rollout};
@@ -73,6 +75,55 @@ pub struct State {
     plugin: Arc<str>,
     read_budget: u64,
     log_lines: u32,
+    /// The call's logical time in nanoseconds, what the sealed monotonic
+    /// clock answers.
+    now_ns: u64,
+}
+
+/// `wasi:clocks/monotonic-clock`, sealed: it stands at the call's logical
+/// time, and a wait on it (`subscribe-duration`, `subscribe-instant`, a
+/// sleep) is over at once. wasmtime-wasi's own waits for real, with the
+/// host's timer, and outside the epoch deadline (the host is not running
+/// WebAssembly while a guest blocks on a pollable): a plugin could time
+/// itself with it, or hold a thread for as long as it liked.
+impl monotonic_clock::Host for State {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        Ok(self.now_ns)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        Ok(1_000_000)
+    }
+
+    fn subscribe_instant(
+        &mut self,
+        _when: monotonic_clock::Instant,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.elapsed()
+    }
+
+    fn subscribe_duration(
+        &mut self,
+        _duration: monotonic_clock::Duration,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        self.elapsed()
+    }
+}
+
+impl State {
+    /// A pollable that is ready at once.
+    fn elapsed(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+        let elapsed = self.table.push(Elapsed)?;
+        wasmtime_wasi::p2::subscribe(&mut self.table, elapsed)
+    }
+}
+
+/// A wait that is over.
+struct Elapsed;
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Elapsed {
+    async fn ready(&mut self) {}
 }
 
 impl WasiView for State {
@@ -216,16 +267,14 @@ impl Runtime {
             Self::build_engine(false, cache.as_ref())
         })?;
         let mut rollout_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut rollout_linker)
-            .map_err(|e| wasm_error(e, "linking WASI"))?;
+        link_wasi(&mut rollout_linker)?;
         rollout::RolloutStrategy::add_to_linker::<State, HasSelf<State>>(
             &mut rollout_linker,
             |s| s,
         )
         .map_err(|e| wasm_error(e, "linking the rollout world"))?;
         let mut device_linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut device_linker)
-            .map_err(|e| wasm_error(e, "linking WASI"))?;
+        link_wasi(&mut device_linker)?;
         device::DeviceProtocol::add_to_linker::<State, HasSelf<State>>(&mut device_linker, |s| s)
             .map_err(|e| wasm_error(e, "linking the device world"))?;
         start_ticker(engine.clone());
@@ -327,6 +376,7 @@ impl Runtime {
             plugin: plugin.clone(),
             read_budget: limits.image_read_bytes,
             log_lines: 0,
+            now_ns: seal.now_ms().saturating_mul(1_000_000),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -343,6 +393,17 @@ impl Runtime {
     ) -> wasmtime::Result<Resource<ImageHandle>> {
         Ok(store.data_mut().table.push(ImageHandle { source })?)
     }
+}
+
+/// WASI 0.2 as plugins get it: wasmtime-wasi's, with the monotonic clock
+/// replaced by the sealed one of [`State`].
+fn link_wasi(linker: &mut Linker<State>) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker).map_err(|e| wasm_error(e, "linking WASI"))?;
+    linker.allow_shadowing(true);
+    let sealed = monotonic_clock::add_to_linker::<State, HasSelf<State>>(linker, |s| s)
+        .map_err(|e| wasm_error(e, "linking the sealed monotonic clock"));
+    linker.allow_shadowing(false);
+    sealed
 }
 
 /// Advances the engine's epoch every tick, on its own thread.

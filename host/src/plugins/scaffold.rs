@@ -52,6 +52,67 @@ const SDK: [(&str, &str); 9] = [
     ),
 ];
 
+/// Names Cargo refuses for a package, or that clash with the vendored SDK.
+const CARGO_REFUSES: &[&str] = &[
+    "abstract",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "proc-macro",
+    "pub",
+    "ref",
+    "return",
+    "rollway-plugin-sdk",
+    "self",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+];
+
 /// What a new project implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
@@ -67,6 +128,11 @@ pub fn create(kind: Kind, name: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>
     if !super::valid_name(name) {
         bail!(
             "plugin name '{name}' must be 1 to 64 lowercase letters, digits or '-', starting with a letter"
+        );
+    }
+    if CARGO_REFUSES.contains(&name) {
+        bail!(
+            "'{name}' cannot name a Cargo package (a Rust keyword, a standard crate or the SDK's own name); choose another, e.g. 'rollout-{name}'"
         );
     }
     if dir.exists()
@@ -234,5 +300,8 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("rollway-scaffold-{}", std::process::id()));
         assert!(create(Kind::Rollout, "Bad_Name", &dir).is_err());
+        assert!(create(Kind::Device, "test", &dir).is_err());
+        assert!(create(Kind::Device, "rollway-plugin-sdk", &dir).is_err());
+        assert!(!dir.exists(), "nothing written for a refused name");
     }
 }

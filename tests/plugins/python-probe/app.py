@@ -16,6 +16,8 @@ from wit_world.imports import types
 def probe() -> str:
     started = time.monotonic_ns()
     sum(range(100_000))
+    # A sleep far beyond the call's budget: over at once in the sandbox.
+    time.sleep(30)
     return " ".join(
         [
             f"wall_ms={time.time_ns() // 1_000_000}",

@@ -29,6 +29,8 @@ fn probe() -> String {
     for i in 0..100_000u64 {
         spin = std::hint::black_box(spin ^ i);
     }
+    // A sleep far beyond the call's budget: over at once in the sandbox.
+    std::thread::sleep(std::time::Duration::from_secs(30));
     let elapsed = started.elapsed().as_nanos();
     let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let (seed_a, seed_b) = wasip2::random::insecure_seed::insecure_seed();
