@@ -18,66 +18,44 @@ use serde::Deserialize;
 )]
 pub struct SettingsArgs {
     /// TOML config file whose keys are the long flag names in snake_case.
-    #[arg(long, env = "ROLLWAY_CONFIG", global = true, hide_short_help = true)]
+    #[arg(long, env = "ROLLWAY_CONFIG", global = true)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
     /// PostgreSQL URL, e.g. postgres://rollway@db/rollway.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 
     /// Address the HTTP API and dashboard listen on.
-    #[arg(long, env = "ROLLWAY_LISTEN", global = true, hide_short_help = true)]
+    #[arg(long, env = "ROLLWAY_LISTEN", global = true)]
     pub listen: Option<SocketAddr>,
 
     /// Firmware store: file:///var/lib/rollway/store or s3://bucket[/prefix]
     /// (credentials and endpoint from the usual AWS_* variables).
-    #[arg(long, env = "ROLLWAY_STORE", global = true, hide_short_help = true)]
+    #[arg(long, env = "ROLLWAY_STORE", global = true)]
     pub store: Option<String>,
 
     /// MQTT broker URL, e.g. mqtt://127.0.0.1:1883.
-    #[arg(
-        long,
-        env = "MQTT_URL",
-        hide_env_values = true,
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "MQTT_URL", hide_env_values = true, global = true)]
     pub mqtt_url: Option<String>,
 
     /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", global = true, hide_short_help = true)]
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
     pub kafka_brokers: Option<String>,
 
     /// Directory with extra plugin components (*.wasm).
-    #[arg(
-        long,
-        env = "ROLLWAY_PLUGINS_DIR",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_PLUGINS_DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
 
     /// Where compiled plugins are kept between starts (default: the data
     /// directory's `plugin-cache`). A directory of its own: what the cache
     /// does not know there is deleted. Its contents run as code: writable
     /// by Rollway's user only.
-    #[arg(
-        long,
-        env = "ROLLWAY_PLUGIN_CACHE_DIR",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_PLUGIN_CACHE_DIR", global = true)]
     pub plugin_cache_dir: Option<PathBuf>,
 
     /// Where `rollway up` keeps its private database, files and keys.
-    #[arg(long, env = "ROLLWAY_DATA_DIR", global = true, hide_short_help = true)]
+    #[arg(long, env = "ROLLWAY_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
     /// When set, an admin API token with exactly this value exists after start.
@@ -85,217 +63,116 @@ pub struct SettingsArgs {
         long,
         env = "ROLLWAY_BOOTSTRAP_TOKEN",
         hide_env_values = true,
-        global = true,
-        hide_short_help = true
+        global = true
     )]
     pub bootstrap_token: Option<String>,
 
     /// Prefix of the MQTT topics.
-    #[arg(
-        long,
-        env = "ROLLWAY_TOPIC_PREFIX",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_TOPIC_PREFIX", global = true)]
     pub topic_prefix: Option<String>,
 
     /// Largest firmware image accepted, in bytes.
-    #[arg(
-        long,
-        env = "ROLLWAY_MAX_FIRMWARE_BYTES",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_MAX_FIRMWARE_BYTES", global = true)]
     pub max_firmware_bytes: Option<u64>,
 
     /// Size of the PostgreSQL connection pool.
-    #[arg(
-        long,
-        env = "ROLLWAY_DB_POOL_SIZE",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_DB_POOL_SIZE", global = true)]
     pub db_pool_size: Option<u32>,
 
     /// Base URL devices download firmware from (when the store cannot
     /// presign), e.g. https://ota.example.com. Defaults to the listen address.
-    #[arg(
-        long,
-        env = "ROLLWAY_PUBLIC_URL",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
     /// Where device statuses come from: `mqtt` (a shared subscription) or
     /// `kafka` (a consumer group on ROLLWAY_STATUS_TOPIC, for brokers that
     /// bridge MQTT to Kafka).
-    #[arg(
-        long,
-        env = "ROLLWAY_STATUS_SOURCE",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_STATUS_SOURCE", global = true)]
     pub status_source: Option<String>,
 
     /// Kafka topic of device statuses when the source is `kafka`.
-    #[arg(
-        long,
-        env = "ROLLWAY_STATUS_TOPIC",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_STATUS_TOPIC", global = true)]
     pub status_topic: Option<String>,
 
     /// Kafka topic the outbox relay publishes events to.
-    #[arg(
-        long,
-        env = "ROLLWAY_EVENTS_TOPIC",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_EVENTS_TOPIC", global = true)]
     pub events_topic: Option<String>,
 
     /// Partitions of the events topic when Rollway creates it (at start,
     /// when it is missing).
-    #[arg(
-        long,
-        env = "ROLLWAY_EVENTS_TOPIC_PARTITIONS",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_EVENTS_TOPIC_PARTITIONS", global = true)]
     pub events_topic_partitions: Option<i32>,
 
     /// Replicas of each partition of the events topic when Rollway creates
     /// it; -1, the default, takes the broker's `default.replication.factor`.
-    #[arg(
-        long,
-        env = "ROLLWAY_EVENTS_TOPIC_REPLICATION",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_EVENTS_TOPIC_REPLICATION", global = true)]
     pub events_topic_replication: Option<i32>,
 
     /// Refusals of an event for what it is (too large, invalid) before it
     /// moves to the dead letter table; outages and a missing topic do not
     /// count.
-    #[arg(
-        long,
-        env = "ROLLWAY_OUTBOX_MAX_ATTEMPTS",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_OUTBOX_MAX_ATTEMPTS", global = true)]
     pub outbox_max_attempts: Option<i32>,
 
     /// Log format: `text` or `json`.
-    #[arg(
-        long,
-        env = "ROLLWAY_LOG_FORMAT",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
 
     /// This replica's stable name (default: the host name). It names the
     /// host's MQTT session, so a restarted replica resumes its own queue of
     /// statuses; every replica needs a different one.
-    #[arg(
-        long,
-        env = "ROLLWAY_INSTANCE_ID",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_INSTANCE_ID", global = true)]
     pub instance_id: Option<String>,
 
     /// Seconds without a heartbeat after which a replica counts as gone and
     /// a live one adopts its MQTT session.
-    #[arg(
-        long,
-        env = "ROLLWAY_REPLICA_TIMEOUT",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_REPLICA_TIMEOUT", global = true)]
     pub replica_timeout: Option<u64>,
 
     /// A file holding the ed25519 key that signs manifests (32 bytes, raw,
     /// hex or base64). Without it the first start generates one; with it,
     /// the key becomes the signing key (as a rotation) if it is new.
-    #[arg(
-        long,
-        env = "ROLLWAY_SIGNING_KEY_FILE",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_SIGNING_KEY_FILE", global = true)]
     pub signing_key_file: Option<PathBuf>,
 
     /// A PEM file of the certificate authority that signed the MQTT
     /// broker's certificate (with an `mqtts://` MQTT_URL), when it is not
     /// one the system trusts.
-    #[arg(
-        long,
-        env = "ROLLWAY_MQTT_CA_FILE",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_MQTT_CA_FILE", global = true)]
     pub mqtt_ca_file: Option<PathBuf>,
 
     /// Seconds a signed update manifest (and its download link) stays
     /// valid; a device refuses it later (freeze attacks). Default: the
     /// job's device timeout plus an hour.
-    #[arg(
-        long,
-        env = "ROLLWAY_MANIFEST_TTL",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_MANIFEST_TTL", global = true)]
     pub manifest_ttl: Option<u64>,
 
     /// Failed authentications one client address may make per minute
     /// before it is refused with 429 for the rest of the minute (0: no limit).
-    #[arg(
-        long,
-        env = "ROLLWAY_AUTH_FAILURE_LIMIT",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_AUTH_FAILURE_LIMIT", global = true)]
     pub auth_failure_limit: Option<u32>,
 
     /// Seconds a processed status message id (the duplicate guard) and an
     /// outbox event already sent to Kafka are kept before they are
     /// deleted. Default: 30 days.
-    #[arg(long, env = "ROLLWAY_RETENTION", global = true, hide_short_help = true)]
+    #[arg(long, env = "ROLLWAY_RETENTION", global = true)]
     pub retention: Option<u64>,
 
     /// The broker's topic counting the messages it dropped, mirrored in
     /// `mqtt_broker_messages_dropped`: `$SYS/broker/publish/messages/dropped`
     /// on Mosquitto (docs/BROKER-ACL.md). Unset: not watched.
-    #[arg(
-        long,
-        env = "ROLLWAY_MQTT_DROPPED_TOPIC",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_MQTT_DROPPED_TOPIC", global = true)]
     pub mqtt_dropped_topic: Option<String>,
 
     /// Seconds a client has to send a request's headers before its
     /// connection is closed (slow or half-open clients).
-    #[arg(
-        long,
-        env = "ROLLWAY_HTTP_HEADER_TIMEOUT",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_HTTP_HEADER_TIMEOUT", global = true)]
     pub http_header_timeout: Option<u64>,
 
     /// Seconds a request body may stall (no bytes) before the request is
     /// answered 408 and its connection closed. Uploads of any size go on
     /// for as long as bytes keep coming.
-    #[arg(
-        long,
-        env = "ROLLWAY_HTTP_BODY_TIMEOUT",
-        global = true,
-        hide_short_help = true
-    )]
+    #[arg(long, env = "ROLLWAY_HTTP_BODY_TIMEOUT", global = true)]
     pub http_body_timeout: Option<u64>,
 }
 
@@ -339,6 +216,26 @@ pub struct Settings {
 pub enum StatusSource {
     Mqtt,
     Kafka,
+}
+
+impl SettingsArgs {
+    /// `command` with these settings, every command's, out of its short
+    /// help (`-h`): each command's own options stand alone there, and
+    /// `--help` shows everything.
+    pub fn out_of_short_help(command: clap::Command) -> clap::Command {
+        use clap::Args as _;
+        let ids: Vec<clap::Id> = Self::augment_args(clap::Command::new("settings"))
+            .get_arguments()
+            .map(|arg| arg.get_id().clone())
+            .collect();
+        command.mut_args(|arg| {
+            if ids.contains(arg.get_id()) {
+                arg.hide_short_help(true)
+            } else {
+                arg
+            }
+        })
+    }
 }
 
 impl Settings {

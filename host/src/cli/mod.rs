@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::domain::Role;
@@ -269,7 +269,11 @@ enum TokenCommand {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let command = SettingsArgs::out_of_short_help(Cli::command());
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let settings = match Settings::load(&cli.settings) {
         Ok(settings) => settings,
         Err(error) => {
@@ -613,7 +617,6 @@ fn sim_progress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
 
     #[test]
     fn the_command_line_is_well_formed() {
