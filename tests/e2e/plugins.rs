@@ -701,7 +701,7 @@ async fn plugin_check_gives_a_verdict() {
     std::fs::write(&good, images::esp32(images::ESP32S3, "2.1.0", 64 * 1024)).unwrap();
     let bad = dir.join("random.bin");
     std::fs::write(&bad, rollway::demo::pseudo_random_bytes(4096, 7)).unwrap();
-    let validated = |image: &std::path::Path| {
+    let checked = |image: &std::path::Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_rollway"))
             .args(["plugin", "check"])
             .arg(dir.join("device-esp32.wasm"))
@@ -710,14 +710,14 @@ async fn plugin_check_gives_a_verdict() {
             .output()
             .unwrap()
     };
-    let out = validated(&good);
+    let out = checked(&good);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
         stdout.contains("app-2.1.0.bin: version 2.1.0, target esp32s3"),
         "{stdout}"
     );
-    let out = validated(&bad);
+    let out = checked(&bad);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
@@ -1086,6 +1086,37 @@ fn validated(registry: &PluginRegistry, plugin: &str, config: &str) -> String {
     }
 }
 
+/// What a probe plugin on two replicas answers `validate-config` with
+/// (`configs.0`), after checking it: the call returns at once though the
+/// probe sleeps 30 s (a wait on the sealed clock is over at once); it
+/// reads the Unix epoch on clocks that do not move; it reads the same
+/// again and on the other replica; and with other inputs (`configs.1`)
+/// each of the `random` readings differs.
+fn sealed_at_rest(
+    (one, two): (&PluginRegistry, &PluginRegistry),
+    plugin: &str,
+    configs: (&str, &str),
+    random: &[&str],
+) -> String {
+    let started = Instant::now();
+    let first = validated(one, plugin, configs.0);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
+        assert_eq!(reading(&first, name), "0", "{first}");
+    }
+    assert_eq!(validated(one, plugin, configs.0), first);
+    assert_eq!(validated(two, plugin, configs.0), first);
+    let other = validated(one, plugin, configs.1);
+    for name in random {
+        assert_ne!(reading(&other, name), reading(&first, name), "{name}");
+    }
+    first
+}
+
 /// A plugin is sealed: the WASI clocks answer the call's logical time and
 /// never move, the random interfaces a stream seeded by the call's inputs;
 /// the same call answers the same on every replica.
@@ -1093,32 +1124,15 @@ fn validated(registry: &PluginRegistry, plugin: &str, config: &str) -> String {
 fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
     let hostile = fixture("hostile_plugin.wasm");
     let (one, two) = (replica_with(&hostile), replica_with(&hostile));
-    let field = reading;
-    let validated =
-        |registry: &PluginRegistry, config: &str| validated(registry, "hostile", config);
     let config = r#"{"mode": "probe"}"#;
-    let started = Instant::now();
-    let first = validated(&one, config);
-    // The probe sleeps 30 s: a wait on the sealed clock is over at once.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
+    let first = sealed_at_rest(
+        (&one, &two),
+        "hostile",
+        (config, r#"{"mode": "probe", "other": 1}"#),
+        &["random", "insecure", "seed", "hash"],
     );
-    // No time of its own: the Unix epoch, on clocks that do not move.
-    for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
-        assert_eq!(field(&first, name), "0", "{first}");
-    }
-    // The same inputs: the same readings, again and on another replica.
-    assert_eq!(validated(&one, config), first);
-    assert_eq!(validated(&two, config), first);
     // Each random interface its own stream.
-    assert_ne!(field(&first, "random"), field(&first, "insecure"));
-    // Other inputs, other streams.
-    let other = validated(&one, r#"{"mode": "probe", "other": 1}"#);
-    for name in ["random", "insecure", "seed", "hash"] {
-        assert_ne!(field(&other, name), field(&first, name), "{name}");
-    }
+    assert_ne!(reading(&first, "random"), reading(&first, "insecure"));
 
     // `evaluate` lives at its snapshot's time.
     let at = |now: u64| Snapshot {
@@ -1134,12 +1148,12 @@ fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
         other => panic!("{other:?}"),
     };
     let now = evaluated(&one, &at(1_765_000_000_123));
-    assert_eq!(field(&now, "wall_ms"), "1765000000123");
-    assert_eq!(field(&now, "monotonic_ns"), "1765000000123000000");
-    assert_eq!(field(&now, "elapsed_ns"), "0");
+    assert_eq!(reading(&now, "wall_ms"), "1765000000123");
+    assert_eq!(reading(&now, "monotonic_ns"), "1765000000123000000");
+    assert_eq!(reading(&now, "elapsed_ns"), "0");
     assert_eq!(evaluated(&two, &at(1_765_000_000_123)), now);
     let later = evaluated(&one, &at(1_765_000_000_124));
-    assert_ne!(field(&later, "random"), field(&now, "random"));
+    assert_ne!(reading(&later, "random"), reading(&now, "random"));
 }
 
 /// Python's clocks and entropy (`time`, `os.urandom`, `uuid`) are the
@@ -1149,25 +1163,12 @@ fn plugins_see_their_calls_time_and_chance_seeded_by_its_inputs() {
 fn a_python_plugin_is_sealed_too() {
     let bytes = example("python_probe.wasm");
     let (one, two) = (replica_with(&bytes), replica_with(&bytes));
-    let field = reading;
-    let validated =
-        |registry: &PluginRegistry, config: &str| validated(registry, "python-probe", config);
-    let started = Instant::now();
-    let first = validated(&one, "{}");
-    // time.sleep(30) in the probe is over at once.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
+    sealed_at_rest(
+        (&one, &two),
+        "python-probe",
+        ("{}", "{ }"),
+        &["urandom", "random", "uuid"],
     );
-    for name in ["wall_ms", "monotonic_ns", "elapsed_ns"] {
-        assert_eq!(field(&first, name), "0", "{first}");
-    }
-    assert_eq!(validated(&two, "{}"), first);
-    let other = validated(&one, "{ }");
-    for name in ["urandom", "random", "uuid"] {
-        assert_ne!(field(&other, name), field(&first, name), "{name}");
-    }
     let snapshot = Snapshot {
         now: 1_765_000_000_123,
         job_started_at: 1_765_000_000_000,
@@ -1183,7 +1184,7 @@ fn a_python_plugin_is_sealed_too() {
     let started = Instant::now();
     let now = evaluated(&one);
     eprintln!("a Python evaluate call: {:?}", started.elapsed());
-    assert_eq!(field(&now, "wall_ms"), "1765000000123");
+    assert_eq!(reading(&now, "wall_ms"), "1765000000123");
     assert_eq!(evaluated(&two), now);
 }
 
