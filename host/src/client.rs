@@ -100,6 +100,15 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// `PUT /api/v1{path}` with a JSON body.
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let request = self
+            .request(Method::PUT, path)
+            .json(body)
+            .timeout(REQUEST_TIMEOUT);
+        self.send(request).await
+    }
+
     /// `POST /api/v1{path}` without a body (job actions).
     pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
         let request = self.request(Method::POST, path).timeout(REQUEST_TIMEOUT);

@@ -59,13 +59,14 @@ pub enum EventType {
     FirmwareDeleted,
     PluginUploaded,
     PluginStateChanged,
+    PluginConfigChanged,
     /// An event of the same aggregate was dead-lettered: a gap in its
     /// stream.
     EventDeadLettered,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         EventType::JobCreated,
         EventType::JobStatusChanged,
         EventType::JobBatchStarted,
@@ -77,6 +78,7 @@ impl EventType {
         EventType::FirmwareDeleted,
         EventType::PluginUploaded,
         EventType::PluginStateChanged,
+        EventType::PluginConfigChanged,
         EventType::EventDeadLettered,
     ];
 
@@ -94,6 +96,7 @@ impl EventType {
             EventType::FirmwareDeleted => "firmware.deleted",
             EventType::PluginUploaded => "plugin.uploaded",
             EventType::PluginStateChanged => "plugin.state.changed",
+            EventType::PluginConfigChanged => "plugin.config.changed",
             EventType::EventDeadLettered => "event.dead_lettered",
         }
     }
@@ -112,7 +115,9 @@ impl EventType {
             EventType::FirmwareUploaded
             | EventType::FirmwareDowngradeChanged
             | EventType::FirmwareDeleted => Some(Aggregate::Firmware),
-            EventType::PluginUploaded | EventType::PluginStateChanged => Some(Aggregate::Plugin),
+            EventType::PluginUploaded
+            | EventType::PluginStateChanged
+            | EventType::PluginConfigChanged => Some(Aggregate::Plugin),
             EventType::EventDeadLettered => None,
         }
     }

@@ -39,6 +39,9 @@ pub struct Application {
     state: AppState,
     /// The relay's Kafka producer, when KAFKA_BROKERS is set.
     kafka: Option<Arc<crate::relay::Kafka>>,
+    /// What the start applied of the plugin tables, where following them
+    /// goes on.
+    followed: std::sync::Mutex<Option<plugins::store::Followed>>,
 }
 
 impl Application {
@@ -71,7 +74,7 @@ impl Application {
         let store = FirmwareStore::open(&settings.store)?;
         store.check().await?;
         let metrics = Metrics::new().context("registering metrics")?;
-        let plugins = load_plugins(&settings, &pool, &store, &metrics).await?;
+        let (plugins, followed) = load_plugins(&settings, &pool, &store, &metrics).await?;
         let keys = match &settings.signing_key_file {
             Some(path) => Keyring::load_with_file(&pool, path).await,
             None => Keyring::load_or_create(&pool).await,
@@ -127,6 +130,7 @@ impl Application {
                 mqtt: mqtt::LinkState::not_configured(),
             },
             kafka,
+            followed: std::sync::Mutex::new(Some(followed)),
         })
     }
 
@@ -185,6 +189,19 @@ impl Application {
             evaluate_wakeup: evaluate_wakeup.clone(),
         };
         handles.push(tokio::spawn(scheduler.run(token.clone())));
+        let followed = self
+            .followed
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or_default();
+        handles.push(tokio::spawn(plugins::store::follow(
+            state.plugins.clone(),
+            state.pool.clone(),
+            state.store.clone(),
+            followed,
+            token.clone(),
+        )));
         let retention = crate::retention::Retention {
             pool: state.pool.clone(),
             metrics: state.metrics.clone(),
@@ -431,13 +448,13 @@ pub async fn shutdown_signal() {
 }
 
 /// The shipped plugins, those of `ROLLWAY_PLUGINS_DIR`, and the uploaded
-/// ones, with the enabled/disabled state admins set.
+/// ones, with the enabled/disabled state and the settings admins set.
 async fn load_plugins(
     settings: &Settings,
     pool: &PgPool,
     store: &FirmwareStore,
     metrics: &Metrics,
-) -> anyhow::Result<Plugins> {
+) -> anyhow::Result<(Plugins, plugins::store::Followed)> {
     let metrics = metrics.clone();
     let dir = settings.plugins_dir.clone();
     crate::plugins::runtime::cache_compiled_in(settings.plugin_cache_dir.clone());
@@ -451,6 +468,6 @@ async fn load_plugins(
     .await
     .context("loading plugins")??;
     let registry = Plugins::new(Arc::new(registry));
-    plugins::store::restore(&registry, pool, store).await?;
-    Ok(registry)
+    let followed = plugins::store::restore(&registry, pool, store).await?;
+    Ok((registry, followed))
 }

@@ -47,6 +47,8 @@ if (!Number.isInteger(SIM_DEVICES) || SIM_DEVICES < 1) {
 }
 mkdirSync(ARTIFACTS, { recursive: true });
 
+/** The plugins page's enable and disable buttons (admins only). */
+const STATE_BUTTONS = '#plugins-table button[aria-label^="Enable "], #plugins-table button[aria-label^="Disable "]';
 const ROLLOUT_CONFIG = '{"batches":[20,60,100],"success_threshold":100,"failure_threshold":50}';
 const BATCHES = 3;
 
@@ -254,12 +256,22 @@ async function run() {
   await page.fill('#filter-tags', 'fleet:simulated');
   await page.check('#start-now');
   await page.selectOption('#rollout-plugin', 'rollout-percent');
+  // rollout-percent gives a JSON Schema: its configuration is a form.
+  await page.locator('#rollout-config-batches').waitFor({ timeout: 5000 });
+  check(await page.locator('#rollout-config-on_failure option').count() === 3,
+    'the on_failure field is not a choice of default, abort and pause');
+  pass('the rollout configuration is a form drawn from the plugin\u2019s schema');
+  await page.locator('#rollout-config-mode').click();
   await page.fill('#rollout-config', '{"batches": [20, 60, 100],');
   await page.locator('#job-submit').click();
   await page.locator('#rollout-config-error').waitFor({ state: 'visible', timeout: 5000 });
   check(page.url().includes('#/jobs/new'), 'an invalid JSON configuration was sent anyway');
   pass('invalid rollout JSON is caught next to the field');
   await page.fill('#rollout-config', ROLLOUT_CONFIG);
+  await page.locator('#rollout-config-mode').click();
+  const batches = await page.locator('#rollout-config-batches').inputValue();
+  check(batches === '20, 60, 100', `the form shows batches "${batches}" from the JSON, not "20, 60, 100"`);
+  pass('JSON edited by hand carries over to the form');
   await page.locator('#job-submit').click();
   await page.waitForFunction(() => /^#\/jobs\/[0-9a-f-]{36}$/.test(window.location.hash), null, { timeout: 30_000 })
     .catch(async () => {
@@ -373,7 +385,7 @@ async function run() {
   // 9. an operator gets no plugin controls
   await go('#/plugins');
   await page.locator('#plugins-table tbody tr').first().waitFor();
-  check(await page.locator('#plugins-table button').count() === 0, 'an operator sees enable/disable buttons');
+  check(await page.locator(STATE_BUTTONS).count() === 0, 'an operator sees enable/disable buttons');
   check(await page.locator('#plugin-upload').count() === 0, 'an operator sees the plugin upload form');
   pass('an operator sees the plugins but no admin controls');
 
@@ -397,11 +409,14 @@ async function run() {
     const row = page.locator(`#plugins-table tbody tr[data-plugin="${name}"]`);
     check(await row.count() === 1, `plugin ${name} is not listed`);
     const wit = (await row.locator('td[data-wit]').textContent())?.trim();
-    check(wit === '0.1.6', `plugin ${name} shows WIT version ${wit}, expected 0.1.6`);
+    check(wit === '0.1.7', `plugin ${name} shows WIT version ${wit}, expected 0.1.7`);
   }
-  check(await page.locator('#plugins-table button').count() === 0, 'a viewer sees enable/disable buttons');
+  check(await page.locator(STATE_BUTTONS).count() === 0, 'a viewer sees enable/disable buttons');
   check(await page.locator('#plugin-upload').count() === 0, 'a viewer sees the plugin upload form');
-  pass('plugins listed with WIT 0.1.6, no admin controls for a viewer');
+  await page.locator('#plugins-table button[aria-label="Settings of device-stm32"]').click();
+  await page.locator('#plugin-config-chunk_size').waitFor({ timeout: 10_000 });
+  check(await page.locator('#plugin-config-save').count() === 0, 'a viewer can save plugin settings');
+  pass('plugins listed with WIT 0.1.7, settings readable, no admin controls for a viewer');
 
   // 11. an admin steers the plugins
   await page.locator('#signout').click();
@@ -418,6 +433,19 @@ async function run() {
   await page.locator('#plugins-table button[aria-label="Enable device-stm32"]').click();
   await stm32().locator('.badge', { hasText: 'enabled' }).waitFor({ timeout: 10_000 });
   pass(`admin: rollout-percent made ${calls} calls; device-stm32 disabled and enabled again`);
+  await page.locator('#plugins-table button[aria-label="Settings of device-stm32"]').click();
+  await page.locator('#plugin-config-chunk_size').waitFor({ timeout: 10_000 });
+  await page.fill('#plugin-config-chunk_size', '4');
+  await page.locator('#plugin-config-save').click();
+  await page.locator('#plugin-settings-result .error').waitFor({ timeout: 10_000 });
+  const refusal = await text('#plugin-settings-result');
+  check(/minimum of 8/.test(refusal), `a chunk size of 4 is refused without the schema's words: ${refusal}`);
+  await page.fill('#plugin-config-chunk_size', '512');
+  await page.selectOption('#plugin-config-bus', { label: 'can-fd' });
+  await page.locator('#plugin-config-save').click();
+  await page.locator('#plugin-config-version', { hasText: 'Version 1,' }).waitFor({ timeout: 10_000 });
+  await page.locator('#plugins-table tbody tr[data-plugin="device-stm32"] td[data-config-version="1"]').waitFor({ timeout: 10_000 });
+  pass('admin: device-stm32 settings refused at chunk size 4 with the schema\u2019s words, saved as version 1 from the form');
   await page.setInputFiles('#plugin-file', PLUGIN);
   await page.locator('#plugin-submit').click();
   await page.locator('#plugin-result .result-ok, #plugin-result .error').first().waitFor({ timeout: 30_000 });

@@ -375,8 +375,110 @@ async fn devices_are_listed_with_filters() {
 }
 
 #[tokio::test]
+async fn plugins_are_listed_and_configured() {
+    let app = spawn_app().await;
+    let listed = operator(&app, &["plugin", "list"]).await;
+    assert!(listed.success, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains("device-stm32") && listed.stdout.contains("SETTINGS"),
+        "{}",
+        listed.stdout
+    );
+
+    let unset = operator(&app, &["plugin", "config", "device-stm32", "--json"])
+        .await
+        .json();
+    assert_eq!(unset["version"], 0, "{unset}");
+    let set = operator(
+        &app,
+        &[
+            "plugin",
+            "config",
+            "device-stm32",
+            "--set",
+            r#"{"bus":"can-fd"}"#,
+            "--expected-version",
+            "0",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(
+        (set["version"].clone(), set["config"].clone()),
+        (json!(1), json!({ "bus": "can-fd" }))
+    );
+    // A plain run prints the settings in force, and who set them.
+    let shown = operator(&app, &["plugin", "config", "device-stm32"]).await;
+    assert!(shown.success, "{}", shown.stderr);
+    assert!(
+        shown.stderr.contains("version 1, set by token:bootstrap"),
+        "{}",
+        shown.stderr
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&shown.stdout).unwrap(),
+        json!({ "bus": "can-fd" })
+    );
+    // Refusals are the API's: the schema's words, a stale version.
+    let refused = operator(
+        &app,
+        &[
+            "plugin",
+            "config",
+            "device-stm32",
+            "--set",
+            r#"{"chunk_size":4}"#,
+        ],
+    )
+    .await;
+    assert!(
+        refused.failure().contains("minimum of 8"),
+        "{}",
+        refused.stderr
+    );
+    let stale = operator(
+        &app,
+        &[
+            "plugin",
+            "config",
+            "device-stm32",
+            "--set",
+            "{}",
+            "--expected-version",
+            "0",
+        ],
+    )
+    .await;
+    assert!(
+        stale.failure().contains("version 1, not 0"),
+        "{}",
+        stale.stderr
+    );
+    let history = operator(&app, &["plugin", "config", "device-stm32", "--history"]).await;
+    assert!(
+        history.success && history.stdout.contains(r#"{"bus":"can-fd"}"#),
+        "{}",
+        history.stdout
+    );
+    let viewer = app.token("viewer").await;
+    let forbidden = rollway_as(
+        &app,
+        &viewer,
+        &["plugin", "config", "device-stm32", "--set", "{}"],
+    )
+    .await;
+    assert!(
+        forbidden.failure().contains("admin"),
+        "{}",
+        forbidden.stderr
+    );
+}
+
+#[tokio::test]
 async fn help_shows_examples() {
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 11] = [
+        &["plugin", "config", "--help"],
         &["--help"],
         &["jobs", "create", "--help"],
         &["jobs", "show", "--help"],

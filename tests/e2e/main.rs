@@ -21,6 +21,7 @@ mod images;
 mod jobs;
 mod live;
 mod pipeline;
+mod plugin_settings;
 mod plugins;
 mod presence;
 mod procs;

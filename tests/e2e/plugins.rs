@@ -154,7 +154,12 @@ async fn shipped_plugins_are_loaded() {
         ]
     );
     for p in list["items"].as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.6", "{p}");
+        assert_eq!(p["wit_version"], "0.1.7", "{p}");
+        // Each describes its settings, and takes none at all.
+        let schema = &p["config_schema"];
+        assert_eq!(schema["type"], "object", "{p}");
+        assert!(!schema["properties"].as_object().unwrap().is_empty(), "{p}");
+        assert_eq!(p["config_version"], 0, "{p}");
         // Every shipped device plugin's statuses name their attempt, each
         // takes statuses and commands in batches, parses presence, reports
         // every state, tells its devices of cancels and says images'
@@ -310,7 +315,7 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
         )
         .await
             >= 3.0,
-        "the ESP32 plugin of WIT 0.1.6 validates with inspect-image"
+        "the ESP32 plugin of WIT 0.1.7 validates with inspect-image"
     );
 }
 
@@ -1006,7 +1011,7 @@ fn batches_take_one_instance_and_a_poisonous_item_fails_alone() {
         .unwrap();
     assert!(plugin.takes_batches());
     registry.admit(plugin).unwrap();
-    let view = || registry.get("device-poison").unwrap().view();
+    let view = || registry.view(&registry.get("device-poison").unwrap());
     let status = |n: u32, state: &str| {
         format!(r#"{{"message_id":"m{n}","device_id":"DEV-{n}","state":"{state}","attempt":1}}"#)
             .into_bytes()

@@ -84,7 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
-    /// Work with plugin components.
+    /// Start, check, upload and configure plugins: `new` and `check` work
+    /// on files here; the others go through the REST API.
+    #[command(
+        after_help = "Examples:\n  rollway plugin new device device-nrf52\n  rollway plugin check device_nrf52.wasm --image app.bin\n  rollway plugin upload device_nrf52.wasm\n  rollway plugin config device-stm32 --set '{\"bus\":\"can-fd\"}'\n\nThe API comes from --api or ROLLWAY_API, the token from --token or ROLLWAY_TOKEN."
+    )]
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -207,6 +211,8 @@ struct SimArgs {
 
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
+    #[command(flatten)]
+    Api(operator::PluginApiCommand),
     /// Start a plugin project of its own: Cargo.toml, the WIT contract, the
     /// SDK (vendored) and a template to edit. It builds anywhere with
     /// `cargo build --release --target wasm32-wasip2`.
@@ -330,6 +336,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Firmware { api, command } => operator::run_firmware(&api, command).await,
         Command::Jobs { api, command } => operator::run_jobs(&api, command).await,
         Command::Devices { api, command } => operator::run_devices(&api, command).await,
+        Command::Plugin {
+            command: PluginCommand::Api(command),
+        } => operator::run_plugin_api(command).await,
         Command::Plugin {
             command: PluginCommand::New { kind, name, dir },
         } => {

@@ -1,5 +1,5 @@
-//! The operator commands, `rollway firmware|jobs|devices`: clients of the
-//! REST API (`client.rs`) that print a summary, or the raw JSON with
+//! The operator commands, `rollway firmware|jobs|devices` and the API
+//! side of `rollway plugin`: clients of the REST API (`client.rs`) that print a summary, or the raw JSON with
 //! `--json`, and draw progress on stderr when it is a terminal.
 
 use std::collections::BTreeMap;
@@ -306,7 +306,228 @@ fn parse_tag_filter(raw: &str) -> Result<String, String> {
     }
 }
 
-/// A JSON object (a rollout plugin's configuration).
+/// The API side of `rollway plugin`: what the host has loaded, and the
+/// admin's actions on it.
+#[derive(Debug, Subcommand)]
+pub(super) enum PluginApiCommand {
+    /// List the host's plugins: kind, version, state, families and the
+    /// version of their settings.
+    #[command(
+        after_help = "Examples:\n  rollway plugin list\n  rollway plugin list --json | jq -r '.items[].name'"
+    )]
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Upload a plugin component (admins): a new plugin, or a new version
+    /// of one (it must take the plugin's settings in force).
+    #[command(
+        after_help = "Example:\n  rollway plugin upload target/wasm32-wasip2/release/device_nrf52.wasm"
+    )]
+    Upload {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Enable a plugin (admins), also one disabled for trapping.
+    Enable {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Disable a plugin (admins): its calls are refused until enabled.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a plugin's settings in force, set new ones (admins; checked by
+    /// the plugin, versioned, audited, in force on every replica within
+    /// seconds), or list every version.
+    #[command(
+        after_help = "Examples:\n  rollway plugin config device-stm32\n  rollway plugin config device-stm32 --set '{\"chunk_size\":512,\"bus\":\"can-fd\"}'\n  rollway plugin config rollout-percent --set-file defaults.json --expected-version 3\n  rollway plugin config device-stm32 --history\n\nA device plugin's settings go to each of its calls; a rollout plugin's are\nthe defaults under each new job's --rollout-config (the job's keys win)."
+    )]
+    Config {
+        /// The plugin's name.
+        name: String,
+        /// New settings, a JSON object (replacing the whole settings).
+        #[arg(long, value_parser = parse_json_object, conflicts_with_all = ["set_file", "history"])]
+        set: Option<Value>,
+        /// New settings from a JSON file.
+        #[arg(long, value_name = "FILE", conflicts_with = "history")]
+        set_file: Option<PathBuf>,
+        /// Refuse the change when the settings are no longer at this
+        /// version (someone else changed them).
+        #[arg(long, value_name = "VERSION")]
+        expected_version: Option<i64>,
+        /// List every version, newest first.
+        #[arg(long)]
+        history: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub(super) async fn run_plugin_api(command: PluginApiCommand) -> anyhow::Result<()> {
+    match command {
+        PluginApiCommand::List { api } => {
+            let page = api
+                .client()?
+                .get("/plugins", &[])
+                .await
+                .context("listing plugins")?;
+            if api.json {
+                return print_json(&page);
+            }
+            let rows: Vec<Vec<String>> = items(&page)
+                .iter()
+                .map(|p| {
+                    let families = p["families"].as_array().map_or_else(String::new, |f| {
+                        f.iter().map(text).collect::<Vec<_>>().join(",")
+                    });
+                    vec![
+                        text(&p["name"]),
+                        text(&p["kind"]),
+                        text(&p["version"]),
+                        text(&p["state"]),
+                        if families.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            families
+                        },
+                        text(&p["config_version"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["NAME", "KIND", "VERSION", "STATE", "FAMILIES", "SETTINGS"],
+                &rows,
+                "no plugins",
+            );
+            Ok(())
+        }
+        PluginApiCommand::Upload { file, api } => {
+            let client = api.client()?;
+            let opened = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?;
+            let len = opened.metadata().await?.len();
+            let plugin = client
+                .post_file("/plugins", &[], opened, len, |_| {})
+                .await
+                .with_context(|| format!("uploading {}", file.display()))?;
+            if api.json {
+                return print_json(&plugin);
+            }
+            println!(
+                "{} {} ({} plugin, WIT {}), sha256 {}",
+                text(&plugin["name"]),
+                text(&plugin["version"]),
+                text(&plugin["kind"]),
+                text(&plugin["wit_version"]),
+                text(&plugin["sha256"])
+            );
+            Ok(())
+        }
+        PluginApiCommand::Enable { name, api } => plugin_state(&api, &name, "enable").await,
+        PluginApiCommand::Disable { name, api } => plugin_state(&api, &name, "disable").await,
+        PluginApiCommand::Config {
+            name,
+            set,
+            set_file,
+            expected_version,
+            history,
+            api,
+        } => {
+            let client = api.client()?;
+            let path = format!("/plugins/{name}/config");
+            if history {
+                let page = list_pages(
+                    &client,
+                    &format!("/plugins/{name}/configs"),
+                    Vec::new(),
+                    1000,
+                )
+                .await
+                .with_context(|| format!("listing the settings of {name}"))?;
+                if api.json {
+                    return print_json(&page);
+                }
+                let rows: Vec<Vec<String>> = items(&page)
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            text(&c["version"]),
+                            when(&c["set_at"]),
+                            text(&c["set_by"]),
+                            c["config"].to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["VERSION", "SET AT", "BY", "SETTINGS"], &rows, "never set");
+                return Ok(());
+            }
+            let new = match (set, set_file) {
+                (Some(config), _) => Some(config),
+                (None, Some(file)) => {
+                    let raw = tokio::fs::read_to_string(&file)
+                        .await
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    Some(
+                        parse_json_object(&raw)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+                    )
+                }
+                (None, None) => None,
+            };
+            let answer = match new {
+                Some(config) => {
+                    let mut body = json!({ "config": config });
+                    if let Some(version) = expected_version {
+                        body["expected_version"] = json!(version);
+                    }
+                    client
+                        .put_json(&path, &body)
+                        .await
+                        .with_context(|| format!("setting the settings of {name}"))?
+                }
+                None => client
+                    .get(&path, &[])
+                    .await
+                    .with_context(|| format!("reading the settings of {name}"))?,
+            };
+            if api.json {
+                return print_json(&answer);
+            }
+            match answer["version"].as_i64() {
+                Some(0) => eprintln!("{name}: never set; its calls get {{}}"),
+                _ => eprintln!(
+                    "{name}: version {}, set by {} at {}",
+                    text(&answer["version"]),
+                    text(&answer["set_by"]),
+                    when(&answer["set_at"])
+                ),
+            }
+            print_json(&answer["config"])
+        }
+    }
+}
+
+async fn plugin_state(api: &ApiArgs, name: &str, action: &str) -> anyhow::Result<()> {
+    let plugin = api
+        .client()?
+        .post(&format!("/plugins/{name}/{action}"))
+        .await
+        .with_context(|| format!("{action} {name}"))?;
+    if api.json {
+        return print_json(&plugin);
+    }
+    println!("{name}: {}", text(&plugin["state"]));
+    Ok(())
+}
+
+/// A JSON object (a rollout plugin's configuration, a plugin's settings).
 fn parse_json_object(raw: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(raw) {
         Ok(value @ Value::Object(_)) => Ok(value),

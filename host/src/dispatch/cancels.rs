@@ -119,7 +119,7 @@ impl Dispatcher {
                 );
                 continue;
             }
-            let built = self.plugins.build_cancels(&family, "{}", requests).await?;
+            let built = self.plugins.build_cancels(&family, requests).await?;
             for (execution_id, cancel) in ids.into_iter().zip(built) {
                 self.send_cancel(execution_id, cancel).await?;
             }

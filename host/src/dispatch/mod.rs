@@ -145,7 +145,7 @@ impl Dispatcher {
         let mut built: Vec<Option<_>> = (0..count).map(|_| None).collect();
         for (family, (positions, requests)) in by_family {
             let executions: Vec<u64> = requests.iter().map(|r| r.execution_id).collect();
-            let commands = self.plugins.build_commands(&family, "{}", requests).await?;
+            let commands = self.plugins.build_commands(&family, requests).await?;
             for ((position, execution), command) in
                 positions.into_iter().zip(executions).zip(commands)
             {

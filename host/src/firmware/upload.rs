@@ -246,7 +246,7 @@ async fn check(
     });
     let info = ctx
         .plugins
-        .validate_image(request.family.as_str(), "{}", source)
+        .validate_image(request.family.as_str(), source)
         .await
         .map_err(UploadError::Plugin)?;
     let version = match (&request.version, &info.version) {

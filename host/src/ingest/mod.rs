@@ -414,7 +414,7 @@ impl Ingest {
                 .iter()
                 .map(|(_, device, payload)| (device.clone(), payload.clone()))
                 .collect();
-            let reports = self.plugins.parse_statuses(&family, "{}", items).await?;
+            let reports = self.plugins.parse_statuses(&family, items).await?;
             parsed.extend(
                 statuses
                     .into_iter()

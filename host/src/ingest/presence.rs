@@ -53,7 +53,7 @@ impl Ingest {
         for item in items {
             let parsed = self
                 .plugins
-                .parse_presence(&item.family, "{}", &item.sender, item.payload.clone())
+                .parse_presence(&item.family, &item.sender, item.payload.clone())
                 .await;
             let devices = match parsed {
                 Ok(devices) => devices,

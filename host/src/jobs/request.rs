@@ -216,6 +216,18 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
     })
 }
 
+/// A job's rollout configuration over its plugin's defaults (an admin's
+/// `PUT /plugins/{name}/config`): the job's top-level keys win.
+fn with_defaults(defaults: &str, config: Value) -> Value {
+    match (serde_json::from_str::<Value>(defaults), config) {
+        (Ok(Value::Object(mut merged)), Value::Object(own)) => {
+            merged.extend(own);
+            Value::Object(merged)
+        }
+        (_, config) => config,
+    }
+}
+
 /// Checks a request against the firmware and the rollout plugin, creates
 /// the job with its executions and plan, and records who asked, all in one
 /// transaction. Returns the job and how many executions it has.
@@ -247,9 +259,13 @@ pub async fn submit(
             format!("the firmware is for {family}, not {wanted}"),
         ));
     }
-    let (Some(checked), true) = (checked, errors.is_empty()) else {
+    let (Some(mut checked), true) = (checked, errors.is_empty()) else {
         return Err(SubmitError::Invalid(errors));
     };
+    // The job keeps the configuration it ran with: the plugin's defaults
+    // of the moment, under its own keys.
+    let defaults = plugins.config_of(&checked.rollout_plugin);
+    checked.rollout_config = with_defaults(&defaults.text, checked.rollout_config);
     plugins
         .validate_rollout_config(&checked.rollout_plugin, &checked.rollout_config.to_string())
         .await
@@ -427,5 +443,15 @@ mod tests {
             (JobKind::Scheduled, "2030-01-02T03:04:05+00:00".into())
         );
         assert!(parse_start(Some("soon"), now).is_err());
+    }
+
+    #[test]
+    fn a_job_s_own_keys_win_over_the_plugin_s_defaults() {
+        let merged = with_defaults(
+            r#"{"batches":[10,100],"min_soak_secs":600}"#,
+            json!({"batches": [50, 100]}),
+        );
+        assert_eq!(merged, json!({"batches": [50, 100], "min_soak_secs": 600}));
+        assert_eq!(with_defaults("{}", json!({"a": 1})), json!({"a": 1}));
     }
 }

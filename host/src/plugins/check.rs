@@ -48,6 +48,9 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
     println!(
         "world:       rollway:plugin/{}@{}",
         match (plugin.kind, plugin.reports_attempts()) {
+            (PluginKind::Rollout, _) if plugin.config_schema().is_some() => {
+                "rollout-strategy-settings"
+            }
             (PluginKind::Rollout, _) => "rollout-strategy",
             (PluginKind::Device, true) => "device-protocol-attempts",
             (PluginKind::Device, false) => "device-protocol",
@@ -94,6 +97,25 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
              build against WIT 0.1.6, whose device-protocol-attempts world exports inspect, \
              to say them in a field of their own"
         );
+    }
+    match plugin.config_schema() {
+        Some(schema) => println!(
+            "settings:    a JSON Schema of {} properties ({}); configurations are checked against it",
+            schema.json["properties"].as_object().map_or(0, |p| p.len()),
+            schema.json["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        ),
+        None => println!(
+            "note:        no JSON Schema of its configuration; export settings (WIT 0.1.7, the \
+             {} world) so that the host checks configurations against it and the dashboard \
+             draws a form",
+            match plugin.kind {
+                PluginKind::Rollout => "rollout-strategy-settings",
+                PluginKind::Device => "device-protocol-attempts",
+            }
+        ),
     }
     let kind = plugin.kind;
     let plugin = registry.admit(plugin).map_err(|e| anyhow::anyhow!("{e}"))?;

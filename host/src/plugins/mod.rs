@@ -42,7 +42,7 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 6);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 7);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
@@ -57,6 +57,12 @@ const CONTROL_INTERFACE: &str = "rollway:plugin/control@0.1.4";
 const CANCELS_INTERFACE: &str = "rollway:plugin/cancels@0.1.5";
 /// The optional export of device plugins since 0.1.6 (`inspect`).
 const INSPECT_INTERFACE: &str = "rollway:plugin/inspect@0.1.6";
+/// The optional export of every plugin since 0.1.7 (`settings`).
+const SETTINGS_INTERFACE: &str = "rollway:plugin/settings@0.1.7";
+/// Most bytes of a plugin's settings schema.
+const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Most schema violations named in one refusal.
+const MAX_SCHEMA_ERRORS: usize = 8;
 /// The `details` key that carries an image's security counter for device
 /// plugins without `inspect` (and where the host keeps it).
 pub const SECURITY_COUNTER_DETAIL: &str = "security_counter";
@@ -274,6 +280,8 @@ pub struct Plugin {
     build_cancels: Option<ComponentExportIndex>,
     /// `inspect.inspect-image` (0.1.6).
     inspect_image: Option<ComponentExportIndex>,
+    /// What `settings.config-schema` (0.1.7) gave, read once at load.
+    config_schema: Option<Arc<ConfigSchema>>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -320,10 +328,71 @@ pub struct PluginView {
     pub disabled_reason: Option<String>,
     pub calls: u64,
     pub traps: u64,
+    /// Version of the plugin's settings in force on this replica
+    /// (`GET /plugins/{name}/config`); 0 when never set.
+    pub config_version: i64,
+    /// The JSON Schema of the plugin's `config` (its settings, or a job's
+    /// rollout configuration), when the plugin gives one (exporting
+    /// `settings`, WIT 0.1.7): configurations are checked against it, and
+    /// the dashboard draws its forms from it.
+    #[schema(value_type = Option<Object>)]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// A plugin's JSON Schema of its `config`, compiled.
+pub struct ConfigSchema {
+    pub json: serde_json::Value,
+    validator: jsonschema::Validator,
+}
+
+impl ConfigSchema {
+    /// Reads a plugin's schema: JSON, at most 64 KiB, a valid schema with
+    /// no reference outside itself.
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_SCHEMA_BYTES {
+            return Err(format!(
+                "its config-schema is {} bytes, more than {MAX_SCHEMA_BYTES}",
+                text.len()
+            ));
+        }
+        let json: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("its config-schema is not JSON: {e}"))?;
+        if !json.is_object() {
+            return Err("its config-schema is not a JSON Schema object".into());
+        }
+        let validator = jsonschema::validator_for(&json)
+            .map_err(|e| format!("its config-schema is not a valid JSON Schema: {e}"))?;
+        Ok(Self { json, validator })
+    }
+
+    /// Checks a configuration; the refusal names each violation (the first
+    /// few) with where it is.
+    pub fn check(&self, config: &serde_json::Value) -> Result<(), String> {
+        let errors: Vec<String> = self
+            .validator
+            .iter_errors(config)
+            .take(MAX_SCHEMA_ERRORS)
+            .map(|error| {
+                let at = error.instance_path().as_str().to_owned();
+                if at.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{at}: {error}")
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
 }
 
 impl Plugin {
-    pub fn view(&self) -> PluginView {
+    /// The plugin as the API shows it; the registry's
+    /// [`view`](PluginRegistry::view) adds its settings' version.
+    fn view(&self) -> PluginView {
         let enabled = self.enabled.load(Ordering::Relaxed);
         PluginView {
             name: self.name.clone(),
@@ -344,6 +413,8 @@ impl Plugin {
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
+            config_version: 0,
+            config_schema: self.config_schema.as_ref().map(|s| s.json.clone()),
         }
     }
 
@@ -370,6 +441,11 @@ impl Plugin {
     /// Whether the device plugin exports `cancels` (WIT 0.1.5).
     pub fn sends_cancels(&self) -> bool {
         self.build_cancels.is_some()
+    }
+
+    /// The plugin's JSON Schema of its `config`, when it gives one.
+    pub fn config_schema(&self) -> Option<&ConfigSchema> {
+        self.config_schema.as_deref()
     }
 
     /// Whether the device plugin exports `inspect` (WIT 0.1.6).
@@ -536,6 +612,27 @@ pub struct PluginRegistry {
     metrics: Metrics,
     max_consecutive_traps: u32,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    /// The settings in force, by plugin name (kept across a plugin's
+    /// replacement); a plugin without any gets `{}`.
+    configs: RwLock<BTreeMap<String, Arc<ConfigInForce>>>,
+}
+
+/// A plugin's settings in force on this replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigInForce {
+    /// 0 for a plugin never configured.
+    pub version: i64,
+    /// The configuration as its calls get it: a JSON object.
+    pub text: Arc<str>,
+}
+
+impl Default for ConfigInForce {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            text: Arc::from("{}"),
+        }
+    }
 }
 
 impl PluginRegistry {
@@ -546,6 +643,7 @@ impl PluginRegistry {
             metrics,
             max_consecutive_traps: 5,
             plugins: RwLock::new(BTreeMap::new()),
+            configs: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -631,6 +729,10 @@ impl PluginRegistry {
         let parse_reports = export(CONTROL_INTERFACE, "parse-reports");
         let build_cancels = export(CANCELS_INTERFACE, "build-cancels");
         let inspect_image = export(INSPECT_INTERFACE, "inspect-image");
+        // Every kind may describe its settings.
+        let config_schema_export = component
+            .get_export_index(None, SETTINGS_INTERFACE)
+            .and_then(|index| component.get_export_index(Some(&index), "config-schema"));
         let mut plugin = Plugin {
             name: "(loading)".into(),
             kind,
@@ -650,6 +752,7 @@ impl PluginRegistry {
             parse_reports,
             build_cancels,
             inspect_image,
+            config_schema: None,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -698,6 +801,21 @@ impl PluginRegistry {
                 ));
             }
             plugin.families = families;
+        }
+        if let Some(index) = config_schema_export {
+            let seal = Seal::new("config-schema", 0, &[]);
+            let text = self.instance_call(&plugin, "config-schema", seal, |store, instance| {
+                let function =
+                    instance.get_typed_func::<(), (Option<String>,)>(&mut *store, index)?;
+                let (answer,) = function.call(&mut *store, ())?;
+                Ok(answer)
+            })?;
+            if let Some(text) = text {
+                let schema = ConfigSchema::parse(&text).map_err(|reason| {
+                    PluginError::Invalid(format!("plugin '{}': {reason}", plugin.name))
+                })?;
+                plugin.config_schema = Some(Arc::new(schema));
+            }
         }
         Ok(plugin)
     }
@@ -753,7 +871,15 @@ impl PluginRegistry {
     }
 
     pub fn list(&self) -> Vec<PluginView> {
-        self.list_plugins().iter().map(|p| p.view()).collect()
+        self.list_plugins().iter().map(|p| self.view(p)).collect()
+    }
+
+    /// A plugin as the API shows it, with the version of its settings.
+    pub fn view(&self, plugin: &Plugin) -> PluginView {
+        PluginView {
+            config_version: self.config_of(&plugin.name).version,
+            ..plugin.view()
+        }
     }
 
     /// Enables or disables a plugin; `None` when there is no such plugin.
@@ -765,7 +891,41 @@ impl PluginRegistry {
     ) -> Option<PluginView> {
         let plugin = self.get(name)?;
         plugin.set_enabled(enabled, reason);
-        Some(plugin.view())
+        Some(self.view(&plugin))
+    }
+
+    /// The settings in force for the plugin `name`.
+    pub fn config_of(&self, name: &str) -> Arc<ConfigInForce> {
+        self.configs
+            .read()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Puts a plugin's settings in force, unless a later version already is
+    /// (replicas learn of versions in any order). Whether it was taken.
+    pub fn set_config(&self, name: &str, config: ConfigInForce) -> bool {
+        let Ok(mut map) = self.configs.write() else {
+            return false;
+        };
+        match map.get(name) {
+            Some(current) if current.version >= config.version => false,
+            _ => {
+                map.insert(name.to_owned(), Arc::new(config));
+                true
+            }
+        }
+    }
+
+    /// The settings of the device plugin serving `family` (`{}` when there
+    /// is none: its calls then fail on the missing plugin).
+    pub fn family_config(&self, family: &str) -> Arc<str> {
+        self.list_plugins()
+            .iter()
+            .find(|p| p.kind == PluginKind::Device && p.families.iter().any(|f| f == family))
+            .map(|p| self.config_of(&p.name).text.clone())
+            .unwrap_or_else(|| Arc::from("{}"))
     }
 
     /// Whether a device plugin serves `family`.
@@ -920,18 +1080,21 @@ impl PluginRegistry {
         })
     }
 
-    /// As [`Self::device_call`], on the bare instance: for the exports a
-    /// plugin may lack, which the generated bindings do not cover.
-    fn device_instance_call<R>(
+    /// A call on the bare instance of a plugin of either kind: for the
+    /// exports a plugin may lack, which the generated bindings do not
+    /// cover.
+    fn instance_call<R>(
         &self,
         plugin: &Plugin,
         function: &'static str,
         seal: Seal,
         body: impl FnOnce(&mut Store<State>, &wasmtime::component::Instance) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        let pre = Self::device_pre(plugin)?;
         self.guarded(plugin, function, self.limits.call_timeout, seal, |store| {
-            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let instance = match &plugin.pre {
+                Pre::Device(pre) => pre.instance_pre().instantiate(&mut *store)?,
+                Pre::Rollout(pre) => pre.instance_pre().instantiate(&mut *store)?,
+            };
             body(store, &instance)
         })
     }
@@ -959,15 +1122,40 @@ impl PluginRegistry {
         }
     }
 
-    /// Checks a job's rollout configuration with its plugin.
+    /// Asks a plugin, loaded or not yet admitted, whether it takes `config`:
+    /// against its JSON Schema first when it gives one, then its
+    /// `validate-config`, whatever its kind and state.
+    pub fn validate_config(&self, plugin: &Plugin, config: &str) -> Result<(), PluginError> {
+        if let Some(schema) = plugin.config_schema() {
+            let value: serde_json::Value = serde_json::from_str(config)
+                .map_err(|e| Self::refused(plugin, format!("not JSON: {e}")))?;
+            schema.check(&value).map_err(|reason| {
+                Self::refused(plugin, format!("{reason} (by its JSON Schema)"))
+            })?;
+        }
+        let seal = Seal::new("validate-config", 0, &[&config]);
+        match plugin.kind {
+            PluginKind::Rollout => {
+                self.rollout_call(plugin, "validate-config", seal, |store, i| {
+                    i.rollway_plugin_rollout()
+                        .call_validate_config(store, config)
+                })
+            }
+            PluginKind::Device => {
+                self.device_call(plugin, "validate-config", None, seal, |store, i| {
+                    i.rollway_plugin_device()
+                        .call_validate_config(store, config)
+                })
+            }
+        }?
+        .map_err(|reason| Self::refused(plugin, reason))
+    }
+
+    /// Checks a job's rollout configuration with its plugin (and its
+    /// schema).
     pub fn validate_rollout_config(&self, name: &str, config: &str) -> Result<(), PluginError> {
         let plugin = self.rollout_plugin(name)?;
-        let seal = Seal::new("validate-config", 0, &[&config]);
-        self.rollout_call(&plugin, "validate-config", seal, |store, i| {
-            i.rollway_plugin_rollout()
-                .call_validate_config(store, config)
-        })?
-        .map_err(|reason| Self::refused(&plugin, reason))
+        self.validate_config(&plugin, config)
     }
 
     /// Splits `total` devices into batch sizes.
@@ -1074,15 +1262,10 @@ impl PluginRegistry {
         Ok(info)
     }
 
-    /// Checks a family's configuration.
+    /// Checks a family's settings with its plugin (and its schema).
     pub fn validate_device_config(&self, family: &str, config: &str) -> Result<(), PluginError> {
         let plugin = self.device_plugin(family)?;
-        let seal = Seal::new("validate-config", 0, &[&config]);
-        self.device_call(&plugin, "validate-config", None, seal, |store, i| {
-            i.rollway_plugin_device()
-                .call_validate_config(store, config)
-        })?
-        .map_err(|reason| Self::refused(&plugin, reason))
+        self.validate_config(&plugin, config)
     }
 
     /// Builds one device's update command.
@@ -1255,7 +1438,7 @@ impl PluginRegistry {
         A: wasmtime::component::Lift + Send + Sync + 'static,
     {
         let seal = Seal::new(function, 0, &[&config, &items]);
-        self.device_instance_call(plugin, function, seal, |store, instance| {
+        self.instance_call(plugin, function, seal, |store, instance| {
             let function =
                 instance.get_typed_func::<(&str, &[I]), (Vec<A>,)>(&mut *store, index)?;
             let (answers,) = function.call(&mut *store, (config, items))?;
@@ -1316,7 +1499,7 @@ impl PluginRegistry {
         let seal = |function| Seal::new(function, 0, &[&config, &topic_device_id, &payload]);
         if let Some(index) = &plugin.parse_reports {
             type Answer = Result<Report, String>;
-            let mut answers = self.device_instance_call(
+            let mut answers = self.instance_call(
                 &plugin,
                 "parse-reports",
                 seal("parse-reports"),
@@ -1343,7 +1526,7 @@ impl PluginRegistry {
                 .map_err(|reason| Self::refused(&plugin, reason));
         }
         let parsed = match &plugin.parse_status_attempt {
-            Some(index) => self.device_instance_call(
+            Some(index) => self.instance_call(
                 &plugin,
                 "parse-status",
                 seal("parse-status"),
@@ -1474,6 +1657,16 @@ impl Plugins {
         self.blocking(move |r| r.load(&bytes, source)).await?
     }
 
+    /// See [`PluginRegistry::validate_config`].
+    pub async fn validate_config(
+        &self,
+        plugin: Arc<Plugin>,
+        config: String,
+    ) -> Result<(), PluginError> {
+        self.blocking(move |r| r.validate_config(&plugin, &config))
+            .await?
+    }
+
     pub async fn validate_rollout_config(
         &self,
         name: &str,
@@ -1506,27 +1699,28 @@ impl Plugins {
             .await?
     }
 
+    /// Validates an image with its family's plugin, under the plugin's
+    /// settings in force.
     pub async fn validate_image(
         &self,
         family: &str,
-        config: &str,
         image: Arc<dyn ImageSource>,
     ) -> Result<ImageInfo, PluginError> {
-        let (family, config) = (family.to_owned(), config.to_owned());
+        let (family, config) = (family.to_owned(), self.family_config(family));
         self.blocking(move |r| r.validate_image(&family, &config, image))
             .await?
     }
 
     /// The commands of many requests of one family, in order. `Err` only
     /// when the call's thread itself failed: the caller tries the whole
-    /// round again rather than failing every item.
+    /// round again rather than failing every item. Under the plugin's
+    /// settings in force, as every device call.
     pub async fn build_commands(
         &self,
         family: &str,
-        config: &str,
         requests: Vec<CommandRequest>,
     ) -> Result<Vec<Result<Command, PluginError>>, PluginError> {
-        let (family, config) = (family.to_owned(), config.to_owned());
+        let (family, config) = (family.to_owned(), self.family_config(family));
         self.blocking(move |r| r.build_commands(&family, &config, &requests))
             .await
     }
@@ -1537,10 +1731,9 @@ impl Plugins {
     pub async fn build_cancels(
         &self,
         family: &str,
-        config: &str,
         requests: Vec<CancelRequest>,
     ) -> Result<Vec<Result<Command, PluginError>>, PluginError> {
-        let (family, config) = (family.to_owned(), config.to_owned());
+        let (family, config) = (family.to_owned(), self.family_config(family));
         self.blocking(move |r| r.build_cancels(&family, &config, &requests))
             .await
     }
@@ -1550,22 +1743,18 @@ impl Plugins {
     pub async fn parse_presence(
         &self,
         family: &str,
-        config: &str,
         topic_device_id: &str,
         payload: bytes::Bytes,
     ) -> Result<Vec<Presence>, PluginError> {
+        let config = self.family_config(family);
         // Only a plugin's own parser runs WebAssembly: the standard JSON is
         // read here, without a hand-off to a blocking thread.
         if !self.device_plugin(family)?.parses_presence() {
             return self
                 .0
-                .parse_presence(family, config, topic_device_id, &payload);
+                .parse_presence(family, &config, topic_device_id, &payload);
         }
-        let (family, config, device) = (
-            family.to_owned(),
-            config.to_owned(),
-            topic_device_id.to_owned(),
-        );
+        let (family, device) = (family.to_owned(), topic_device_id.to_owned());
         self.blocking(move |r| r.parse_presence(&family, &config, &device, &payload))
             .await?
     }
@@ -1576,10 +1765,9 @@ impl Plugins {
     pub async fn parse_statuses(
         &self,
         family: &str,
-        config: &str,
         statuses: Vec<(String, bytes::Bytes)>,
     ) -> Result<Vec<Result<ParsedStatus, PluginError>>, PluginError> {
-        let (family, config) = (family.to_owned(), config.to_owned());
+        let (family, config) = (family.to_owned(), self.family_config(family));
         self.blocking(move |r| {
             let items: Vec<(&str, &[u8])> = statuses
                 .iter()
@@ -1672,13 +1860,12 @@ impl PluginRegistry {
         };
         type Answer = Result<Vec<DevicePresence>, String>;
         let seal = Seal::new("parse-presence", 0, &[&config, &topic_device_id, &payload]);
-        let answer =
-            self.device_instance_call(&plugin, "parse-presence", seal, |store, instance| {
-                let function = instance
-                    .get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
-                let (answer,) = function.call(&mut *store, (config, topic_device_id, payload))?;
-                Ok(answer)
-            })?;
+        let answer = self.instance_call(&plugin, "parse-presence", seal, |store, instance| {
+            let function =
+                instance.get_typed_func::<(&str, &str, &[u8]), (Answer,)>(&mut *store, index)?;
+            let (answer,) = function.call(&mut *store, (config, topic_device_id, payload))?;
+            Ok(answer)
+        })?;
         let devices = answer.map_err(|reason| Self::refused(&plugin, reason))?;
         if devices.is_empty() || devices.len() > rollway_plugin_sdk::presence::MAX_DEVICES {
             return Err(Self::nonsense(
@@ -1741,6 +1928,42 @@ impl dev::StatusState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_s_schema_must_be_a_sealed_json_schema() {
+        let refused = |text: &str| ConfigSchema::parse(text).err().unwrap_or_default();
+        assert!(refused("{").contains("not JSON"));
+        assert!(refused("[1]").contains("not a JSON Schema object"));
+        assert!(refused(r#"{"type": 12}"#).contains("not a valid JSON Schema"));
+        // No reference leaves the schema: plugins are sealed.
+        assert!(
+            refused(r#"{"$ref": "https://example.com/settings.json"}"#)
+                .contains("not a valid JSON Schema")
+        );
+        let huge = format!(r#"{{"description": "{}"}}"#, "x".repeat(MAX_SCHEMA_BYTES));
+        assert!(refused(&huge).contains("more than"));
+
+        let schema = ConfigSchema::parse(
+            r##"{"type": "object", "additionalProperties": false, "$defs": {"n": {"type": "integer", "minimum": 1}},
+                "properties": {"canary": {"$ref": "#/$defs/n"}, "mode": {"enum": ["a", "b"]}}}"##,
+        )
+        .unwrap();
+        assert!(
+            schema
+                .check(&serde_json::json!({"canary": 3, "mode": "a"}))
+                .is_ok()
+        );
+        let said = schema
+            .check(&serde_json::json!({"canary": 0, "mode": "c", "extra": true}))
+            .unwrap_err();
+        for part in [
+            "/canary: 0 is less than the minimum of 1",
+            "/mode:",
+            "'extra' was unexpected",
+        ] {
+            assert!(said.contains(part), "{said}");
+        }
+    }
 
     #[test]
     fn batches_are_bounded_by_items_and_bytes() {

@@ -116,7 +116,7 @@ const CARGO_REFUSES: &[&str] = &[
 /// What a new project implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Kind {
-    /// A rollout strategy (world `rollout-strategy`).
+    /// A rollout strategy (world `rollout-strategy-settings`).
     Rollout,
     /// A device family's protocol (world `device-protocol-attempts`).
     Device,

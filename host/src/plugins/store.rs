@@ -1,13 +1,20 @@
-//! Uploaded plugins and plugin states, kept in PostgreSQL and the object
-//! store so that they survive restarts; the services behind the admin's
-//! plugin routes, each writing its event and audit record.
+//! Uploaded plugins, plugin states and plugin settings, kept in
+//! PostgreSQL and the object store so that they survive restarts and reach
+//! every replica; the services behind the admin's plugin routes, each
+//! writing its event and audit record.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
-use super::{Plugin, PluginError, PluginSource, PluginView, Plugins};
+use super::{ConfigInForce, Plugin, PluginError, PluginSource, PluginView, Plugins};
 use crate::store::FirmwareStore;
 use crate::{audit, outbox};
 
@@ -32,9 +39,25 @@ pub async fn upload(
     bytes: bytes::Bytes,
     actor: &str,
 ) -> Result<Arc<Plugin>, UploadError> {
-    let plugin = plugins.load(bytes.to_vec(), PluginSource::Uploaded).await?;
-    // Refused before its bytes are kept.
+    let plugin = Arc::new(plugins.load(bytes.to_vec(), PluginSource::Uploaded).await?);
+    // Refused before its bytes are kept: a clash, or settings in force
+    // that this version does not take.
     plugins.admissible(&plugin)?;
+    let settings = plugins.config_of(&plugin.name);
+    if settings.version > 0 {
+        plugins
+            .validate_config(plugin.clone(), settings.text.to_string())
+            .await
+            .map_err(|error| {
+                PluginError::Invalid(format!(
+                    "this version refuses the plugin's settings in force (version {}): {error}; \
+                     set settings it takes first",
+                    settings.version
+                ))
+            })?;
+    }
+    let plugin = Arc::into_inner(plugin)
+        .ok_or_else(|| PluginError::Invalid("the plugin is still in use by its check".into()))?;
     // The bytes first, outside any transaction; then the row, its event
     // and its audit record together; then the registry.
     let key = format!("plugins/{}.wasm", plugin.sha256);
@@ -101,42 +124,280 @@ pub async fn set_state(
     Ok(plugins.set_enabled(name, enabled, reason))
 }
 
+/// Most bytes of a plugin's settings, as JSON.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+/// One version of a plugin's settings.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct PluginConfig {
+    pub plugin: String,
+    /// 1 for the first settings an admin set, then one more each time; 0
+    /// (with `{}`) for a plugin never configured.
+    pub version: i64,
+    /// A JSON object: a device plugin's settings, passed to each of its
+    /// calls; a rollout plugin's defaults, under each new job's
+    /// `rollout.config`.
+    #[schema(value_type = Object)]
+    pub config: sqlx::types::Json<Value>,
+    /// Who set it; absent for version 0.
+    pub set_by: Option<String>,
+    pub set_at: Option<DateTime<Utc>>,
+}
+
+impl PluginConfig {
+    fn unset(plugin: &str) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            version: 0,
+            config: sqlx::types::Json(json!({})),
+            set_by: None,
+            set_at: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigureError {
+    #[error("no plugin '{0}'")]
+    NotFound(String),
+    /// Not an object, too large, or refused by the plugin.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Plugin(PluginError),
+    /// The settings changed since the version the caller saw.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Sets a plugin's settings: checked by the plugin's `validate-config`,
+/// saved as a new version with its `plugin.config.changed` event and audit
+/// record, then in force here at once and on the other replicas at their
+/// next [`follow`] round. With `expected_version`, refused when another
+/// version was set since.
+pub async fn configure(
+    plugins: &Plugins,
+    pool: &PgPool,
+    name: &str,
+    config: Value,
+    expected_version: Option<i64>,
+    actor: &str,
+) -> Result<PluginConfig, ConfigureError> {
+    let plugin = plugins
+        .get(name)
+        .ok_or_else(|| ConfigureError::NotFound(name.to_owned()))?;
+    if !config.is_object() {
+        return Err(ConfigureError::Invalid("must be a JSON object".into()));
+    }
+    let text = config.to_string();
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigureError::Invalid(format!(
+            "must be at most {MAX_CONFIG_BYTES} bytes of JSON"
+        )));
+    }
+    plugins
+        .validate_config(plugin, text)
+        .await
+        .map_err(ConfigureError::Plugin)?;
+    let mut tx = pool.begin().await?;
+    // One writer at a time per plugin: the lock orders versions.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plugin_configs'), hashtext($1))")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let current: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(max(version), 0) FROM plugin_configs WHERE plugin = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(expected) = expected_version
+        && expected != current
+    {
+        return Err(ConfigureError::Conflict(format!(
+            "the settings of '{name}' are at version {current}, not {expected}; read them again"
+        )));
+    }
+    let saved: PluginConfig = sqlx::query_as(
+        "INSERT INTO plugin_configs (plugin, version, config, set_by) VALUES ($1, $2, $3, $4)
+         RETURNING plugin, version, config, set_by, set_at",
+    )
+    .bind(name)
+    .bind(current + 1)
+    .bind(sqlx::types::Json(&config))
+    .bind(actor)
+    .fetch_one(&mut *tx)
+    .await?;
+    let details = json!({ "name": name, "version": saved.version, "config": saved.config.0 });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::PluginConfigChanged,
+            aggregate_id: name,
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    audit::record(&mut tx, actor, "plugin.configure", "plugin", name, details).await?;
+    tx.commit().await?;
+    plugins.set_config(
+        name,
+        ConfigInForce {
+            version: saved.version,
+            text: Arc::from(saved.config.0.to_string()),
+        },
+    );
+    tracing::info!(plugin = %name, version = saved.version, %actor, "plugin settings set");
+    Ok(saved)
+}
+
+/// The settings in force for `name` as saved (version 0 and `{}` when
+/// never set).
+pub async fn current_config(pool: &PgPool, name: &str) -> Result<PluginConfig, sqlx::Error> {
+    let saved: Option<PluginConfig> = sqlx::query_as(
+        "SELECT plugin, version, config, set_by, set_at FROM plugin_configs
+         WHERE plugin = $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(saved.unwrap_or_else(|| PluginConfig::unset(name)))
+}
+
+/// Versions of a plugin's settings, newest first, below `before`.
+pub async fn config_history(
+    pool: &PgPool,
+    name: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<PluginConfig>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT plugin, version, config, set_by, set_at FROM plugin_configs
+         WHERE plugin = $1 AND ($2::bigint IS NULL OR version < $2)
+         ORDER BY version DESC LIMIT $3",
+    )
+    .bind(name)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// How often a replica reads plugin changes other replicas made.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a replica has applied of the `plugins` table: each row's
+/// `updated_at`, so that a round applies only what changed since (a
+/// plugin this replica disabled for trapping stays so until an admin acts).
+#[derive(Default)]
+pub struct Followed {
+    rows: HashMap<String, DateTime<Utc>>,
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     name: String,
+    sha256: Option<String>,
     storage_key: Option<String>,
     enabled: bool,
     disabled_reason: Option<String>,
+    updated_at: DateTime<Utc>,
 }
 
-/// Loads uploaded plugins and applies saved states. A plugin that no longer
-/// loads is logged and skipped.
+/// Loads uploaded plugins and applies saved states and settings, at start.
+/// A plugin that no longer loads is logged and skipped.
 pub async fn restore(
-    registry: &super::Plugins,
+    registry: &Plugins,
     pool: &PgPool,
     store: &FirmwareStore,
+) -> anyhow::Result<Followed> {
+    let mut followed = Followed::default();
+    catch_up(registry, pool, store, &mut followed).await?;
+    Ok(followed)
+}
+
+/// Keeps this replica's plugins as the database says, every
+/// [`FOLLOW_INTERVAL`]: uploads, states and settings set through another
+/// replica take effect here within that time.
+pub async fn follow(
+    registry: Plugins,
+    pool: PgPool,
+    store: FirmwareStore,
+    mut followed: Followed,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+        }
+        if let Err(error) = catch_up(&registry, &pool, &store, &mut followed).await {
+            tracing::warn!(error = %format!("{error:#}"), "reading plugin changes");
+        }
+    }
+}
+
+/// One round of [`follow`].
+async fn catch_up(
+    registry: &Plugins,
+    pool: &PgPool,
+    store: &FirmwareStore,
+    followed: &mut Followed,
 ) -> anyhow::Result<()> {
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, storage_key, enabled, disabled_reason FROM plugins ORDER BY updated_at",
+        "SELECT name, sha256, storage_key, enabled, disabled_reason, updated_at
+         FROM plugins ORDER BY updated_at",
     )
     .fetch_all(pool)
     .await?;
     for row in rows {
+        if followed.rows.get(&row.name) == Some(&row.updated_at) {
+            continue;
+        }
+        followed.rows.insert(row.name.clone(), row.updated_at);
         if let Some(key) = &row.storage_key {
-            let loaded = match store.read_all(key).await {
-                Ok(bytes) => registry
-                    .load(bytes.to_vec(), PluginSource::Uploaded)
-                    .await
-                    .and_then(|plugin| registry.admit(plugin))
-                    .map_err(|e| e.to_string()),
-                Err(error) => Err(format!("{error:#}")),
-            };
-            if let Err(error) = loaded {
-                tracing::error!(plugin = %row.name, %error, "uploaded plugin not loaded");
-                continue;
+            let loaded_here = registry
+                .get(&row.name)
+                .is_some_and(|p| Some(&p.sha256) == row.sha256.as_ref());
+            if !loaded_here {
+                let loaded = match store.read_all(key).await {
+                    Ok(bytes) => registry
+                        .load(bytes.to_vec(), PluginSource::Uploaded)
+                        .await
+                        .and_then(|plugin| registry.admit(plugin))
+                        .map_err(|e| e.to_string()),
+                    Err(error) => Err(format!("{error:#}")),
+                };
+                if let Err(error) = loaded {
+                    tracing::error!(plugin = %row.name, %error, "uploaded plugin not loaded");
+                    continue;
+                }
             }
         }
         registry.set_enabled(&row.name, row.enabled, row.disabled_reason);
+    }
+    let configs: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (plugin) plugin, version, config::text FROM plugin_configs
+         ORDER BY plugin, version DESC",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (plugin, version, text) in configs {
+        // The same text as the writer's: the database's JSON, re-encoded.
+        let text = serde_json::from_str::<Value>(&text)
+            .map(|v| v.to_string())
+            .unwrap_or(text);
+        if registry.set_config(
+            &plugin,
+            ConfigInForce {
+                version,
+                text: Arc::from(text),
+            },
+        ) {
+            tracing::info!(%plugin, version, "plugin settings in force");
+        }
     }
     Ok(())
 }

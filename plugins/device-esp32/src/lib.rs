@@ -152,6 +152,20 @@ pub struct Esp32;
 impl DeviceFamily for Esp32 {
     type Config = Config;
     const FAMILIES: &'static [&'static str] = &["esp32"];
+    const CONFIG_SCHEMA: Option<&'static str> = Some(
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "ESP32 family settings",
+  "type": "object",
+  "additionalProperties": false,
+  "properties": {
+    "require_secure_boot": {
+      "type": "boolean", "default": false,
+      "description": "Ask devices to verify the image signature with their secure boot keys too."
+    }
+  }
+}"#,
+    );
 
     fn validate_image(_config: &Config, image: &mut Image<'_>) -> Result<ImageFacts, String> {
         validate(image)

@@ -141,6 +141,20 @@ pub struct Jetson;
 impl DeviceFamily for Jetson {
     type Config = Config;
     const FAMILIES: &'static [&'static str] = &["jetson"];
+    const CONFIG_SCHEMA: Option<&'static str> = Some(
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "Jetson family settings",
+  "type": "object",
+  "additionalProperties": false,
+  "properties": {
+    "boot_verify_timeout_secs": {
+      "type": "integer", "minimum": 30, "maximum": 3600, "default": 300,
+      "description": "Seconds the new slot has to boot and report before the module falls back to the old one."
+    }
+  }
+}"#,
+    );
 
     fn check(config: &Config) -> Result<(), String> {
         check(config)

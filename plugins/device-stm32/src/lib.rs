@@ -239,6 +239,24 @@ pub struct Stm32;
 impl DeviceFamily for Stm32 {
     type Config = Config;
     const FAMILIES: &'static [&'static str] = &["stm32"];
+    const CONFIG_SCHEMA: Option<&'static str> = Some(
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "STM32 family settings",
+  "type": "object",
+  "additionalProperties": false,
+  "properties": {
+    "chunk_size": {
+      "type": "integer", "minimum": 8, "maximum": 4095, "default": 2048,
+      "description": "Bytes per transfer block the gateway sends over the bus (ISO-TP blocks carry at most 4095)."
+    },
+    "bus": {
+      "type": "string", "enum": ["can", "can-fd"], "default": "can",
+      "description": "The bus between the gateway and the MCU."
+    }
+  }
+}"#,
+    );
 
     fn check(config: &Config) -> Result<(), String> {
         check(config)

@@ -10,7 +10,7 @@
 //! ```
 //! or `{"batch_size": 500, ...}` instead of `batches`.
 
-wit_bindgen::generate!({ world: "rollout-strategy", path: "../../wit" });
+wit_bindgen::generate!({ world: "rollout-strategy-settings", path: "../../wit" });
 
 use rollway_plugin_sdk::rollout::{Decision, RolloutStrategy, Snapshot};
 use serde::Deserialize;
@@ -173,6 +173,42 @@ pub struct RolloutPercent;
 
 impl RolloutStrategy for RolloutPercent {
     type Config = Config;
+    const CONFIG_SCHEMA: Option<&'static str> = Some(
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "rollout-percent configuration",
+  "type": "object",
+  "additionalProperties": false,
+  "not": { "required": ["batches", "batch_size"] },
+  "properties": {
+    "batches": {
+      "type": "array", "minItems": 1, "maxItems": 1000,
+      "items": { "type": "number", "exclusiveMinimum": 0, "maximum": 100 },
+      "description": "Cumulative percentages of the fleet released batch by batch, increasing, the last 100 (e.g. 10, 50, 100). Not with batch_size."
+    },
+    "batch_size": {
+      "type": "integer", "minimum": 1,
+      "description": "Devices per batch, instead of batches."
+    },
+    "success_threshold": {
+      "type": "number", "minimum": 0, "maximum": 100, "default": 95,
+      "description": "Percent of a batch that must succeed before the next is released."
+    },
+    "failure_threshold": {
+      "type": "number", "minimum": 0, "maximum": 100, "default": 10,
+      "description": "Percent of a batch failed or timed out beyond which the job stops (see on_failure)."
+    },
+    "on_failure": {
+      "type": "string", "enum": ["abort", "pause"], "default": "abort",
+      "description": "What passing the failure threshold does: abort the job, or pause it for an operator."
+    },
+    "min_soak_secs": {
+      "type": "integer", "minimum": 0, "default": 0,
+      "description": "Seconds a batch runs at least before the next is released."
+    }
+  }
+}"#,
+    );
 
     fn check(config: &Config) -> Result<(), String> {
         check(config)
@@ -192,6 +228,7 @@ rollway_plugin_sdk::rollout_plugin!(
     name: "rollout-percent",
     description: "Batches by cumulative percentage; next batch on success threshold, abort on failure threshold",
 );
+rollway_plugin_sdk::rollout_settings!(RolloutPercent);
 
 #[cfg(test)]
 mod tests {

@@ -57,6 +57,11 @@ pub trait DeviceFamily {
     /// The families this plugin speaks for.
     const FAMILIES: &'static [&'static str];
 
+    /// A JSON Schema of [`Config`](Self::Config), the family's settings
+    /// (`settings.config-schema`, WIT 0.1.7): the host checks an admin's
+    /// settings against it first and the dashboard draws a form from it.
+    const CONFIG_SCHEMA: Option<&'static str> = None;
+
     /// Rules serde cannot express.
     fn check(_config: &Self::Config) -> Result<(), String> {
         Ok(())
@@ -132,8 +137,9 @@ pub fn load_config<F: DeviceFamily>(text: &str) -> Result<F::Config, String> {
 /// alone, the configuration read once), `presence` (what devices say
 /// about themselves when they connect), `control` (every state a
 /// device reports: `waiting` and `cancelled` too, with their reason),
-/// `cancels` (telling devices to stop an update that was cancelled) and
-/// `inspect` (an image's security counter in a field of its own).
+/// `cancels` (telling devices to stop an update that was cancelled),
+/// `inspect` (an image's security counter in a field of its own) and
+/// `settings` (the JSON Schema of its settings, when it gives one).
 #[macro_export]
 macro_rules! device_plugin {
     ($family:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -219,6 +225,12 @@ macro_rules! device_plugin {
                     payload: out.payload,
                     qos: out.qos,
                 })
+        }
+
+        impl exports::rollway::plugin::settings::Guest for RollwayDeviceGuest {
+            fn config_schema() -> Option<String> {
+                <$family as $crate::device::DeviceFamily>::CONFIG_SCHEMA.map(str::to_owned)
+            }
         }
 
         impl exports::rollway::plugin::attempts::Guest for RollwayDeviceGuest {

@@ -6,10 +6,11 @@
 //! and exports it with [`rollout_plugin!`] or [`device_plugin!`]:
 //!
 //! ```ignore
-//! wit_bindgen::generate!({ world: "rollout-strategy", path: "wit" });
+//! wit_bindgen::generate!({ world: "rollout-strategy-settings", path: "wit" });
 //! struct Canary;
 //! impl rollway_plugin_sdk::rollout::RolloutStrategy for Canary { /* … */ }
 //! rollway_plugin_sdk::rollout_plugin!(Canary, name: "rollout-canary", description: "…");
+//! rollway_plugin_sdk::rollout_settings!(Canary); // its CONFIG_SCHEMA
 //! ```
 //!
 //! This crate is plain Rust with no bindings of its own (each plugin

@@ -82,6 +82,12 @@ pub trait RolloutStrategy {
     /// The job's rollout configuration; an empty config parses as `{}`.
     type Config: DeserializeOwned;
 
+    /// A JSON Schema of [`Config`](Self::Config) (`settings.config-schema`,
+    /// WIT 0.1.7), exported by [`rollout_settings!`](crate::rollout_settings):
+    /// the host checks configurations against it first and the dashboard
+    /// draws a form from it.
+    const CONFIG_SCHEMA: Option<&'static str> = None;
+
     /// Rules serde cannot express; the error is shown to the operator.
     fn check(_config: &Self::Config) -> Result<(), String> {
         Ok(())
@@ -102,7 +108,9 @@ pub fn load_config<S: RolloutStrategy>(text: &str) -> Result<S::Config, String> 
 }
 
 /// Exports a [`RolloutStrategy`] as the plugin's component. Invoke it at the
-/// crate root after `wit_bindgen::generate!({ world: "rollout-strategy", .. })`.
+/// crate root after `wit_bindgen::generate!({ world: "rollout-strategy-settings", .. })`
+/// (or `"rollout-strategy"` for a plugin without a schema), then
+/// [`rollout_settings!`](crate::rollout_settings) with the settings world.
 #[macro_export]
 macro_rules! rollout_plugin {
     ($strategy:ty, name: $name:expr, description: $description:expr $(,)?) => {
@@ -168,5 +176,20 @@ macro_rules! rollout_plugin {
         // Exported only in the component build; native builds are for unit tests.
         #[cfg(target_arch = "wasm32")]
         export!(RollwayRolloutGuest);
+    };
+}
+
+/// Exports the strategy's [`RolloutStrategy::CONFIG_SCHEMA`] (the
+/// `settings` interface, WIT 0.1.7). Invoke it after
+/// [`rollout_plugin!`](crate::rollout_plugin) when the plugin is built
+/// against the `rollout-strategy-settings` world.
+#[macro_export]
+macro_rules! rollout_settings {
+    ($strategy:ty $(,)?) => {
+        impl exports::rollway::plugin::settings::Guest for RollwayRolloutGuest {
+            fn config_schema() -> Option<String> {
+                <$strategy as $crate::rollout::RolloutStrategy>::CONFIG_SCHEMA.map(str::to_owned)
+            }
+        }
     };
 }

@@ -1,9 +1,11 @@
 //! Template rollout strategy, "canary then everyone": a few devices first,
 //! a soak time, then the rest. Copy this crate to start your own strategy.
 //!
-//! Configuration: `{"canary": 5, "soak_secs": 600}`.
+//! Configuration: `{"canary": 5, "soak_secs": 600}`, described by
+//! `CONFIG_SCHEMA` (the host checks configurations against it and the
+//! dashboard draws its form from it).
 
-wit_bindgen::generate!({ world: "rollout-strategy", path: "../../wit" });
+wit_bindgen::generate!({ world: "rollout-strategy-settings", path: "../../wit" });
 
 use rollway_plugin_sdk::rollout::{Decision, RolloutStrategy, Snapshot};
 use serde::Deserialize;
@@ -30,6 +32,19 @@ struct Canary;
 
 impl RolloutStrategy for Canary {
     type Config = Config;
+    const CONFIG_SCHEMA: Option<&'static str> = Some(
+        r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "additionalProperties": false,
+  "properties": {
+    "canary": { "type": "integer", "minimum": 1, "default": 5,
+                "description": "Devices in the canary batch." },
+    "soak_secs": { "type": "integer", "minimum": 0, "default": 600,
+                   "description": "Seconds the canary must run without failure before everyone else." }
+  }
+}"#,
+    );
 
     fn check(config: &Config) -> Result<(), String> {
         if config.canary == 0 {
@@ -56,6 +71,7 @@ rollway_plugin_sdk::rollout_plugin!(
     name: "rollout-canary",
     description: "Canary batch, soak, then everyone (template)",
 );
+rollway_plugin_sdk::rollout_settings!(Canary);
 
 /// Writes to the host's log (the `log` import exists only in the component;
 /// native unit tests print instead).

@@ -109,6 +109,7 @@ export async function api(method, path, options = {}) {
 
 export const get = (path, query, options = {}) => api('GET', path, { ...options, query });
 export const post = (path, body, options = {}) => api('POST', path, { ...options, body });
+export const put = (path, body, options = {}) => api('PUT', path, { ...options, body });
 
 /**
  * Uploads a file with XMLHttpRequest so progress can be shown.

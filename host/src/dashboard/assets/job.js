@@ -8,7 +8,8 @@ import {
 } from './dom.js';
 import { eventJobId } from './live.js';
 import { firmwareIndex, firmwareLabel, progressCell, loadTimeline } from './parts.js';
-import { jobTitle, formatConfig } from './jobs.js';
+import { jobTitle } from './jobs.js';
+import { formatJson } from './schemaform.js';
 import { deviceHref } from './fleet.js';
 
 const EXEC_PAGE = 100;
@@ -194,7 +195,7 @@ export async function renderJob(ctx, jobId) {
         ['Start', job.kind === 'scheduled' ? ['at ', timeEl(job.start_at, { relative: false })] : `${job.kind} (${fmtDateTime(job.start_at)})`],
         ['Targets', h('code', { class: 'json-inline' }, compactTargets(job.targets))],
         ['Rollout plugin', job.rollout_plugin],
-        ['Rollout configuration', h('pre', { class: 'json' }, formatConfig(job.rollout_config ?? {}))],
+        ['Rollout configuration', h('pre', { class: 'json' }, formatJson(job.rollout_config ?? {}))],
         ['Device timeout', `${fmtNumber(job.device_timeout_secs)} s`],
         ['Max retries', String(job.max_retries)],
         ['Delivery deadline', `${fmtNumber(job.delivery_deadline_secs)} s after the start`],

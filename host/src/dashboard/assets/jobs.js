@@ -5,6 +5,7 @@ import {
   h, setChildren, badge, errorBox, loading, emptyState, timeEl, table, coalescer, shortId, JOB_STATUSES, uid,
 } from './dom.js';
 import { firmwareIndex, firmwareLabel, listPlugins, familiesOf, parseTags } from './parts.js';
+import { configEditor } from './schemaform.js';
 
 const PAGE = 50;
 
@@ -156,15 +157,8 @@ const CONFIG_HELP = {
   ],
 };
 
-/** One key per line, values compact: easy to read and to edit. */
-export function formatConfig(config) {
-  const entries = Object.entries(config ?? {});
-  if (entries.length === 0) return '{}';
-  return `{\n${entries.map(([k, v]) => `  ${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(',\n')}\n}`;
-}
-
 function exampleConfig(plugin) {
-  return formatConfig(CONFIG_EXAMPLES[plugin] ?? {});
+  return CONFIG_EXAMPLES[plugin] ?? {};
 }
 
 /** Where a server field error is shown: [pattern, key of the error slot]. */
@@ -274,8 +268,16 @@ export async function renderNewJob(ctx) {
   const firstEnabled = rolloutPlugins.find((p) => p.name === 'rollout-percent' && p.state === 'enabled')
     ?? rolloutPlugins.find((p) => p.state === 'enabled');
   if (firstEnabled) pluginSelect.value = firstEnabled.name;
-  const configInput = h('textarea', { id: 'rollout-config', rows: '7', spellcheck: 'false', class: 'mono', 'aria-describedby': 'rollout-config-help' });
-  configInput.value = exampleConfig(pluginSelect.value);
+  // A form drawn from the plugin's JSON Schema when it gives one; JSON else.
+  const schemaOf = (name) => rolloutPlugins.find((p) => p.name === name)?.config_schema;
+  const config = configEditor({
+    ids: { input: 'rollout-config', toggle: 'rollout-config-mode' },
+    onError: (errors) => {
+      clearErrors();
+      for (const [, message] of errors) showFieldError('rollout-config', message);
+    },
+  });
+  config.setSchema(schemaOf(pluginSelect.value), exampleConfig(pluginSelect.value));
   const configHelp = h('p', { class: 'help', id: 'rollout-config-help' });
   const timeoutInput = h('input', { id: 'device-timeout', type: 'number', min: '1', max: '604800', step: '1', value: '3600', inputmode: 'numeric' });
   const retriesInput = h('input', { id: 'max-retries', type: 'number', min: '0', max: '10', step: '1', value: '0', inputmode: 'numeric' });
@@ -315,10 +317,10 @@ export async function renderNewJob(ctx) {
         field('rollout-plugin', 'Rollout plugin', pluginSelect),
         field('device-timeout', 'Device timeout (seconds)', timeoutInput, 'How long a device may take once its command is sent.'),
         field('max-retries', 'Max retries', retriesInput, 'Re-sends after an error or a timeout (0 to 10).')),
-      h('div', { class: 'field' },
-        h('label', { for: 'rollout-config' }, 'Rollout configuration (JSON)'),
-        configInput,
+      h('fieldset', { class: 'field', id: 'rollout-config-fields' },
+        h('legend', {}, 'Rollout configuration'),
         configHelp,
+        config.el,
         slot('rollout-config'))),
     formErrors,
     h('div', { class: 'actions' }, submit, h('a', { href: '#/jobs', class: 'button secondary' }, 'Cancel')),
@@ -356,19 +358,22 @@ export async function renderNewJob(ctx) {
   firmwareSelect.addEventListener('change', syncFamily);
   syncFamily();
 
-  let lastExample = configInput.value;
+  let lastExample = exampleConfig(pluginSelect.value);
   const showConfigHelp = () => {
     const help = CONFIG_HELP[pluginSelect.value];
-    setChildren(configHelp, help
-      ? help()
-      : `The configuration ${pluginSelect.value || 'the plugin'} accepts, as a JSON object.`);
+    setChildren(configHelp, schemaOf(pluginSelect.value)
+      ? `Fields left empty take the defaults of ${pluginSelect.value} (an admin sets them on the Plugins page).`
+      : help
+        ? help()
+        : `The configuration ${pluginSelect.value || 'the plugin'} accepts, as a JSON object.`);
   };
   pluginSelect.addEventListener('change', () => {
-    const current = configInput.value.trim();
-    if (current === '' || current === lastExample.trim() || current === '{}') {
-      configInput.value = exampleConfig(pluginSelect.value);
-      lastExample = configInput.value;
-    }
+    // An edited configuration stays; the previous plugin's example goes.
+    const current = config.read();
+    const edited = current.errors.length > 0
+      || (Object.keys(current.value).length > 0 && JSON.stringify(current.value) !== JSON.stringify(lastExample));
+    lastExample = exampleConfig(pluginSelect.value);
+    config.setSchema(schemaOf(pluginSelect.value), edited && !current.errors.length ? current.value : lastExample);
     showConfigHelp();
   });
   showConfigHelp();
@@ -442,20 +447,10 @@ export async function renderNewJob(ctx) {
       else body.start = at.toISOString();
     }
 
-    let config = {};
-    const configText = configInput.value.trim();
-    if (configText) {
-      try {
-        config = JSON.parse(configText);
-        if (config === null || typeof config !== 'object' || Array.isArray(config)) {
-          errors.push(['rollout-config', 'The configuration must be a JSON object, e.g. {"batches":[10,50,100]}.']);
-        }
-      } catch (err) {
-        errors.push(['rollout-config', `Not valid JSON: ${err.message}`]);
-      }
-    }
+    const rolloutConfig = config.read();
+    for (const [, message] of rolloutConfig.errors) errors.push(['rollout-config', message]);
     if (!pluginSelect.value) errors.push(['rollout-plugin', 'Choose a rollout plugin.']);
-    body.rollout = { plugin: pluginSelect.value, config };
+    body.rollout = { plugin: pluginSelect.value, config: rolloutConfig.value ?? {} };
 
     const timeout = Number(timeoutInput.value);
     if (!Number.isInteger(timeout) || timeout < 1 || timeout > 604800) {

@@ -1,10 +1,12 @@
-// Plugins: what is loaded, its health, and (admins) upload, enable, disable.
+// Plugins: what is loaded, its health, its settings, and (admins) upload,
+// enable, disable and configure.
 
-import { post, upload } from './api.js';
+import { ApiError, get, post, put, upload } from './api.js';
 import {
-  h, setChildren, badge, errorBox, loading, emptyState, fmtNumber, fmtBytes, table, coalescer, notice, shortId,
+  h, setChildren, badge, errorBox, loading, emptyState, fmtNumber, fmtBytes, fmtDateTime, table, coalescer, notice, shortId,
 } from './dom.js';
 import { listPlugins } from './parts.js';
+import { configEditor } from './schemaform.js';
 
 export async function renderPlugins(ctx) {
   ctx.setTitle('Plugins');
@@ -12,12 +14,14 @@ export async function renderPlugins(ctx) {
   const columns = [
     { label: 'Name' }, { label: 'Kind' }, { label: 'Version' }, { label: 'WIT version' }, { label: 'Families' },
     { label: 'Source' }, { label: 'State' }, { label: 'Calls', className: 'num' }, { label: 'Traps', className: 'num' },
+    { label: 'Settings' },
   ];
   if (isAdmin) columns.push({ label: 'Actions' });
   const { el: tableEl, tbody } = table({ id: 'plugins-table', caption: 'Loaded plugins', columns });
   const listBox = h('div', { class: 'list-status' });
   const actionResult = h('div', { class: 'action-result', 'aria-live': 'polite' });
   const uploadForm = isAdmin ? buildUpload(ctx, () => refresh()) : null;
+  const settingsPanel = h('section', { class: 'panel', id: 'plugin-settings', 'aria-labelledby': 'plugin-settings-heading', hidden: true });
 
   ctx.root.append(
     h('div', { class: 'page-head' }, h('h1', {}, 'Plugins')),
@@ -27,8 +31,10 @@ export async function renderPlugins(ctx) {
       actionResult,
       h('div', { class: 'table-wrap' }, tableEl),
       listBox),
+    settingsPanel,
     uploadForm,
   );
+  let plugins = [];
 
   async function setState(plugin, enable) {
     if (!enable && !window.confirm(`Disable ${plugin.name}? Calls to it are refused until it is enabled again${plugin.kind === 'device' ? `; ${plugin.families.join(', ')} devices cannot be updated meanwhile` : '; jobs using it stop advancing'}.`)) {
@@ -59,6 +65,9 @@ export async function renderPlugins(ctx) {
         p.disabled_reason ? h('span', { class: 'row-note' }, p.disabled_reason) : null),
       h('td', { class: 'num', dataset: { calls: p.calls } }, fmtNumber(p.calls)),
       h('td', { class: ['num', p.traps > 0 ? 'has-traps' : null], dataset: { traps: p.traps } }, fmtNumber(p.traps)),
+      h('td', { dataset: { configVersion: p.config_version } },
+        h('button', { type: 'button', class: 'button secondary small', 'aria-label': `Settings of ${p.name}`, onclick: () => openSettings(p.name) },
+          p.config_version > 0 ? `v${p.config_version}` : 'defaults')),
       isAdmin ? h('td', {}, p.state === 'enabled'
         ? h('button', { type: 'button', class: 'button secondary small', 'aria-label': `Disable ${p.name}`, onclick: () => setState(p, false) }, 'Disable')
         : h('button', { type: 'button', class: 'button primary small', 'aria-label': `Enable ${p.name}`, onclick: () => setState(p, true) }, 'Enable')) : null);
@@ -66,7 +75,7 @@ export async function renderPlugins(ctx) {
 
   async function load() {
     try {
-      const plugins = await listPlugins();
+      plugins = await listPlugins();
       if (!ctx.alive) return;
       plugins.sort((a, b) => (a.kind === b.kind ? a.name.localeCompare(b.name) : a.kind.localeCompare(b.kind)));
       setChildren(tbody, plugins.map(row));
@@ -74,6 +83,69 @@ export async function renderPlugins(ctx) {
     } catch (err) {
       if (ctx.alive) setChildren(listBox, errorBox(err, { context: 'Plugins' }));
     }
+  }
+
+  /** Shows a plugin's settings in force: a form from its schema, or JSON. */
+  async function openSettings(name) {
+    const plugin = plugins.find((p) => p.name === name);
+    if (!plugin) return;
+    settingsPanel.hidden = false;
+    setChildren(settingsPanel, h('h2', { id: 'plugin-settings-heading' }, `Settings of ${name}`), loading('Loading settings…'));
+    let current;
+    try {
+      current = await get(`/plugins/${encodeURIComponent(name)}/config`);
+    } catch (err) {
+      if (ctx.alive) setChildren(settingsPanel, h('h2', { id: 'plugin-settings-heading' }, `Settings of ${name}`), errorBox(err));
+      return;
+    }
+    if (!ctx.alive) return;
+    const result = h('div', { id: 'plugin-settings-result', 'aria-live': 'polite' });
+    const editor = configEditor({
+      ids: { input: 'plugin-config', toggle: 'plugin-config-mode' },
+      onError: (errors) => setChildren(result, configProblem(errors)),
+    });
+    editor.setSchema(plugin.config_schema, current.config);
+    const save = isAdmin ? h('button', { type: 'submit', id: 'plugin-config-save', class: 'button primary' }, 'Save settings') : null;
+    const version = h('p', { class: 'muted', id: 'plugin-config-version' });
+    const showVersion = (c) => setChildren(version, c.version > 0
+      ? `Version ${c.version}, set by ${c.set_by} on ${fmtDateTime(c.set_at)}.`
+      : 'Never set: the plugin\u2019s own defaults apply.');
+    showVersion(current);
+    const form = h('form', { id: 'plugin-config-form', class: 'stack', novalidate: true },
+      h('p', { class: 'help' }, plugin.kind === 'device'
+        ? `Passed to every call of ${name} (${plugin.families.join(', ')}), on every replica within seconds.`
+        : `Defaults under each new job\u2019s rollout configuration (a job\u2019s own keys win); jobs that exist keep theirs.`),
+      version,
+      editor.el,
+      isAdmin ? h('div', { class: 'actions' }, save) : null);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      if (!isAdmin) return;
+      const got = editor.read();
+      if (got.errors.length) {
+        setChildren(result, configProblem(got.errors));
+        return;
+      }
+      save.disabled = true;
+      try {
+        const saved = await put(`/plugins/${encodeURIComponent(name)}/config`, { config: got.value, expected_version: current.version });
+        if (!ctx.alive) return;
+        current = saved;
+        showVersion(saved);
+        setChildren(result, notice(`Saved: ${name} settings version ${saved.version}.`, { fade: 8000 }));
+        refresh();
+      } catch (err) {
+        if (ctx.alive) {
+          setChildren(result, errorBox(err, {
+            context: err instanceof ApiError && err.status === 409 ? 'Changed meanwhile: reload the settings' : 'Settings refused',
+          }));
+        }
+      } finally {
+        if (save) save.disabled = false;
+      }
+    });
+    setChildren(settingsPanel, h('h2', { id: 'plugin-settings-heading' }, `Settings of ${name}`), form, result);
+    settingsPanel.scrollIntoView({ block: 'nearest' });
   }
 
   const refresh = coalescer(load, 1000);
@@ -137,4 +209,10 @@ function buildUpload(ctx, onUploaded) {
   });
   return h('section', { class: 'panel', 'aria-labelledby': 'plugin-upload-heading' },
     h('h2', { id: 'plugin-upload-heading' }, 'Upload a plugin'), form, result);
+}
+
+function configProblem(errors) {
+  return h('div', { class: 'error', role: 'alert' },
+    h('strong', { class: 'error-title' }, 'Check the settings'),
+    errors.map(([, message]) => h('p', { class: 'error-detail' }, message)));
 }
