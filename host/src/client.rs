@@ -109,6 +109,12 @@ impl ApiClient {
         self.send(request).await
     }
 
+    /// `DELETE /api/v1{path}`.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let request = self.request(Method::DELETE, path).timeout(REQUEST_TIMEOUT);
+        self.send(request).await
+    }
+
     /// `POST /api/v1{path}` without a body (job actions).
     pub async fn post(&self, path: &str) -> anyhow::Result<Value> {
         let request = self.request(Method::POST, path).timeout(REQUEST_TIMEOUT);

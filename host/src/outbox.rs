@@ -60,13 +60,15 @@ pub enum EventType {
     PluginUploaded,
     PluginStateChanged,
     PluginConfigChanged,
+    PluginVersionDeleted,
+    PluginDeleted,
     /// An event of the same aggregate was dead-lettered: a gap in its
     /// stream.
     EventDeadLettered,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 15] = [
         EventType::JobCreated,
         EventType::JobStatusChanged,
         EventType::JobBatchStarted,
@@ -79,6 +81,8 @@ impl EventType {
         EventType::PluginUploaded,
         EventType::PluginStateChanged,
         EventType::PluginConfigChanged,
+        EventType::PluginVersionDeleted,
+        EventType::PluginDeleted,
         EventType::EventDeadLettered,
     ];
 
@@ -97,6 +101,8 @@ impl EventType {
             EventType::PluginUploaded => "plugin.uploaded",
             EventType::PluginStateChanged => "plugin.state.changed",
             EventType::PluginConfigChanged => "plugin.config.changed",
+            EventType::PluginVersionDeleted => "plugin.version.deleted",
+            EventType::PluginDeleted => "plugin.deleted",
             EventType::EventDeadLettered => "event.dead_lettered",
         }
     }
@@ -117,7 +123,9 @@ impl EventType {
             | EventType::FirmwareDeleted => Some(Aggregate::Firmware),
             EventType::PluginUploaded
             | EventType::PluginStateChanged
-            | EventType::PluginConfigChanged => Some(Aggregate::Plugin),
+            | EventType::PluginConfigChanged
+            | EventType::PluginVersionDeleted
+            | EventType::PluginDeleted => Some(Aggregate::Plugin),
             EventType::EventDeadLettered => None,
         }
     }

@@ -461,6 +461,18 @@ async fn plugins_are_listed_and_configured() {
         "{}",
         history.stdout
     );
+    let versions = operator(&app, &["plugin", "versions", "rollout-percent"]).await;
+    assert!(
+        versions.success && versions.stdout.contains("no uploaded version"),
+        "{}",
+        versions.stdout
+    );
+    let shipped = operator(&app, &["plugin", "delete", "rollout-percent"]).await;
+    assert!(
+        shipped.failure().contains("disable it instead"),
+        "{}",
+        shipped.stderr
+    );
     let viewer = app.token("viewer").await;
     let forbidden = rollway_as(
         &app,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use rollway::outbox::EventType;
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::pipeline::{ManualDevice, one_device_job, spawn_pipeline, wait_for};
 
@@ -80,6 +81,26 @@ async fn every_event_written_has_exactly_its_documented_fields() {
     for action in ["disable", "enable"] {
         let changed = app.act(&format!("/api/v1/plugins/{name}/{action}")).await;
         assert!(changed["name"].is_string(), "{changed}");
+    }
+    // Configured, rebuilt, its old version deleted, then itself.
+    let configured = app
+        .request(Method::PUT, &format!("/api/v1/plugins/{name}/config"))
+        .json(&json!({ "config": {} }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(configured.status(), StatusCode::OK);
+    let legacy = crate::plugins::fixture("legacy_device_plugin.wasm");
+    let old = hex::encode(sha2::Sha256::digest(&legacy));
+    let rebuilt = crate::plugin_versions::rebuilt(legacy, "2");
+    let replaced = crate::plugins::upload_plugin(&app, rebuilt).await;
+    assert_eq!(replaced.status(), StatusCode::CREATED);
+    for path in [
+        format!("/api/v1/plugins/{name}/versions/{old}"),
+        format!("/api/v1/plugins/{name}"),
+    ] {
+        let deleted = app.request(Method::DELETE, &path).send().await.unwrap();
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT, "{path}");
     }
 
     // A job the device finishes: created, started, batch, decisions,

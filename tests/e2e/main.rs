@@ -22,6 +22,7 @@ mod jobs;
 mod live;
 mod pipeline;
 mod plugin_settings;
+mod plugin_versions;
 mod plugins;
 mod presence;
 mod procs;

@@ -13,7 +13,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::pagination::{self, Page};
-use crate::plugins::store::{ConfigureError, PluginConfig};
+use crate::plugins::store::{ConfigureError, DeleteError, PluginConfig, PluginVersion};
 use crate::plugins::{MAX_COMPONENT_BYTES, PluginView, store};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -23,6 +23,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(disable_plugin))
         .routes(routes!(get_plugin_config, set_plugin_config))
         .routes(routes!(list_plugin_configs))
+        .routes(routes!(delete_plugin))
+        .routes(routes!(list_plugin_versions))
+        .routes(routes!(delete_plugin_version))
 }
 
 /// List loaded plugins with their WIT version, state and call counts.
@@ -255,4 +258,96 @@ async fn list_plugin_configs(
     Ok(axum::Json(Page::from_rows(rows, limit, |c| {
         c.version.to_string()
     })))
+}
+
+fn delete_error(error: DeleteError) -> ApiError {
+    match error {
+        DeleteError::NotFound(what) => ApiError::NotFound(what),
+        DeleteError::InUse(reason) => ApiError::Conflict(reason),
+        DeleteError::Db(error) => error.into(),
+        DeleteError::Registry(error) => ApiError::Internal(error),
+    }
+}
+
+/// Delete an uploaded plugin with every uploaded version of it; a shipped
+/// plugin of the same name is in force again. Refused while unfinished
+/// jobs run on it (or, for a device plugin, update its families).
+#[utoipa::path(
+    delete, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = super::error::Problem),
+        (status = 409, description = "Shipped, or unfinished jobs use it", body = super::error::Problem),
+    ),
+    security(("bearer" = ["admin"]))
+)]
+async fn delete_plugin(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    store::delete_plugin(
+        &state.plugins,
+        &state.pool,
+        &state.store,
+        &name,
+        &caller.0.actor(),
+    )
+    .await
+    .map_err(delete_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The uploaded versions of a plugin, newest first, each with the
+/// unfinished jobs that run on it. A job runs on the rollout plugin version
+/// it was created with to its end.
+#[utoipa::path(
+    get, path = "/plugins/{name}/versions", tag = "plugins",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Page<PluginVersion>), (status = 404, body = super::error::Problem)),
+    security(("bearer" = ["viewer"]))
+)]
+async fn list_plugin_versions(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<axum::Json<Page<PluginVersion>>> {
+    if state.plugins.get(&name).is_none() {
+        return Err(not_a_plugin(&name));
+    }
+    // Every version on one page: a plugin has a handful.
+    Ok(axum::Json(Page {
+        items: store::versions(&state.plugins, &state.pool, &name).await?,
+        next_cursor: None,
+    }))
+}
+
+/// Delete an uploaded version of a plugin that is not in force and that no
+/// unfinished job runs on.
+#[utoipa::path(
+    delete, path = "/plugins/{name}/versions/{sha256}", tag = "plugins",
+    params(("name" = String, Path), ("sha256" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = super::error::Problem),
+        (status = 409, description = "In force, or unfinished jobs run on it", body = super::error::Problem),
+    ),
+    security(("bearer" = ["admin"]))
+)]
+async fn delete_plugin_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((name, sha256)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    store::delete_version(
+        &state.plugins,
+        &state.pool,
+        &state.store,
+        &name,
+        &sha256,
+        &caller.0.actor(),
+    )
+    .await
+    .map_err(delete_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }

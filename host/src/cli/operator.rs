@@ -330,6 +330,28 @@ pub(super) enum PluginApiCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// List a plugin's uploaded versions: which is in force, and how many
+    /// unfinished jobs run on each (a job keeps the rollout version it was
+    /// created with).
+    #[command(after_help = "Example:\n  rollway plugin versions rollout-canary")]
+    Versions {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete an uploaded plugin (admins), or with --version one old
+    /// version of it; refused while unfinished jobs use it.
+    #[command(
+        after_help = "Examples:\n  rollway plugin delete rollout-canary --version 3f2a…\n  rollway plugin delete device-nrf52"
+    )]
+    Delete {
+        name: String,
+        /// The SHA-256 of the version to delete (`rollway plugin versions`).
+        #[arg(long, value_name = "SHA256")]
+        version: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Enable a plugin (admins), also one disabled for trapping.
     Enable {
         name: String,
@@ -428,6 +450,54 @@ pub(super) async fn run_plugin_api(command: PluginApiCommand) -> anyhow::Result<
                 text(&plugin["wit_version"]),
                 text(&plugin["sha256"])
             );
+            Ok(())
+        }
+        PluginApiCommand::Versions { name, api } => {
+            let page = api
+                .client()?
+                .get(&format!("/plugins/{name}/versions"), &[])
+                .await
+                .with_context(|| format!("listing the versions of {name}"))?;
+            if api.json {
+                return print_json(&page);
+            }
+            let rows: Vec<Vec<String>> = items(&page)
+                .iter()
+                .map(|v| {
+                    vec![
+                        text(&v["sha256"]),
+                        text(&v["version"]),
+                        when(&v["uploaded_at"]),
+                        if v["in_force"] == true {
+                            "in force"
+                        } else {
+                            "kept"
+                        }
+                        .to_owned(),
+                        text(&v["unfinished_jobs"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["SHA256", "VERSION", "UPLOADED", "STATE", "UNFINISHED JOBS"],
+                &rows,
+                "no uploaded version (a shipped plugin)",
+            );
+            Ok(())
+        }
+        PluginApiCommand::Delete { name, version, api } => {
+            let path = match &version {
+                Some(sha256) => format!("/plugins/{name}/versions/{sha256}"),
+                None => format!("/plugins/{name}"),
+            };
+            api.client()?
+                .delete(&path)
+                .await
+                .with_context(|| format!("deleting {name}"))?;
+            match version {
+                Some(sha256) => eprintln!("{name}: version {sha256} deleted"),
+                None => eprintln!("{name}: deleted"),
+            }
             Ok(())
         }
         PluginApiCommand::Enable { name, api } => plugin_state(&api, &name, "enable").await,

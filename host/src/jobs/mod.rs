@@ -66,6 +66,8 @@ pub struct NewJob {
     pub kind: JobKind,
     pub start_at: DateTime<Utc>,
     pub rollout_plugin: String,
+    /// The rollout plugin's component the job runs on, to its end.
+    pub rollout_plugin_sha256: Option<String>,
     pub rollout_config: Value,
     pub device_timeout_secs: i32,
     pub max_retries: i32,
@@ -93,6 +95,10 @@ pub struct Job {
     #[schema(value_type = Object)]
     pub targets: Json<Value>,
     pub rollout_plugin: String,
+    /// The SHA-256 of the rollout plugin's component the job was created
+    /// with: it plans and decides with that version to its end, whatever
+    /// is uploaded meanwhile (absent for jobs older than this field).
+    pub rollout_plugin_sha256: Option<String>,
     #[schema(value_type = Object)]
     pub rollout_config: Json<Value>,
     /// How long a connected device that answered its command may go
@@ -119,7 +125,7 @@ pub struct Job {
 pub const MAX_TARGET_IDS: usize = 100_000;
 
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
-     rollout_plugin, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, install, \
+     rollout_plugin, rollout_plugin_sha256, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, install, \
      created_by, created_at, updated_at, started_at, finished_at, version";
 
 #[derive(Debug, thiserror::Error)]
@@ -205,8 +211,8 @@ where
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
                            rollout_config, device_timeout_secs, max_retries, created_by,
-                           delivery_deadline_secs, install)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13)
+                           delivery_deadline_secs, install, rollout_plugin_sha256)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13, $14)
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(id)
@@ -222,6 +228,7 @@ where
     .bind(&new.created_by)
     .bind(new.delivery_deadline_secs)
     .bind(new.install.as_str())
+    .bind(&new.rollout_plugin_sha256)
     .fetch_one(&mut *conn)
     .await?;
 

@@ -266,18 +266,21 @@ pub async fn submit(
     // of the moment, under its own keys.
     let defaults = plugins.config_of(&checked.rollout_plugin);
     checked.rollout_config = with_defaults(&defaults.text, checked.rollout_config);
+    // The version in force now is the job's to its end: it checks the
+    // configuration, plans, and decides.
+    let rollout = plugins
+        .rollout_plugin(&checked.rollout_plugin)
+        .map_err(|error| SubmitError::Plugin {
+            field: "rollout.plugin",
+            error,
+        })?;
+    let rollout_plugin_sha256 = Some(rollout.sha256.clone());
     plugins
-        .validate_rollout_config(&checked.rollout_plugin, &checked.rollout_config.to_string())
+        .validate_config(rollout, checked.rollout_config.to_string())
         .await
-        .map_err(|error| match error {
-            PluginError::NotFound { .. } | PluginError::Disabled(..) => SubmitError::Plugin {
-                field: "rollout.plugin",
-                error,
-            },
-            error => SubmitError::Plugin {
-                field: "rollout.config",
-                error,
-            },
+        .map_err(|error| SubmitError::Plugin {
+            field: "rollout.config",
+            error,
         })?;
 
     let targets_json = json!({ "devices": request.devices, "filter": request.filter });
@@ -290,6 +293,7 @@ pub async fn submit(
         kind: checked.kind,
         start_at: checked.start_at,
         rollout_plugin: checked.rollout_plugin,
+        rollout_plugin_sha256,
         rollout_config: checked.rollout_config,
         device_timeout_secs: checked.device_timeout_secs,
         max_retries: checked.max_retries,
@@ -304,11 +308,15 @@ pub async fn submit(
     let mut tx = pool.begin().await?;
     let config = new.rollout_config.to_string();
     let plan = |total: u32| {
-        let (plugins, plugin, config) =
-            (plugins.clone(), new.rollout_plugin.clone(), config.clone());
+        let (plugins, plugin, sha256, config) = (
+            plugins.clone(),
+            new.rollout_plugin.clone(),
+            new.rollout_plugin_sha256.clone(),
+            config.clone(),
+        );
         async move {
             plugins
-                .plan(&plugin, &config, total)
+                .plan(&plugin, sha256.as_deref(), &config, total)
                 .await
                 .map_err(CreateError::Plan)
         }

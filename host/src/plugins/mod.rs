@@ -244,6 +244,10 @@ pub enum PluginError {
     /// A component that cannot be loaded as a plugin.
     #[error("{0}")]
     Invalid(String),
+    /// A job's rollout plugin version is not loaded on this replica (yet:
+    /// replicas load the versions unfinished jobs name within seconds).
+    #[error("version {sha256} of the plugin '{name}' is not loaded here")]
+    VersionNotLoaded { name: String, sha256: String },
 }
 
 enum Pre {
@@ -615,6 +619,9 @@ pub struct PluginRegistry {
     /// The settings in force, by plugin name (kept across a plugin's
     /// replacement); a plugin without any gets `{}`.
     configs: RwLock<BTreeMap<String, Arc<ConfigInForce>>>,
+    /// Rollout plugin versions replaced by a newer one, by SHA-256, kept
+    /// while unfinished jobs run on them.
+    retained: RwLock<HashMap<String, Arc<Plugin>>>,
 }
 
 /// A plugin's settings in force on this replica.
@@ -644,6 +651,7 @@ impl PluginRegistry {
             max_consecutive_traps: 5,
             plugins: RwLock::new(BTreeMap::new()),
             configs: RwLock::new(BTreeMap::new()),
+            retained: RwLock::new(HashMap::new()),
         })
     }
 
@@ -851,12 +859,75 @@ impl PluginRegistry {
         Ok(())
     }
 
+    /// Puts `plugin` in force under its name. A rollout plugin it replaces
+    /// is retained: the jobs created with it go on with it.
     fn insert(&self, plugin: Plugin) -> Arc<Plugin> {
         let plugin = Arc::new(plugin);
-        if let Ok(mut map) = self.plugins.write() {
-            map.insert(plugin.name.clone(), plugin.clone());
+        let replaced = self
+            .plugins
+            .write()
+            .ok()
+            .and_then(|mut map| map.insert(plugin.name.clone(), plugin.clone()));
+        if let Some(old) = replaced
+            && old.kind == PluginKind::Rollout
+            && old.sha256 != plugin.sha256
+        {
+            self.retain(old);
+        }
+        if let Ok(mut retained) = self.retained.write() {
+            retained.remove(&plugin.sha256);
         }
         plugin
+    }
+
+    /// Keeps a rollout plugin version that is not (or no longer) in force,
+    /// for the jobs that run on it.
+    pub fn retain(&self, plugin: Arc<Plugin>) {
+        if let Ok(mut retained) = self.retained.write() {
+            retained.insert(plugin.sha256.clone(), plugin);
+        }
+    }
+
+    /// Drops retained versions that no unfinished job names any more.
+    pub fn forget_versions_except(&self, pinned: &std::collections::HashSet<String>) {
+        if let Ok(mut retained) = self.retained.write() {
+            retained.retain(|sha256, _| pinned.contains(sha256));
+        }
+    }
+
+    /// Drops one retained version.
+    pub fn forget_version(&self, sha256: &str) {
+        if let Ok(mut retained) = self.retained.write() {
+            retained.remove(sha256);
+        }
+    }
+
+    /// Whether the component `sha256` is loaded here, in force or retained.
+    pub fn has_version(&self, sha256: &str) -> bool {
+        self.list_plugins().iter().any(|p| p.sha256 == sha256)
+            || self
+                .retained
+                .read()
+                .is_ok_and(|retained| retained.contains_key(sha256))
+    }
+
+    /// Removes an uploaded plugin; the shipped plugin of the same name, if
+    /// any, is in force again. Whether it was there.
+    pub fn remove(&self, name: &str) -> anyhow::Result<bool> {
+        let removed = self
+            .plugins
+            .write()
+            .ok()
+            .and_then(|mut map| map.remove(name));
+        if let Some((_, bytes)) = BUILT_IN.iter().find(|(builtin, _)| *builtin == name) {
+            let plugin = self
+                .load(bytes, PluginSource::Builtin)
+                .map_err(|e| anyhow::anyhow!("loading the shipped plugin {name}: {e}"))?;
+            if let Ok(mut map) = self.plugins.write() {
+                map.insert(plugin.name.clone(), Arc::new(plugin));
+            }
+        }
+        Ok(removed.is_some())
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
@@ -956,6 +1027,28 @@ impl PluginRegistry {
                     .unwrap_or_else(|| "disabled by an admin".into()),
             ))
         }
+    }
+
+    /// The rollout plugin `name` at version `sha256` (a job's), or in force
+    /// when `None`. A retained version is usable while the plugin is.
+    pub fn rollout_version(
+        &self,
+        name: &str,
+        sha256: Option<&str>,
+    ) -> Result<Arc<Plugin>, PluginError> {
+        let current = self.rollout_plugin(name)?;
+        let Some(sha256) = sha256.filter(|sha| *sha != current.sha256) else {
+            return Ok(current);
+        };
+        self.retained
+            .read()
+            .ok()
+            .and_then(|retained| retained.get(sha256).cloned())
+            .filter(|plugin| plugin.name == name)
+            .ok_or_else(|| PluginError::VersionNotLoaded {
+                name: name.to_owned(),
+                sha256: sha256.to_owned(),
+            })
     }
 
     pub fn rollout_plugin(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {
@@ -1161,16 +1254,26 @@ impl PluginRegistry {
     /// Splits `total` devices into batch sizes.
     pub fn plan(&self, name: &str, config: &str, total: u32) -> Result<Vec<u32>, PluginError> {
         let plugin = self.rollout_plugin(name)?;
+        self.plan_with(&plugin, config, total)
+    }
+
+    /// [`plan`](Self::plan) with one version of a rollout plugin.
+    pub fn plan_with(
+        &self,
+        plugin: &Plugin,
+        config: &str,
+        total: u32,
+    ) -> Result<Vec<u32>, PluginError> {
         let plan_seal = Seal::new("plan", 0, &[&config, &u64::from(total)]);
         let sizes = self
-            .rollout_call(&plugin, "plan", plan_seal, |store, i| {
+            .rollout_call(plugin, "plan", plan_seal, |store, i| {
                 i.rollway_plugin_rollout().call_plan(store, config, total)
             })?
-            .map_err(|reason| Self::refused(&plugin, reason))?;
+            .map_err(|reason| Self::refused(plugin, reason))?;
         let sum: u64 = sizes.iter().map(|s| u64::from(*s)).sum();
         if sum != u64::from(total) || sizes.len() > MAX_BATCH_GROUPS || sizes.contains(&0) {
             return Err(Self::nonsense(
-                &plugin,
+                plugin,
                 format!(
                     "plan returned {} batches summing to {sum} for {total} devices (sizes must be positive, at most {MAX_BATCH_GROUPS} batches)",
                     sizes.len()
@@ -1188,14 +1291,24 @@ impl PluginRegistry {
         snapshot: &Snapshot,
     ) -> Result<Decision, PluginError> {
         let plugin = self.rollout_plugin(name)?;
+        self.evaluate_with(&plugin, config, snapshot)
+    }
+
+    /// [`evaluate`](Self::evaluate) with one version of a rollout plugin.
+    pub fn evaluate_with(
+        &self,
+        plugin: &Plugin,
+        config: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Decision, PluginError> {
         // The one call with a time of its own: the snapshot's.
         let evaluate_seal = Seal::new("evaluate", snapshot.now, &[&config, snapshot]);
         let decision = self
-            .rollout_call(&plugin, "evaluate", evaluate_seal, |store, i| {
+            .rollout_call(plugin, "evaluate", evaluate_seal, |store, i| {
                 i.rollway_plugin_rollout()
                     .call_evaluate(store, config, snapshot)
             })?
-            .map_err(|reason| Self::refused(&plugin, reason))?;
+            .map_err(|reason| Self::refused(plugin, reason))?;
         Ok(match decision {
             ro::Decision::Pause(r) if r.len() > 1024 => {
                 ro::Decision::Pause(r.chars().take(1000).collect())
@@ -1667,35 +1780,32 @@ impl Plugins {
             .await?
     }
 
-    pub async fn validate_rollout_config(
-        &self,
-        name: &str,
-        config: &str,
-    ) -> Result<(), PluginError> {
-        let (name, config) = (name.to_owned(), config.to_owned());
-        self.blocking(move |r| r.validate_rollout_config(&name, &config))
-            .await?
-    }
-
+    /// Plans with the rollout plugin `name` at version `sha256` (a job's;
+    /// in force when `None`).
     pub async fn plan(
         &self,
         name: &str,
+        sha256: Option<&str>,
         config: &str,
         total: u32,
     ) -> Result<Vec<u32>, PluginError> {
-        let (name, config) = (name.to_owned(), config.to_owned());
-        self.blocking(move |r| r.plan(&name, &config, total))
+        let plugin = self.rollout_version(name, sha256)?;
+        let config = config.to_owned();
+        self.blocking(move |r| r.plan_with(&plugin, &config, total))
             .await?
     }
 
+    /// Evaluates with the rollout plugin `name` at version `sha256`.
     pub async fn evaluate(
         &self,
         name: &str,
+        sha256: Option<&str>,
         config: &str,
         snapshot: Snapshot,
     ) -> Result<Decision, PluginError> {
-        let (name, config) = (name.to_owned(), config.to_owned());
-        self.blocking(move |r| r.evaluate(&name, &config, &snapshot))
+        let plugin = self.rollout_version(name, sha256)?;
+        let config = config.to_owned();
+        self.blocking(move |r| r.evaluate_with(&plugin, &config, &snapshot))
             .await?
     }
 

@@ -65,6 +65,18 @@ pub async fn upload(
     let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
     let mut tx = pool.begin().await?;
     save_upload(&mut tx, &key, &plugin, actor).await?;
+    sqlx::query(
+        "INSERT INTO plugin_versions (sha256, name, kind, version, storage_key, uploaded_by)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+    )
+    .bind(&plugin.sha256)
+    .bind(&plugin.name)
+    .bind(plugin.kind.as_str())
+    .bind(&plugin.version)
+    .bind(&key)
+    .bind(actor)
+    .execute(&mut *tx)
+    .await?;
     outbox::enqueue(
         &mut tx,
         outbox::Event {
@@ -352,6 +364,23 @@ async fn catch_up(
     )
     .fetch_all(pool)
     .await?;
+    // Uploaded plugins deleted through another replica.
+    let gone: Vec<String> = followed
+        .rows
+        .keys()
+        .filter(|name| !rows.iter().any(|row| &row.name == *name))
+        .cloned()
+        .collect();
+    for name in gone {
+        followed.rows.remove(&name);
+        if registry
+            .get(&name)
+            .is_some_and(|p| p.source == PluginSource::Uploaded)
+        {
+            registry.remove(&name)?;
+            tracing::info!(plugin = %name, "plugin deleted");
+        }
+    }
     for row in rows {
         if followed.rows.get(&row.name) == Some(&row.updated_at) {
             continue;
@@ -378,6 +407,7 @@ async fn catch_up(
         }
         registry.set_enabled(&row.name, row.enabled, row.disabled_reason);
     }
+    keep_pinned_versions(registry, pool, store).await?;
     let configs: Vec<(String, i64, String)> = sqlx::query_as(
         "SELECT DISTINCT ON (plugin) plugin, version, config::text FROM plugin_configs
          ORDER BY plugin, version DESC",
@@ -447,4 +477,263 @@ async fn save_state(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Loads the rollout plugin versions unfinished jobs run on that are not
+/// loaded here, and drops those no such job names any more.
+async fn keep_pinned_versions(
+    registry: &Plugins,
+    pool: &PgPool,
+    store: &FirmwareStore,
+) -> anyhow::Result<()> {
+    let pinned: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT j.rollout_plugin_sha256, v.storage_key
+         FROM jobs j LEFT JOIN plugin_versions v ON v.sha256 = j.rollout_plugin_sha256
+         WHERE j.status IN ('scheduled', 'running', 'paused') AND j.rollout_plugin_sha256 IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (sha256, key) in &pinned {
+        let Some(key) = key else { continue };
+        if registry.has_version(sha256) {
+            continue;
+        }
+        let loaded = match store.read_all(key).await {
+            Ok(bytes) => registry
+                .load(bytes.to_vec(), PluginSource::Uploaded)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(format!("{error:#}")),
+        };
+        match loaded {
+            Ok(plugin) => {
+                tracing::info!(plugin = %plugin.name, %sha256, "plugin version loaded for the jobs that run on it");
+                registry.retain(Arc::new(plugin));
+            }
+            Err(error) => {
+                tracing::error!(%sha256, %error, "a plugin version jobs run on is not loaded")
+            }
+        }
+    }
+    let pinned: std::collections::HashSet<String> =
+        pinned.into_iter().map(|(sha256, _)| sha256).collect();
+    registry.forget_versions_except(&pinned);
+    Ok(())
+}
+
+/// One uploaded version of a plugin, and the unfinished jobs that run on
+/// it.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct PluginVersion {
+    pub sha256: String,
+    pub name: String,
+    /// The plugin's own version (`info().version`).
+    pub version: String,
+    pub uploaded_by: String,
+    pub uploaded_at: DateTime<Utc>,
+    /// Unfinished jobs (scheduled, running or paused) created with this
+    /// version: while there are any, it cannot be deleted.
+    pub unfinished_jobs: i64,
+    /// Whether it is the version in force (new jobs get it).
+    #[sqlx(default)]
+    pub in_force: bool,
+    /// Whether the replica that answered has it loaded (in force, or kept
+    /// for the jobs that run on it).
+    #[sqlx(default)]
+    pub loaded: bool,
+}
+
+/// The uploaded versions of a plugin, newest first.
+pub async fn versions(
+    plugins: &Plugins,
+    pool: &PgPool,
+    name: &str,
+) -> Result<Vec<PluginVersion>, sqlx::Error> {
+    let mut rows: Vec<PluginVersion> = sqlx::query_as(
+        "SELECT v.sha256, v.name, v.version, v.uploaded_by, v.uploaded_at,
+                (SELECT count(*) FROM jobs j WHERE j.rollout_plugin_sha256 = v.sha256
+                   AND j.status IN ('scheduled', 'running', 'paused')) AS unfinished_jobs
+         FROM plugin_versions v WHERE v.name = $1 ORDER BY v.uploaded_at DESC, v.sha256",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    let current = plugins.get(name).map(|p| p.sha256.clone());
+    for row in &mut rows {
+        row.in_force = current.as_deref() == Some(row.sha256.as_str());
+        row.loaded = plugins.has_version(&row.sha256);
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("{0}")]
+    NotFound(String),
+    /// In force, shipped, or in use by unfinished jobs.
+    #[error("{0}")]
+    InUse(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Registry(#[from] anyhow::Error),
+}
+
+/// Deletes an uploaded version that is not in force and that no unfinished
+/// job runs on, with its `plugin.version.deleted` event and audit record;
+/// its component leaves the object store.
+pub async fn delete_version(
+    plugins: &Plugins,
+    pool: &PgPool,
+    store: &FirmwareStore,
+    name: &str,
+    sha256: &str,
+    actor: &str,
+) -> Result<(), DeleteError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT storage_key, version FROM plugin_versions WHERE name = $1 AND sha256 = $2 FOR UPDATE",
+    )
+    .bind(name)
+    .bind(sha256)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((key, version)) = row else {
+        return Err(DeleteError::NotFound(format!(
+            "no uploaded version {sha256} of the plugin '{name}'"
+        )));
+    };
+    let in_force: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plugins WHERE name = $1 AND sha256 = $2)")
+            .bind(name)
+            .bind(sha256)
+            .fetch_one(&mut *tx)
+            .await?;
+    if in_force {
+        return Err(DeleteError::InUse(format!(
+            "version {version} ({sha256}) is the one in force: upload another version first, or delete the plugin"
+        )));
+    }
+    refuse_if_jobs_run_on(&mut tx, "rollout_plugin_sha256 = $1", sha256).await?;
+    sqlx::query("DELETE FROM plugin_versions WHERE sha256 = $1")
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await?;
+    let details = json!({ "name": name, "sha256": sha256, "version": version });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::PluginVersionDeleted,
+            aggregate_id: name,
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "plugin.version.delete",
+        "plugin",
+        name,
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    forget_component(store, &key).await;
+    plugins.forget_version(sha256);
+    tracing::info!(plugin = %name, %sha256, %actor, "plugin version deleted");
+    Ok(())
+}
+
+/// Deletes an uploaded plugin with all its uploaded versions (its settings
+/// history stays), with its `plugin.deleted` event and audit record. A
+/// shipped plugin it replaced is in force again. Refused while unfinished
+/// jobs run on it (a rollout plugin) or update its families (a device
+/// plugin).
+pub async fn delete_plugin(
+    plugins: &Plugins,
+    pool: &PgPool,
+    store: &FirmwareStore,
+    name: &str,
+    actor: &str,
+) -> Result<(), DeleteError> {
+    let Some(plugin) = plugins.get(name) else {
+        return Err(DeleteError::NotFound(format!("plugin '{name}'")));
+    };
+    if plugin.source != PluginSource::Uploaded {
+        return Err(DeleteError::InUse(format!(
+            "'{name}' is shipped with Rollway: disable it instead"
+        )));
+    }
+    let mut tx = pool.begin().await?;
+    match plugin.kind {
+        super::PluginKind::Rollout => {
+            refuse_if_jobs_run_on(&mut tx, "rollout_plugin = $1", name).await?
+        }
+        super::PluginKind::Device => {
+            let families = plugin.families.join(",");
+            refuse_if_jobs_run_on(
+                &mut tx,
+                "firmware_id IN (SELECT id FROM firmware WHERE family = ANY(string_to_array($1, ',')))",
+                &families,
+            )
+            .await?
+        }
+    }
+    let keys: Vec<String> =
+        sqlx::query_scalar("DELETE FROM plugin_versions WHERE name = $1 RETURNING storage_key")
+            .bind(name)
+            .fetch_all(&mut *tx)
+            .await?;
+    sqlx::query("DELETE FROM plugins WHERE name = $1")
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    let details = json!({ "name": name, "version": plugin.version, "sha256": plugin.sha256 });
+    outbox::enqueue(
+        &mut tx,
+        outbox::Event {
+            kind: outbox::EventType::PluginDeleted,
+            aggregate_id: name,
+            payload: details.clone(),
+        },
+    )
+    .await?;
+    audit::record(&mut tx, actor, "plugin.delete", "plugin", name, details).await?;
+    tx.commit().await?;
+    plugins.remove(name)?;
+    for key in keys {
+        forget_component(store, &key).await;
+    }
+    tracing::info!(plugin = %name, %actor, "plugin deleted");
+    Ok(())
+}
+
+/// Refuses with the number of unfinished jobs matching `condition` (on
+/// `jobs`, with `$1` bound to `value`).
+async fn refuse_if_jobs_run_on(
+    tx: &mut sqlx::PgConnection,
+    condition: &'static str,
+    value: &str,
+) -> Result<(), DeleteError> {
+    let jobs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM jobs WHERE status IN ('scheduled', 'running', 'paused') AND {condition}"
+    )))
+    .bind(value)
+    .fetch_one(&mut *tx)
+    .await?;
+    if jobs > 0 {
+        return Err(DeleteError::InUse(format!(
+            "{jobs} unfinished job(s) run on it: wait for them to end, or cancel them"
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a component from the object store; a failure is logged (the
+/// bytes are unreachable anyway).
+async fn forget_component(store: &FirmwareStore, key: &str) {
+    if let Err(error) = store.delete(key).await {
+        tracing::warn!(%key, error = %format!("{error:#}"), "removing a deleted plugin component");
+    }
 }

@@ -29,7 +29,7 @@ use crate::jobs::{
     set_status,
 };
 use crate::metrics::Metrics;
-use crate::plugins::{BatchCounts, Decision, Plugins, Snapshot};
+use crate::plugins::{BatchCounts, Decision, PluginError, Plugins, Snapshot};
 
 /// What the background loops share.
 #[derive(Clone)]
@@ -144,7 +144,11 @@ impl Scheduler {
         .fetch_one(&mut *tx)
         .await?;
         let total = u32::try_from(total).unwrap_or(u32::MAX);
-        let plan = self.plugins.plan(&plugin, &config.to_string(), total).await;
+        // Jobs of an earlier version of Rollway name no plugin version.
+        let plan = self
+            .plugins
+            .plan(&plugin, None, &config.to_string(), total)
+            .await;
         match plan {
             Ok(sizes) => {
                 assign_batches(tx, job_id, &sizes).await?;
@@ -186,7 +190,7 @@ impl Scheduler {
         loop {
             let mut tx = self.pool.begin().await?;
             let due: Option<RunningJob> = sqlx::query_as(
-                "SELECT id, rollout_plugin, rollout_config, started_at FROM jobs
+                "SELECT id, rollout_plugin, rollout_plugin_sha256, rollout_config, started_at FROM jobs
                  WHERE status = 'running' AND next_evaluation_at <= now()
                  ORDER BY next_evaluation_at, id
                  LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -196,6 +200,7 @@ impl Scheduler {
             let Some(RunningJob {
                 id: job_id,
                 rollout_plugin: plugin,
+                rollout_plugin_sha256: pinned,
                 rollout_config: config,
                 started_at,
             }) = due
@@ -205,10 +210,31 @@ impl Scheduler {
             let counting = std::time::Instant::now();
             let snapshot = snapshot(&mut tx, job_id, started_at.unwrap_or_else(Utc::now)).await?;
             let gap = evaluation_gap(counting.elapsed());
-            let decision = self
+            let mut decision = self
                 .plugins
-                .evaluate(&plugin, &config.0.to_string(), snapshot.clone())
+                .evaluate(
+                    &plugin,
+                    pinned.as_deref(),
+                    &config.0.to_string(),
+                    snapshot.clone(),
+                )
                 .await;
+            if let Err(PluginError::VersionNotLoaded { sha256, .. }) = &decision {
+                if version_kept(&mut tx, sha256).await? {
+                    // Uploaded through another replica and not loaded here
+                    // yet: this replica loads it within seconds.
+                    next_evaluation(&mut tx, job_id, VERSION_WAIT, Duration::ZERO).await?;
+                    tx.commit().await?;
+                    continue;
+                }
+                // A shipped version of an earlier Rollway: gone with it, so
+                // the job goes on with the version in force.
+                tracing::warn!(%job_id, %plugin, %sha256, "the job's rollout plugin version is gone; going on with the version in force");
+                decision = self
+                    .plugins
+                    .evaluate(&plugin, None, &config.0.to_string(), snapshot.clone())
+                    .await;
+            }
             let decision = match decision {
                 Ok(decision) => decision,
                 Err(error) => Decision::Pause(format!("the rollout plugin failed: {error}")),
@@ -398,10 +424,23 @@ impl Scheduler {
     }
 }
 
+/// How long a job waits for its rollout plugin version to load here.
+const VERSION_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether an uploaded component of this digest is kept (so some replica
+/// can load it).
+async fn version_kept(tx: &mut PgConnection, sha256: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plugin_versions WHERE sha256 = $1)")
+        .bind(sha256)
+        .fetch_one(tx)
+        .await
+}
+
 #[derive(sqlx::FromRow)]
 struct RunningJob {
     id: Uuid,
     rollout_plugin: String,
+    rollout_plugin_sha256: Option<String>,
     rollout_config: sqlx::types::Json<serde_json::Value>,
     started_at: Option<DateTime<Utc>>,
 }
