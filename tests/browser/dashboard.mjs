@@ -272,6 +272,12 @@ async function run() {
   const batches = await page.locator('#rollout-config-batches').inputValue();
   check(batches === '20, 60, 100', `the form shows batches "${batches}" from the JSON, not "20, 60, 100"`);
   pass('JSON edited by hand carries over to the form');
+  await page.fill('#job-windows', 'someday 22:00-05:00');
+  await page.locator('#job-submit').click();
+  await page.locator('#job-windows-error').waitFor({ state: 'visible', timeout: 5000 });
+  check(page.url().includes('#/jobs/new'), 'a job with an unreadable window was sent anyway');
+  pass(`an unreadable maintenance window is caught next to the field: ${await text('#job-windows-error')}`);
+  await page.fill('#job-windows', '');
   await page.locator('#job-submit').click();
   await page.waitForFunction(() => /^#\/jobs\/[0-9a-f-]{36}$/.test(window.location.hash), null, { timeout: 30_000 })
     .catch(async () => {

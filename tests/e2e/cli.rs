@@ -258,12 +258,27 @@ async fn jobs_are_created_shown_and_steered() {
             "cli test",
             "--start",
             "2099-01-01T00:00:00Z",
+            "--window",
+            "fri-mon 22:00-05:00",
+            "--window",
+            "weekdays 12:00-12:30",
+            "--time-zone",
+            "Europe/Moscow",
             "--json",
         ],
     )
     .await
     .json();
     let id = job["id"].as_str().expect("a job id").to_owned();
+    assert_eq!(
+        job["windows"],
+        json!({ "time_zone": "Europe/Moscow", "times": [
+            { "days": ["mon", "fri", "sat", "sun"], "from": "22:00:00", "to": "05:00:00" },
+            { "days": ["mon", "tue", "wed", "thu", "fri"], "from": "12:00:00", "to": "12:30:00" },
+        ] }),
+        "{job}"
+    );
+    assert!(job["window_open"].is_boolean(), "{job}");
     assert_eq!(job["status"], "scheduled");
     assert_eq!(job["kind"], "scheduled");
     assert_eq!(job["name"], "cli test");

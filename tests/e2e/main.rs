@@ -31,3 +31,4 @@ mod security;
 mod steer;
 mod truth;
 mod up;
+mod windows;

@@ -115,6 +115,11 @@ pub struct CreateJobRequest {
     /// download now, flash at a safe moment the device judges (a vehicle
     /// parked with its engine off). Signed into every command's manifest.
     install: Option<InstallPolicy>,
+    /// Maintenance windows: local times of the week in an IANA time zone
+    /// when the job may dispatch, e.g. Mon–Fri 22:00–05:00 Europe/Moscow.
+    /// Outside them nothing new is sent (a released batch waits; devices
+    /// already updating finish). Default: always.
+    windows: Option<crate::jobs::windows::Windows>,
 }
 
 /// A job with its execution counts.
@@ -194,6 +199,7 @@ impl From<CreateJobRequest> for JobRequest {
             max_retries: request.max_retries,
             delivery_deadline_secs: request.delivery_deadline_secs,
             install: request.install,
+            windows: request.windows,
         }
     }
 }

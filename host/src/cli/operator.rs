@@ -89,7 +89,7 @@ pub(super) enum JobsCommand {
     /// Create a job: a firmware for listed devices, or for every device a
     /// filter matches (--family, --model, --tag).
     #[command(
-        after_help = "Examples:\n  rollway jobs create --firmware <id> --device VIN123 --device VIN124\n  rollway jobs create --firmware <id> --family esp32 --tag site=north --watch\n  rollway jobs create --firmware <id> --family stm32 --name 'brake fix' \\\n      --rollout-config '{\"batches\":[10,50,100],\"success_threshold\":80}' --max-retries 2\n  rollway jobs create --firmware <id> --family jetson --start 2030-01-01T02:00:00Z\n  rollway jobs create --firmware <id> --device VIN123 --start emergency"
+        after_help = "Examples:\n  rollway jobs create --firmware <id> --device VIN123 --device VIN124\n  rollway jobs create --firmware <id> --family esp32 --tag site=north --watch\n  rollway jobs create --firmware <id> --family stm32 --name 'brake fix' \\\n      --rollout-config '{\"batches\":[10,50,100],\"success_threshold\":80}' --max-retries 2\n  rollway jobs create --firmware <id> --family jetson --start 2030-01-01T02:00:00Z\n  rollway jobs create --firmware <id> --device VIN123 --start emergency\n  rollway jobs create --firmware <id> --family esp32 --window 'mon-fri 22:00-05:00' --time-zone Europe/Moscow"
     )]
     Create(Box<JobCreateArgs>),
     /// List jobs, newest first.
@@ -217,6 +217,14 @@ pub(super) struct JobCreateArgs {
     /// default: 0).
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
+    /// A maintenance window, `DAYS FROM-TO` in --time-zone: the job sends
+    /// nothing new outside its windows (repeat for more; e.g. 'mon-fri
+    /// 22:00-05:00', 'weekends 00:00-23:59', 'daily 01:00-04:00').
+    #[arg(long = "window", value_name = "SPEC", value_parser = crate::jobs::windows::parse)]
+    windows: Vec<crate::jobs::windows::Window>,
+    /// The IANA time zone of the windows (default: UTC).
+    #[arg(long, value_name = "ZONE", requires = "windows")]
+    time_zone: Option<String>,
     /// Then follow the job until it ends, as `rollway jobs show --watch`.
     #[arg(long)]
     watch: bool,
@@ -926,6 +934,12 @@ fn job_request(args: JobCreateArgs) -> anyhow::Result<Value> {
     }
     if let Some(secs) = args.delivery_deadline {
         request["delivery_deadline_secs"] = json!(secs);
+    }
+    if !args.windows.is_empty() {
+        request["windows"] = json!(crate::jobs::windows::Windows {
+            time_zone: args.time_zone,
+            times: args.windows,
+        });
     }
     Ok(request)
 }

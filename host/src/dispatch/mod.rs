@@ -271,6 +271,8 @@ impl Dispatcher {
                  SELECT b.job_id, b.batch_group, (j.kind = 'emergency') AS urgent
                  FROM jobs j JOIN job_batches b ON b.job_id = j.id AND b.started_at IS NOT NULL
                  WHERE j.status = 'running'
+                   -- Outside its maintenance windows a job sends nothing new.
+                   AND (j.windows IS NULL OR rollway_window_open(j.windows, now()))
              ), candidates AS (
                  SELECT q.id, q.job_id, q.device_id, r.urgent
                  FROM released r CROSS JOIN LATERAL (

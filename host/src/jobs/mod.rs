@@ -4,6 +4,7 @@
 
 pub mod executions;
 mod request;
+pub mod windows;
 
 pub use request::{
     DEFAULT_ROLLOUT_PLUGIN, FilterRequest, Invalid, JobRequest, SubmitError, submit,
@@ -73,6 +74,8 @@ pub struct NewJob {
     pub max_retries: i32,
     pub delivery_deadline_secs: i32,
     pub install: InstallPolicy,
+    /// Maintenance windows as stored (see [`windows::check`]).
+    pub windows: Option<Value>,
     pub created_by: String,
     /// The firmware's security counter, and whether an admin allowed it to
     /// lower the counter of the devices it goes to.
@@ -113,6 +116,15 @@ pub struct Job {
     /// When devices may flash: `immediate`, or `when-safe` (download now,
     /// flash at a safe moment the device judges).
     pub install: String,
+    /// When the job may dispatch (`time_zone` and weekly `times`); absent:
+    /// always. Outside its windows nothing new is sent; devices already
+    /// updating finish.
+    #[schema(value_type = Option<Object>)]
+    pub windows: Option<Json<Value>>,
+    /// Whether one of its windows is open now (always true without any).
+    pub window_open: bool,
+    /// When its next window opens, while none is open.
+    pub next_window_at: Option<DateTime<Utc>>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -126,7 +138,8 @@ pub const MAX_TARGET_IDS: usize = 100_000;
 
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
      rollout_plugin, rollout_plugin_sha256, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, install, \
-     created_by, created_at, updated_at, started_at, finished_at, version";
+     windows, rollway_window_open(windows, now()) AS window_open, \
+     rollway_next_window(windows, now()) AS next_window_at, created_by, created_at, updated_at, started_at, finished_at, version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -211,8 +224,8 @@ where
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
                            rollout_config, device_timeout_secs, max_retries, created_by,
-                           delivery_deadline_secs, install, rollout_plugin_sha256)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                           delivery_deadline_secs, install, rollout_plugin_sha256, windows)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(id)
@@ -229,6 +242,7 @@ where
     .bind(new.delivery_deadline_secs)
     .bind(new.install.as_str())
     .bind(&new.rollout_plugin_sha256)
+    .bind(new.windows.as_ref().map(Json))
     .fetch_one(&mut *conn)
     .await?;
 

@@ -36,6 +36,8 @@ pub struct JobRequest {
     pub delivery_deadline_secs: Option<i32>,
     /// When devices may flash (default `immediate`).
     pub install: Option<InstallPolicy>,
+    /// When the job may dispatch (default: always).
+    pub windows: Option<super::windows::Windows>,
 }
 
 /// A target filter, unchecked.
@@ -110,6 +112,7 @@ struct Checked {
     device_timeout_secs: i32,
     max_retries: i32,
     delivery_deadline_secs: i32,
+    windows: Option<Value>,
 }
 
 /// The default delivery deadline: 14 days.
@@ -203,6 +206,16 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
     {
         errors.push(Invalid::new("name", "must be 1 to 200 characters long"));
     }
+    let windows = match &request.windows {
+        None => None,
+        Some(windows) => match super::windows::check(windows) {
+            Ok(stored) => Some(stored),
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|(f, m)| Invalid::new(f, m)));
+                None
+            }
+        },
+    };
     Some(Checked {
         targets: targets?,
         filter_family: request.filter.as_ref().and_then(|f| f.family.clone()),
@@ -213,6 +226,7 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
         device_timeout_secs,
         max_retries,
         delivery_deadline_secs,
+        windows,
     })
 }
 
@@ -259,6 +273,24 @@ pub async fn submit(
             format!("the firmware is for {family}, not {wanted}"),
         ));
     }
+    if let Some(Checked {
+        windows: Some(windows),
+        ..
+    }) = &checked
+    {
+        let zone = windows["time_zone"].as_str().unwrap_or_default();
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+                .bind(zone)
+                .fetch_one(pool)
+                .await?;
+        if !known {
+            errors.push(Invalid::new(
+                "windows.time_zone",
+                format!("'{zone}' is not an IANA time zone (e.g. Europe/Moscow, UTC)"),
+            ));
+        }
+    }
     let (Some(mut checked), true) = (checked, errors.is_empty()) else {
         return Err(SubmitError::Invalid(errors));
     };
@@ -299,6 +331,7 @@ pub async fn submit(
         max_retries: checked.max_retries,
         delivery_deadline_secs: checked.delivery_deadline_secs,
         install: request.install.unwrap_or_default(),
+        windows: checked.windows,
         created_by: actor.to_owned(),
         security_counter: firmware.as_ref().map_or(0, |f| f.security_counter),
         downgrade_allowed: firmware

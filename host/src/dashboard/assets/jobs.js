@@ -177,7 +177,39 @@ const FIELD_SLOTS = [
   [/^rollout/, 'rollout-plugin'],
   [/^device_timeout_secs/, 'device-timeout'],
   [/^max_retries/, 'max-retries'],
+  [/^windows\.time_zone/, 'job-time-zone'],
+  [/^windows/, 'job-windows'],
 ];
+
+const DAY_NAMES = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'];
+
+/** Maintenance windows written one per line as `DAYS FROM-TO` (`mon-fri 22:00-05:00`). */
+export function parseWindows(text) {
+  const times = [];
+  for (const line of text.split(/[\n;]+/).map((l) => l.trim()).filter(Boolean)) {
+    const m = /^(\S+)\s+(\d{1,2}:\d{2}(?::\d{2})?)\s*-\s*(\d{1,2}:\d{2}(?::\d{2})?)$/.exec(line);
+    if (!m) throw new Error(`"${line}" is not DAYS FROM-TO, e.g. mon-fri 22:00-05:00`);
+    const days = [];
+    for (const part of m[1].toLowerCase().split(',')) {
+      if (part === 'daily') days.push(...DAY_NAMES);
+      else if (part === 'weekdays') days.push(...DAY_NAMES.slice(0, 5));
+      else if (part === 'weekends') days.push(...DAY_NAMES.slice(5));
+      else {
+        const [first, last = first] = part.split('-');
+        let at = DAY_NAMES.indexOf(first);
+        const end = DAY_NAMES.indexOf(last);
+        if (at < 0 || end < 0) throw new Error(`"${part}" is not a day (mon … sun)`);
+        for (;;) {
+          days.push(DAY_NAMES[at]);
+          if (at === end) break;
+          at = (at + 1) % 7;
+        }
+      }
+    }
+    times.push({ days: [...new Set(days)], from: m[2], to: m[3] });
+  }
+  return times;
+}
 
 function queryOfHash() {
   const hash = window.location.hash;
@@ -281,6 +313,8 @@ export async function renderNewJob(ctx) {
   const configHelp = h('p', { class: 'help', id: 'rollout-config-help' });
   const timeoutInput = h('input', { id: 'device-timeout', type: 'number', min: '1', max: '604800', step: '1', value: '3600', inputmode: 'numeric' });
   const retriesInput = h('input', { id: 'max-retries', type: 'number', min: '0', max: '10', step: '1', value: '0', inputmode: 'numeric' });
+  const windowsInput = h('textarea', { id: 'job-windows', rows: '2', spellcheck: 'false', class: 'mono', placeholder: 'mon-fri 22:00-05:00', 'aria-describedby': 'job-windows-help' });
+  const zoneInput = h('input', { id: 'job-time-zone', type: 'text', autocomplete: 'off', spellcheck: 'false', value: Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC' });
   const submit = h('button', { type: 'submit', id: 'job-submit', class: 'button primary' }, 'Create job');
   const formErrors = h('div', { id: 'job-form-errors' });
 
@@ -316,7 +350,9 @@ export async function renderNewJob(ctx) {
       h('div', { class: 'form-grid' },
         field('rollout-plugin', 'Rollout plugin', pluginSelect),
         field('device-timeout', 'Device timeout (seconds)', timeoutInput, 'How long a device may take once its command is sent.'),
-        field('max-retries', 'Max retries', retriesInput, 'Re-sends after an error or a timeout (0 to 10).')),
+        field('max-retries', 'Max retries', retriesInput, 'Re-sends after an error or a timeout (0 to 10).'),
+        field('job-windows', 'Maintenance windows (optional)', windowsInput, 'One per line, DAYS FROM-TO: mon-fri 22:00-05:00, weekends 00:00-23:59, daily 01:00-04:00. Outside them nothing new is sent.'),
+        field('job-time-zone', 'Time zone of the windows', zoneInput)),
       h('fieldset', { class: 'field', id: 'rollout-config-fields' },
         h('legend', {}, 'Rollout configuration'),
         configHelp,
@@ -447,6 +483,13 @@ export async function renderNewJob(ctx) {
       else body.start = at.toISOString();
     }
 
+    if (windowsInput.value.trim()) {
+      try {
+        body.windows = { time_zone: zoneInput.value.trim() || 'UTC', times: parseWindows(windowsInput.value) };
+      } catch (err) {
+        errors.push(['job-windows', err.message]);
+      }
+    }
     const rolloutConfig = config.read();
     for (const [, message] of rolloutConfig.errors) errors.push(['rollout-config', message]);
     if (!pluginSelect.value) errors.push(['rollout-plugin', 'Choose a rollout plugin.']);
