@@ -11,6 +11,7 @@ mod cancels;
 mod cli;
 mod dashboard;
 mod devices;
+mod end_time;
 mod events;
 mod faults;
 mod firmware;

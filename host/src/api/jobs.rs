@@ -120,6 +120,11 @@ pub struct CreateJobRequest {
     /// Outside them nothing new is sent (a released batch waits; devices
     /// already updating finish). Default: always.
     windows: Option<crate::jobs::windows::Windows>,
+    /// An RFC 3339 time by which the job is over: nothing is sent after
+    /// it, and what is not finished then ends `expired` (as at the delivery
+    /// deadline, whichever comes first). Default: none.
+    #[schema(example = "2030-01-01T06:00:00Z")]
+    end: Option<String>,
 }
 
 /// A job with its execution counts.
@@ -200,6 +205,7 @@ impl From<CreateJobRequest> for JobRequest {
             delivery_deadline_secs: request.delivery_deadline_secs,
             install: request.install,
             windows: request.windows,
+            end: request.end,
         }
     }
 }

@@ -225,6 +225,10 @@ pub(super) struct JobCreateArgs {
     /// The IANA time zone of the windows (default: UTC).
     #[arg(long, value_name = "ZONE", requires = "windows")]
     time_zone: Option<String>,
+    /// An RFC 3339 time by which the job is over: nothing is sent after
+    /// it, and what is not finished then ends `expired`.
+    #[arg(long, value_name = "TIME")]
+    end: Option<String>,
     /// Then follow the job until it ends, as `rollway jobs show --watch`.
     #[arg(long)]
     watch: bool,
@@ -934,6 +938,9 @@ fn job_request(args: JobCreateArgs) -> anyhow::Result<Value> {
     }
     if let Some(secs) = args.delivery_deadline {
         request["delivery_deadline_secs"] = json!(secs);
+    }
+    if let Some(end) = &args.end {
+        request["end"] = json!(end);
     }
     if !args.windows.is_empty() {
         request["windows"] = json!(crate::jobs::windows::Windows {

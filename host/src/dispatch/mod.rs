@@ -273,6 +273,7 @@ impl Dispatcher {
                  WHERE j.status = 'running'
                    -- Outside its maintenance windows a job sends nothing new.
                    AND (j.windows IS NULL OR rollway_window_open(j.windows, now()))
+                   AND (j.end_at IS NULL OR j.end_at > now())
              ), candidates AS (
                  SELECT q.id, q.job_id, q.device_id, r.urgent
                  FROM released r CROSS JOIN LATERAL (

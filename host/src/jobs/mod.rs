@@ -76,6 +76,8 @@ pub struct NewJob {
     pub install: InstallPolicy,
     /// Maintenance windows as stored (see [`windows::check`]).
     pub windows: Option<Value>,
+    /// When the job is over, whatever is left.
+    pub end_at: Option<DateTime<Utc>>,
     pub created_by: String,
     /// The firmware's security counter, and whether an admin allowed it to
     /// lower the counter of the devices it goes to.
@@ -125,6 +127,9 @@ pub struct Job {
     pub window_open: bool,
     /// When its next window opens, while none is open.
     pub next_window_at: Option<DateTime<Utc>>,
+    /// Its end time: nothing is sent after it, and what is not finished
+    /// then ends `expired`.
+    pub end_at: Option<DateTime<Utc>>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -139,7 +144,7 @@ pub const MAX_TARGET_IDS: usize = 100_000;
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
      rollout_plugin, rollout_plugin_sha256, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, install, \
      windows, rollway_window_open(windows, now()) AS window_open, \
-     rollway_next_window(windows, now()) AS next_window_at, created_by, created_at, updated_at, started_at, finished_at, version";
+     rollway_next_window(windows, now()) AS next_window_at, end_at, created_by, created_at, updated_at, started_at, finished_at, version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -224,8 +229,8 @@ where
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO jobs (id, name, firmware_id, kind, start_at, status, targets, rollout_plugin,
                            rollout_config, device_timeout_secs, max_retries, created_by,
-                           delivery_deadline_secs, install, rollout_plugin_sha256, windows)
-         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                           delivery_deadline_secs, install, rollout_plugin_sha256, windows, end_at)
+         VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(id)
@@ -243,6 +248,7 @@ where
     .bind(new.install.as_str())
     .bind(&new.rollout_plugin_sha256)
     .bind(new.windows.as_ref().map(Json))
+    .bind(new.end_at)
     .fetch_one(&mut *conn)
     .await?;
 

@@ -38,6 +38,8 @@ pub struct JobRequest {
     pub install: Option<InstallPolicy>,
     /// When the job may dispatch (default: always).
     pub windows: Option<super::windows::Windows>,
+    /// An RFC 3339 time by which the job is over (default: none).
+    pub end: Option<String>,
 }
 
 /// A target filter, unchecked.
@@ -113,6 +115,7 @@ struct Checked {
     max_retries: i32,
     delivery_deadline_secs: i32,
     windows: Option<Value>,
+    end_at: Option<DateTime<Utc>>,
 }
 
 /// The default delivery deadline: 14 days.
@@ -206,6 +209,23 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
     {
         errors.push(Invalid::new("name", "must be 1 to 200 characters long"));
     }
+    let end_at = match request.end.as_deref().map(DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(end)) => {
+            let end = end.with_timezone(&Utc);
+            if end <= start_at.max(now) {
+                errors.push(Invalid::new(
+                    "end",
+                    "must be after the start (and after now)",
+                ));
+            }
+            Some(end)
+        }
+        Some(Err(_)) => {
+            errors.push(Invalid::new("end", "is not an RFC 3339 time"));
+            None
+        }
+    };
     let windows = match &request.windows {
         None => None,
         Some(windows) => match super::windows::check(windows) {
@@ -227,6 +247,7 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
         max_retries,
         delivery_deadline_secs,
         windows,
+        end_at,
     })
 }
 
@@ -332,6 +353,7 @@ pub async fn submit(
         delivery_deadline_secs: checked.delivery_deadline_secs,
         install: request.install.unwrap_or_default(),
         windows: checked.windows,
+        end_at: checked.end_at,
         created_by: actor.to_owned(),
         security_counter: firmware.as_ref().map_or(0, |f| f.security_counter),
         downgrade_allowed: firmware

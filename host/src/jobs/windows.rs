@@ -52,7 +52,8 @@ fn time(raw: &str) -> Option<NaiveTime> {
 pub fn check(windows: &Windows) -> Result<Value, Vec<(String, String)>> {
     let mut errors = Vec::new();
     let time_zone = windows.time_zone.clone().unwrap_or_else(|| "UTC".into());
-    if time_zone.is_empty() || time_zone.len() > 64 {
+    let zone_chars = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+');
+    if time_zone.is_empty() || time_zone.len() > 64 || !time_zone.chars().all(zone_chars) {
         errors.push(("windows.time_zone".into(), "is not a time zone name".into()));
     }
     if windows.times.is_empty() || windows.times.len() > MAX_WINDOWS {
@@ -187,6 +188,11 @@ mod tests {
             ]
         );
         assert!(check(&Windows::default()).is_err());
+        let odd_zone = Windows {
+            time_zone: Some("Europe/Mos\0cow".into()),
+            times: vec![parse("daily 01:00-02:00").unwrap()],
+        };
+        assert_eq!(check(&odd_zone).unwrap_err()[0].0, "windows.time_zone");
         assert_eq!(parse("daily 01:00-04:00").unwrap().days.len(), 7);
         assert!(parse("mon-fri").is_err());
         assert!(parse("someday 01:00-02:00").is_err());

@@ -385,12 +385,14 @@ impl Scheduler {
         // executions' end reads them all on every sweep.
         let expired = executions::statement(
             "due AS MATERIALIZED (
-                 SELECT id FROM jobs
+                 SELECT id, CASE WHEN end_at <= now() THEN 'not delivered by the job''s end time'
+                                 ELSE 'not delivered by the job''s delivery deadline' END AS reason
+                 FROM jobs
                  WHERE status IN ('running', 'paused')
-                   AND started_at < now() - make_interval(secs => delivery_deadline_secs)
+                   AND (started_at < now() - make_interval(secs => delivery_deadline_secs)
+                        OR end_at <= now())
              ), moves AS (
-                 SELECT e.id, e.status AS previous, 'expired' AS next,
-                        'not delivered by the job''s delivery deadline' AS reason,
+                 SELECT e.id, e.status AS previous, 'expired' AS next, due.reason,
                         'deadline' AS cause, NULL::text AS dispatcher
                  FROM due JOIN executions e ON e.job_id = due.id
                  WHERE e.stage <> 'finished'

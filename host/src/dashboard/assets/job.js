@@ -199,6 +199,7 @@ export async function renderJob(ctx, jobId) {
         ['Device timeout', `${fmtNumber(job.device_timeout_secs)} s`],
         ['Max retries', String(job.max_retries)],
         ['Delivery deadline', `${fmtNumber(job.delivery_deadline_secs)} s after the start`],
+        ['End', job.end_at ? timeEl(job.end_at, { relative: false }) : 'none'],
         ['Install', job.install === 'when-safe' ? 'when safe (download now, flash when parked)' : 'immediately'],
         ['Windows', job.windows ? h('span', { id: 'job-windows' },
           `${job.windows.times.map((w) => `${w.days.join(',')} ${w.from.slice(0, 5)}\u2013${w.to.slice(0, 5)}`).join('; ')} (${job.windows.time_zone}): `,

@@ -177,6 +177,7 @@ const FIELD_SLOTS = [
   [/^rollout/, 'rollout-plugin'],
   [/^device_timeout_secs/, 'device-timeout'],
   [/^max_retries/, 'max-retries'],
+  [/^end$/, 'job-end'],
   [/^windows\.time_zone/, 'job-time-zone'],
   [/^windows/, 'job-windows'],
 ];
@@ -314,6 +315,7 @@ export async function renderNewJob(ctx) {
   const timeoutInput = h('input', { id: 'device-timeout', type: 'number', min: '1', max: '604800', step: '1', value: '3600', inputmode: 'numeric' });
   const retriesInput = h('input', { id: 'max-retries', type: 'number', min: '0', max: '10', step: '1', value: '0', inputmode: 'numeric' });
   const windowsInput = h('textarea', { id: 'job-windows', rows: '2', spellcheck: 'false', class: 'mono', placeholder: 'mon-fri 22:00-05:00', 'aria-describedby': 'job-windows-help' });
+  const endInput = h('input', { id: 'job-end', type: 'datetime-local', 'aria-describedby': 'job-end-help' });
   const zoneInput = h('input', { id: 'job-time-zone', type: 'text', autocomplete: 'off', spellcheck: 'false', value: Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC' });
   const submit = h('button', { type: 'submit', id: 'job-submit', class: 'button primary' }, 'Create job');
   const formErrors = h('div', { id: 'job-form-errors' });
@@ -352,7 +354,8 @@ export async function renderNewJob(ctx) {
         field('device-timeout', 'Device timeout (seconds)', timeoutInput, 'How long a device may take once its command is sent.'),
         field('max-retries', 'Max retries', retriesInput, 'Re-sends after an error or a timeout (0 to 10).'),
         field('job-windows', 'Maintenance windows (optional)', windowsInput, 'One per line, DAYS FROM-TO: mon-fri 22:00-05:00, weekends 00:00-23:59, daily 01:00-04:00. Outside them nothing new is sent.'),
-        field('job-time-zone', 'Time zone of the windows', zoneInput)),
+        field('job-time-zone', 'Time zone of the windows', zoneInput),
+        field('job-end', 'End (optional, your local time)', endInput, 'Nothing is sent after it; what is unfinished then ends expired.')),
       h('fieldset', { class: 'field', id: 'rollout-config-fields' },
         h('legend', {}, 'Rollout configuration'),
         configHelp,
@@ -483,6 +486,11 @@ export async function renderNewJob(ctx) {
       else body.start = at.toISOString();
     }
 
+    if (endInput.value) {
+      const end = new Date(endInput.value);
+      if (Number.isNaN(end.getTime())) errors.push(['job-end', 'Choose the end time.']);
+      else body.end = end.toISOString();
+    }
     if (windowsInput.value.trim()) {
       try {
         body.windows = { time_zone: zoneInput.value.trim() || 'UTC', times: parseWindows(windowsInput.value) };
