@@ -44,6 +44,8 @@ fn time(raw: &str) -> Option<NaiveTime> {
     NaiveTime::parse_from_str(raw, "%H:%M:%S")
         .or_else(|_| NaiveTime::parse_from_str(raw, "%H:%M"))
         .ok()
+        // No leap second: PostgreSQL would read `10:00:60` as 10:01.
+        .filter(|t| chrono::Timelike::nanosecond(t) < 1_000_000_000)
 }
 
 /// Checks windows on their own (the time zone's existence is the
@@ -188,6 +190,7 @@ mod tests {
             ]
         );
         assert!(check(&Windows::default()).is_err());
+        assert!(time("10:00:60").is_none() && time("10:00:59").is_some());
         let odd_zone = Windows {
             time_zone: Some("Europe/Mos\0cow".into()),
             times: vec![parse("daily 01:00-02:00").unwrap()],

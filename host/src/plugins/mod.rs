@@ -914,18 +914,21 @@ impl PluginRegistry {
     /// Removes an uploaded plugin; the shipped plugin of the same name, if
     /// any, is in force again. Whether it was there.
     pub fn remove(&self, name: &str) -> anyhow::Result<bool> {
-        let removed = self
-            .plugins
-            .write()
-            .ok()
-            .and_then(|mut map| map.remove(name));
-        if let Some((_, bytes)) = BUILT_IN.iter().find(|(builtin, _)| *builtin == name) {
-            let plugin = self
-                .load(bytes, PluginSource::Builtin)
-                .map_err(|e| anyhow::anyhow!("loading the shipped plugin {name}: {e}"))?;
-            if let Ok(mut map) = self.plugins.write() {
-                map.insert(plugin.name.clone(), Arc::new(plugin));
-            }
+        // The shipped plugin is ready before the uploaded one leaves, and
+        // takes its place in one write: no call finds the name missing.
+        let shipped = match BUILT_IN.iter().find(|(builtin, _)| *builtin == name) {
+            Some((_, bytes)) => Some(Arc::new(
+                self.load(bytes, PluginSource::Builtin)
+                    .map_err(|e| anyhow::anyhow!("loading the shipped plugin {name}: {e}"))?,
+            )),
+            None => None,
+        };
+        let Ok(mut map) = self.plugins.write() else {
+            return Ok(false);
+        };
+        let removed = map.remove(name);
+        if let Some(shipped) = shipped {
+            map.insert(shipped.name.clone(), shipped);
         }
         Ok(removed.is_some())
     }
@@ -1040,7 +1043,8 @@ impl PluginRegistry {
         let Some(sha256) = sha256.filter(|sha| *sha != current.sha256) else {
             return Ok(current);
         };
-        self.retained
+        let retained = self
+            .retained
             .read()
             .ok()
             .and_then(|retained| retained.get(sha256).cloned())
@@ -1048,7 +1052,9 @@ impl PluginRegistry {
             .ok_or_else(|| PluginError::VersionNotLoaded {
                 name: name.to_owned(),
                 sha256: sha256.to_owned(),
-            })
+            })?;
+        // Its own trap accounting counts too.
+        self.usable(retained)
     }
 
     pub fn rollout_plugin(&self, name: &str) -> Result<Arc<Plugin>, PluginError> {

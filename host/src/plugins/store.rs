@@ -64,6 +64,16 @@ pub async fn upload(
     store.put_bytes(&key, bytes).await?;
     let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
     let mut tx = pool.begin().await?;
+    // The settings it was checked against must still be the ones in force
+    // (another replica may have set new ones meanwhile).
+    lock_settings(&mut tx, &plugin.name).await?;
+    let latest = settings_version(&mut tx, &plugin.name).await?;
+    if latest != settings.version {
+        return Err(UploadError::Plugin(PluginError::Invalid(format!(
+            "the settings of '{}' changed while this upload was checked (version {latest} now); upload it again",
+            plugin.name
+        ))));
+    }
     save_upload(&mut tx, &key, &plugin, actor).await?;
     sqlx::query(
         "INSERT INTO plugin_versions (sha256, name, kind, version, storage_key, uploaded_by)
@@ -209,22 +219,28 @@ pub async fn configure(
             "must be at most {MAX_CONFIG_BYTES} bytes of JSON"
         )));
     }
+    let checked = plugin.sha256.clone();
     plugins
         .validate_config(plugin, text)
         .await
         .map_err(ConfigureError::Plugin)?;
     let mut tx = pool.begin().await?;
-    // One writer at a time per plugin: the lock orders versions.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plugin_configs'), hashtext($1))")
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    let current: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(max(version), 0) FROM plugin_configs WHERE plugin = $1",
-    )
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await?;
+    // One writer at a time per plugin: the lock orders versions, and
+    // uploads of the plugin wait for it.
+    lock_settings(&mut tx, name).await?;
+    let uploaded: Option<Option<String>> =
+        sqlx::query_scalar("SELECT sha256 FROM plugins WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if let Some(Some(in_force)) = uploaded
+        && in_force != checked
+    {
+        return Err(ConfigureError::Conflict(format!(
+            "a new version of '{name}' was uploaded while these settings were checked; set them again"
+        )));
+    }
+    let current = settings_version(&mut tx, name).await?;
     if let Some(expected) = expected_version
         && expected != current
     {
@@ -263,6 +279,24 @@ pub async fn configure(
     );
     tracing::info!(plugin = %name, version = saved.version, %actor, "plugin settings set");
     Ok(saved)
+}
+
+/// Serializes the writers of one plugin's settings and uploads, for the
+/// transaction.
+async fn lock_settings(conn: &mut sqlx::PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('plugin_configs'), hashtext($1))")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The latest version of a plugin's settings (0: never set).
+async fn settings_version(conn: &mut sqlx::PgConnection, name: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM plugin_configs WHERE plugin = $1")
+        .bind(name)
+        .fetch_one(conn)
+        .await
 }
 
 /// The settings in force for `name` as saved (version 0 and `{}` when
@@ -372,14 +406,15 @@ async fn catch_up(
         .cloned()
         .collect();
     for name in gone {
-        followed.rows.remove(&name);
         if registry
             .get(&name)
             .is_some_and(|p| p.source == PluginSource::Uploaded)
         {
+            // Followed again next round if this fails.
             registry.remove(&name)?;
             tracing::info!(plugin = %name, "plugin deleted");
         }
+        followed.rows.remove(&name);
     }
     for row in rows {
         if followed.rows.get(&row.name) == Some(&row.updated_at) {

@@ -220,13 +220,24 @@ impl Scheduler {
                 )
                 .await;
             if let Err(PluginError::VersionNotLoaded { sha256, .. }) = &decision {
-                if version_kept(&mut tx, sha256).await? {
-                    // Uploaded through another replica and not loaded here
-                    // yet: this replica loads it within seconds.
-                    next_evaluation(&mut tx, job_id, VERSION_WAIT, Duration::ZERO).await?;
-                    tx.commit().await?;
-                    continue;
+                match version_kept(&mut tx, sha256).await? {
+                    Some(true) => {
+                        // Uploaded through another replica a moment ago:
+                        // this replica loads it within seconds.
+                        next_evaluation(&mut tx, job_id, VERSION_WAIT, Duration::ZERO).await?;
+                        tx.commit().await?;
+                        continue;
+                    }
+                    Some(false) => {
+                        // Kept, yet not loaded long after: it cannot be.
+                        decision = Err(PluginError::Invalid(format!(
+                            "its version {sha256} of {plugin} cannot be loaded here (see the host's log)"
+                        )));
+                    }
+                    None => {}
                 }
+            }
+            if let Err(PluginError::VersionNotLoaded { sha256, .. }) = &decision {
                 // A shipped version of an earlier Rollway: gone with it, so
                 // the job goes on with the version in force.
                 tracing::warn!(%job_id, %plugin, %sha256, "the job's rollout plugin version is gone; going on with the version in force");
@@ -429,13 +440,16 @@ impl Scheduler {
 /// How long a job waits for its rollout plugin version to load here.
 const VERSION_WAIT: Duration = Duration::from_secs(2);
 
-/// Whether an uploaded component of this digest is kept (so some replica
-/// can load it).
-async fn version_kept(tx: &mut PgConnection, sha256: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plugin_versions WHERE sha256 = $1)")
-        .bind(sha256)
-        .fetch_one(tx)
-        .await
+/// Whether an uploaded component of this digest is kept (so a replica
+/// can load it), and if so whether it was uploaded moments ago (a replica
+/// may not have loaded it yet).
+async fn version_kept(tx: &mut PgConnection, sha256: &str) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT uploaded_at > now() - interval '1 minute' FROM plugin_versions WHERE sha256 = $1",
+    )
+    .bind(sha256)
+    .fetch_optional(tx)
+    .await
 }
 
 #[derive(sqlx::FromRow)]

@@ -310,7 +310,10 @@ export async function renderNewJob(ctx) {
       for (const [, message] of errors) showFieldError('rollout-config', message);
     },
   });
-  config.setSchema(schemaOf(pluginSelect.value), exampleConfig(pluginSelect.value));
+  // A form starts empty, so the plugin's defaults (an admin's settings)
+  // apply; the JSON box starts with an example.
+  const startingConfig = (name) => (schemaOf(name) ? {} : exampleConfig(name));
+  config.setSchema(schemaOf(pluginSelect.value), startingConfig(pluginSelect.value));
   const configHelp = h('p', { class: 'help', id: 'rollout-config-help' });
   const timeoutInput = h('input', { id: 'device-timeout', type: 'number', min: '1', max: '604800', step: '1', value: '3600', inputmode: 'numeric' });
   const retriesInput = h('input', { id: 'max-retries', type: 'number', min: '0', max: '10', step: '1', value: '0', inputmode: 'numeric' });
@@ -397,7 +400,7 @@ export async function renderNewJob(ctx) {
   firmwareSelect.addEventListener('change', syncFamily);
   syncFamily();
 
-  let lastExample = exampleConfig(pluginSelect.value);
+  let lastExample = startingConfig(pluginSelect.value);
   const showConfigHelp = () => {
     const help = CONFIG_HELP[pluginSelect.value];
     setChildren(configHelp, schemaOf(pluginSelect.value)
@@ -411,7 +414,7 @@ export async function renderNewJob(ctx) {
     const current = config.read();
     const edited = current.errors.length > 0
       || (Object.keys(current.value).length > 0 && JSON.stringify(current.value) !== JSON.stringify(lastExample));
-    lastExample = exampleConfig(pluginSelect.value);
+    lastExample = startingConfig(pluginSelect.value);
     config.setSchema(schemaOf(pluginSelect.value), edited && !current.errors.length ? current.value : lastExample);
     showConfigHelp();
   });

@@ -94,7 +94,7 @@ function field(name, prop, id) {
     const itemType = typeOf(prop.items);
     input = h('input', {
       id, type: 'text', autocomplete: 'off', spellcheck: 'false',
-      placeholder: prop.default !== undefined ? prop.default.join(', ') : 'separated by commas', ...described,
+      placeholder: Array.isArray(prop.default) ? prop.default.join(', ') : 'separated by commas', ...described,
     });
     get = () => {
       const raw = input.value.trim();
@@ -139,7 +139,7 @@ function field(name, prop, id) {
  * Returns { el, read() -> { value, errors }, setSchema(schema, value) }.
  */
 export function configEditor({ ids, rows = 7, onError }) {
-  const textarea = h('textarea', { id: ids.input, rows: String(rows), spellcheck: 'false', class: 'mono', 'aria-describedby': `${ids.input}-help` });
+  const textarea = h('textarea', { id: ids.input, rows: String(rows), spellcheck: 'false', class: 'mono', 'aria-label': 'Configuration (JSON)' });
   const toggle = h('button', { type: 'button', id: ids.toggle, class: 'button secondary small' });
   const holder = h('div', { class: 'config-editor' });
   let schema = null;
@@ -174,7 +174,12 @@ export function configEditor({ ids, rows = 7, onError }) {
       }
       form.fill(got.value);
     } else {
-      textarea.value = formatJson(form.read().value);
+      const got = form.read();
+      if (got.errors.length) {
+        onError?.(got.errors);
+        return;
+      }
+      textarea.value = formatJson(got.value);
     }
     asJson = !asJson;
     show();
