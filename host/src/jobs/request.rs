@@ -328,6 +328,7 @@ pub async fn submit(
             error,
         })?;
     let rollout_plugin_sha256 = Some(rollout.sha256.clone());
+    let uploaded_rollout = rollout.source == crate::plugins::PluginSource::Uploaded;
     plugins
         .validate_config(rollout, checked.rollout_config.to_string())
         .await
@@ -361,6 +362,24 @@ pub async fn submit(
             .is_some_and(|f| f.downgrade_allowed_at.is_some()),
     };
     let mut tx = pool.begin().await?;
+    // An uploaded version is kept while the job exists: held against its
+    // deletion until this transaction ends, and refused if it went first.
+    if uploaded_rollout {
+        let kept: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM plugin_versions WHERE sha256 = $1 FOR SHARE")
+                .bind(&new.rollout_plugin_sha256)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if kept.is_none() {
+            return Err(SubmitError::Plugin {
+                field: "rollout.plugin",
+                error: PluginError::Invalid(format!(
+                    "the version of '{}' in force here was deleted meanwhile; try again",
+                    new.rollout_plugin
+                )),
+            });
+        }
+    }
     let config = new.rollout_config.to_string();
     let plan = |total: u32| {
         let (plugins, plugin, sha256, config) = (

@@ -60,7 +60,13 @@ pub async fn upload(
         .ok_or_else(|| PluginError::Invalid("the plugin is still in use by its check".into()))?;
     // The bytes first, outside any transaction; then the row, its event
     // and its audit record together; then the registry.
-    let key = format!("plugins/{}.wasm", plugin.sha256);
+    // A key of its own per upload: deleting an old version's bytes never
+    // takes those of the same component uploaded again meanwhile.
+    let key = format!(
+        "plugins/{}-{}.wasm",
+        plugin.sha256,
+        uuid::Uuid::now_v7().simple()
+    );
     store.put_bytes(&key, bytes).await?;
     let details = json!({ "name": plugin.name, "version": plugin.version, "kind": plugin.kind, "sha256": plugin.sha256, "wit_version": plugin.wit_version });
     let mut tx = pool.begin().await?;
@@ -69,15 +75,25 @@ pub async fn upload(
     lock_settings(&mut tx, &plugin.name).await?;
     let latest = settings_version(&mut tx, &plugin.name).await?;
     if latest != settings.version {
+        drop(tx);
+        forget_component(store, &key).await;
         return Err(UploadError::Plugin(PluginError::Invalid(format!(
             "the settings of '{}' changed while this upload was checked (version {latest} now); upload it again",
             plugin.name
         ))));
     }
     save_upload(&mut tx, &key, &plugin, actor).await?;
+    // The same component uploaded before: its earlier bytes go once this
+    // upload's are recorded.
+    let earlier: Option<String> =
+        sqlx::query_scalar("SELECT storage_key FROM plugin_versions WHERE sha256 = $1 FOR UPDATE")
+            .bind(&plugin.sha256)
+            .fetch_optional(&mut *tx)
+            .await?;
     sqlx::query(
         "INSERT INTO plugin_versions (sha256, name, kind, version, storage_key, uploaded_by)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (sha256) DO UPDATE SET storage_key = excluded.storage_key",
     )
     .bind(&plugin.sha256)
     .bind(&plugin.name)
@@ -106,6 +122,9 @@ pub async fn upload(
     )
     .await?;
     tx.commit().await?;
+    if let Some(earlier) = earlier.filter(|earlier| *earlier != key) {
+        forget_component(store, &earlier).await;
+    }
     let admitted = plugins.admit(plugin)?;
     tracing::info!(plugin = %admitted.name, version = %admitted.version, "plugin uploaded");
     Ok(admitted)
