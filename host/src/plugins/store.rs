@@ -445,14 +445,9 @@ async fn catch_up(
                 .get(&row.name)
                 .is_some_and(|p| Some(&p.sha256) == row.sha256.as_ref());
             if !loaded_here {
-                let loaded = match store.read_all(key).await {
-                    Ok(bytes) => registry
-                        .load(bytes.to_vec(), PluginSource::Uploaded)
-                        .await
-                        .and_then(|plugin| registry.admit(plugin))
-                        .map_err(|e| e.to_string()),
-                    Err(error) => Err(format!("{error:#}")),
-                };
+                let loaded = load_component(registry, store, key)
+                    .await
+                    .and_then(|plugin| registry.admit(plugin).map_err(|e| e.to_string()));
                 if let Err(error) = loaded {
                     tracing::error!(plugin = %row.name, %error, "uploaded plugin not loaded");
                     continue;
@@ -533,6 +528,20 @@ async fn save_state(
     Ok(())
 }
 
+/// Reads an uploaded component from the object store and loads it (not
+/// admitted); the error as text for the log.
+async fn load_component(
+    registry: &Plugins,
+    store: &FirmwareStore,
+    key: &str,
+) -> Result<Plugin, String> {
+    let bytes = store.read_all(key).await.map_err(|e| format!("{e:#}"))?;
+    registry
+        .load(bytes.to_vec(), PluginSource::Uploaded)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Loads the rollout plugin versions unfinished jobs run on that are not
 /// loaded here, and drops those no such job names any more.
 async fn keep_pinned_versions(
@@ -552,14 +561,7 @@ async fn keep_pinned_versions(
         if registry.has_version(sha256) {
             continue;
         }
-        let loaded = match store.read_all(key).await {
-            Ok(bytes) => registry
-                .load(bytes.to_vec(), PluginSource::Uploaded)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(format!("{error:#}")),
-        };
-        match loaded {
+        match load_component(registry, store, key).await {
             Ok(plugin) => {
                 tracing::info!(plugin = %plugin.name, %sha256, "plugin version loaded for the jobs that run on it");
                 registry.retain(Arc::new(plugin));
