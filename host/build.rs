@@ -8,8 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SHIPPED: [&str; 4] = [
+const SHIPPED: [&str; 6] = [
     "rollout-percent",
+    "rollout-exponential",
+    "rollout-rings",
     "device-esp32",
     "device-stm32",
     "device-jetson",

@@ -384,7 +384,8 @@ pub fn job_request(
 }
 
 /// Registers `count` ESP32-S3 devices `{id_prefix}0000000…` tagged
-/// `fleet`, with SQL (the host has migrated the database), then vacuums and
+/// `fleet`, a `ring` (1% `internal`, 9% `0`, the rest `1`) and one of ten
+/// `site`s, with SQL (the host has migrated the database), then vacuums and
 /// analyzes the table as autovacuum would have on a real fleet. Returns the
 /// time it took (which no benchmark counts).
 pub async fn seed_devices(
@@ -400,7 +401,10 @@ pub async fn seed_devices(
         let end = (first + chunk).min(count);
         sqlx::query(
             "INSERT INTO devices (id, family, model, tags)
-             SELECT $1 || lpad(i::text, 7, '0'), 'esp32', 'esp32s3', jsonb_build_object('fleet', $2::text)
+             SELECT $1 || lpad(i::text, 7, '0'), 'esp32', 'esp32s3',
+                    jsonb_build_object('fleet', $2::text,
+                        'ring', CASE WHEN i % 100 = 0 THEN 'internal' WHEN i % 10 = 0 THEN '0' ELSE '1' END,
+                        'site', 'quarry-' || (i % 10))
              FROM generate_series($3::int, $4::int) AS i",
         )
         .bind(id_prefix)

@@ -72,6 +72,45 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             planned.unwrap_or_default()
         );
     }
+
+    // The same fleet planned by attributes: rings by a tag, spread over
+    // sites (WIT 0.1.8). The host counts the devices by attribute, the
+    // strategy answers groups, and the host fills them in SQL.
+    let rings = json!({ "plugin": "rollout-rings", "config": {
+        "rings": ["internal", "0", "1"], "max_per_site": 50 } });
+    let started = Instant::now();
+    let by_rings = host
+        .create_job(&host::job_request(&firmware, "bench", Some(rings), None))
+        .await?;
+    host::wait_job_status(
+        &pool,
+        by_rings,
+        "running",
+        Duration::from_secs(900),
+        Duration::from_millis(50),
+    )
+    .await?;
+    let rings_wall = started.elapsed();
+    let rss = rss.max(host.peak_rss_bytes()?);
+    let sizes: Vec<(Option<String>, i32)> = sqlx::query_as(
+        "SELECT label, size FROM job_batches WHERE job_id = $1 ORDER BY batch_group",
+    )
+    .bind(by_rings)
+    .fetch_all(&pool)
+    .await?;
+    let expected = [
+        ("ring internal", devices.div_ceil(100)),
+        ("ring 0", devices.div_ceil(10) - devices.div_ceil(100)),
+        ("ring 1", devices - devices.div_ceil(10)),
+    ];
+    let matches = sizes.len() == 3
+        && sizes
+            .iter()
+            .zip(expected)
+            .all(|((label, size), (l, s))| label.as_deref() == Some(l) && *size as u32 == s);
+    if !matches {
+        bail!("job-scale: the rings job planned {sizes:?}, expected {expected:?}");
+    }
     pool.close().await;
     host.stop().await?;
 
@@ -90,6 +129,7 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
             "devices": devices,
             "create_request_s": created.as_secs_f64(),
             "create_and_plan_s": wall.as_secs_f64(),
+            "create_and_plan_by_attributes_s": rings_wall.as_secs_f64(),
             "peak_rss_bytes": rss,
             "peak_rss_before_job_bytes": rss_before,
             "seed_s": seeded.as_secs_f64(),
@@ -103,6 +143,14 @@ pub async fn run(env: &Env, sizes: &Sizes, report: &mut Report) -> anyhow::Resul
         ratio: "—".into(),
         target: "< 30 s".into(),
         met: Some(wall < Duration::from_secs(30)),
+    });
+    report.push(Row {
+        benchmark: format!("job-scale: create + plan {label} devices by attributes (rings)"),
+        figure: report::seconds(rings_wall.as_secs_f64()),
+        baseline: "—".into(),
+        ratio: "—".into(),
+        target: "< 30 s".into(),
+        met: Some(rings_wall < Duration::from_secs(30)),
     });
     report.push(Row {
         benchmark: format!("job-scale: host peak RSS ({label} devices)"),

@@ -415,14 +415,14 @@ async function run() {
     const row = page.locator(`#plugins-table tbody tr[data-plugin="${name}"]`);
     check(await row.count() === 1, `plugin ${name} is not listed`);
     const wit = (await row.locator('td[data-wit]').textContent())?.trim();
-    check(wit === '0.1.7', `plugin ${name} shows WIT version ${wit}, expected 0.1.7`);
+    check(wit === '0.1.8', `plugin ${name} shows WIT version ${wit}, expected 0.1.8`);
   }
   check(await page.locator(STATE_BUTTONS).count() === 0, 'a viewer sees enable/disable buttons');
   check(await page.locator('#plugin-upload').count() === 0, 'a viewer sees the plugin upload form');
   await page.locator('#plugins-table button[aria-label="Settings of device-stm32"]').click();
   await page.locator('#plugin-config-chunk_size').waitFor({ timeout: 10_000 });
   check(await page.locator('#plugin-config-save').count() === 0, 'a viewer can save plugin settings');
-  pass('plugins listed with WIT 0.1.7, settings readable, no admin controls for a viewer');
+  pass('plugins listed with WIT 0.1.8, settings readable, no admin controls for a viewer');
 
   // 11. an admin steers the plugins
   await page.locator('#signout').click();

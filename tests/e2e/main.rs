@@ -30,6 +30,7 @@ mod procs;
 mod relay;
 mod security;
 mod steer;
+mod strategies;
 mod truth;
 mod up;
 mod windows;

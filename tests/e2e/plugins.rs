@@ -49,6 +49,8 @@ fn fixtures() -> PathBuf {
                     "-p",
                     "legacy-device-plugin",
                     "-p",
+                    "legacy-rollout-plugin",
+                    "-p",
                     "poison-device-plugin",
                     "--target-dir",
                 ])
@@ -150,11 +152,13 @@ async fn shipped_plugins_are_loaded() {
             "device-esp32",
             "device-jetson",
             "device-stm32",
-            "rollout-percent"
+            "rollout-exponential",
+            "rollout-percent",
+            "rollout-rings"
         ]
     );
     for p in list["items"].as_array().unwrap() {
-        assert_eq!(p["wit_version"], "0.1.7", "{p}");
+        assert_eq!(p["wit_version"], "0.1.8", "{p}");
         // Each describes its settings, and takes none at all.
         let schema = &p["config_schema"];
         assert_eq!(schema["type"], "object", "{p}");
@@ -170,6 +174,13 @@ async fn shipped_plugins_are_loaded() {
         assert_eq!(p["reports_every_state"], p["kind"] == "device", "{p}");
         assert_eq!(p["sends_cancels"], p["kind"] == "device", "{p}");
         assert_eq!(p["inspects_images"], p["kind"] == "device", "{p}");
+        assert_eq!(p["classifies_failures"], p["kind"] == "device", "{p}");
+        // The percent strategy keeps the contract of counts.
+        assert_eq!(
+            p["plans_by_attributes"],
+            p["name"] == "rollout-rings" || p["name"] == "rollout-exponential",
+            "{p}"
+        );
         assert_eq!(p["state"], "enabled");
         assert_eq!(p["source"], "builtin");
         assert_eq!(p["sha256"].as_str().unwrap().len(), 64);
@@ -315,7 +326,7 @@ async fn device_plugins_validate_uploads_and_extract_metadata() {
         )
         .await
             >= 3.0,
-        "the ESP32 plugin of WIT 0.1.7 validates with inspect-image"
+        "the ESP32 plugin validates with inspect-image (WIT 0.1.6 and later)"
     );
 }
 
@@ -636,7 +647,10 @@ async fn uploads_that_are_not_plugins_are_refused_clearly() {
     );
     assert_eq!(plugin(&app, "device-stm32").await["source"], "uploaded");
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        rollway::plugins::BUILT_IN.len()
+    );
 }
 
 #[tokio::test]
@@ -853,7 +867,10 @@ async fn plugins_dir_is_loaded_at_start() {
     let canary = plugin(&app, "rollout-canary").await;
     assert_eq!(canary["source"], "directory", "{canary}");
     let list: Value = app.get("/api/v1/plugins").await.json().await.unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        rollway::plugins::BUILT_IN.len() + 1
+    );
     let fw = esp_fleet(&app).await;
     let job = job_with_rollout(
         &app,

@@ -186,7 +186,9 @@ async fn up_with_a_simulated_fleet_rolls_out_the_demo_firmware() {
             "device-esp32",
             "device-jetson",
             "device-stm32",
-            "rollout-percent"
+            "rollout-exponential",
+            "rollout-percent",
+            "rollout-rings"
         ],
         "{plugins}"
     );

@@ -154,6 +154,10 @@ struct SimArgs {
     /// Share of devices whose first attempt fails, 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     fail_first: f64,
+    /// What a failing update reports, its failure class first (`flash: …`,
+    /// `power: …`; the device plugins classify it).
+    #[arg(long, default_value = "flash: write failed at 0x08004000 (simulated)")]
+    failure: String,
     /// Milliseconds between a device's statuses.
     #[arg(long, default_value_t = 50)]
     step_ms: u64,
@@ -453,6 +457,8 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         interruptions: args.interruptions,
         silent: args.silent,
         fail_first: args.fail_first,
+        failure: args.failure,
+        tags: None,
         step: std::time::Duration::from_millis(args.step_ms),
         topic_prefix: settings.topic_prefix.clone(),
         id_prefix: args.id_prefix,

@@ -267,17 +267,60 @@ impl Dispatcher {
         // device busy with another job waits for a later round. Rows
         // another worker holds are skipped.
         let sql = executions::statement(
-            "released AS (
-                 SELECT b.job_id, b.batch_group, (j.kind = 'emergency') AS urgent
-                 FROM jobs j JOIN job_batches b ON b.job_id = j.id AND b.started_at IS NOT NULL
+            "sending AS (
+                 SELECT j.id, j.kind,
+                        EXISTS (SELECT 1 FROM job_dispatch_limits l WHERE l.job_id = j.id) AS guarded
+                 FROM jobs j
                  WHERE j.status = 'running'
                    -- Outside its maintenance windows a job sends nothing new.
                    AND (j.windows IS NULL OR rollway_window_open(j.windows, now()))
                    AND (j.end_at IS NULL OR j.end_at > now())
+             ), guarded AS (
+                 -- A job with a dispatch rate or a group spread over a
+                 -- tag: one replica at a time claims for it (the one
+                 -- holding its limits row, `$3`; the others skip it this
+                 -- round), so that replicas together keep to its limits.
+                 -- A rate allows what its token bucket holds: what was
+                 -- left, and the rate since, up to two seconds' worth.
+                 -- (`least` and `greatest` skip NULLs: no rate, no allowance.)
+                 SELECT l.job_id AS id, l.per_minute,
+                        CASE WHEN l.per_minute IS NOT NULL THEN
+                            least(greatest(1.0, l.per_minute / 30.0)::float8,
+                                  l.allowance + l.per_minute
+                                    * extract(epoch FROM now() - l.updated_at)::float8 / 60.0)
+                        END AS allowance
+                 FROM job_dispatch_limits l
+                 WHERE l.job_id = ANY($3::uuid[])
+             ), released AS (
+                 SELECT b.job_id, b.batch_group, (s.kind = 'emergency') AS urgent,
+                        floor(g.allowance)::bigint AS allowance, b.spread_key, b.spread_limit
+                 FROM sending s
+                 JOIN job_batches b ON b.job_id = s.id AND b.started_at IS NOT NULL
+                 LEFT JOIN guarded g ON g.id = s.id
+                 WHERE NOT s.guarded OR (g.id IS NOT NULL AND (g.per_minute IS NULL OR g.allowance >= 1))
              ), candidates AS (
-                 SELECT q.id, q.job_id, q.device_id, r.urgent
+                 SELECT q.id, q.job_id, q.device_id, q.batch_group, q.site, q.room, r.urgent, r.allowance
                  FROM released r CROSS JOIN LATERAL (
-                     SELECT e.id, e.job_id, e.device_id FROM executions e
+                     SELECT e.id, e.job_id, e.device_id, e.batch_group, w.site, w.room
+                     FROM executions e
+                     -- In a group spread over a tag: the device's value of
+                     -- the tag, and how many more devices of that value may
+                     -- update now (nothing is looked up elsewhere).
+                     CROSS JOIN LATERAL (
+                         SELECT CASE WHEN r.spread_key IS NOT NULL THEN
+                                    (SELECT d.tags ->> r.spread_key FROM devices d WHERE d.id = e.device_id)
+                                END AS site
+                     ) v
+                     CROSS JOIN LATERAL (
+                         SELECT v.site, CASE WHEN v.site IS NOT NULL THEN
+                                    r.spread_limit - (
+                                        SELECT count(*) FROM executions x JOIN devices dx ON dx.id = x.device_id
+                                        WHERE x.job_id = e.job_id AND x.batch_group = e.batch_group
+                                          AND x.status IN ('dispatched', 'init', 'downloading', 'waiting',
+                                                           'flashing', 'rebooting')
+                                          AND dx.tags ->> r.spread_key = v.site)
+                                END AS room
+                     ) w
                      WHERE e.job_id = r.job_id AND e.batch_group = r.batch_group
                        AND e.stage = 'queued'
                        -- A probe of the in-flight index per candidate. (As
@@ -290,26 +333,62 @@ impl Dispatcher {
                        AND (SELECT 1 FROM executions x WHERE x.device_id = e.device_id
                             AND x.stage = 'in_flight'
                             LIMIT 1) IS NULL
-                     ORDER BY e.id LIMIT $1
+                       AND (w.room IS NULL OR w.room > 0)
+                     ORDER BY e.id LIMIT least($1, coalesce(r.allowance, $1))
                      FOR UPDATE OF e SKIP LOCKED
                  ) q
                  ORDER BY r.urgent DESC, q.id LIMIT $1
              ), one_per_device AS (
-                 SELECT DISTINCT ON (device_id) id, job_id
+                 SELECT DISTINCT ON (device_id) id, job_id, batch_group, site, room, allowance
                  FROM candidates ORDER BY device_id, urgent DESC, id
+             ), within_spread AS (
+                 -- A round takes no more of one value of the tag than may go.
+                 SELECT id, job_id, allowance FROM (
+                     SELECT id, job_id, allowance, room,
+                            row_number() OVER (PARTITION BY job_id, batch_group, site ORDER BY id) AS n
+                     FROM one_per_device
+                 ) c WHERE c.room IS NULL OR c.n <= c.room
+             ), within_rate AS (
+                 -- A job of many released batches keeps to its allowance too.
+                 SELECT id, job_id FROM (
+                     SELECT id, job_id, allowance,
+                            row_number() OVER (PARTITION BY job_id ORDER BY id) AS n
+                     FROM within_spread
+                 ) c WHERE c.allowance IS NULL OR c.n <= c.allowance
              ), moves AS (
                  SELECT c.id, 'queued' AS previous, 'dispatched' AS next, NULL::text AS reason,
-                        'dispatch' AS cause, $2::text AS dispatcher
-                 FROM one_per_device c
+                        'dispatch' AS cause, $2::text AS dispatcher, c.job_id
+                 FROM within_rate c
                  WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.id = c.job_id AND j.status = 'running')
+             ), charged AS (
+                 -- What a rate-limited job sent now comes off its bucket.
+                 UPDATE job_dispatch_limits l
+                 SET allowance = g.allowance - (SELECT count(*) FROM moves m WHERE m.job_id = l.job_id),
+                     updated_at = now()
+                 FROM guarded g WHERE l.job_id = g.id AND g.per_minute IS NOT NULL
              )",
             &claimed_details("(SELECT id, job_id, device_id, attempt AS attempts FROM changed)"),
         );
+        // The limits of rate-limited and spread jobs are taken first, in a
+        // statement of their own, so that the claim's snapshot (taken
+        // after) sees what the previous holder committed: taken in the
+        // claim itself, a lock waited out or skipped into would leave the
+        // claim counting in-flight devices as they were before.
+        let mut tx = self.pool.begin().await?;
+        let held: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT l.job_id FROM job_dispatch_limits l JOIN jobs j ON j.id = l.job_id
+             WHERE j.status = 'running'
+             FOR NO KEY UPDATE OF l SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let fresh: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(room)
             .bind(&self.instance_id)
-            .fetch_all(&self.pool)
+            .bind(&held)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         claimed.extend(fresh);
         Ok((claimed, resent))
     }

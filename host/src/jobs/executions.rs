@@ -113,7 +113,7 @@ fn record_moved(source: &str, event_id: &str, payload: &str, ordered: bool, when
 }
 
 /// A statement that moves the executions a caller chooses. `choose` is SQL
-/// defining CTEs, the last named `moves`, with the columns `id` (an
+/// defining CTEs, one named `moves`, with the columns `id` (an
 /// execution the caller has locked), `previous` (its status now), `next`,
 /// `reason` (text or NULL: its `last_error` and the log's message) and
 /// `cause` (a [`Cause`]), and `dispatcher` (the replica claiming, for a

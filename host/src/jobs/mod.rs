@@ -3,6 +3,7 @@
 //! `executions.rs` writes every change of an execution's status.
 
 pub mod executions;
+pub mod plan;
 mod request;
 pub mod windows;
 
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use crate::domain::{DeviceId, ExecutionStatus, InstallPolicy, JobStatus};
 use crate::outbox;
+use crate::plugins::strategy::{Amount, Filled, Group, Population};
 
 /// Which devices a job updates.
 #[derive(Debug, Clone)]
@@ -130,6 +132,9 @@ pub struct Job {
     /// Its end time: nothing is sent after it, and what is not finished
     /// then ends `expired`.
     pub end_at: Option<DateTime<Utc>>,
+    /// The dispatch rate its rollout strategy set, in devices per minute
+    /// across every replica (absent: no limit).
+    pub dispatch_rate: Option<i32>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -144,7 +149,7 @@ pub const MAX_TARGET_IDS: usize = 100_000;
 const JOB_COLUMNS: &str = "id, name, firmware_id, kind, start_at, status, status_reason, targets, \
      rollout_plugin, rollout_plugin_sha256, rollout_config, device_timeout_secs, max_retries, delivery_deadline_secs, install, \
      windows, rollway_window_open(windows, now()) AS window_open, \
-     rollway_next_window(windows, now()) AS next_window_at, end_at, created_by, created_at, updated_at, started_at, finished_at, version";
+     rollway_next_window(windows, now()) AS next_window_at, end_at, dispatch_rate, created_by, created_at, updated_at, started_at, finished_at, version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -214,16 +219,20 @@ macro_rules! bind_targets {
 }
 
 /// Creates the job and its executions (all `queued`) in one transaction,
-/// with its `job.created` event. `plan` splits the number of targeted
-/// devices into batch sizes (the rollout plugin's `plan`); each execution
-/// is created in its batch group.
+/// with its `job.created` event. `plan` splits the targeted devices into
+/// batch groups (the rollout plugin's `plan`); each execution is created
+/// in its batch group. A plugin that plans `by_attributes` (WIT 0.1.8)
+/// gets the devices counted by attribute and gives groups with selectors
+/// (see `plan`); one that does not gets the total (in a population of
+/// nothing else) and gives groups of counts.
 pub async fn create<F>(
     conn: &mut PgConnection,
     new: &NewJob,
-    plan: impl FnOnce(u32) -> F,
+    by_attributes: bool,
+    plan: impl FnOnce(Population) -> F,
 ) -> Result<(Job, i64), CreateError>
 where
-    F: Future<Output = Result<Vec<u32>, CreateError>>,
+    F: Future<Output = Result<Vec<Group>, CreateError>>,
 {
     let id = Uuid::now_v7();
     let job: Job = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -302,7 +311,27 @@ where
             examples,
         });
     }
-    let planned = plan(u32::try_from(counted).unwrap_or(u32::MAX)).await?;
+    if by_attributes {
+        let total = create_by_attributes(conn, id, new, &ids, plan).await?;
+        enqueue_created(conn, id, new, total).await?;
+        return Ok((job, total));
+    }
+    let groups = plan(Population {
+        total: u32::try_from(counted).unwrap_or(u32::MAX),
+        families: Vec::new(),
+        models: Vec::new(),
+        versions: Vec::new(),
+        behind_gateway: 0,
+        tags: Vec::new(),
+    })
+    .await?;
+    let planned: Vec<u32> = groups
+        .iter()
+        .map(|g| match g.take {
+            Amount::Count(n) => n,
+            Amount::All | Amount::Share(_) => u32::MAX,
+        })
+        .collect();
     let bounds = cumulative(&planned);
     // Batches are filled in a stable pseudo-random order, so each samples
     // the whole fleet; the rows are inserted in device order, which keeps
@@ -339,8 +368,56 @@ where
     if total == 0 {
         return Err(CreateError::NoTargets(new.family.clone()));
     }
-    record_batches(conn, id, &filled_sizes(&bounds, total)).await?;
+    record_batches(conn, id, &filled_sizes(&bounds, total), None).await?;
+    enqueue_created(conn, id, new, total).await?;
+    Ok((job, total))
+}
 
+/// The executions of a job whose strategy plans by attributes: its
+/// targets staged, counted, planned and filled in SQL (`plan`). Returns
+/// how many were created.
+async fn create_by_attributes<F>(
+    conn: &mut PgConnection,
+    id: Uuid,
+    new: &NewJob,
+    ids: &[&str],
+    plan: impl FnOnce(Population) -> F,
+) -> Result<i64, CreateError>
+where
+    F: Future<Output = Result<Vec<Group>, CreateError>>,
+{
+    sqlx::query(plan::STAGE_TABLE).execute(&mut *conn).await?;
+    let stage = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO plan_targets SELECT {} {}",
+        plan::STAGE_COLUMNS,
+        target_clause(&new.targets, 2)
+    )))
+    .bind(id);
+    bind_targets!(stage, new, ids).execute(&mut *conn).await?;
+    let population = plan::population(conn).await?;
+    if population.total == 0 {
+        return Err(CreateError::NoTargets(new.family.clone()));
+    }
+    let groups = plan(population).await?;
+    let filled = plan::fill_staged(conn, &groups).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO executions (job_id, device_id, batch_group)
+         SELECT $1, t.id, ($2::int4[])[t.rn] FROM plan_targets t ORDER BY t.id",
+    )
+    .bind(id)
+    .bind(&filled.group_of)
+    .execute(&mut *conn)
+    .await?;
+    record_batches(conn, id, &filled.sizes, Some(&filled)).await?;
+    Ok(inserted.rows_affected() as i64)
+}
+
+async fn enqueue_created(
+    conn: &mut PgConnection,
+    id: Uuid,
+    new: &NewJob,
+    total: i64,
+) -> Result<(), sqlx::Error> {
     outbox::enqueue(
         conn,
         outbox::Event {
@@ -353,8 +430,8 @@ where
             }),
         },
     )
-    .await?;
-    Ok((job, total))
+    .await
+    .map(|_| ())
 }
 
 /// The cumulative sums of batch sizes: the rank at which each group ends.
@@ -391,20 +468,36 @@ fn filled_sizes(bounds: &[i64], total: i64) -> Vec<i32> {
     sizes
 }
 
-/// Records a job's batch groups and their sizes.
+/// Records a job's batch groups and their sizes; a plan by attributes
+/// gives each its label and spread too.
 pub(crate) async fn record_batches(
     conn: &mut PgConnection,
     job_id: Uuid,
     sizes: &[i32],
+    filled: Option<&Filled>,
 ) -> Result<(), sqlx::Error> {
     let groups: Vec<i32> = (0..sizes.len() as i32).collect();
+    let (labels, keys, limits): (&[_], &[_], &[_]) = match filled {
+        Some(f) => (&f.labels, &f.spread_keys, &f.spread_limits),
+        None => (&[], &[], &[]),
+    };
+    // A group spread over a tag makes the job's dispatch limited: its
+    // limits row is what replicas take turns on.
     sqlx::query(
-        "INSERT INTO job_batches (job_id, batch_group, size)
-         SELECT $1, g, s FROM unnest($2::int[], $3::int[]) AS t(g, s)",
+        "WITH batches AS (
+             INSERT INTO job_batches (job_id, batch_group, size, label, spread_key, spread_limit)
+             SELECT $1, g, s, l, k, n
+             FROM unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::int[]) AS t(g, s, l, k, n)
+         )
+         INSERT INTO job_dispatch_limits (job_id)
+         SELECT $1 WHERE EXISTS (SELECT 1 FROM unnest($5::text[]) AS k WHERE k IS NOT NULL)",
     )
     .bind(job_id)
     .bind(&groups)
     .bind(sizes)
+    .bind(labels)
+    .bind(keys)
+    .bind(limits)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -483,6 +576,9 @@ pub struct JobCounts {
 pub struct BatchCounts {
     /// Batch group in rollout order; absent until the rollout has planned the job.
     pub batch_group: Option<i32>,
+    /// What the rollout strategy called the group (strategies that plan
+    /// by attributes name their groups, e.g. `internal` or `site q7`).
+    pub label: Option<String>,
     pub total: i64,
     pub counts: BTreeMap<String, i64>,
 }
@@ -521,6 +617,7 @@ pub async fn counts(pool: &PgPool, job_id: Uuid) -> Result<JobCounts, sqlx::Erro
         if result.batches.last().map(|b| b.batch_group) != Some(batch_group) {
             result.batches.push(BatchCounts {
                 batch_group,
+                label: None,
                 total: 0,
                 counts: zeroed(),
             });
@@ -528,6 +625,21 @@ pub async fn counts(pool: &PgPool, job_id: Uuid) -> Result<JobCounts, sqlx::Erro
         if let Some(batch) = result.batches.last_mut() {
             batch.total += n;
             *batch.counts.entry(status).or_default() += n;
+        }
+    }
+    let labels: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT batch_group, label FROM job_batches WHERE job_id = $1 AND label IS NOT NULL",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?;
+    for (group, label) in labels {
+        if let Some(batch) = result
+            .batches
+            .iter_mut()
+            .find(|b| b.batch_group == Some(group))
+        {
+            batch.label = Some(label);
         }
     }
     Ok(result)
@@ -663,6 +775,7 @@ async fn try_action(
             by: ChangedBy::Operator,
             executions_cancelled: (action == JobAction::Cancel).then_some(cancelled),
             batch_released: released,
+            failure_class: None,
         },
     )
     .await?;
@@ -847,6 +960,9 @@ pub struct StatusChange<'a> {
     pub executions_cancelled: Option<i64>,
     /// The batch a resume released, when it did.
     pub batch_released: Option<i32>,
+    /// The class of failures that made a rollout strategy pause or abort
+    /// the job, when it named one.
+    pub failure_class: Option<&'static str>,
 }
 
 impl<'a> StatusChange<'a> {
@@ -859,6 +975,14 @@ impl<'a> StatusChange<'a> {
             by,
             executions_cancelled: None,
             batch_released: None,
+            failure_class: None,
+        }
+    }
+
+    pub fn of_class(self, class: Option<&'static str>) -> Self {
+        Self {
+            failure_class: class,
+            ..self
         }
     }
 
@@ -892,6 +1016,7 @@ async fn status_changed(
                 "reason": change.reason, "by": change.by.as_str(),
                 "executions_cancelled": change.executions_cancelled,
                 "batch_released": change.batch_released,
+                "failure_class": change.failure_class,
             }),
         },
     )
@@ -995,31 +1120,42 @@ pub async fn rollout_decided(
     Ok(())
 }
 
-/// Fills batch groups with the job's queued executions in a stable
-/// pseudo-random order, and records the groups: the plan of a job that was
-/// created without one.
-pub async fn assign_batches(
+/// Plans a job whose queued executions have no batch group yet (created
+/// by an earlier version of Rollway, which planned when a job started):
+/// its devices staged, counted, planned and filled as at creation (see
+/// `plan`). Returns the number of batch groups and of devices.
+pub async fn plan_queued<F>(
     tx: &mut PgConnection,
     job_id: Uuid,
-    sizes: &[u32],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH ordered AS (
-             SELECT id, row_number() OVER (ORDER BY md5($1::text || device_id), id) AS rn
-             FROM executions WHERE job_id = $1 AND stage = 'queued'
-         )
-         UPDATE executions e
-         -- The number of cumulative bounds below the row's rank (the
-         -- bounds are sorted): a lookup, not a subquery per row.
-         SET batch_group = width_bucket(ordered.rn - 1, $2::bigint[])
-         FROM ordered WHERE e.id = ordered.id",
-    )
+    plan: impl FnOnce(Population) -> F,
+) -> Result<(usize, i64), CreateError>
+where
+    F: Future<Output = Result<Vec<Group>, CreateError>>,
+{
+    sqlx::query(plan::STAGE_TABLE).execute(&mut *tx).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO plan_targets SELECT {}
+         FROM executions e JOIN devices d ON d.id = e.device_id
+         WHERE e.job_id = $1 AND e.stage = 'queued'",
+        plan::STAGE_COLUMNS
+    )))
     .bind(job_id)
-    .bind(cumulative(sizes))
     .execute(&mut *tx)
     .await?;
-    let sizes: Vec<i32> = sizes.iter().map(|s| *s as i32).collect();
-    record_batches(tx, job_id, &sizes).await
+    let population = plan::population(tx).await?;
+    let groups = plan(population).await?;
+    let filled = plan::fill_staged(tx, &groups).await?;
+    let assigned = sqlx::query(
+        "UPDATE executions e SET batch_group = ($2::int4[])[t.rn]
+         FROM plan_targets t
+         WHERE e.job_id = $1 AND e.stage = 'queued' AND e.device_id = t.id",
+    )
+    .bind(job_id)
+    .bind(&filled.group_of)
+    .execute(&mut *tx)
+    .await?;
+    record_batches(tx, job_id, &filled.sizes, Some(&filled)).await?;
+    Ok((filled.sizes.len(), assigned.rows_affected() as i64))
 }
 
 /// Schedules a job's next evaluation `after` from now, no sooner than

@@ -329,6 +329,7 @@ pub async fn submit(
         })?;
     let rollout_plugin_sha256 = Some(rollout.sha256.clone());
     let uploaded_rollout = rollout.source == crate::plugins::PluginSource::Uploaded;
+    let by_attributes = rollout.plans_by_attributes();
     plugins
         .validate_config(rollout, checked.rollout_config.to_string())
         .await
@@ -381,7 +382,7 @@ pub async fn submit(
         }
     }
     let config = new.rollout_config.to_string();
-    let plan = |total: u32| {
+    let plan = |population| {
         let (plugins, plugin, sha256, config) = (
             plugins.clone(),
             new.rollout_plugin.clone(),
@@ -390,12 +391,12 @@ pub async fn submit(
         );
         async move {
             plugins
-                .plan(&plugin, sha256.as_deref(), &config, total)
+                .plan(&plugin, sha256.as_deref(), &config, population)
                 .await
                 .map_err(CreateError::Plan)
         }
     };
-    let (job, total) = super::create(&mut tx, &new, plan).await?;
+    let (job, total) = super::create(&mut tx, &new, by_attributes, plan).await?;
     crate::audit::record(
         &mut tx,
         actor,

@@ -8,6 +8,19 @@ pub mod rollout {
     });
 }
 
+/// The `rollout-strategy-rules` world (0.1.8). Its imports are the rollout
+/// module's, so the host implements them once.
+pub mod strategy {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "rollout-strategy-rules",
+        with: {
+            "rollway:plugin/types": super::rollout::rollway::plugin::types,
+            "rollway:plugin/log": super::rollout::rollway::plugin::log,
+        },
+    });
+}
+
 /// The `device-protocol` world; the `image` resource is backed by
 /// [`super::runtime::ImageHandle`]. The interfaces both worlds import
 /// (`types`, `log`) are the rollout module's, so the host implements them once.

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::runtime::{ImageSource, Limits};
+use super::strategy::{self, Batch, DispatchRate, FailureClass, Population, Situation, Verdict};
 use super::{
-    BatchCounts, CancelRequest, CommandRequest, Decision, DeviceInfo, FirmwareRef, PluginKind,
-    PluginRegistry, PluginSource, Snapshot,
+    CancelRequest, CommandRequest, DeviceInfo, FirmwareRef, PluginKind, PluginRegistry,
+    PluginSource,
 };
 use crate::metrics::Metrics;
 
@@ -48,6 +49,7 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
     println!(
         "world:       rollway:plugin/{}@{}",
         match (plugin.kind, plugin.reports_attempts()) {
+            (PluginKind::Rollout, _) if plugin.plans_by_attributes() => "rollout-strategy-rules",
             (PluginKind::Rollout, _) if plugin.config_schema().is_some() => {
                 "rollout-strategy-settings"
             }
@@ -96,6 +98,22 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
             "note:        images' security counters are read from a 'security_counter' detail; \
              build against WIT 0.1.6, whose device-protocol-attempts world exports inspect, \
              to say them in a field of their own"
+        );
+    }
+    if plugin.kind == PluginKind::Rollout && !plugin.plans_by_attributes() {
+        println!(
+            "note:        plans by a count and sees counts only; build against WIT 0.1.8, whose \
+             rollout-strategy-rules world exports strategy, to plan by device attributes and \
+             weigh failure classes, timings, windows and a dispatch rate"
+        );
+    }
+    if plugin.kind == PluginKind::Device
+        && plugin.reports_attempts()
+        && !plugin.classifies_failures()
+    {
+        println!(
+            "note:        every failure its devices report counts as 'other'; build against \
+             WIT 0.1.8, whose device-protocol-attempts world exports failures, to classify them"
         );
     }
     match plugin.config_schema() {
@@ -158,41 +176,78 @@ fn check_rollout(
 ) -> anyhow::Result<()> {
     registry.validate_rollout_config(name, &options.config)?;
     println!("validate-config: ok ({})", options.config);
-    let sizes = registry.plan(name, &options.config, options.devices)?;
+    let plugin = registry.rollout_plugin(name)?;
+    // A synthetic fleet of devices without attributes: only groups that
+    // select anyone take devices.
+    let population = Population {
+        total: options.devices,
+        families: Vec::new(),
+        models: Vec::new(),
+        versions: Vec::new(),
+        behind_gateway: 0,
+        tags: Vec::new(),
+    };
+    let groups = registry.plan_groups_with(&plugin, &options.config, &population)?;
+    let (selectors, selector_of) = strategy::distinct_selectors(&groups);
+    let mask = selectors
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.models.is_empty()
+                && s.versions.is_empty()
+                && s.behind_gateway.is_none()
+                && s.tags.is_empty()
+        })
+        .fold(0i64, |mask, (i, _)| mask | (1i64 << i));
+    let filled = strategy::fill(&vec![mask; options.devices as usize], &groups, &selector_of);
     println!(
         "plan: {} devices in {} batches {:?}",
         options.devices,
-        sizes.len(),
-        sizes
+        filled.sizes.len(),
+        filled.sizes
     );
-    let mut batches: Vec<BatchCounts> = sizes
+    let mut batches: Vec<Batch> = filled
+        .sizes
         .iter()
+        .zip(&filled.labels)
         .enumerate()
-        .map(|(group, size)| BatchCounts {
+        .map(|(group, (size, label))| Batch {
             group: group as u32,
-            total: *size,
-            pending: *size,
+            label: label.clone().unwrap_or_default(),
+            total: *size as u32,
+            pending: *size as u32,
             in_flight: 0,
             succeeded: 0,
             failed: 0,
             timed_out: 0,
             cancelled: 0,
             started_at: None,
+            failures: Vec::new(),
+            median_ms: None,
+            p90_ms: None,
         })
         .collect();
     let mut rng = Lcg(42);
     let mut now: u64 = 1_700_000_000_000;
     let started = now;
+    let mut rate: Option<u32> = None;
     for step in 0..10_000 {
-        let snapshot = Snapshot {
+        let situation = Situation {
             now,
             job_started_at: started,
             batches: batches.clone(),
+            window_open: true,
+            next_window_at: None,
+            ends_at: None,
+            rate: DispatchRate {
+                limit: rate,
+                last_minute: 0,
+            },
         };
-        let decision = registry.evaluate(name, &options.config, &snapshot)?;
+        let decision = registry.decide_with(&plugin, &options.config, &situation)?;
         let elapsed = (now - started) / 1000;
         match &decision {
-            Decision::StartNextBatch => match batches.iter_mut().find(|b| b.started_at.is_none()) {
+            Verdict::StartNextBatch => match batches.iter_mut().find(|b| b.started_at.is_none()) {
                 Some(batch) => {
                     println!(
                         "t+{elapsed:>5}s  start batch {} ({} devices)",
@@ -204,20 +259,24 @@ fn check_rollout(
                 }
                 None => anyhow::bail!("asked to start a batch when none is left"),
             },
-            Decision::Wait(ms) => {
+            Verdict::Wait(ms) => {
                 if step % 20 == 0 {
                     println!("t+{elapsed:>5}s  wait {ms} ms");
                 }
             }
-            Decision::Pause(reason) => {
-                println!("t+{elapsed:>5}s  pause: {reason}");
+            Verdict::SetRate(change) => {
+                rate = change.per_minute;
+                println!("t+{elapsed:>5}s  set rate {rate:?} a minute");
+            }
+            Verdict::Pause(halt) => {
+                println!("t+{elapsed:>5}s  pause: {}", halt.reason);
                 return Ok(());
             }
-            Decision::Abort(reason) => {
-                println!("t+{elapsed:>5}s  abort: {reason}");
+            Verdict::Abort(halt) => {
+                println!("t+{elapsed:>5}s  abort: {}", halt.reason);
                 return Ok(());
             }
-            Decision::Complete => {
+            Verdict::Complete => {
                 let done: u32 = batches.iter().map(|b| b.succeeded).sum();
                 println!(
                     "t+{elapsed:>5}s  complete: {done} of {} succeeded",
@@ -237,6 +296,9 @@ fn check_rollout(
                 } else {
                     batch.succeeded += 1;
                 }
+            }
+            if batch.failed > 0 {
+                batch.failures = vec![(FailureClass::Other, batch.failed)];
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Plugins: rollout strategies and device-family protocols as sandboxed
 //! WebAssembly components (`wit/plugin.wit`).
 //!
-//! The registry holds every loaded plugin by name: the four shipped ones
+//! The registry holds every loaded plugin by name: the six shipped ones
 //! (embedded at build time), those in `ROLLWAY_PLUGINS_DIR`, and those an
 //! admin uploaded. Each call runs in a fresh store with a memory cap and a
 //! deadline; a plugin that traps too often in a row is disabled.
@@ -12,6 +12,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod seal;
 pub mod store;
+pub mod strategy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,6 +30,7 @@ use bindings::device::exports::rollway::plugin::device as dev;
 use bindings::device::{DeviceProtocol, DeviceProtocolPre};
 use bindings::rollout::exports::rollway::plugin::rollout as ro;
 use bindings::rollout::{RolloutStrategy, RolloutStrategyPre};
+use bindings::strategy::{RolloutStrategyRules, RolloutStrategyRulesPre};
 use runtime::{ImageHandle, ImageSource, Limits, Runtime, State};
 use seal::{Seal, Sealed};
 
@@ -42,7 +44,7 @@ pub use bindings::rollout::exports::rollway::plugin::rollout::{BatchCounts, Deci
 
 /// The WIT package this host implements; plugins built against any 0.1.x load.
 pub const WIT_PACKAGE: &str = "rollway:plugin";
-pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 7);
+pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 8);
 
 /// The optional export of device plugins since 0.1.1 (`attempts`), found
 /// by semver-compatible lookup.
@@ -59,6 +61,10 @@ const CANCELS_INTERFACE: &str = "rollway:plugin/cancels@0.1.5";
 const INSPECT_INTERFACE: &str = "rollway:plugin/inspect@0.1.6";
 /// The optional export of every plugin since 0.1.7 (`settings`).
 const SETTINGS_INTERFACE: &str = "rollway:plugin/settings@0.1.7";
+/// The export of rollout strategies of 0.1.8 (`strategy`).
+const STRATEGY_INTERFACE: &str = "rollway:plugin/strategy@0.1.8";
+/// The optional export of device plugins since 0.1.8 (`failures`).
+const FAILURES_INTERFACE: &str = "rollway:plugin/failures@0.1.8";
 /// Most bytes of a plugin's settings schema.
 const MAX_SCHEMA_BYTES: usize = 64 * 1024;
 /// Most schema violations named in one refusal.
@@ -173,10 +179,18 @@ impl From<Report> for ParsedStatus {
 }
 
 /// The plugins Rollway ships, built from `plugins/` by `build.rs`.
-pub const BUILT_IN: [(&str, &[u8]); 4] = [
+pub const BUILT_IN: [(&str, &[u8]); 6] = [
     (
         "rollout-percent",
         include_bytes!(concat!(env!("OUT_DIR"), "/rollout_percent.wasm")),
+    ),
+    (
+        "rollout-exponential",
+        include_bytes!(concat!(env!("OUT_DIR"), "/rollout_exponential.wasm")),
+    ),
+    (
+        "rollout-rings",
+        include_bytes!(concat!(env!("OUT_DIR"), "/rollout_rings.wasm")),
     ),
     (
         "device-esp32",
@@ -252,6 +266,8 @@ pub enum PluginError {
 
 enum Pre {
     Rollout(RolloutStrategyPre<State>),
+    /// A rollout strategy of the 0.1.8 contract (`strategy`).
+    Strategy(RolloutStrategyRulesPre<State>),
     Device(DeviceProtocolPre<State>),
 }
 
@@ -286,6 +302,8 @@ pub struct Plugin {
     inspect_image: Option<ComponentExportIndex>,
     /// What `settings.config-schema` (0.1.7) gave, read once at load.
     config_schema: Option<Arc<ConfigSchema>>,
+    /// `failures.classify` (0.1.8).
+    classify: Option<ComponentExportIndex>,
     enabled: AtomicBool,
     disabled_reason: Mutex<Option<String>>,
     calls: AtomicU64,
@@ -327,6 +345,14 @@ pub struct PluginView {
     /// field of its own (exporting `inspect`, WIT 0.1.6); without it the
     /// counter is read from the `security_counter` detail.
     pub inspects_images: bool,
+    /// Whether the device plugin says why its devices' updates failed
+    /// (exporting `failures`, WIT 0.1.8); without it every failure a
+    /// device reports is of the class `other`.
+    pub classifies_failures: bool,
+    /// Whether the rollout plugin plans by device attributes and evaluates
+    /// with failure classes, timings, windows and a dispatch rate (a
+    /// `strategy` of WIT 0.1.8); otherwise it plans by a count.
+    pub plans_by_attributes: bool,
     /// `enabled` or `disabled`.
     pub state: String,
     pub disabled_reason: Option<String>,
@@ -413,6 +439,8 @@ impl Plugin {
             reports_every_state: self.reports_every_state(),
             sends_cancels: self.sends_cancels(),
             inspects_images: self.inspects_images(),
+            classifies_failures: self.classifies_failures(),
+            plans_by_attributes: self.plans_by_attributes(),
             state: if enabled { "enabled" } else { "disabled" }.into(),
             disabled_reason: if enabled { None } else { self.reason() },
             calls: self.calls.load(Ordering::Relaxed),
@@ -539,6 +567,7 @@ fn world_of(runtime: &Runtime, component: &Component) -> Result<(PluginKind, Str
         .map(|(name, _)| name.to_owned())
         .collect();
     for (kind, interface) in [
+        (PluginKind::Rollout, "strategy"),
         (PluginKind::Rollout, "rollout"),
         (PluginKind::Device, "device"),
     ] {
@@ -559,7 +588,8 @@ fn world_of(runtime: &Runtime, component: &Component) -> Result<(PluginKind, Str
         }
     }
     Err(PluginError::Invalid(format!(
-        "not a Rollway plugin: the component exports neither {WIT_PACKAGE}/rollout nor {WIT_PACKAGE}/device \
+        "not a Rollway plugin: the component exports none of {WIT_PACKAGE}/strategy, {WIT_PACKAGE}/rollout \
+         and {WIT_PACKAGE}/device \
          (it exports: {})",
         if exports.is_empty() {
             "nothing".to_owned()
@@ -709,7 +739,14 @@ impl PluginRegistry {
             tracing::debug!(%sha256, how = compiled.as_str(), seconds = compile_time.as_secs_f64(), "plugin component ready");
         }
         let (kind, wit_version) = world_of(&self.runtime, &component)?;
+        let strategy_export = component.get_export_index(None, STRATEGY_INTERFACE);
         let pre = match kind {
+            PluginKind::Rollout if strategy_export.is_some() => self
+                .runtime
+                .rollout_linker()
+                .instantiate_pre(&component)
+                .and_then(RolloutStrategyRulesPre::new)
+                .map(Pre::Strategy),
             PluginKind::Rollout => self
                 .runtime
                 .rollout_linker()
@@ -737,6 +774,7 @@ impl PluginRegistry {
         let parse_reports = export(CONTROL_INTERFACE, "parse-reports");
         let build_cancels = export(CANCELS_INTERFACE, "build-cancels");
         let inspect_image = export(INSPECT_INTERFACE, "inspect-image");
+        let classify = export(FAILURES_INTERFACE, "classify");
         // Every kind may describe its settings.
         let config_schema_export = component
             .get_export_index(None, SETTINGS_INTERFACE)
@@ -761,6 +799,7 @@ impl PluginRegistry {
             build_cancels,
             inspect_image,
             config_schema: None,
+            classify,
             enabled: AtomicBool::new(true),
             disabled_reason: Mutex::new(None),
             calls: AtomicU64::new(0),
@@ -768,6 +807,11 @@ impl PluginRegistry {
             consecutive_traps: AtomicU32::new(0),
         };
         let info = match kind {
+            PluginKind::Rollout if plugin.plans_by_attributes() => self
+                .strategy_call(&plugin, "info", Seal::new("info", 0, &[]), |store, i| {
+                    i.rollway_plugin_strategy().call_info(store)
+                })
+                .map(|i| (i.name, i.version, i.description))?,
             PluginKind::Rollout => self
                 .rollout_call(&plugin, "info", Seal::new("info", 0, &[]), |store, i| {
                     i.rollway_plugin_rollout().call_info(store)
@@ -1153,10 +1197,29 @@ impl PluginRegistry {
         })
     }
 
+    fn strategy_call<R>(
+        &self,
+        plugin: &Plugin,
+        function: &'static str,
+        seal: Seal,
+        body: impl FnOnce(&mut Store<State>, &RolloutStrategyRules) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let Pre::Strategy(pre) = &plugin.pre else {
+            return Err(PluginError::Invalid(format!(
+                "'{}' is not a rollout strategy of WIT 0.1.8",
+                plugin.name
+            )));
+        };
+        self.guarded(plugin, function, self.limits.call_timeout, seal, |store| {
+            let instance = pre.instantiate(&mut *store)?;
+            body(store, &instance)
+        })
+    }
+
     fn device_pre(plugin: &Plugin) -> Result<&DeviceProtocolPre<State>, PluginError> {
         match &plugin.pre {
             Pre::Device(pre) => Ok(pre),
-            Pre::Rollout(_) => Err(PluginError::Invalid(format!(
+            Pre::Rollout(_) | Pre::Strategy(_) => Err(PluginError::Invalid(format!(
                 "'{}' is not a device plugin",
                 plugin.name
             ))),
@@ -1193,6 +1256,7 @@ impl PluginRegistry {
             let instance = match &plugin.pre {
                 Pre::Device(pre) => pre.instance_pre().instantiate(&mut *store)?,
                 Pre::Rollout(pre) => pre.instance_pre().instantiate(&mut *store)?,
+                Pre::Strategy(pre) => pre.instance_pre().instantiate(&mut *store)?,
             };
             body(store, &instance)
         })
@@ -1234,6 +1298,12 @@ impl PluginRegistry {
         }
         let seal = Seal::new("validate-config", 0, &[&config]);
         match plugin.kind {
+            PluginKind::Rollout if plugin.plans_by_attributes() => {
+                self.strategy_call(plugin, "validate-config", seal, |store, i| {
+                    i.rollway_plugin_strategy()
+                        .call_validate_config(store, config)
+                })
+            }
             PluginKind::Rollout => {
                 self.rollout_call(plugin, "validate-config", seal, |store, i| {
                     i.rollway_plugin_rollout()
@@ -1257,13 +1327,27 @@ impl PluginRegistry {
         self.validate_config(&plugin, config)
     }
 
-    /// Splits `total` devices into batch sizes.
+    /// Splits `total` devices into batch sizes with the rollout plugin
+    /// `name` of 0.1.0–0.1.7 (`rollout`) in force.
     pub fn plan(&self, name: &str, config: &str, total: u32) -> Result<Vec<u32>, PluginError> {
         let plugin = self.rollout_plugin(name)?;
         self.plan_with(&plugin, config, total)
     }
 
-    /// [`plan`](Self::plan) with one version of a rollout plugin.
+    /// Asks the rollout plugin `name` of 0.1.0–0.1.7 (`rollout`) in force
+    /// what to do next.
+    pub fn evaluate(
+        &self,
+        name: &str,
+        config: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Decision, PluginError> {
+        let plugin = self.rollout_plugin(name)?;
+        self.evaluate_with(&plugin, config, snapshot)
+    }
+
+    /// Splits `total` devices into batch sizes with one version of a
+    /// rollout plugin of 0.1.x (`rollout`).
     pub fn plan_with(
         &self,
         plugin: &Plugin,
@@ -1289,18 +1373,8 @@ impl PluginRegistry {
         Ok(sizes)
     }
 
-    /// Asks the rollout plugin what to do next.
-    pub fn evaluate(
-        &self,
-        name: &str,
-        config: &str,
-        snapshot: &Snapshot,
-    ) -> Result<Decision, PluginError> {
-        let plugin = self.rollout_plugin(name)?;
-        self.evaluate_with(&plugin, config, snapshot)
-    }
-
-    /// [`evaluate`](Self::evaluate) with one version of a rollout plugin.
+    /// Asks one version of a rollout plugin of 0.1.x (`rollout`) what to
+    /// do next.
     pub fn evaluate_with(
         &self,
         plugin: &Plugin,
@@ -1786,32 +1860,54 @@ impl Plugins {
             .await?
     }
 
-    /// Plans with the rollout plugin `name` at version `sha256` (a job's;
-    /// in force when `None`).
+    /// Whether the rollout plugin `name` at version `sha256` (in force
+    /// when `None`) plans by device attributes (WIT 0.1.8).
+    pub fn plans_by_attributes(
+        &self,
+        name: &str,
+        sha256: Option<&str>,
+    ) -> Result<bool, PluginError> {
+        Ok(self.rollout_version(name, sha256)?.plans_by_attributes())
+    }
+
+    /// Plans over `population` with the rollout plugin `name` at version
+    /// `sha256` (a job's; in force when `None`).
     pub async fn plan(
         &self,
         name: &str,
         sha256: Option<&str>,
         config: &str,
-        total: u32,
-    ) -> Result<Vec<u32>, PluginError> {
+        population: strategy::Population,
+    ) -> Result<Vec<strategy::Group>, PluginError> {
         let plugin = self.rollout_version(name, sha256)?;
         let config = config.to_owned();
-        self.blocking(move |r| r.plan_with(&plugin, &config, total))
+        self.blocking(move |r| r.plan_groups_with(&plugin, &config, &population))
             .await?
     }
 
-    /// Evaluates with the rollout plugin `name` at version `sha256`.
-    pub async fn evaluate(
+    /// Asks the rollout plugin `name` at version `sha256` what to do next.
+    pub async fn decide(
         &self,
         name: &str,
         sha256: Option<&str>,
         config: &str,
-        snapshot: Snapshot,
-    ) -> Result<Decision, PluginError> {
+        situation: strategy::Situation,
+    ) -> Result<strategy::Verdict, PluginError> {
         let plugin = self.rollout_version(name, sha256)?;
         let config = config.to_owned();
-        self.blocking(move |r| r.evaluate_with(&plugin, &config, &snapshot))
+        self.blocking(move |r| r.decide_with(&plugin, &config, &situation))
+            .await?
+    }
+
+    /// The class of each failure text, by the device plugin of `family`
+    /// under its settings in force.
+    pub async fn classify(
+        &self,
+        family: &str,
+        errors: Vec<String>,
+    ) -> Result<Vec<strategy::FailureClass>, PluginError> {
+        let (family, config) = (family.to_owned(), self.family_config(family));
+        self.blocking(move |r| r.classify(&family, &config, &errors))
             .await?
     }
 

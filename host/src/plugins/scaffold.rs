@@ -16,7 +16,7 @@ pub const WIT_BINDGEN: &str = "0.61.1";
 const WIT: &str = include_str!("../../../wit/plugin.wit");
 const ROLLOUT_TEMPLATE: &str = include_str!("../../../plugins/template-rollout/src/lib.rs");
 const DEVICE_TEMPLATE: &str = include_str!("../../../plugins/template-device/src/lib.rs");
-const SDK: [(&str, &str); 9] = [
+const SDK: [(&str, &str); 11] = [
     ("lib.rs", include_str!("../../../plugins/sdk/src/lib.rs")),
     (
         "cancel.rs",
@@ -35,6 +35,10 @@ const SDK: [(&str, &str); 9] = [
         include_str!("../../../plugins/sdk/src/device.rs"),
     ),
     (
+        "failure.rs",
+        include_str!("../../../plugins/sdk/src/failure.rs"),
+    ),
+    (
         "image.rs",
         include_str!("../../../plugins/sdk/src/image.rs"),
     ),
@@ -49,6 +53,10 @@ const SDK: [(&str, &str); 9] = [
     (
         "status.rs",
         include_str!("../../../plugins/sdk/src/status.rs"),
+    ),
+    (
+        "strategy.rs",
+        include_str!("../../../plugins/sdk/src/strategy.rs"),
     ),
 ];
 
@@ -272,6 +280,22 @@ curl -H "Authorization: Bearer $TOKEN" --data-binary @target/wasm32-wasip2/relea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_file_of_the_sdk_is_vendored() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/src");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut vendored: Vec<String> = SDK.iter().map(|(file, _)| (*file).to_owned()).collect();
+        vendored.sort();
+        assert_eq!(
+            vendored, files,
+            "plugins/sdk/src and the SDK `rollway plugin new` writes"
+        );
+    }
 
     #[test]
     fn wit_bindgen_is_the_version_the_shipped_plugins_build_with() {

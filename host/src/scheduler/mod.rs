@@ -25,11 +25,14 @@ use uuid::Uuid;
 use crate::domain::JobStatus;
 use crate::jobs::executions::{self, cancel_all};
 use crate::jobs::{
-    ChangedBy, StatusChange, assign_batches, next_evaluation, release_batch, rollout_decided,
-    set_status,
+    ChangedBy, CreateError, StatusChange, next_evaluation, plan_queued, release_batch,
+    rollout_decided, set_status,
 };
 use crate::metrics::Metrics;
-use crate::plugins::{BatchCounts, Decision, PluginError, Plugins, Snapshot};
+use crate::plugins::strategy::{
+    Batch, DispatchRate, FailureClass, Halt, RateChange, Situation, Verdict,
+};
+use crate::plugins::{PluginError, Plugins};
 
 /// What the background loops share.
 #[derive(Clone)]
@@ -137,21 +140,19 @@ impl Scheduler {
         plugin: String,
         config: serde_json::Value,
     ) -> anyhow::Result<()> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM executions WHERE job_id = $1 AND stage = 'queued'",
-        )
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let total = u32::try_from(total).unwrap_or(u32::MAX);
         // Jobs of an earlier version of Rollway name no plugin version.
-        let plan = self
-            .plugins
-            .plan(&plugin, None, &config.to_string(), total)
-            .await;
-        match plan {
-            Ok(sizes) => {
-                assign_batches(tx, job_id, &sizes).await?;
+        let config = config.to_string();
+        let plan = |population| {
+            let (plugins, plugin, config) = (self.plugins.clone(), plugin.clone(), config.clone());
+            async move {
+                plugins
+                    .plan(&plugin, None, &config, population)
+                    .await
+                    .map_err(CreateError::Plan)
+            }
+        };
+        match plan_queued(tx, job_id, plan).await {
+            Ok((batches, total)) => {
                 set_status(
                     tx,
                     StatusChange::new(
@@ -162,10 +163,11 @@ impl Scheduler {
                     ),
                 )
                 .await?;
-                tracing::info!(%job_id, batches = sizes.len(), devices = total, "job started");
+                tracing::info!(%job_id, batches, devices = total, "job started");
             }
+            Err(CreateError::Db(error)) => return Err(error.into()),
             Err(error) => {
-                let reason = format!("the rollout could not be planned: {error}");
+                let reason = error.to_string();
                 let cancelled = cancel_all(tx, job_id, &reason).await?;
                 set_status(
                     tx,
@@ -190,7 +192,9 @@ impl Scheduler {
         loop {
             let mut tx = self.pool.begin().await?;
             let due: Option<RunningJob> = sqlx::query_as(
-                "SELECT id, rollout_plugin, rollout_plugin_sha256, rollout_config, started_at FROM jobs
+                "SELECT id, rollout_plugin, rollout_plugin_sha256, rollout_config, started_at,
+                        (SELECT f.family FROM firmware f WHERE f.id = jobs.firmware_id) AS family
+                 FROM jobs
                  WHERE status = 'running' AND next_evaluation_at <= now()
                  ORDER BY next_evaluation_at, id
                  LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -203,20 +207,28 @@ impl Scheduler {
                 rollout_plugin_sha256: pinned,
                 rollout_config: config,
                 started_at,
+                family,
             }) = due
             else {
                 return Ok(());
             };
             let counting = std::time::Instant::now();
-            let snapshot = snapshot(&mut tx, job_id, started_at.unwrap_or_else(Utc::now)).await?;
+            let situation = self
+                .situation(
+                    &mut tx,
+                    job_id,
+                    family.as_deref(),
+                    started_at.unwrap_or_else(Utc::now),
+                )
+                .await?;
             let gap = evaluation_gap(counting.elapsed());
             let mut decision = self
                 .plugins
-                .evaluate(
+                .decide(
                     &plugin,
                     pinned.as_deref(),
                     &config.0.to_string(),
-                    snapshot.clone(),
+                    situation.clone(),
                 )
                 .await;
             if let Err(PluginError::VersionNotLoaded { sha256, .. }) = &decision {
@@ -243,14 +255,17 @@ impl Scheduler {
                 tracing::warn!(%job_id, %plugin, %sha256, "the job's rollout plugin version is gone; going on with the version in force");
                 decision = self
                     .plugins
-                    .evaluate(&plugin, None, &config.0.to_string(), snapshot.clone())
+                    .decide(&plugin, None, &config.0.to_string(), situation.clone())
                     .await;
             }
             let decision = match decision {
                 Ok(decision) => decision,
-                Err(error) => Decision::Pause(format!("the rollout plugin failed: {error}")),
+                Err(error) => Verdict::Pause(Halt {
+                    reason: format!("the rollout plugin failed: {error}"),
+                    class: None,
+                }),
             };
-            self.act(&mut tx, job_id, &snapshot, decision, gap).await?;
+            self.act(&mut tx, job_id, &situation, decision, gap).await?;
             tx.commit().await?;
         }
     }
@@ -259,20 +274,28 @@ impl Scheduler {
         &self,
         tx: &mut PgConnection,
         job_id: Uuid,
-        snapshot: &Snapshot,
-        decision: Decision,
+        situation: &Situation,
+        decision: Verdict,
         gap: Duration,
     ) -> anyhow::Result<()> {
+        let class = |halt: &Halt| halt.class.map(FailureClass::as_str);
         let decision_json = match &decision {
-            Decision::StartNextBatch => json!({ "decision": "start-next-batch" }),
-            Decision::Wait(ms) => json!({ "decision": "wait", "ms": ms }),
-            Decision::Pause(r) => json!({ "decision": "pause", "reason": r }),
-            Decision::Abort(r) => json!({ "decision": "abort", "reason": r }),
-            Decision::Complete => json!({ "decision": "complete" }),
+            Verdict::StartNextBatch => json!({ "decision": "start-next-batch" }),
+            Verdict::Wait(ms) => json!({ "decision": "wait", "ms": ms }),
+            Verdict::Pause(h) => {
+                json!({ "decision": "pause", "reason": h.reason, "failure_class": class(h) })
+            }
+            Verdict::Abort(h) => {
+                json!({ "decision": "abort", "reason": h.reason, "failure_class": class(h) })
+            }
+            Verdict::Complete => json!({ "decision": "complete" }),
+            Verdict::SetRate(r) => {
+                json!({ "decision": "set-rate", "per_minute": r.per_minute, "ms": r.then_wait })
+            }
         };
         match decision {
-            Decision::StartNextBatch => {
-                let next = snapshot
+            Verdict::StartNextBatch => {
+                let next = situation
                     .batches
                     .iter()
                     .find(|b| b.started_at.is_none())
@@ -286,11 +309,20 @@ impl Scheduler {
                     None => next_evaluation(tx, job_id, Duration::from_secs(5), gap).await?,
                 }
             }
-            Decision::Wait(ms) => {
+            Verdict::Wait(ms) => {
                 let after = Duration::from_millis(ms.clamp(100, 3_600_000));
                 next_evaluation(tx, job_id, after, gap).await?;
             }
-            Decision::Pause(reason) => {
+            Verdict::SetRate(RateChange {
+                per_minute,
+                then_wait,
+            }) => {
+                set_rate(tx, job_id, per_minute).await?;
+                let after = Duration::from_millis(then_wait.clamp(100, 3_600_000));
+                next_evaluation(tx, job_id, after, gap).await?;
+                self.dispatch_wakeup.notify_waiters();
+            }
+            Verdict::Pause(halt) => {
                 set_status(
                     tx,
                     StatusChange::new(
@@ -299,14 +331,15 @@ impl Scheduler {
                         JobStatus::Paused,
                         ChangedBy::Rollout,
                     )
-                    .because(&reason),
+                    .because(&halt.reason)
+                    .of_class(class(&halt)),
                 )
                 .await?;
-                tracing::info!(%job_id, %reason, "rollout paused the job");
+                tracing::info!(%job_id, reason = %halt.reason, class = ?class(&halt), "rollout paused the job");
             }
-            Decision::Abort(reason) => {
+            Verdict::Abort(halt) => {
                 let cancelled =
-                    cancel_all(tx, job_id, &format!("rollout aborted: {reason}")).await?;
+                    cancel_all(tx, job_id, &format!("rollout aborted: {}", halt.reason)).await?;
                 set_status(
                     tx,
                     StatusChange::new(
@@ -315,14 +348,15 @@ impl Scheduler {
                         JobStatus::Failed,
                         ChangedBy::Rollout,
                     )
-                    .because(&reason)
+                    .because(&halt.reason)
+                    .of_class(class(&halt))
                     .cancelling(cancelled),
                 )
                 .await?;
-                tracing::warn!(%job_id, %reason, "rollout aborted the job");
+                tracing::warn!(%job_id, reason = %halt.reason, class = ?class(&halt), "rollout aborted the job");
             }
-            Decision::Complete => {
-                let unfinished: u32 = snapshot
+            Verdict::Complete => {
+                let unfinished: u32 = situation
                     .batches
                     .iter()
                     .map(|b| b.pending + b.in_flight)
@@ -331,8 +365,8 @@ impl Scheduler {
                     // A plugin may not complete a job with devices still updating.
                     next_evaluation(tx, job_id, Duration::from_secs(1), gap).await?;
                 } else {
-                    let done: u32 = snapshot.batches.iter().map(|b| b.succeeded).sum();
-                    let failed: u32 = snapshot
+                    let done: u32 = situation.batches.iter().map(|b| b.succeeded).sum();
+                    let failed: u32 = situation
                         .batches
                         .iter()
                         .map(|b| b.failed + b.timed_out)
@@ -355,6 +389,147 @@ impl Scheduler {
         }
         rollout_decided(tx, job_id, decision_json).await?;
         Ok(())
+    }
+
+    /// The state of a running job for its rollout plugin: its batches
+    /// counted (with their failures classified by the family's device
+    /// plugin, and their times from dispatch to success), its windows, its
+    /// end and its dispatch rate.
+    async fn situation(
+        &self,
+        tx: &mut PgConnection,
+        job_id: Uuid,
+        family: Option<&str>,
+        started_at: DateTime<Utc>,
+    ) -> anyhow::Result<Situation> {
+        let rows: Vec<BatchRow> = sqlx::query_as(
+            "SELECT b.batch_group, b.size, b.started_at, b.label,
+                    count(*) FILTER (WHERE e.status = 'queued') AS pending,
+                    count(*) FILTER (WHERE e.stage = 'in_flight') AS in_flight,
+                    count(*) FILTER (WHERE e.status = 'done') AS done,
+                    count(*) FILTER (WHERE e.status = 'error') AS error,
+                    -- Expired counts as timed out for rollout plugins (WIT
+                    -- 0.1.x knows no `expired`): the device never finished.
+                    count(*) FILTER (WHERE e.status IN ('timed_out', 'expired')) AS timed_out,
+                    count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.dispatched_at))
+                        FILTER (WHERE e.status = 'done' AND e.dispatched_at IS NOT NULL) AS median_secs,
+                    percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM e.finished_at - e.dispatched_at))
+                        FILTER (WHERE e.status = 'done' AND e.dispatched_at IS NOT NULL) AS p90_secs
+             FROM job_batches b LEFT JOIN executions e ON e.job_id = b.job_id AND e.batch_group = b.batch_group
+             WHERE b.job_id = $1 GROUP BY b.batch_group, b.size, b.started_at, b.label
+             ORDER BY b.batch_group",
+        )
+        .bind(job_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        // The failures a device reported, by text: a few distinct texts,
+        // the most common first; a device plugin classifies each.
+        let reported: Vec<(i32, Option<String>, i64)> = sqlx::query_as(
+            "SELECT batch_group, last_error, count(*) FROM executions
+             WHERE job_id = $1 AND status = 'error' AND batch_group IS NOT NULL
+             GROUP BY 1, 2 ORDER BY 3 DESC",
+        )
+        .bind(job_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let classes = self.classify(family, &reported).await;
+        let state: JobTimes = sqlx::query_as(
+            "SELECT j.windows IS NULL OR rollway_window_open(j.windows, now()) AS window_open,
+                    CASE WHEN j.windows IS NOT NULL AND NOT rollway_window_open(j.windows, now())
+                         THEN rollway_next_window(j.windows, now()) END AS next_window_at,
+                    j.end_at, j.dispatch_rate,
+                    (SELECT count(*) FROM executions e
+                     WHERE e.job_id = j.id AND e.dispatched_at > now() - interval '60 seconds') AS last_minute
+             FROM jobs j WHERE j.id = $1",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let ms = |t: DateTime<Utc>| t.timestamp_millis().max(0) as u64;
+        let secs_ms = |s: Option<f64>| s.map(|s| (s.max(0.0) * 1000.0).round() as u64);
+        Ok(Situation {
+            now: ms(Utc::now()),
+            job_started_at: ms(started_at),
+            batches: rows
+                .into_iter()
+                .map(|r| {
+                    let mut failures: Vec<(FailureClass, u32)> = Vec::new();
+                    let mut count = |class: FailureClass, n: u32| {
+                        if n == 0 {
+                            return;
+                        }
+                        match failures.iter_mut().find(|(c, _)| *c == class) {
+                            Some((_, total)) => *total += n,
+                            None => failures.push((class, n)),
+                        }
+                    };
+                    for ((group, _, n), class) in reported.iter().zip(&classes) {
+                        if *group == r.batch_group {
+                            count(*class, *n as u32);
+                        }
+                    }
+                    count(FailureClass::Timeout, r.timed_out as u32);
+                    failures.sort_by_key(|(class, _)| *class as u8);
+                    Batch {
+                        group: r.batch_group as u32,
+                        label: r.label.unwrap_or_default(),
+                        total: r.size as u32,
+                        pending: r.pending as u32,
+                        in_flight: r.in_flight as u32,
+                        succeeded: r.done as u32,
+                        failed: r.error as u32,
+                        timed_out: r.timed_out as u32,
+                        cancelled: r.cancelled as u32,
+                        started_at: r.started_at.map(ms),
+                        failures,
+                        median_ms: secs_ms(r.median_secs),
+                        p90_ms: secs_ms(r.p90_secs),
+                    }
+                })
+                .collect(),
+            window_open: state.window_open,
+            next_window_at: state.next_window_at.map(ms),
+            ends_at: state.end_at.map(ms),
+            rate: DispatchRate {
+                limit: state.dispatch_rate.map(|r| r.max(1) as u32),
+                last_minute: state.last_minute as u32,
+            },
+        })
+    }
+
+    /// The class of each reported failure text (`other` for what cannot
+    /// be classified: more texts than [`MAX_CLASSIFIED`], no family, a
+    /// plugin that failed).
+    async fn classify(
+        &self,
+        family: Option<&str>,
+        reported: &[(i32, Option<String>, i64)],
+    ) -> Vec<FailureClass> {
+        let mut classes = vec![FailureClass::Other; reported.len()];
+        let Some(family) = family else {
+            return classes;
+        };
+        let (indexes, texts): (Vec<usize>, Vec<String>) = reported
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, text, _))| Some((i, text.clone()?)))
+            .take(MAX_CLASSIFIED)
+            .unzip();
+        if texts.is_empty() {
+            return classes;
+        }
+        match self.plugins.classify(family, texts).await {
+            Ok(classified) => {
+                for (i, class) in indexes.into_iter().zip(classified) {
+                    classes[i] = class;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%family, %error, "failures could not be classified; counted as other");
+            }
+        }
+        classes
     }
 
     /// Times out executions whose connected device made no progress within
@@ -459,13 +634,30 @@ struct RunningJob {
     rollout_plugin_sha256: Option<String>,
     rollout_config: sqlx::types::Json<serde_json::Value>,
     started_at: Option<DateTime<Utc>>,
+    family: Option<String>,
 }
+
+#[derive(sqlx::FromRow)]
+struct JobTimes {
+    window_open: bool,
+    next_window_at: Option<DateTime<Utc>>,
+    end_at: Option<DateTime<Utc>>,
+    dispatch_rate: Option<i32>,
+    last_minute: i64,
+}
+
+/// Most distinct failure texts classified per evaluation; the rest count
+/// as `other`.
+const MAX_CLASSIFIED: usize = 200;
 
 #[derive(sqlx::FromRow)]
 struct BatchRow {
     batch_group: i32,
     size: i32,
     started_at: Option<DateTime<Utc>>,
+    label: Option<String>,
+    median_secs: Option<f64>,
+    p90_secs: Option<f64>,
     pending: i64,
     in_flight: i64,
     done: i64,
@@ -488,47 +680,34 @@ fn evaluation_gap(counting: Duration) -> Duration {
     (counting * EVALUATION_COST_SHARE).clamp(MIN_EVALUATION_GAP, MAX_EVALUATION_GAP)
 }
 
-/// The state of a job's batches for the rollout plugin.
-async fn snapshot(
+/// Sets a job's dispatch rate (shown in its view) and its token bucket,
+/// which starts empty when the rate changes (a strategy that says the same
+/// rate again changes nothing).
+async fn set_rate(
     tx: &mut PgConnection,
     job_id: Uuid,
-    started_at: DateTime<Utc>,
-) -> Result<Snapshot, sqlx::Error> {
-    let rows: Vec<BatchRow> = sqlx::query_as(
-        "SELECT b.batch_group, b.size, b.started_at,
-                count(*) FILTER (WHERE e.status = 'queued') AS pending,
-                count(*) FILTER (WHERE e.stage = 'in_flight') AS in_flight,
-                count(*) FILTER (WHERE e.status = 'done') AS done,
-                count(*) FILTER (WHERE e.status = 'error') AS error,
-                -- Expired counts as timed out for rollout plugins (WIT
-                -- 0.1.x knows no `expired`): the device never finished.
-                count(*) FILTER (WHERE e.status IN ('timed_out', 'expired')) AS timed_out,
-                count(*) FILTER (WHERE e.status = 'cancelled') AS cancelled
-         FROM job_batches b LEFT JOIN executions e ON e.job_id = b.job_id AND e.batch_group = b.batch_group
-         WHERE b.job_id = $1 GROUP BY b.batch_group, b.size, b.started_at ORDER BY b.batch_group",
+    per_minute: Option<u32>,
+) -> Result<(), sqlx::Error> {
+    let per_minute = per_minute.map(|r| r.clamp(1, i32::MAX as u32) as i32);
+    let changed = sqlx::query(
+        "UPDATE jobs SET dispatch_rate = $2 WHERE id = $1 AND dispatch_rate IS DISTINCT FROM $2",
     )
     .bind(job_id)
-    .fetch_all(tx)
+    .bind(per_minute)
+    .execute(&mut *tx)
     .await?;
-    let ms = |t: DateTime<Utc>| t.timestamp_millis().max(0) as u64;
-    Ok(Snapshot {
-        now: ms(Utc::now()),
-        job_started_at: ms(started_at),
-        batches: rows
-            .into_iter()
-            .map(|r| BatchCounts {
-                group: r.batch_group as u32,
-                total: r.size as u32,
-                pending: r.pending as u32,
-                in_flight: r.in_flight as u32,
-                succeeded: r.done as u32,
-                failed: r.error as u32,
-                timed_out: r.timed_out as u32,
-                cancelled: r.cancelled as u32,
-                started_at: r.started_at.map(ms),
-            })
-            .collect(),
-    })
+    if changed.rows_affected() > 0 {
+        sqlx::query(
+            "INSERT INTO job_dispatch_limits (job_id, per_minute) VALUES ($1, $2)
+             ON CONFLICT (job_id) DO UPDATE
+             SET per_minute = excluded.per_minute, allowance = 0, updated_at = now()",
+        )
+        .bind(job_id)
+        .bind(per_minute)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -58,6 +58,12 @@ pub struct SimOptions {
     pub fail_rate: f64,
     /// Per-family failure rates, overriding `fail_rate`.
     pub family_fail_rates: HashMap<String, f64>,
+    /// What a failing update reports (its class first, as device plugins
+    /// classify it: `flash: …`, `power: …`).
+    pub failure: String,
+    /// Tags of the device at each index, besides `fleet: simulated`
+    /// (e.g. a site and a ring).
+    pub tags: Option<fn(usize) -> serde_json::Map<String, Value>>,
     /// Share of updates during which the device drops off the network for
     /// a few seconds, then carries on (a truck in a tunnel).
     pub dropouts: f64,
@@ -125,6 +131,8 @@ impl SimOptions {
             families: vec!["esp32".into(), "stm32".into(), "jetson".into()],
             fail_rate: 0.0,
             family_fail_rates: HashMap::new(),
+            failure: "flash: write failed at 0x08004000 (simulated)".into(),
+            tags: None,
             dropouts: 0.0,
             duplicates: 0.0,
             out_of_order: 0.0,
@@ -212,6 +220,8 @@ impl Truth {
 
 #[derive(Debug, Clone)]
 struct SimDevice {
+    /// Its place in the fleet (what `SimOptions::tags` is given).
+    index: usize,
     id: String,
     family: String,
     gateway: Option<String>,
@@ -362,6 +372,7 @@ fn fleet(options: &SimOptions) -> Vec<SimDevice> {
         .map(|i| {
             let family = families[i % families.len()];
             SimDevice {
+                index: i,
                 id: format!("{}{}-{i:06}", options.id_prefix, family.to_uppercase()),
                 family: family.to_owned(),
                 gateway: None,
@@ -406,7 +417,9 @@ async fn register(
         let body: Vec<Value> = chunk
             .iter()
             .map(|d| {
-                let mut device = json!({ "id": d.id, "family": d.family, "model": model(&d.family), "gateway_id": d.gateway, "tags": { "fleet": "simulated" } });
+                let mut tags = options.tags.map(|tags| tags(d.index)).unwrap_or_default();
+                tags.insert("fleet".into(), json!("simulated"));
+                let mut device = json!({ "id": d.id, "family": d.family, "model": model(&d.family), "gateway_id": d.gateway, "tags": tags });
                 if let Some(version) = &options.installed_version {
                     device["installed_version"] = json!(version);
                 }
@@ -1012,7 +1025,7 @@ impl Shared {
             .unwrap_or(self.options.fail_rate);
         if rand::rng().random_bool(fail_rate.clamp(0.0, 1.0)) {
             reporter.send("flashing", None, None).await;
-            return Err(Stop::Failed("flash verification failed (simulated)".into()));
+            return Err(Stop::Failed(self.options.failure.clone()));
         }
         reporter.send("flashing", None, None).await;
         if !self.options.flash_time.is_zero() {

@@ -111,6 +111,13 @@ pub trait DeviceFamily {
         crate::status::parse_json(topic_device_id, payload)
     }
 
+    /// The class of a failure one of its devices reported (`failures.classify`,
+    /// WIT 0.1.8); by default [`crate::failure::classify`]: a leading class
+    /// name (`flash: …`), else telling words, else `other`.
+    fn classify(_config: &Self::Config, error: &str) -> crate::failure::FailureClass {
+        crate::failure::classify(error)
+    }
+
     /// Parses a presence payload (a device, or a gateway and the devices
     /// behind it); by default the standard JSON message.
     fn parse_presence(
@@ -407,6 +414,29 @@ macro_rules! device_plugin {
                     security_counter: facts.security_counter,
                     details: facts.details,
                 })
+            }
+        }
+
+        impl exports::rollway::plugin::failures::Guest for RollwayDeviceGuest {
+            fn classify(config: String, error: String) -> rollway::plugin::types::FailureClass {
+                use rollway::plugin::types::FailureClass as C;
+                use $crate::failure::FailureClass as F;
+                let class = match $crate::device::load_config::<$family>(&config) {
+                    Ok(config) => {
+                        <$family as $crate::device::DeviceFamily>::classify(&config, &error)
+                    }
+                    Err(_) => $crate::failure::classify(&error),
+                };
+                match class {
+                    F::Download => C::Download,
+                    F::Verification => C::Verification,
+                    F::Incompatible => C::Incompatible,
+                    F::Flash => C::Flash,
+                    F::Power => C::Power,
+                    F::RejectedByDevice => C::RejectedByDevice,
+                    F::Timeout => C::Timeout,
+                    F::Other => C::Other,
+                }
             }
         }
 

@@ -21,10 +21,12 @@ pub mod cancel;
 pub mod command;
 pub mod config;
 pub mod device;
+pub mod failure;
 pub mod image;
 pub mod presence;
 pub mod rollout;
 pub mod status;
+pub mod strategy;
 
 /// Whether an image built for `target` suits a device whose model is
 /// `model`. Comparison ignores case and `-`/`_`; a model names a chip or a

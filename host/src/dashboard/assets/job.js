@@ -147,6 +147,7 @@ export async function renderJob(ctx, jobId) {
       h('strong', {}, `${fmtNumber(done)} of ${fmtNumber(total)} done`), ` (${percent(done, total)}%)`,
       ` · ${fmtNumber(failed)} failed · ${fmtNumber(inFlight)} in flight · ${fmtNumber(queued)} queued`,
       cancelled ? ` · ${fmtNumber(cancelled)} cancelled` : null,
+      view.dispatch_rate ? h('span', { id: 'job-rate' }, ` · sent at most ${fmtNumber(view.dispatch_rate)} a minute`) : null,
       waitingLine(view.waiting_reasons ?? {}));
   }
 
@@ -161,7 +162,8 @@ export async function renderJob(ctx, jobId) {
       const queued = c.queued ?? 0;
       const cancelled = c.cancelled ?? 0;
       const total = b.total || 0;
-      const label = `Batch ${b.batch_group + 1}`;
+      // Strategies that plan by attributes name their batches (a ring, a site).
+      const label = b.label ? `Batch ${b.batch_group + 1}: ${b.label}` : `Batch ${b.batch_group + 1}`;
       const pct = percent(done, total);
       const width = (n) => `${total ? (n / total) * 100 : 0}%`;
       return h('div', { class: 'batch-row', dataset: { batch: b.batch_group } },
