@@ -270,6 +270,29 @@ async fn patch_and_delete() {
     assert_eq!(cleared["model"], Value::Null);
     assert_eq!(cleared["tags"], json!({ "truck": "T-42" }));
 
+    // An array is not a patch, though serde would read one field by field.
+    let array = app
+        .request(Method::PATCH, "/api/v1/devices/MCU")
+        .json(&json!([null, null]))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(array, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert!(problem.to_string().contains("not an array"), "{problem}");
+    // The document says what a 200 of a registration is: the device, or
+    // the counts of a batch.
+    let openapi = app.json("/api/v1/openapi.json").await;
+    let registered = &openapi["paths"]["/api/v1/devices"]["post"]["responses"]["200"];
+    assert!(
+        registered.to_string().contains("Registered"),
+        "{registered}"
+    );
+    assert!(
+        openapi["components"]["schemas"]["Registered"]["oneOf"].is_array(),
+        "{}",
+        openapi["components"]["schemas"]["Registered"]
+    );
+
     let missing = app
         .request(Method::PATCH, "/api/v1/devices/NOPE")
         .json(&json!({ "tags": {} }))

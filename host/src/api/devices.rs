@@ -286,13 +286,24 @@ fn parse_input(
     })
 }
 
+/// What `POST /devices` answers with 200: the device when one was
+/// updated, the counts for a batch (documentation: the handler builds
+/// each answer itself).
+#[derive(serde::Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Registered {
+    One(Box<Device>),
+    Batch(UpsertCounts),
+}
+
 /// Register or update one device (an object) or many (an array).
 #[utoipa::path(
     post, path = "/devices", tag = "devices",
     request_body(content = DeviceRegistration, description = "One device object, or an array of up to 10,000"),
     responses(
         (status = 201, description = "One device registered", body = Device),
-        (status = 200, description = "One device updated, or a batch registered", body = UpsertCounts),
+        (status = 200, description = "One device updated (the device), or a batch registered (the counts)", body = Registered),
         (status = 422, description = "Invalid device", body = super::error::Problem),
     ),
     security(("bearer" = ["operator"]))

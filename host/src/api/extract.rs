@@ -49,6 +49,14 @@ where
                 "must not contain a NUL character",
             ));
         }
+        // Serde fills a struct from an array too, field by field: a body
+        // whose type is an object must be one.
+        if bytes.trim_ascii_start().starts_with(b"[") && wants_object::<T>() {
+            return Err(ApiError::validation(
+                "body",
+                "expected a JSON object, not an array",
+            ));
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             // Well-formed JSON (within the nesting limit) that does not fit
@@ -62,6 +70,60 @@ where
             Err(rejection) => Err(rejection.into()),
         }
     }
+}
+
+/// What a type asks of the deserializer first: `object` for a struct or a
+/// map, `any` for everything else (a `Value`, a list).
+#[derive(Debug)]
+struct Shape(&'static str);
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Shape {}
+
+impl serde::de::Error for Shape {
+    fn custom<M: std::fmt::Display>(_: M) -> Self {
+        Shape("other")
+    }
+}
+
+/// A deserializer that only says what it was asked for.
+struct ShapeProbe;
+
+impl<'de> serde::Deserializer<'de> for ShapeProbe {
+    type Error = Shape;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Shape> {
+        Err(Shape("any"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Shape> {
+        Err(Shape("object"))
+    }
+
+    fn deserialize_map<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Shape> {
+        Err(Shape("object"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct enum
+        identifier ignored_any
+    }
+}
+
+/// Whether `T` is read from a JSON object (a struct or a map).
+fn wants_object<T: DeserializeOwned>() -> bool {
+    matches!(T::deserialize(ShapeProbe), Err(Shape("object")))
 }
 
 /// Whether reading a body failed because it stalled past
@@ -163,6 +225,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn structs_and_maps_want_objects_and_the_rest_does_not() {
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Patch {
+            model: Option<String>,
+        }
+        assert!(wants_object::<Patch>());
+        assert!(wants_object::<std::collections::BTreeMap<String, u32>>());
+        assert!(!wants_object::<serde_json::Value>());
+        assert!(!wants_object::<Vec<Patch>>());
+    }
 
     #[test]
     fn nul_characters_are_found_with_their_path() {
