@@ -279,6 +279,14 @@ async fn patch_and_delete() {
         .unwrap();
     let problem = assert_problem(array, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
     assert!(problem.to_string().contains("not an array"), "{problem}");
+    let null_tags = app
+        .request(Method::PATCH, "/api/v1/devices/MCU")
+        .json(&json!({ "model": "f407", "tags": null }))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(null_tags, StatusCode::UNPROCESSABLE_ENTITY, "validation").await;
+    assert_eq!(problem["errors"][0]["field"], "tags", "{problem}");
     // The document says what a 200 of a registration is: the device, or
     // the counts of a batch.
     let openapi = app.json("/api/v1/openapi.json").await;

@@ -512,9 +512,10 @@ async fn get_device(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
-    /// Replaces all tags.
+    /// Replaces all tags (`null` is refused: leave it out to keep them).
+    #[serde(default, deserialize_with = "present_or_null")]
     #[schema(schema_with = super::schema::tags)]
-    tags: Option<BTreeMap<String, String>>,
+    tags: Option<Option<BTreeMap<String, String>>>,
     /// Replaces the model; `null` clears it.
     #[serde(default, deserialize_with = "present_or_null")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
@@ -538,6 +539,12 @@ async fn update_device(
     let principal = &caller.0;
     let tags = patch
         .tags
+        .map(|tags| {
+            tags.ok_or_else(|| {
+                ApiError::validation("tags", "must be an object; leave it out to keep the tags")
+            })
+        })
+        .transpose()?
         .map(Tags::parse)
         .transpose()
         .map_err(|e| ApiError::validation("tags", e.0))?;
