@@ -278,6 +278,21 @@ async function run() {
   check(page.url().includes('#/jobs/new'), 'a job with an unreadable window was sent anyway');
   pass(`an unreadable maintenance window is caught next to the field: ${await text('#job-windows-error')}`);
   await page.fill('#job-windows', '');
+  // The dry run shows what the strategy would do, before anything is sent.
+  const jobsBefore = await page.evaluate(() => document.querySelectorAll('#dry-run-steps').length);
+  check(jobsBefore === 0, 'a dry run timeline shows before any dry run');
+  await page.fill('#dry-flash', '0');
+  await page.fill('#dry-power', '0');
+  await page.locator('#dry-run').click();
+  await page.locator('#dry-run-steps tbody tr').first().waitFor({ timeout: 30_000 }).catch(async () => {
+    throw new CheckFailed(`the dry run showed no timeline: ${await text('#dry-run-result')}`);
+  });
+  const outcome = await text('#dry-run-outcome');
+  check(outcome.includes('completed'), `a dry run without failures does not complete: "${outcome}"`);
+  const starts = await page.locator('#dry-run-steps tbody tr[data-decision="start-next-batch"]').count();
+  check(starts === 3, `the dry run of batches 20, 60, 100 started ${starts} groups, not 3`);
+  check(page.url().includes('#/jobs/new'), 'the dry run left the new-job page');
+  pass(`the dry run shows the timeline before the job exists: ${outcome.replace(/\s+/g, ' ').slice(0, 120)}; ${await text('#dry-run-plan')}`);
   await page.locator('#job-submit').click();
   await page.waitForFunction(() => /^#\/jobs\/[0-9a-f-]{36}$/.test(window.location.hash), null, { timeout: 30_000 })
     .catch(async () => {

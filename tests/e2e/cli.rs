@@ -13,15 +13,15 @@ use crate::images;
 use rollway::demo::pseudo_random_bytes;
 
 /// What one run of the binary printed, and whether it succeeded.
-struct Run {
-    success: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) success: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
     /// Stdout as JSON, after checking that the run succeeded.
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         assert!(
             self.success,
             "rollway failed:\nstdout:\n{}\nstderr:\n{}",
@@ -79,7 +79,7 @@ async fn rollway_as(app: &TestApp, token: &str, args: &[&str]) -> Run {
 }
 
 /// `rollway ARGS` with the app's admin token.
-async fn operator(app: &TestApp, args: &[&str]) -> Run {
+pub(crate) async fn operator(app: &TestApp, args: &[&str]) -> Run {
     rollway_as(app, &app.admin_token, args).await
 }
 

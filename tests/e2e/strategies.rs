@@ -1,8 +1,9 @@
 //! Rollout strategies of the 0.1.8 contract, shipped and run through real
 //! jobs on a simulated fleet: `rollout-rings` (plans by tags, spreads a
 //! ring over sites), `rollout-exponential` (a dispatch rate that grows,
-//! kept by every replica together; aborts on a class of failures), and a
-//! strategy of WIT 0.1.2 that runs unchanged.
+//! kept by every replica together; aborts on a class of failures), a
+//! strategy of WIT 0.1.2 that runs unchanged; and dry runs, which foretell
+//! a real job decision for decision.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -357,4 +358,219 @@ async fn a_strategy_of_wit_0_1_2_runs_unchanged() {
     .unwrap();
     assert_eq!(halves, [(20, None), (20, None)]);
     sim.stop().await;
+}
+
+/// The decisions of a timeline or of `job.rollout.decision` events that
+/// are not waits, by name.
+fn acts<'a>(decisions: impl Iterator<Item = &'a Value>) -> Vec<String> {
+    decisions
+        .filter_map(|d| d["decision"].as_str())
+        .filter(|d| *d != "wait")
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn dry_run(app: &TestApp, plugin: &str, body: Value) -> (reqwest::StatusCode, Value) {
+    let response = app
+        .post_json(&format!("/api/v1/plugins/{plugin}/simulate"), &body)
+        .await;
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_dry_run_foretells_the_real_job_decision_for_decision() {
+    let (app, prefix) = spawn_pipeline().await;
+    // The same seed fails the same devices in the fleet and in the dry run.
+    let (seed, rate) = (11, 0.15);
+    let sim = Simulator::start(SimOptions {
+        fail_rate: rate,
+        seed: Some(seed),
+        ..sim_options(&app, &prefix, 300, &["esp32"])
+    })
+    .await
+    .unwrap();
+    let firmware = app.upload_esp32("9.5.0").await;
+    let rollout = json!({ "plugin": "rollout-percent", "config": {
+        "batches": [10, 40, 70, 100], "success_threshold": 80, "failure_threshold": 20 } });
+    let jobs_before = app.json("/api/v1/jobs").await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    // A job not created yet: planned as it would be, then forgotten.
+    let (status, planned) = dry_run(
+        &app,
+        "rollout-percent",
+        json!({ "fleet": { "job": { "firmware_id": firmware["id"],
+                    "targets": { "filter": { "tags": { "fleet": "simulated" } } } } },
+                "config": rollout["config"], "fail_rates": { "flash": rate }, "seed": seed }),
+    )
+    .await;
+    assert_eq!(status, 200, "{planned}");
+    let sizes: Vec<u64> = planned["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [30, 90, 90, 90], "{planned}");
+    assert_eq!(planned["devices"], 300);
+    assert_eq!(
+        app.json("/api/v1/jobs").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        jobs_before,
+        "a dry run keeps nothing"
+    );
+
+    // The real job, and the dry run of its own plan: the strategy decides
+    // the same, step by step.
+    let job = fleet_job(&app, &firmware, rollout).await;
+    let (status, foretold) = dry_run(
+        &app,
+        "rollout-percent",
+        json!({ "fleet": { "job_id": job }, "fail_rates": { "flash": rate }, "seed": seed }),
+    )
+    .await;
+    assert_eq!(status, 200, "{foretold}");
+    let view = wait_for(
+        &app,
+        &job,
+        &["completed", "failed", "paused"],
+        Duration::from_secs(180),
+    )
+    .await;
+    let decisions: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload -> 'decision' FROM event_outbox
+         WHERE event_type = 'job.rollout.decision' AND aggregate_id = $1 ORDER BY id",
+    )
+    .bind(&job)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let real = acts(decisions.iter());
+    let dry = acts(
+        foretold["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["decision"]),
+    );
+    assert_eq!(dry, real, "dry run {foretold}\nreal job {view}");
+    assert!(
+        dry.iter().filter(|d| *d == "start-next-batch").count() >= 2,
+        "{dry:?}"
+    );
+    let outcome = foretold["outcome"].as_str().unwrap();
+    assert_eq!(outcome, view["status"], "{foretold}");
+    if outcome == "completed" {
+        // Every device ended as foretold.
+        let done = |v: &Value| v.as_u64().unwrap();
+        assert_eq!(
+            done(&foretold["counts"]["succeeded"]),
+            done(&view["counts"]["done"]),
+            "{foretold}\n{view}"
+        );
+        assert_eq!(
+            foretold["counts"]["failures"]["flash"], view["counts"]["error"],
+            "{foretold}\n{view}"
+        );
+    }
+    sim.stop().await;
+
+    // A synthetic fleet: the same inputs, the same timeline; a failing
+    // fleet is stopped where the strategy says.
+    let body = json!({ "fleet": { "devices": 500 }, "config": { "batches": [10, 100] },
+                       "fail_rates": { "flash": 0.4, "power": 0.1 }, "seed": 3 });
+    let (status, first) = dry_run(&app, "rollout-percent", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, again) = dry_run(&app, "rollout-percent", body).await;
+    assert_eq!(first, again);
+    assert_eq!(first["outcome"], "failed", "{first}");
+    assert_eq!(
+        acts(
+            first["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| &s["decision"])
+        ),
+        ["start-next-batch", "abort"]
+    );
+    let failures = &first["steps"].as_array().unwrap().last().unwrap()["counts"]["failures"];
+    assert!(failures["flash"].as_u64().unwrap() > failures["power"].as_u64().unwrap());
+
+    // What a dry run refuses, and why.
+    for (plugin, body, status, field) in [
+        (
+            "rollout-percent",
+            json!({ "fleet": { "devices": 10 }, "fail_rates": { "flash": 0.7, "power": 0.5 } }),
+            422,
+            "fail_rates",
+        ),
+        (
+            "rollout-percent",
+            json!({ "fleet": { "devices": 10 }, "config": { "batches": [50] } }),
+            422,
+            "config",
+        ),
+        (
+            "rollout-percent",
+            json!({ "fleet": { "job_id": job }, "config": {} }),
+            422,
+            "config",
+        ),
+        (
+            "device-esp32",
+            json!({ "fleet": { "devices": 10 } }),
+            422,
+            "name",
+        ),
+        (
+            "rollout-nothing",
+            json!({ "fleet": { "devices": 10 } }),
+            404,
+            "",
+        ),
+        (
+            "rollout-percent",
+            json!({ "fleet": { "devices": 10, "job_id": job } }),
+            422,
+            "",
+        ),
+    ] {
+        let (got, problem) = dry_run(&app, plugin, body.clone()).await;
+        assert_eq!(got, status, "{body}: {problem}");
+        if !field.is_empty() {
+            assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+        }
+    }
+
+    // The CLI prints the timeline.
+    let run = crate::cli::operator(
+        &app,
+        &[
+            "plugin",
+            "simulate",
+            "rollout-percent",
+            "--devices",
+            "200",
+            "--fail-rate",
+            "flash=0.5",
+            "--seed",
+            "5",
+        ],
+    )
+    .await;
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("rollout-percent over 200 devices (seed 5)")
+            && run.stdout.contains("start group 0")
+            && run.stdout.contains("failed after"),
+        "{}",
+        run.stdout
+    );
 }

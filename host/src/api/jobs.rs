@@ -159,26 +159,33 @@ async fn create_job(
         &caller.0.actor(),
     )
     .await
-    .map_err(|e| match e {
-        SubmitError::Invalid(errors) => ApiError::Validation(
-            errors
-                .into_iter()
-                .map(|e| FieldError::new(e.field, e.message))
-                .collect(),
-        ),
-        SubmitError::Plugin { field, error } => ApiError::from_plugin(field, error),
-        SubmitError::Create(CreateError::Db(db)) | SubmitError::Db(db) => ApiError::from(db),
-        SubmitError::Create(CreateError::Plan(error)) => {
-            ApiError::from_plugin("rollout.config", error)
-        }
-        SubmitError::Create(e @ CreateError::Rollback { .. }) => ApiError::Rollback(e.to_string()),
-        SubmitError::Create(other) => ApiError::validation("targets", other.to_string()),
-    })?;
+    .map_err(|e| submit_error(e, ""))?;
     if job.start_at <= Utc::now() {
         state.scheduler_wakeup.notify_one();
     }
     let counts = jobs::counts(&state.pool, job.id).await?;
     Ok((StatusCode::CREATED, axum::Json(JobView { job, counts })))
+}
+
+/// The problem of a job that cannot be created; its fields are named
+/// under `prefix` (e.g. `fleet.job.`).
+pub(super) fn submit_error(error: SubmitError, prefix: &str) -> ApiError {
+    let field = |name: &str| format!("{prefix}{name}");
+    match error {
+        SubmitError::Invalid(errors) => ApiError::Validation(
+            errors
+                .into_iter()
+                .map(|e| FieldError::new(field(&e.field), e.message))
+                .collect(),
+        ),
+        SubmitError::Plugin { field: name, error } => ApiError::from_plugin(&field(name), error),
+        SubmitError::Create(CreateError::Db(db)) | SubmitError::Db(db) => ApiError::from(db),
+        SubmitError::Create(CreateError::Plan(error)) => {
+            ApiError::from_plugin(&field("rollout.config"), error)
+        }
+        SubmitError::Create(e @ CreateError::Rollback { .. }) => ApiError::Rollback(e.to_string()),
+        SubmitError::Create(other) => ApiError::validation(field("targets"), other.to_string()),
+    }
 }
 
 impl From<CreateJobRequest> for JobRequest {

@@ -158,6 +158,10 @@ struct SimArgs {
     /// `power: …`; the device plugins classify it).
     #[arg(long, default_value = "flash: write failed at 0x08004000 (simulated)")]
     failure: String,
+    /// Seeds which updates fail: the devices a dry run of the same seed
+    /// (`rollway plugin simulate --seed`) foretells. Random without it.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Milliseconds between a device's statuses.
     #[arg(long, default_value_t = 50)]
     step_ms: u64,
@@ -458,6 +462,7 @@ async fn run_sim(args: SimArgs, settings: &Settings) -> anyhow::Result<()> {
         silent: args.silent,
         fail_first: args.fail_first,
         failure: args.failure,
+        seed: args.seed,
         tags: None,
         step: std::time::Duration::from_millis(args.step_ms),
         topic_prefix: settings.topic_prefix.clone(),

@@ -401,6 +401,70 @@ pub(super) enum PluginApiCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Dry-run a rollout strategy: run it against a simulated fleet in
+    /// virtual time and print its plan and the timeline of its decisions
+    /// with the counts at each step. Nothing is sent, nothing is kept.
+    #[command(
+        after_help = "Examples:\n  rollway plugin simulate rollout-percent --config percent.json --devices 1000 --fail-rate flash=0.03\n  rollway plugin simulate rollout-rings --job 0193…  --fail-rate power=0.05 --fail-rate flash=0.01 --seed 7\n  rollway plugin simulate rollout-exponential --devices 5000 --speed 600\n\nClasses: download, verification, incompatible, flash, power, rejected-by-device,\ntimeout (a device that goes silent mid-update), other. The same seed gives the\nsame timeline; `rollway sim --seed` fails the devices it foretells."
+    )]
+    Simulate {
+        /// The rollout plugin's name.
+        name: String,
+        /// The strategy's configuration, a JSON file (its settings fill in
+        /// what it leaves out, as for a new job).
+        #[arg(long, value_name = "FILE", conflicts_with = "job")]
+        config: Option<PathBuf>,
+        /// A synthetic fleet of N devices without attributes (default 1000).
+        #[arg(long, value_name = "N", conflicts_with = "job")]
+        devices: Option<u32>,
+        /// An existing job, run as it is planned (its groups and devices,
+        /// strategy version and configuration).
+        #[arg(long, value_name = "ID")]
+        job: Option<Uuid>,
+        /// The share of attempts failing with a class, CLASS=RATE;
+        /// repeat for more.
+        #[arg(long = "fail-rate", value_name = "CLASS=RATE", value_parser = parse_fail_rate)]
+        fail_rates: Vec<(String, f64)>,
+        /// Which devices fail (default 1).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Average seconds from a device's command to its last status
+        /// (default 300).
+        #[arg(long, value_name = "SECS")]
+        update_secs: Option<u32>,
+        /// Attempts after the first of a failed device (default: the
+        /// job's, or 0).
+        #[arg(long)]
+        max_retries: Option<u32>,
+        /// Play the timeline back X times faster than real time (e.g. 600:
+        /// ten minutes a second); default: print it at once.
+        #[arg(long, value_name = "X", value_parser = parse_speed)]
+        speed: Option<f64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `CLASS=RATE` of `--fail-rate`.
+fn parse_fail_rate(raw: &str) -> Result<(String, f64), String> {
+    let (class, rate) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("'{raw}' is not CLASS=RATE (e.g. flash=0.02)"))?;
+    let rate: f64 = rate
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{rate}' is not a number"))?;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(format!("the rate {rate} is not between 0 and 1"));
+    }
+    Ok((class.trim().to_owned(), rate))
+}
+
+fn parse_speed(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(speed) if speed > 0.0 && speed.is_finite() => Ok(speed),
+        _ => Err(format!("'{raw}' is not a positive number")),
+    }
 }
 
 pub(super) async fn run_plugin_api(command: PluginApiCommand) -> anyhow::Result<()> {
@@ -496,6 +560,40 @@ pub(super) async fn run_plugin_api(command: PluginApiCommand) -> anyhow::Result<
                 "no uploaded version (a shipped plugin)",
             );
             Ok(())
+        }
+        PluginApiCommand::Simulate {
+            name,
+            config,
+            devices,
+            job,
+            fail_rates,
+            seed,
+            update_secs,
+            max_retries,
+            speed,
+            api,
+        } => {
+            let mut options = json!({});
+            for (key, value) in [
+                ("seed", seed.map(|s| json!(s))),
+                ("update_secs", update_secs.map(|s| json!(s))),
+                ("max_retries", max_retries.map(|s| json!(s))),
+            ] {
+                if let Some(value) = value {
+                    options[key] = value;
+                }
+            }
+            simulate(
+                &api,
+                &name,
+                config.as_deref(),
+                devices,
+                job,
+                &fail_rates,
+                options,
+                speed,
+            )
+            .await
         }
         PluginApiCommand::Delete { name, version, api } => {
             let path = match &version {
@@ -593,6 +691,110 @@ pub(super) async fn run_plugin_api(command: PluginApiCommand) -> anyhow::Result<
             }
             print_json(&answer["config"])
         }
+    }
+}
+
+/// `rollway plugin simulate`: the dry run's request, and its answer
+/// printed (played back at `speed` times real time when given).
+#[allow(clippy::too_many_arguments)]
+async fn simulate(
+    api: &ApiArgs,
+    name: &str,
+    config: Option<&Path>,
+    devices: Option<u32>,
+    job: Option<Uuid>,
+    fail_rates: &[(String, f64)],
+    options: Value,
+    speed: Option<f64>,
+) -> anyhow::Result<()> {
+    let mut body = options;
+    body["fleet"] = match job {
+        Some(id) => json!({ "job_id": id }),
+        None => json!({ "devices": devices.unwrap_or(1000) }),
+    };
+    if let Some(file) = config {
+        let raw =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        body["config"] =
+            parse_json_object(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    }
+    let rates: serde_json::Map<String, Value> = fail_rates
+        .iter()
+        .map(|(class, rate)| (class.clone(), json!(rate)))
+        .collect();
+    body["fail_rates"] = Value::Object(rates);
+    let answer = api
+        .client()?
+        .post_json(&format!("/plugins/{name}/simulate"), &body)
+        .await
+        .with_context(|| format!("the dry run of {name}"))?;
+    if api.json {
+        return print_json(&answer);
+    }
+    let plan: Vec<String> = array(&answer["plan"])
+        .iter()
+        .map(|g| match g["label"].as_str() {
+            Some(label) if !label.is_empty() => format!("{label} {}", text(&g["size"])),
+            _ => text(&g["size"]),
+        })
+        .collect();
+    println!(
+        "{name} over {} devices (seed {}): {} groups [{}]",
+        text(&answer["devices"]),
+        text(&answer["seed"]),
+        plan.len(),
+        plan.join(", ")
+    );
+    let mut shown = 0.0;
+    for step in array(&answer["steps"]) {
+        let at = step["at_secs"].as_f64().unwrap_or_default();
+        if let Some(speed) = speed {
+            let gap = ((at - shown) / speed).clamp(0.0, 3600.0);
+            tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+            shown = at;
+        }
+        let decision = &step["decision"];
+        let mut what = text(&decision["decision"]);
+        match what.as_str() {
+            "wait" if step["evaluations"].as_u64().unwrap_or(1) > 1 => {
+                what = format!("wait ×{}", text(&step["evaluations"]));
+            }
+            "start-next-batch" => what = format!("start group {}", text(&step["group"])),
+            "set-rate" => what = format!("set rate {}/min", text(&decision["per_minute"])),
+            "pause" | "abort" => what = format!("{what}: {}", text(&decision["reason"])),
+            _ => {}
+        }
+        let counts = &step["counts"];
+        println!(
+            "{:>9}  {what:<40}  pending {} · in flight {} · done {} · failed {} · timed out {}",
+            duration_text(at),
+            text(&counts["pending"]),
+            text(&counts["in_flight"]),
+            text(&counts["succeeded"]),
+            text(&counts["failed"]),
+            text(&counts["timed_out"]),
+        );
+    }
+    println!(
+        "{} after {} ({} evaluations){}",
+        text(&answer["outcome"]),
+        duration_text(answer["duration_secs"].as_f64().unwrap_or_default()),
+        text(&answer["evaluations"]),
+        answer["reason"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Virtual time as `t+1h02m05s`.
+fn duration_text(secs: f64) -> String {
+    let secs = secs.max(0.0).round() as u64;
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("t+{s}s"),
+        (0, m, s) => format!("t+{m}m{s:02}s"),
+        (h, m, s) => format!("t+{h}h{m:02}m{s:02}s"),
     }
 }
 
@@ -1277,10 +1479,11 @@ async fn list_pages(
 }
 
 fn items(page: &Value) -> &[Value] {
-    page["items"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    array(&page["items"])
+}
+
+fn array(value: &Value) -> &[Value] {
+    value.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
 fn more_hint(page: &Value) {

@@ -2,13 +2,16 @@
 //! rolls out. Creating a job creates one execution per targeted device;
 //! `executions.rs` writes every change of an execution's status.
 
+pub mod dry_run;
 pub mod executions;
 pub mod plan;
 mod request;
 pub mod windows;
 
+pub(crate) use request::with_defaults;
 pub use request::{
-    DEFAULT_ROLLOUT_PLUGIN, FilterRequest, Invalid, JobRequest, SubmitError, submit,
+    DEFAULT_ROLLOUT_PLUGIN, FilterRequest, Invalid, JobRequest, Prepared, SubmitError,
+    create_prepared, prepare, submit,
 };
 
 use std::collections::BTreeMap;

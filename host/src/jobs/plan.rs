@@ -33,24 +33,37 @@ pub const STAGE_COLUMNS: &str = "d.id,
 /// Most values listed per attribute and per tag key, and most tag keys.
 const LISTED_VALUES: i64 = 100;
 const LISTED_TAGS: i64 = 50;
-const LISTED_MODELS: i64 = 1000;
+const LISTED_MODELS: usize = 1000;
 
-/// Counts the staged targets by attribute.
+/// Counts the staged targets by attribute: one scan for the total, the
+/// devices behind a gateway and the values of family, model and version
+/// (`GROUPING SETS`), one for the tags.
 pub async fn population(conn: &mut PgConnection) -> Result<Population, sqlx::Error> {
-    let (total, behind): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE behind) FROM plan_targets")
-            .fetch_one(&mut *conn)
-            .await?;
-    let mut counted = Vec::new();
-    for column in ["family", "model", "version"] {
-        let rows: Vec<(String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {column}, count(*) FROM plan_targets WHERE {column} IS NOT NULL
-             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {LISTED_MODELS}"
-        )))
-        .fetch_all(&mut *conn)
-        .await?;
-        counted.push(rows.into_iter().map(value_count).collect::<Vec<_>>());
+    // `set`: 0 the whole, 1 by family, 2 by model, 3 by version.
+    let rows: Vec<(i32, Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT CASE WHEN GROUPING(family) = 0 THEN 1
+                     WHEN GROUPING(model) = 0 THEN 2
+                     WHEN GROUPING(version) = 0 THEN 3 ELSE 0 END,
+                coalesce(family, model, version), count(*), count(*) FILTER (WHERE behind)
+         FROM plan_targets GROUP BY GROUPING SETS ((), (family), (model), (version))",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut total, mut behind) = (0, 0);
+    let mut counted: [Vec<(String, i64)>; 3] = Default::default();
+    for (set, value, n, behind_n) in rows {
+        match (set, value) {
+            (0, _) => (total, behind) = (n, behind_n),
+            (1..=3, Some(value)) => counted[set as usize - 1].push((value, n)),
+            // Devices without a model or a version are not listed.
+            _ => {}
+        }
     }
+    let [families, models, versions] = counted.map(|mut values| {
+        values.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        values.truncate(LISTED_MODELS);
+        values.into_iter().map(value_count).collect::<Vec<_>>()
+    });
     let tag_rows: Vec<(String, i64, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH pairs AS (
              SELECT t.key, t.value, count(*) AS n
@@ -86,9 +99,6 @@ pub async fn population(conn: &mut PgConnection) -> Result<Population, sqlx::Err
             tag.values.push(value_count((value, n)));
         }
     }
-    let versions = counted.pop().unwrap_or_default();
-    let models = counted.pop().unwrap_or_default();
-    let families = counted.pop().unwrap_or_default();
     Ok(Population {
         total: clamp(total),
         families,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{CreateError, Job, JobKind, MAX_TARGET_IDS, NewJob, TargetFilter, Targets};
@@ -253,7 +253,7 @@ fn check(request: &JobRequest, now: DateTime<Utc>, errors: &mut Vec<Invalid>) ->
 
 /// A job's rollout configuration over its plugin's defaults (an admin's
 /// `PUT /plugins/{name}/config`): the job's top-level keys win.
-fn with_defaults(defaults: &str, config: Value) -> Value {
+pub(crate) fn with_defaults(defaults: &str, config: Value) -> Value {
     match (serde_json::from_str::<Value>(defaults), config) {
         (Ok(Value::Object(mut merged)), Value::Object(own)) => {
             merged.extend(own);
@@ -272,6 +272,39 @@ pub async fn submit(
     request: JobRequest,
     actor: &str,
 ) -> Result<(Job, i64), SubmitError> {
+    let prepared = prepare(pool, plugins, request, actor).await?;
+    let mut tx = pool.begin().await?;
+    let (job, total) = create_prepared(&mut tx, plugins, &prepared).await?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "job.create",
+        "job",
+        &job.id.to_string(),
+        json!({ "firmware_id": job.firmware_id, "kind": job.kind, "executions": total }),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(job_id = %job.id, kind = %job.kind, executions = total, "job created");
+    Ok((job, total))
+}
+
+/// A job request checked against the firmware and the rollout plugin, its
+/// configuration over the plugin's defaults: what `create_prepared` makes
+/// a job of.
+pub struct Prepared {
+    pub new: NewJob,
+    uploaded_rollout: bool,
+    by_attributes: bool,
+}
+
+/// Checks a request (see [`Prepared`]); writes nothing.
+pub async fn prepare(
+    pool: &PgPool,
+    plugins: &Plugins,
+    request: JobRequest,
+    actor: &str,
+) -> Result<Prepared, SubmitError> {
     let mut errors = Vec::new();
     let firmware = crate::firmware::get(pool, request.firmware_id).await?;
     if firmware.is_none() {
@@ -362,10 +395,24 @@ pub async fn submit(
             .as_ref()
             .is_some_and(|f| f.downgrade_allowed_at.is_some()),
     };
-    let mut tx = pool.begin().await?;
+    Ok(Prepared {
+        new,
+        uploaded_rollout,
+        by_attributes,
+    })
+}
+
+/// Creates a prepared job with its executions and plan in `tx`. Returns
+/// the job and how many executions it has.
+pub async fn create_prepared(
+    tx: &mut PgConnection,
+    plugins: &Plugins,
+    prepared: &Prepared,
+) -> Result<(Job, i64), SubmitError> {
+    let new = &prepared.new;
     // An uploaded version is kept while the job exists: held against its
     // deletion until this transaction ends, and refused if it went first.
-    if uploaded_rollout {
+    if prepared.uploaded_rollout {
         let kept: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM plugin_versions WHERE sha256 = $1 FOR SHARE")
                 .bind(&new.rollout_plugin_sha256)
@@ -396,19 +443,7 @@ pub async fn submit(
                 .map_err(CreateError::Plan)
         }
     };
-    let (job, total) = super::create(&mut tx, &new, by_attributes, plan).await?;
-    crate::audit::record(
-        &mut tx,
-        actor,
-        "job.create",
-        "job",
-        &job.id.to_string(),
-        json!({ "firmware_id": job.firmware_id, "kind": job.kind, "executions": total }),
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(job_id = %job.id, kind = %job.kind, executions = total, "job created");
-    Ok((job, total))
+    Ok(super::create(tx, new, prepared.by_attributes, plan).await?)
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::dry_run;
 use super::runtime::{ImageSource, Limits};
-use super::strategy::{self, Batch, DispatchRate, FailureClass, Population, Situation, Verdict};
+use super::strategy::FailureClass;
 use super::{
     CancelRequest, CommandRequest, DeviceInfo, FirmwareRef, PluginKind, PluginRegistry,
     PluginSource,
@@ -156,19 +157,6 @@ pub fn check_file(path: &Path, options: &CheckOptions) -> anyhow::Result<bool> {
     }
 }
 
-/// A small deterministic generator for the synthetic fleet.
-struct Lcg(u64);
-
-impl Lcg {
-    fn chance(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn check_rollout(
     registry: &PluginRegistry,
     name: &str,
@@ -179,130 +167,64 @@ fn check_rollout(
     let plugin = registry.rollout_plugin(name)?;
     // A synthetic fleet of devices without attributes: only groups that
     // select anyone take devices.
-    let population = Population {
-        total: options.devices,
-        families: Vec::new(),
-        models: Vec::new(),
-        versions: Vec::new(),
-        behind_gateway: 0,
-        tags: Vec::new(),
-    };
-    let groups = registry.plan_groups_with(&plugin, &options.config, &population)?;
-    let (selectors, selector_of) = strategy::distinct_selectors(&groups);
-    let mask = selectors
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| {
-            s.models.is_empty()
-                && s.versions.is_empty()
-                && s.behind_gateway.is_none()
-                && s.tags.is_empty()
-        })
-        .fold(0i64, |mask, (i, _)| mask | (1i64 << i));
-    let filled = strategy::fill(&vec![mask; options.devices as usize], &groups, &selector_of);
+    let groups = registry.plan_groups_with(
+        &plugin,
+        &options.config,
+        &dry_run::synthetic_population(options.devices),
+    )?;
+    let fleet = dry_run::synthetic_fleet(options.devices, &groups);
+    let sizes: Vec<usize> = fleet.iter().map(|g| g.devices.len()).collect();
     println!(
-        "plan: {} devices in {} batches {:?}",
+        "plan: {} devices in {} batches {sizes:?}",
         options.devices,
-        filled.sizes.len(),
-        filled.sizes
+        sizes.len()
     );
-    let mut batches: Vec<Batch> = filled
-        .sizes
-        .iter()
-        .zip(&filled.labels)
-        .enumerate()
-        .map(|(group, (size, label))| Batch {
-            group: group as u32,
-            label: label.clone().unwrap_or_default(),
-            total: *size as u32,
-            pending: *size as u32,
-            in_flight: 0,
-            succeeded: 0,
-            failed: 0,
-            timed_out: 0,
-            cancelled: 0,
-            started_at: None,
-            failures: Vec::new(),
-            median_ms: None,
-            p90_ms: None,
-        })
-        .collect();
-    let mut rng = Lcg(42);
-    let mut now: u64 = 1_700_000_000_000;
-    let started = now;
-    let mut rate: Option<u32> = None;
-    for step in 0..10_000 {
-        let situation = Situation {
-            now,
-            job_started_at: started,
-            batches: batches.clone(),
-            window_open: true,
-            next_window_at: None,
-            ends_at: None,
-            rate: DispatchRate {
-                limit: rate,
-                last_minute: 0,
-            },
+    let outlook = dry_run::Outlook {
+        fail_rates: vec![(FailureClass::Other, options.failure_rate)],
+        seed: 42,
+        update_secs: 30,
+        device_timeout_secs: 3600,
+        max_retries: 0,
+    };
+    let timeline = dry_run::run(&fleet, &outlook, 1_700_000_000_000, |situation| {
+        registry.decide_with(&plugin, &options.config, situation)
+    });
+    for step in &timeline.steps {
+        let decision = &step.decision;
+        let what = match decision["decision"].as_str().unwrap_or_default() {
+            "start-next-batch" => format!(
+                "start batch {} ({} devices)",
+                step.group.unwrap_or_default(),
+                step.group
+                    .and_then(|g| sizes.get(g as usize))
+                    .copied()
+                    .unwrap_or_default()
+            ),
+            "wait" => format!("wait {} ms (×{})", decision["ms"], step.evaluations),
+            "set-rate" => format!("set rate {} a minute", decision["per_minute"]),
+            "pause" | "abort" => format!(
+                "{}: {}",
+                decision["decision"].as_str().unwrap_or_default(),
+                decision["reason"].as_str().unwrap_or_default()
+            ),
+            other => other.to_owned(),
         };
-        let decision = registry.decide_with(&plugin, &options.config, &situation)?;
-        let elapsed = (now - started) / 1000;
-        match &decision {
-            Verdict::StartNextBatch => match batches.iter_mut().find(|b| b.started_at.is_none()) {
-                Some(batch) => {
-                    println!(
-                        "t+{elapsed:>5}s  start batch {} ({} devices)",
-                        batch.group, batch.total
-                    );
-                    batch.started_at = Some(now);
-                    batch.in_flight = batch.pending;
-                    batch.pending = 0;
-                }
-                None => anyhow::bail!("asked to start a batch when none is left"),
-            },
-            Verdict::Wait(ms) => {
-                if step % 20 == 0 {
-                    println!("t+{elapsed:>5}s  wait {ms} ms");
-                }
-            }
-            Verdict::SetRate(change) => {
-                rate = change.per_minute;
-                println!("t+{elapsed:>5}s  set rate {rate:?} a minute");
-            }
-            Verdict::Pause(halt) => {
-                println!("t+{elapsed:>5}s  pause: {}", halt.reason);
-                return Ok(());
-            }
-            Verdict::Abort(halt) => {
-                println!("t+{elapsed:>5}s  abort: {}", halt.reason);
-                return Ok(());
-            }
-            Verdict::Complete => {
-                let done: u32 = batches.iter().map(|b| b.succeeded).sum();
-                println!(
-                    "t+{elapsed:>5}s  complete: {done} of {} succeeded",
-                    options.devices
-                );
-                return Ok(());
-            }
-        }
-        // Ten seconds pass; a third of the in-flight devices finish.
-        now += 10_000;
-        for batch in &mut batches {
-            let finishing = batch.in_flight.div_ceil(3);
-            for _ in 0..finishing {
-                batch.in_flight -= 1;
-                if rng.chance() < options.failure_rate {
-                    batch.failed += 1;
-                } else {
-                    batch.succeeded += 1;
-                }
-            }
-            if batch.failed > 0 {
-                batch.failures = vec![(FailureClass::Other, batch.failed)];
-            }
-        }
+        println!("t+{:>5}s  {what}", step.at_secs.round());
     }
-    anyhow::bail!("the rollout neither completed nor stopped after 10,000 evaluations")
+    match timeline.outcome.as_str() {
+        "completed" => {
+            println!(
+                "complete: {} of {} succeeded",
+                timeline.counts.succeeded, options.devices
+            );
+            Ok(())
+        }
+        "unfinished" => anyhow::bail!(
+            "the rollout neither completed nor stopped after {} evaluations",
+            timeline.evaluations
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// An image file, read in pieces as the plugin asks.

@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod check;
+pub mod dry_run;
 pub mod runtime;
 pub mod scaffold;
 pub mod seal;
@@ -1897,6 +1898,27 @@ impl Plugins {
         let config = config.to_owned();
         self.blocking(move |r| r.decide_with(&plugin, &config, &situation))
             .await?
+    }
+
+    /// The rollout plugin `name` at version `sha256` as a function of a
+    /// situation, for callers that ask it many times on a thread of their
+    /// own (dry runs: `tokio::task::spawn_blocking`).
+    pub fn decider(
+        &self,
+        name: &str,
+        sha256: Option<&str>,
+        config: &str,
+    ) -> Result<
+        impl FnMut(&strategy::Situation) -> Result<strategy::Verdict, PluginError> + Send + 'static,
+        PluginError,
+    > {
+        let plugin = self.rollout_version(name, sha256)?;
+        let (registry, config) = (self.0.clone(), config.to_owned());
+        Ok(
+            move |situation: &strategy::Situation| {
+                registry.decide_with(&plugin, &config, situation)
+            },
+        )
     }
 
     /// The class of each failure text, by the device plugin of `family`

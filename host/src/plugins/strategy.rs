@@ -32,11 +32,48 @@ const MAX_SELECTOR_VALUES: usize = 1000;
 /// Most characters of a halt's reason.
 const MAX_REASON_BYTES: usize = 1024;
 
+/// Every failure class, in the WIT's order.
+pub const CLASSES: [FailureClass; 8] = [
+    FailureClass::Download,
+    FailureClass::Verification,
+    FailureClass::Incompatible,
+    FailureClass::Flash,
+    FailureClass::Power,
+    FailureClass::RejectedByDevice,
+    FailureClass::Timeout,
+    FailureClass::Other,
+];
+
 impl FailureClass {
     /// The class's name in the WIT, in events and in the API (the SDK's
     /// names: both enums follow the WIT's order).
     pub fn as_str(self) -> &'static str {
         rollway_plugin_sdk::failure::FailureClass::ALL[self as usize].as_str()
+    }
+
+    /// The class named `name` (as [`as_str`](Self::as_str) gives it).
+    pub fn parse(name: &str) -> Option<Self> {
+        CLASSES.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// A verdict as events (`job.rollout.decision`) and dry runs show it.
+pub fn verdict_json(verdict: &Verdict) -> serde_json::Value {
+    use serde_json::json;
+    let class = |halt: &Halt| halt.class.map(FailureClass::as_str);
+    match verdict {
+        Verdict::StartNextBatch => json!({ "decision": "start-next-batch" }),
+        Verdict::Wait(ms) => json!({ "decision": "wait", "ms": ms }),
+        Verdict::Pause(h) => {
+            json!({ "decision": "pause", "reason": h.reason, "failure_class": class(h) })
+        }
+        Verdict::Abort(h) => {
+            json!({ "decision": "abort", "reason": h.reason, "failure_class": class(h) })
+        }
+        Verdict::Complete => json!({ "decision": "complete" }),
+        Verdict::SetRate(r) => {
+            json!({ "decision": "set-rate", "per_minute": r.per_minute, "ms": r.then_wait })
+        }
     }
 }
 
@@ -478,19 +515,11 @@ mod tests {
 
     #[test]
     fn failure_classes_have_the_wit_s_names() {
-        let names: Vec<&str> = [
-            FailureClass::Download,
-            FailureClass::Verification,
-            FailureClass::Incompatible,
-            FailureClass::Flash,
-            FailureClass::Power,
-            FailureClass::RejectedByDevice,
-            FailureClass::Timeout,
-            FailureClass::Other,
-        ]
-        .into_iter()
-        .map(FailureClass::as_str)
-        .collect();
+        let names: Vec<&str> = CLASSES.into_iter().map(FailureClass::as_str).collect();
+        for class in CLASSES {
+            assert_eq!(FailureClass::parse(class.as_str()), Some(class));
+        }
+        assert_eq!(FailureClass::parse("battery"), None);
         assert_eq!(
             names,
             [

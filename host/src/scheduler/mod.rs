@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,7 @@ use crate::jobs::{
 };
 use crate::metrics::Metrics;
 use crate::plugins::strategy::{
-    Batch, DispatchRate, FailureClass, Halt, RateChange, Situation, Verdict,
+    Batch, DispatchRate, FailureClass, Halt, RateChange, Situation, Verdict, verdict_json,
 };
 use crate::plugins::{PluginError, Plugins};
 
@@ -279,20 +278,7 @@ impl Scheduler {
         gap: Duration,
     ) -> anyhow::Result<()> {
         let class = |halt: &Halt| halt.class.map(FailureClass::as_str);
-        let decision_json = match &decision {
-            Verdict::StartNextBatch => json!({ "decision": "start-next-batch" }),
-            Verdict::Wait(ms) => json!({ "decision": "wait", "ms": ms }),
-            Verdict::Pause(h) => {
-                json!({ "decision": "pause", "reason": h.reason, "failure_class": class(h) })
-            }
-            Verdict::Abort(h) => {
-                json!({ "decision": "abort", "reason": h.reason, "failure_class": class(h) })
-            }
-            Verdict::Complete => json!({ "decision": "complete" }),
-            Verdict::SetRate(r) => {
-                json!({ "decision": "set-rate", "per_minute": r.per_minute, "ms": r.then_wait })
-            }
-        };
+        let decision_json = verdict_json(&decision);
         match decision {
             Verdict::StartNextBatch => {
                 let next = situation

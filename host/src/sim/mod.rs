@@ -61,6 +61,11 @@ pub struct SimOptions {
     /// What a failing update reports (its class first, as device plugins
     /// classify it: `flash: …`, `power: …`).
     pub failure: String,
+    /// Seeds which updates fail: each device's attempt fails by the draw a
+    /// dry run of the same seed makes (`jobs::dry_run::fate`), so a job
+    /// over this fleet fails the devices its dry run foretold. Without it
+    /// failures are random.
+    pub seed: Option<u64>,
     /// Tags of the device at each index, besides `fleet: simulated`
     /// (e.g. a site and a ring).
     pub tags: Option<fn(usize) -> serde_json::Map<String, Value>>,
@@ -132,6 +137,7 @@ impl SimOptions {
             fail_rate: 0.0,
             family_fail_rates: HashMap::new(),
             failure: "flash: write failed at 0x08004000 (simulated)".into(),
+            seed: None,
             tags: None,
             dropouts: 0.0,
             duplicates: 0.0,
@@ -1023,7 +1029,14 @@ impl Shared {
             .get(&device.family)
             .copied()
             .unwrap_or(self.options.fail_rate);
-        if rand::rng().random_bool(fail_rate.clamp(0.0, 1.0)) {
+        let failing = match self.options.seed {
+            // The draw a dry run makes for the same seed, device and attempt.
+            Some(seed) => {
+                crate::plugins::dry_run::fate(seed, &device.id, reporter.attempt, 0) < fail_rate
+            }
+            None => rand::rng().random_bool(fail_rate.clamp(0.0, 1.0)),
+        };
+        if failing {
             reporter.send("flashing", None, None).await;
             return Err(Stop::Failed(self.options.failure.clone()));
         }

@@ -321,6 +321,13 @@ export async function renderNewJob(ctx) {
   const endInput = h('input', { id: 'job-end', type: 'datetime-local', 'aria-describedby': 'job-end-help' });
   const zoneInput = h('input', { id: 'job-time-zone', type: 'text', autocomplete: 'off', spellcheck: 'false', value: Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC' });
   const submit = h('button', { type: 'submit', id: 'job-submit', class: 'button primary' }, 'Create job');
+  // The dry run: the strategy over these targets' plan, in virtual time.
+  const rateInput = (cls, value) => h('input', { id: `dry-${cls}`, type: 'number', min: '0', max: '100', step: '0.1', value, inputmode: 'decimal' });
+  const dryRates = { flash: rateInput('flash', '2'), power: rateInput('power', '1'), download: rateInput('download', '0'), timeout: rateInput('timeout', '0') };
+  const drySeed = h('input', { id: 'dry-seed', type: 'number', min: '0', step: '1', value: '1', inputmode: 'numeric' });
+  const dryUpdate = h('input', { id: 'dry-update', type: 'number', min: '1', max: '86400', step: '1', value: '300', inputmode: 'numeric' });
+  const dryButton = h('button', { type: 'button', id: 'dry-run', class: 'button secondary' }, 'Dry run');
+  const dryResult = h('div', { id: 'dry-run-result', 'aria-live': 'polite' });
   const formErrors = h('div', { id: 'job-form-errors' });
 
   const form = h('form', { id: 'job-form', class: 'job-form', novalidate: true },
@@ -364,6 +371,18 @@ export async function renderNewJob(ctx) {
         configHelp,
         config.el,
         slot('rollout-config'))),
+    h('section', { class: 'panel', id: 'dry-run-panel' },
+      h('h2', {}, 'Dry run'),
+      h('p', { class: 'help' }, 'What the strategy would do with these targets, before anything is sent: its plan, then its decisions in simulated time over a fleet that fails at these rates (percent of attempts). The same seed gives the same run.'),
+      h('div', { class: 'form-grid' },
+        field('dry-flash', 'Flash failures (%)', dryRates.flash),
+        field('dry-power', 'Power failures (%)', dryRates.power),
+        field('dry-download', 'Download failures (%)', dryRates.download),
+        field('dry-timeout', 'Devices going silent (%)', dryRates.timeout),
+        field('dry-update', 'Seconds a device takes', dryUpdate),
+        field('dry-seed', 'Seed', drySeed)),
+      h('div', { class: 'actions' }, dryButton),
+      dryResult),
     formErrors,
     h('div', { class: 'actions' }, submit, h('a', { href: '#/jobs', class: 'button secondary' }, 'Cancel')),
   );
@@ -525,6 +544,51 @@ export async function renderNewJob(ctx) {
     return body;
   }
 
+  dryButton.addEventListener('click', async () => {
+    clearErrors();
+    const body = buildRequest();
+    if (!body) {
+      firstInvalid()?.focus();
+      return;
+    }
+    const failRates = {};
+    for (const [cls, input] of Object.entries(dryRates)) {
+      const pct = Number(input.value);
+      if (!Number.isFinite(pct) || pct < 0 || pct > 100) {
+        showFieldError(`dry-${cls}`, 'A percentage from 0 to 100.');
+        return;
+      }
+      if (pct > 0) failRates[cls] = pct / 100;
+    }
+    const { rollout, ...job } = body;
+    const request = {
+      fleet: { job },
+      config: rollout.config,
+      fail_rates: failRates,
+      seed: Math.max(0, Math.trunc(Number(drySeed.value) || 0)),
+      update_secs: Math.min(86400, Math.max(1, Math.trunc(Number(dryUpdate.value) || 300))),
+      device_timeout_secs: body.device_timeout_secs,
+      max_retries: body.max_retries,
+    };
+    dryButton.disabled = true;
+    setChildren(dryResult, loading('Running the strategy over a simulated fleet…'));
+    try {
+      const run = await post(`/plugins/${encodeURIComponent(rollout.plugin)}/simulate`, request);
+      if (!ctx.alive) return;
+      setChildren(dryResult, dryRunView(run));
+    } catch (err) {
+      if (!ctx.alive) return;
+      for (const e of (err instanceof ApiError ? err.problem.errors : [])) {
+        const fieldName = e.field.replace(/^fleet\.job\./, '').replace(/^config/, 'rollout.config');
+        const match = FIELD_SLOTS.find(([pattern]) => pattern.test(fieldName));
+        if (match) showFieldError(match[1], e.message);
+      }
+      setChildren(dryResult, errorBox(err, { context: 'The dry run did not run' }));
+    } finally {
+      dryButton.disabled = false;
+    }
+  });
+
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors();
@@ -553,4 +617,55 @@ export async function renderNewJob(ctx) {
       formErrors.scrollIntoView({ block: 'nearest' });
     }
   });
+}
+
+/** Virtual time as 1h02m, 4m05s or 12s. */
+function virtualTime(secs) {
+  const s = Math.round(secs);
+  const hours = Math.floor(s / 3600);
+  const minutes = Math.floor((s % 3600) / 60);
+  const rest = s % 60;
+  if (hours > 0) return `${hours}h${String(minutes).padStart(2, '0')}m`;
+  if (minutes > 0) return `${minutes}m${String(rest).padStart(2, '0')}s`;
+  return `${rest}s`;
+}
+
+/** A dry run's plan, outcome and timeline. */
+function dryRunView(run) {
+  const decision = (step) => {
+    const d = step.decision;
+    switch (d.decision) {
+      case 'start-next-batch': return `Start group ${step.group}${run.plan[step.group]?.label ? ` (${run.plan[step.group].label})` : ''}`;
+      case 'wait': return step.evaluations > 1 ? `Wait (${step.evaluations} evaluations)` : 'Wait';
+      case 'set-rate': return `Set rate to ${d.per_minute ?? 'unlimited'}/min`;
+      case 'pause': return `Pause: ${d.reason}`;
+      case 'abort': return `Abort: ${d.reason}`;
+      case 'complete': return 'Complete';
+      default: return d.decision;
+    }
+  };
+  const steps = table({
+    id: 'dry-run-steps',
+    caption: 'Dry run timeline',
+    columns: [
+      { label: 'Time' }, { label: 'Decision' }, { label: 'Pending', className: 'num' }, { label: 'In flight', className: 'num' },
+      { label: 'Done', className: 'num' }, { label: 'Failed', className: 'num' }, { label: 'Timed out', className: 'num' },
+    ],
+  });
+  for (const step of run.steps) {
+    const c = step.counts;
+    steps.tbody.append(h('tr', { 'data-decision': step.decision.decision },
+      h('td', {}, `+${virtualTime(step.at_secs)}`), h('td', {}, decision(step)),
+      h('td', { class: 'num' }, String(c.pending)), h('td', { class: 'num' }, String(c.in_flight)),
+      h('td', { class: 'num' }, String(c.succeeded)), h('td', { class: 'num' }, String(c.failed)),
+      h('td', { class: 'num' }, String(c.timed_out))));
+  }
+  const plan = run.plan.map((g) => `${g.label || `group ${g.group}`}: ${g.size}`).join(' · ');
+  return h('div', { class: 'dry-run' },
+    h('p', { id: 'dry-run-outcome' },
+      badge(run.outcome),
+      ` ${run.outcome} after ${virtualTime(run.duration_secs)} of simulated time, ${run.devices} devices, ${run.evaluations} evaluations`,
+      run.reason ? ` — ${run.reason}` : ''),
+    h('p', { id: 'dry-run-plan', class: 'muted' }, `Plan: ${plan}`),
+    steps.el);
 }
