@@ -241,6 +241,7 @@ async fn assert_events_exactly_once(app: &TestApp, brokers: &str, topic: &str) {
 
 #[tokio::test]
 async fn nothing_is_lost_when_the_host_and_the_brokers_fail() {
+    let _cores = crate::helpers::CORES.lock().await;
     let dir = crate::helpers::temp_dir("faults");
     let mut broker = mosquitto(&dir).await;
     let mut kafka = kafka(&dir).await;
@@ -320,6 +321,7 @@ async fn nothing_is_lost_when_the_host_and_the_brokers_fail() {
 
 #[tokio::test]
 async fn a_replica_finishes_the_rollout_of_one_killed_for_good() {
+    let _cores = crate::helpers::CORES.lock().await;
     let mqtt_url = std::env::var("MQTT_URL").expect("MQTT_URL is not set");
     let mut cluster = Cluster::new(mqtt_url, None).await;
     let settings = [("ROLLWAY_REPLICA_TIMEOUT", "8")];
@@ -439,6 +441,7 @@ fn kill_runs() -> u32 {
 /// `done` and says so itself.
 #[tokio::test]
 async fn a_rollout_survives_three_host_kills() {
+    let _cores = crate::helpers::CORES.lock().await;
     let mut all_cuts = 0;
     for run in 1..=kill_runs() {
         let started = Instant::now();

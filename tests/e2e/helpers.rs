@@ -31,6 +31,12 @@ pub async fn fresh_database() -> String {
     url.to_string()
 }
 
+/// Held by the tests that time a rollout under injected faults and by
+/// the tests that build a project with cargo (every core for minutes), so
+/// that they never run at once: starved of CPU by a compiler, a fault
+/// test's waits would measure the machine, not Rollway.
+pub static CORES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rollway-{label}-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("creating a temp dir");

@@ -796,6 +796,7 @@ fn compiled_plugins_are_kept_for_the_next_start() {
 /// natively, and its component passes `rollway plugin check`.
 #[test]
 fn a_new_plugin_project_builds_on_its_own() {
+    let _cores = crate::helpers::CORES.blocking_lock();
     let root = crate::helpers::temp_dir("plugin-new");
     // One target directory for both projects and every run: the second
     // build and later runs reuse the dependencies.
