@@ -73,6 +73,32 @@ async fn wait_finished(pool: &PgPool, at_least: i64, timeout: Duration) {
     }
 }
 
+/// Waits until the job's last batch is released; returns how many of the
+/// job's executions were unfinished then.
+async fn wait_last_batch_released(pool: &PgPool, timeout: Duration) -> i64 {
+    let started = Instant::now();
+    loop {
+        let released: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM executions
+                     WHERE status NOT IN ('done', 'error', 'timed_out', 'cancelled'))
+             FROM job_batches
+             WHERE batch_group = (SELECT max(batch_group) FROM job_batches)
+               AND started_at IS NOT NULL",
+        )
+        .fetch_optional(pool)
+        .await
+        .unwrap_or(None);
+        if let Some(unfinished) = released {
+            return unfinished;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the last batch was not released within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn job_status(pool: &PgPool, job: &str) -> String {
     sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1::uuid")
         .bind(job)
@@ -256,9 +282,15 @@ async fn nothing_is_lost_when_the_host_and_the_brokers_fail() {
     let mut host = cluster.host("fault-host", &[("ROLLWAY_OUTBOX_MAX_ATTEMPTS", "3")]);
     start_host(&mut host).await;
     let app = cluster.client(&host).await;
-    let sim = Simulator::start(sim_options(&app, &cluster, 1000))
-        .await
-        .unwrap();
+    // Flashing takes a second and a half: the last batch is in flight
+    // long enough for the third kill to land in it, however loaded the
+    // machine.
+    let sim = Simulator::start(SimOptions {
+        flash_time: Duration::from_millis(1500),
+        ..sim_options(&app, &cluster, 1000)
+    })
+    .await
+    .unwrap();
     let job = start_job(&app, 90, 3).await;
     let total = 1000;
 
@@ -288,10 +320,11 @@ async fn nothing_is_lost_when_the_host_and_the_brokers_fail() {
     broker.start();
     broker.wait_ready(Duration::from_secs(10)).await;
     let restart_to = chrono::Utc::now().timestamp_millis() + 10_000;
-    // 5. Killed a third time in the last batch.
-    wait_finished(&app.pool, total / 2, Duration::from_secs(120)).await;
-    tokio::time::sleep(Duration::from_millis(rng.random_range(0..2000))).await;
-    let unfinished = total - finished_executions(&app.pool).await;
+    // 5. Killed a third time in the last batch, as soon as it is released
+    // (or a moment later): how many are unfinished is read in the same
+    // poll, so nothing slow stands between the reading and the kill.
+    let unfinished = wait_last_batch_released(&app.pool, Duration::from_secs(240)).await;
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
     host.kill();
     start_host(&mut host).await;
     assert!(unfinished > 0, "the rollout ended before the third kill");

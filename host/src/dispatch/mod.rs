@@ -226,12 +226,26 @@ impl Dispatcher {
     /// again.
     async fn claim(&self) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
         let mut claimed: Vec<Claimed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "WITH picked AS (
+            "WITH answered AS (
+                 -- A command marked to be sent again that its device has
+                 -- answered since (a status after the send, or after the
+                 -- mark) is not sent: sending it would make the device's
+                 -- answer older than the send, and a device that never
+                 -- answered is not timed out (it waits for its hello), so
+                 -- an update whose later statuses were lost would wait for
+                 -- ever instead of being timed out and retried.
+                 UPDATE executions e SET resend = false
+                 WHERE e.id IN (
+                     SELECT x.id FROM executions x
+                     WHERE x.resend AND x.stage = 'in_flight' AND x.reported_at > x.dispatched_at
+                     FOR UPDATE SKIP LOCKED)
+             ), picked AS (
                  -- Through the (nearly always empty) partial index: this
                  -- runs every round, and a join with jobs here let the
                  -- planner scan every dispatched execution instead.
                  SELECT e.id FROM executions e
                  WHERE e.resend AND e.stage = 'in_flight'
+                   AND (e.reported_at IS NULL OR e.reported_at <= e.dispatched_at)
                    AND (SELECT j.status FROM jobs j WHERE j.id = e.job_id) = 'running'
                  ORDER BY e.id LIMIT $1
                  FOR UPDATE OF e SKIP LOCKED
