@@ -203,7 +203,11 @@ pub fn synthetic_population(devices: u32) -> Population {
 
 struct Device {
     group: usize,
+    /// Its place in its group's devices.
+    offset: usize,
     attempts: u32,
+    /// How its attempt under way ends: `None` a success.
+    outcome: Option<FailureClass>,
     /// When its attempt under way was sent.
     sent_at: u64,
 }
@@ -272,9 +276,11 @@ impl<'a> Engine<'a> {
                 pending: group.devices.len() as u32,
                 ..GroupState::default()
             });
-            devices.extend(group.devices.iter().map(|_| Device {
+            devices.extend((0..group.devices.len()).map(|offset| Device {
                 group: g,
+                offset,
                 attempts: 0,
+                outcome: None,
                 sent_at: 0,
             }));
         }
@@ -291,14 +297,8 @@ impl<'a> Engine<'a> {
     }
 
     fn device(&self, index: usize) -> &FleetDevice {
-        let mut rest = index;
-        for group in self.fleet {
-            if rest < group.devices.len() {
-                return &group.devices[rest];
-            }
-            rest -= group.devices.len();
-        }
-        unreachable!("device index {index} past the fleet")
+        let Device { group, offset, .. } = self.devices[index];
+        &self.fleet[group].devices[offset]
     }
 
     fn release(&mut self, group: usize, now: u64) {
@@ -370,8 +370,11 @@ impl<'a> Engine<'a> {
         group.pending -= 1;
         group.in_flight += 1;
         self.dispatched.push_back(now);
-        let outcome = fate(outlook.seed, &id, u64::from(attempt), 0);
-        let class = outcome_class(&outlook.fail_rates, outcome);
+        let class = outcome_class(
+            &outlook.fail_rates,
+            fate(outlook.seed, &id, u64::from(attempt), 0),
+        );
+        self.devices[index].outcome = class;
         let at = if class == Some(FailureClass::Timeout) {
             now + u64::from(outlook.device_timeout_secs) * 1000
         } else {
@@ -382,16 +385,14 @@ impl<'a> Engine<'a> {
     }
 
     fn finish(&mut self, index: usize, attempt: u32, now: u64) {
-        let outlook = self.outlook;
-        let id = self.device(index).id.clone();
         let spread = self.device(index).spread.clone();
-        let group_index = self.devices[index].group;
+        let Device {
+            group: group_index,
+            outcome: class,
+            ..
+        } = self.devices[index];
         let limited = self.fleet[group_index].spread_limit.is_some();
-        let class = outcome_class(
-            &outlook.fail_rates,
-            fate(outlook.seed, &id, u64::from(attempt), 0),
-        );
-        let retry = class.is_some() && attempt <= outlook.max_retries;
+        let retry = class.is_some() && attempt <= self.outlook.max_retries;
         let group = &mut self.groups[group_index];
         group.in_flight -= 1;
         if limited
